@@ -1,0 +1,120 @@
+//! The typed frames of the protocol. New variants go at the end of an enum: postcard encodes
+//! the variant index, so reordering would change the wire format.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ChecksumAlgo, PartitionMeta, TableFormat};
+
+/// Frames on a control stream, in both directions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlFrame {
+    /// Client → server: the partition wanted.
+    Request(Request),
+    /// Server → client: the transfer will happen; the manifest lists every file.
+    Accept(Accept),
+    /// Server → client: the transfer will not happen, and why (the client tries another peer).
+    Reject(Reject),
+    /// Server → client, after every file stream is finished: offset and version state.
+    Metadata(PartitionMeta),
+    /// Server → client: nothing more will come for this transfer.
+    Complete,
+    /// Client → server: everything validated and committed; the snapshot can be released.
+    Done,
+    /// Client → server: the client gave up (validation failure, cancel); release everything.
+    Abort {
+        /// Human-readable reason, for the server's log.
+        reason: String,
+    },
+    /// Server → client, before `Accept`, while the snapshot is made and digested: "still
+    /// working". Without it a slow first digest of a large partition would look like a dead
+    /// peer, and a dead peer could only be told from a slow one by the partition timeout.
+    Preparing,
+}
+
+/// The client's ask. `version` comes first so a future layout can still be recognised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Protocol version spoken by the client ([`crate::PROTOCOL_VERSION`]).
+    pub version: u16,
+    /// Client-chosen id, unique on its connection, that file streams carry to find their
+    /// transfer: chosen by the client so that a file stream arriving before `Accept` is
+    /// still routed.
+    pub transfer_id: u64,
+    /// Store name.
+    pub store: String,
+    /// Store version.
+    pub store_version: u32,
+    /// Partition number.
+    pub partition: u32,
+    /// Table format the client can open.
+    pub table_format: TableFormat,
+    /// Checksum the client wants in the manifest.
+    pub checksum: ChecksumAlgo,
+}
+
+/// A positive answer: the files that will arrive, each on its own stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accept {
+    /// Every file of the snapshot.
+    pub files: Vec<FileEntry>,
+}
+
+/// One file of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Plain file name (no directories), checked by [`crate::names::validate_file_name`].
+    pub name: String,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// Digest of the content with the requested algorithm.
+    pub digest: Vec<u8>,
+}
+
+/// A refusal, typed so the client knows what to do next (every reason means "next peer").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    /// Why.
+    pub reason: RejectReason,
+    /// Detail for logs.
+    pub message: String,
+}
+
+/// Why a server refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The server has no such partition.
+    NotFound,
+    /// Over the concurrent transfer limit (Venice's 429).
+    Busy,
+    /// The server's partitions use another table format.
+    FormatMismatch,
+    /// The server speaks another protocol version.
+    UnsupportedVersion,
+    /// The request is malformed (bad names, duplicate transfer id, ...).
+    BadRequest,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The snapshot could not be made (disk trouble on the server).
+    ServerError,
+}
+
+/// First frame of a file stream: which transfer and which manifest entry the bytes belong to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// The `transfer_id` of the request.
+    pub transfer_id: u64,
+    /// Index into the `Accept` manifest.
+    pub index: u32,
+}
+
+/// Application error codes used to close connections and reset streams.
+pub mod codes {
+    /// Normal close.
+    pub const OK: u32 = 0;
+    /// The transfer was aborted; bytes on the stream are no longer wanted.
+    pub const ABORTED: u32 = 1;
+    /// The peer sent something that does not decode or breaks the protocol.
+    pub const PROTOCOL: u32 = 2;
+    /// The server is shutting down.
+    pub const SHUTTING_DOWN: u32 = 3;
+}
