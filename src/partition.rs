@@ -1,0 +1,369 @@
+//! Partition storage: where a partition lives on disk and what it carries inside.
+//!
+//! A partition is one RocksDB instance at `<root>/<store>_v<version>/<partition>/`. Its
+//! ingestion offset and store-version state live in the same DB, in the column family
+//! [`META_CF`], written in the same `WriteBatch` as the data. A checkpoint of the DB therefore
+//! carries exactly the offset of the data it holds (invariant 3), with no side file to race.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{ColumnFamilyDescriptor, Options, PlainTableFactoryOptions, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::names;
+pub use crate::protocol::{PartitionMeta, TableFormat, VersionState};
+
+/// Column family holding the ingestion offset and the store-version state.
+pub const META_CF: &str = "quicstrap_meta";
+const OFFSET_KEY: &[u8] = b"offset";
+const VERSION_STATE_KEY: &[u8] = b"version_state";
+
+/// Names one partition of one store version: the unit that is transferred.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PartitionId {
+    /// Store name, restricted to [`names::validate_store`]'s safe set.
+    pub store: String,
+    /// Store version; a new push makes a new version.
+    pub version: u32,
+    /// Partition number, also the Kafka partition number.
+    pub partition: u32,
+}
+
+impl PartitionId {
+    /// Builds an id, refusing store names that could escape the data root.
+    pub fn new(store: &str, version: u32, partition: u32) -> Result<Self, names::NameError> {
+        names::validate_store(store)?;
+        Ok(Self {
+            store: store.to_owned(),
+            version,
+            partition,
+        })
+    }
+
+    /// `<store>_v<version>`: the store-version directory and Kafka topic name.
+    pub fn store_version_dir(&self) -> String {
+        format!("{}_v{}", self.store, self.version)
+    }
+
+    /// The partition directory under `root`.
+    pub fn dir(&self, root: &Path) -> PathBuf {
+        root.join(self.store_version_dir())
+            .join(self.partition.to_string())
+    }
+}
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_v{}/{}", self.store, self.version, self.partition)
+    }
+}
+
+/// Errors of the local partition store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB refused an operation (open, write, checkpoint).
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A filesystem operation failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The meta column family holds bytes that do not decode.
+    #[error("corrupt metadata in partition: {0}")]
+    CorruptMeta(String),
+}
+
+/// RocksDB options for a partition of `format`.
+pub fn db_options(format: TableFormat) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    if format == TableFormat::Plain {
+        opts.set_allow_mmap_reads(true);
+        opts.set_plain_table_factory(&PlainTableFactoryOptions {
+            user_key_length: 0,
+            bloom_bits_per_key: 10,
+            // 0: total-order (binary search) index, no prefix extractor needed.
+            hash_table_ratio: 0.0,
+            index_sparseness: 16,
+            huge_page_tlb_size: 0,
+            encoding_type: rocksdb::KeyEncodingType::Plain,
+            full_scan_mode: false,
+            store_index_in_file: false,
+        });
+    }
+    opts
+}
+
+/// Opens (creating if needed) a partition DB for writing, with the meta column family.
+pub fn open(dir: &Path, format: TableFormat) -> Result<DB, StorageError> {
+    let opts = db_options(format);
+    let mut cfs: Vec<String> = DB::list_cf(&opts, dir).unwrap_or_default();
+    if !cfs.iter().any(|c| c == "default") {
+        cfs.push("default".into());
+    }
+    if !cfs.iter().any(|c| c == META_CF) {
+        cfs.push(META_CF.into());
+    }
+    let descs = cfs
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, db_options(format)));
+    Ok(DB::open_cf_descriptors(&opts, dir, descs)?)
+}
+
+/// Opens a partition (or checkpoint) read-only, whatever column families it has.
+pub fn open_read_only(dir: &Path, format: TableFormat) -> Result<DB, StorageError> {
+    let opts = db_options(format);
+    // Every column family with the partition's own table options: opened with defaults, a
+    // PLAIN_TABLE file would be read as block-based and fail.
+    let descs: Vec<ColumnFamilyDescriptor> = DB::list_cf(&opts, dir)?
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, db_options(format)))
+        .collect();
+    Ok(DB::open_cf_descriptors_read_only(&opts, dir, descs, false)?)
+}
+
+/// Reads the offset record and version state; a DB without the meta column family gives
+/// an empty [`PartitionMeta`] ("no offset").
+pub fn read_meta(db: &DB) -> Result<PartitionMeta, StorageError> {
+    let Some(cf) = db.cf_handle(META_CF) else {
+        return Ok(PartitionMeta::default());
+    };
+    let offset = match db.get_cf(cf, OFFSET_KEY)? {
+        None => None,
+        Some(bytes) => {
+            let arr: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StorageError::CorruptMeta("offset is not 8 bytes".into()))?;
+            Some(u64::from_be_bytes(arr))
+        }
+    };
+    let version_state = match db.get_cf(cf, VERSION_STATE_KEY)? {
+        None => None,
+        Some(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .map_err(|e| StorageError::CorruptMeta(format!("version state: {e}")))?,
+        ),
+    };
+    Ok(PartitionMeta {
+        offset,
+        version_state,
+    })
+}
+
+/// One record to apply: a put, or a delete when `value` is `None` (a Kafka tombstone).
+pub type Record<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// Applies `records` and the offset of the last one in a single `WriteBatch`, so the data and
+/// its offset can never disagree, not even across a crash.
+pub fn apply_batch<'a>(
+    db: &DB,
+    records: impl IntoIterator<Item = Record<'a>>,
+    last_offset: u64,
+) -> Result<(), StorageError> {
+    let cf = db
+        .cf_handle(META_CF)
+        .ok_or_else(|| StorageError::CorruptMeta("meta column family missing".into()))?;
+    let mut batch = WriteBatch::default();
+    for (key, value) in records {
+        match value {
+            Some(v) => batch.put(key, v),
+            None => batch.delete(key),
+        }
+    }
+    batch.put_cf(cf, OFFSET_KEY, last_offset.to_be_bytes());
+    db.write(batch)?;
+    Ok(())
+}
+
+/// Records the store-version state (written once, when the partition is created).
+pub fn write_version_state(db: &DB, state: &VersionState) -> Result<(), StorageError> {
+    let cf = db
+        .cf_handle(META_CF)
+        .ok_or_else(|| StorageError::CorruptMeta("meta column family missing".into()))?;
+    let bytes = serde_json::to_vec(state).map_err(|e| StorageError::CorruptMeta(e.to_string()))?;
+    db.put_cf(cf, VERSION_STATE_KEY, bytes)?;
+    Ok(())
+}
+
+/// Summary of a seeded partition, for the CLI and the demo.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeedSummary {
+    /// Records written.
+    pub records: u64,
+    /// Last offset written (records are numbered from 0).
+    pub last_offset: u64,
+    /// SST files in the partition after the flushes.
+    pub sst_files: usize,
+    /// Bytes of all files in the partition directory.
+    pub bytes: u64,
+}
+
+/// Deterministic value for record `i`: incompressible-looking bytes derived from `i` so a
+/// receiver can check every key without keeping a copy of the source.
+pub fn seed_value(i: u64, value_size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value_size);
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    while out.len() < value_size {
+        // xorshift64*: cheap and good enough to defeat block compression.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.truncate(value_size);
+    out
+}
+
+/// Key of record `i` in a seeded partition.
+pub fn seed_key(i: u64) -> Vec<u8> {
+    format!("key-{i:012}").into_bytes()
+}
+
+/// Creates a source partition of `records` records of `value_size` bytes, flushed every
+/// `records_per_sst` records so it spans several SST files, like a real ingested partition.
+pub fn seed(
+    dir: &Path,
+    format: TableFormat,
+    records: u64,
+    value_size: usize,
+    records_per_sst: u64,
+) -> Result<SeedSummary, StorageError> {
+    std::fs::create_dir_all(dir)?;
+    // Seeding writes with background compaction off, then compacts once at the end into SST
+    // files of about `records_per_sst` records each: the partition looks like a settled one
+    // (several SSTs, empty L0), so a server that opens it has no compaction to run meanwhile.
+    let target = (records_per_sst.max(1) * (value_size as u64 + 24)).max(64 << 10);
+    let tune = |o: &mut Options| {
+        o.set_disable_auto_compactions(true);
+        o.set_target_file_size_base(target);
+        o.set_max_bytes_for_level_base(target * 10);
+    };
+    let mut opts = db_options(format);
+    tune(&mut opts);
+    let descs = ["default", META_CF].map(|n| {
+        let mut o = db_options(format);
+        tune(&mut o);
+        ColumnFamilyDescriptor::new(n, o)
+    });
+    let db = DB::open_cf_descriptors(&opts, dir, descs)?;
+    write_version_state(
+        &db,
+        &VersionState {
+            table_format: format,
+            producer: "quicstrap seed".into(),
+        },
+    )?;
+    const BATCH: u64 = 1_000;
+    let per_sst = records_per_sst.max(1);
+    let mut i = 0;
+    while i < records {
+        let end = (i + BATCH).min(records);
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (i..end)
+            .map(|n| (seed_key(n), seed_value(n, value_size)))
+            .collect();
+        apply_batch(
+            &db,
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_slice(), Some(v.as_slice()))),
+            end - 1,
+        )?;
+        if end / per_sst != i / per_sst || end == records {
+            db.flush()?;
+            if let Some(cf) = db.cf_handle(META_CF) {
+                db.flush_cf(cf)?;
+            }
+        }
+        i = end;
+    }
+    db.compact_range::<&[u8], &[u8]>(None, None);
+    if let Some(cf) = db.cf_handle(META_CF) {
+        db.compact_range_cf::<&[u8], &[u8]>(cf, None, None);
+    }
+    drop(db);
+    let mut sst_files = 0;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            bytes += meta.len();
+            if entry.file_name().to_string_lossy().ends_with(".sst") {
+                sst_files += 1;
+            }
+        }
+    }
+    Ok(SeedSummary {
+        records,
+        last_offset: records.saturating_sub(1),
+        sst_files,
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_travels_with_the_data_in_one_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open(tmp.path(), TableFormat::Block).unwrap();
+        apply_batch(&db, [(&b"a"[..], Some(&b"1"[..]))], 7).unwrap();
+        apply_batch(&db, [(&b"a"[..], None)], 8).unwrap();
+        let meta = read_meta(&db).unwrap();
+        assert_eq!(meta.offset, Some(8));
+        assert_eq!(db.get(b"a").unwrap(), None);
+        // A checkpoint carries exactly the offset of its own data.
+        let cp = tmp.path().join("cp");
+        rocksdb::checkpoint::Checkpoint::new(&db)
+            .unwrap()
+            .create_checkpoint(&cp)
+            .unwrap();
+        apply_batch(&db, [(&b"b"[..], Some(&b"2"[..]))], 9).unwrap();
+        let ro = open_read_only(&cp, TableFormat::Block).unwrap();
+        assert_eq!(read_meta(&ro).unwrap().offset, Some(8));
+        assert_eq!(ro.get(b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn a_db_without_meta_family_has_no_offset() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut o = Options::default();
+            o.create_if_missing(true);
+            let db = DB::open(&o, tmp.path()).unwrap();
+            db.put(b"k", b"v").unwrap();
+        }
+        let db = open_read_only(tmp.path(), TableFormat::Block).unwrap();
+        assert_eq!(read_meta(&db).unwrap(), PartitionMeta::default());
+    }
+
+    #[test]
+    fn seeded_values_are_deterministic_and_sized() {
+        assert_eq!(seed_value(3, 100), seed_value(3, 100));
+        assert_ne!(seed_value(3, 100), seed_value(4, 100));
+        assert_eq!(seed_value(5, 1001).len(), 1001);
+    }
+
+    #[test]
+    fn plain_table_partition_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = seed(tmp.path(), TableFormat::Plain, 3_000, 100, 1_000).unwrap();
+        assert!(s.sst_files >= 2, "{s:?}");
+        let db = open_read_only(tmp.path(), TableFormat::Plain).unwrap();
+        assert_eq!(
+            db.get(seed_key(2_999)).unwrap(),
+            Some(seed_value(2_999, 100))
+        );
+        let meta = read_meta(&db).unwrap();
+        assert_eq!(meta.offset, Some(2_999));
+        assert_eq!(
+            meta.version_state.map(|v| v.table_format),
+            Some(TableFormat::Plain)
+        );
+    }
+}
