@@ -1,0 +1,118 @@
+//! Receiving one file: bytes go to disk and through the digest in the same pass.
+//!
+//! No second read of the file is ever needed: the size is checked as bytes arrive (a peer that
+//! sends more than announced is cut off at once) and the digest is compared at end of stream.
+//! The file is fsynced before it counts as received.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::checksum::{ChecksumAlgo, Hasher};
+use crate::pacing::RateLimiter;
+use crate::protocol::{codes, FileEntry};
+
+use super::error::AttemptError;
+
+const BUF: usize = 256 * 1024;
+
+/// Receive-side files open right now, across the process: cleanup waits for this to drop to
+/// zero before deleting a temp dir, so no handle outlives its directory.
+static OPEN_FILES: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of files currently open for receiving.
+pub(crate) fn open_files() -> usize {
+    OPEN_FILES.load(Ordering::SeqCst)
+}
+
+/// A file counted in [`OPEN_FILES`] for as long as it is open, wherever it is dropped (an
+/// aborted task, a blocking fsync).
+struct TrackedFile(std::fs::File);
+
+impl TrackedFile {
+    fn new(file: std::fs::File) -> Self {
+        OPEN_FILES.fetch_add(1, Ordering::SeqCst);
+        Self(file)
+    }
+}
+
+impl Drop for TrackedFile {
+    fn drop(&mut self) {
+        OPEN_FILES.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Receives `entry` from `stream` into `path`; returns the bytes written.
+pub(crate) async fn receive_file(
+    mut stream: quinn::RecvStream,
+    path: PathBuf,
+    entry: FileEntry,
+    algo: ChecksumAlgo,
+    progress: Arc<AtomicU64>,
+    limiter: Arc<RateLimiter>,
+) -> Result<u64, AttemptError> {
+    let mut file = TrackedFile::new(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(AttemptError::local)?,
+    );
+    let mut hasher = Hasher::new(algo);
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        let mut eof = false;
+        while filled < buf.len() {
+            match stream.read(&mut buf[filled..]).await {
+                Ok(Some(n)) => filled += n,
+                Ok(None) => {
+                    eof = true;
+                    break;
+                }
+                Err(e) => return Err(AttemptError::from_read(&e)),
+            }
+            if total + filled as u64 > entry.size {
+                let _ = stream.stop(codes::PROTOCOL.into());
+                return Err(AttemptError::SizeMismatch {
+                    file: entry.name,
+                    expected: entry.size,
+                    got: total + filled as u64,
+                    more: true,
+                });
+            }
+        }
+        if filled > 0 {
+            hasher.update(&buf[..filled]);
+            file.0
+                .write_all(&buf[..filled])
+                .map_err(AttemptError::local)?;
+            total += filled as u64;
+            progress.fetch_add(filled as u64, Ordering::Relaxed);
+            // Pay for these bytes before reading more: with reads paused, QUIC flow control
+            // holds the sender back instead of buffers filling up here.
+            limiter.acquire(filled as u64).await;
+        }
+        if eof {
+            break;
+        }
+    }
+    if total != entry.size {
+        return Err(AttemptError::SizeMismatch {
+            file: entry.name,
+            expected: entry.size,
+            got: total,
+            more: false,
+        });
+    }
+    if hasher.finish() != entry.digest {
+        return Err(AttemptError::ChecksumMismatch { file: entry.name });
+    }
+    tokio::task::spawn_blocking(move || file.0.sync_all())
+        .await
+        .map_err(|e| AttemptError::LocalIo(e.to_string()))?
+        .map_err(AttemptError::local)?;
+    Ok(total)
+}

@@ -1,0 +1,119 @@
+//! Peers: how they are named, found and ordered.
+//!
+//! Discovery is a trait so a node can plug in its cluster metadata; a static list is built in.
+//! Peers are tried one at a time in a shuffled order, so load spreads across the holders of a
+//! partition instead of every recovering node hitting the first one listed.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+
+use rand::seq::SliceRandom;
+
+use crate::partition::PartitionId;
+
+/// A peer that may hold partitions: where to reach it and the name its certificate carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// UDP address.
+    pub addr: SocketAddr,
+    /// Name checked against the server certificate (DNS name or IP literal).
+    pub server_name: String,
+}
+
+impl Peer {
+    /// A peer at `addr`, verified by its IP address.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            server_name: addr.ip().to_string(),
+        }
+    }
+
+    /// Overrides the name expected in the server certificate.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.server_name == self.addr.ip().to_string() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}@{}", self.server_name, self.addr)
+        }
+    }
+}
+
+impl FromStr for Peer {
+    type Err = String;
+    /// `host:port`, or `name@host:port` to check the certificate against `name`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, hostport) = match s.split_once('@') {
+            Some((n, h)) => (Some(n), h),
+            None => (None, s),
+        };
+        let addr = hostport
+            .to_socket_addrs()
+            .map_err(|e| format!("peer {s:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("peer {s:?}: no address"))?;
+        let host = hostport
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']))
+            .unwrap_or(hostport);
+        let server_name = name.map(str::to_owned).unwrap_or_else(|| host.to_owned());
+        Ok(Self { addr, server_name })
+    }
+}
+
+/// Finds the peers that hold a partition.
+pub trait Discovery: Send + Sync {
+    /// Candidate peers for `id`, in no particular order.
+    fn peers(&self, id: &PartitionId) -> Vec<Peer>;
+}
+
+/// A fixed list of peers, assumed to hold every partition.
+#[derive(Clone, Debug, Default)]
+pub struct StaticPeers(pub Vec<Peer>);
+
+impl Discovery for StaticPeers {
+    fn peers(&self, _id: &PartitionId) -> Vec<Peer> {
+        self.0.clone()
+    }
+}
+
+/// The order in which peers are tried: a random shuffle.
+pub fn shuffled(mut peers: Vec<Peer>) -> Vec<Peer> {
+    peers.shuffle(&mut rand::rng());
+    peers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses_and_names() {
+        let p: Peer = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(p.server_name, "127.0.0.1");
+        let p: Peer = "peer-a@127.0.0.1:7000".parse().unwrap();
+        assert_eq!(p.server_name, "peer-a");
+        assert_eq!(p.to_string(), "peer-a@127.0.0.1:7000");
+        let p: Peer = "localhost:7000".parse().unwrap();
+        assert_eq!(p.server_name, "localhost");
+        assert!("nonsense".parse::<Peer>().is_err());
+    }
+
+    #[test]
+    fn shuffle_keeps_every_peer() {
+        let peers: Vec<Peer> = (0..10)
+            .map(|i| Peer::new(SocketAddr::from(([127, 0, 0, 1], 7000 + i))))
+            .collect();
+        let mut s = shuffled(peers.clone());
+        s.sort_by_key(|p| p.addr);
+        assert_eq!(s, peers);
+    }
+}
