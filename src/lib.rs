@@ -1,0 +1,47 @@
+//! quicstrap bootstraps a storage node's partition (a RocksDB instance) straight from a peer
+//! that already holds it, over QUIC, validated and atomic — instead of replaying its whole
+//! history from Kafka.
+//!
+//! # Layout
+//!
+//! The modules follow the pipeline a fetch runs, bottom to top:
+//!
+//! * [`protocol`] — the wire format, sans-IO (its own crate, `quicstrap-proto`, so it can be
+//!   fuzzed without the rest): typed frames, length-prefixed postcard, versioned.
+//! * [`partition`] — a partition on disk; its offset lives inside the DB, in the same batch as
+//!   the data, so a checkpoint carries exactly its own offset.
+//! * [`checksum`] — MD5 / BLAKE3, computed while bytes arrive.
+//! * [`tls`] — mutual TLS 1.3 and the allow list of who may fetch.
+//! * [`transport`] — QUIC endpoints tuned for long fat pipes.
+//! * [`wire`] — frames over QUIC streams.
+//! * [`pacing`] — the byte-rate limiter shared by every transfer of a process.
+//! * [`snapshot`] — server-side checkpoints: shared, reused within a TTL, digests cached.
+//! * [`server`] — the serving peer.
+//! * [`peers`] — who to ask, in which order (discovery → selection).
+//! * [`client`] — request → receive → validate → commit, peer after peer.
+//! * [`demo`] — the end-to-end demonstration behind `quicstrap demo`.
+//!
+//! # Example
+//!
+//! `examples/embedded.rs` runs a server and fetches a partition in one process.
+
+#![warn(missing_docs)]
+
+pub mod checksum;
+pub mod client;
+pub mod demo;
+pub mod pacing;
+pub mod partition;
+pub mod peers;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod transport;
+pub mod wire;
+
+pub use quicstrap_proto as protocol;
+
+pub use client::{FetchConfig, FetchError, FetchReport, Fetcher};
+pub use partition::{PartitionId, TableFormat};
+pub use peers::Peer;
+pub use server::{Server, ServerConfig};

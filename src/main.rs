@@ -1,0 +1,411 @@
+//! `quicstrap`: a thin command-line front end over the library.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use quicstrap::checksum::ChecksumAlgo;
+use quicstrap::client::{FetchConfig, Fetcher, Progress};
+use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::peers::Peer;
+use quicstrap::server::{Server, ServerConfig};
+use quicstrap::snapshot::DataDir;
+use quicstrap::tls::{AllowList, Identity};
+use quicstrap::transport::Congestion;
+
+#[derive(Parser)]
+#[command(
+    name = "quicstrap",
+    version,
+    about = "Bootstrap RocksDB partitions from peers over QUIC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the partitions under a data directory to allowed peers.
+    Serve(ServeArgs),
+    /// Fetch one partition from the first peer that can serve it.
+    Fetch(FetchArgs),
+    /// Create a source partition of N records (several SST files).
+    Seed(SeedArgs),
+    /// Run the end-to-end demo on embedded defaults.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct TlsArgs {
+    /// PEM certificate chain of this node.
+    #[arg(long)]
+    cert: PathBuf,
+    /// PEM private key of this node.
+    #[arg(long)]
+    key: PathBuf,
+    /// PEM CA bundle peers must chain to.
+    #[arg(long, default_value = "certs-dev/ca.crt")]
+    ca: PathBuf,
+}
+
+#[derive(Args)]
+struct QuicArgs {
+    /// Congestion controller: cubic, bbr or newreno.
+    #[arg(long, default_value = "cubic")]
+    congestion: Congestion,
+    /// Per-stream flow-control window, bytes.
+    #[arg(long, default_value_t = 24 << 20)]
+    stream_window: u64,
+    /// Per-connection flow-control window, bytes.
+    #[arg(long, default_value_t = 96 << 20)]
+    connection_window: u64,
+    /// UDP socket buffer size, bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    socket_buffer: usize,
+}
+
+impl QuicArgs {
+    fn apply(&self, t: &mut quicstrap::transport::TransportTuning) {
+        t.congestion = self.congestion;
+        t.stream_window = self.stream_window;
+        t.connection_window = self.connection_window;
+        t.socket_buffer = self.socket_buffer;
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7878")]
+    listen: SocketAddr,
+    /// Root holding `<store>_v<version>/<partition>/` directories.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Table format of the partitions: block or plain.
+    #[arg(long, default_value = "block")]
+    format: TableFormat,
+    /// Where snapshots are made (default: <data-dir>/.snapshots).
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
+    /// Comma-separated client names (certificate SAN) allowed to fetch; `*` for any.
+    #[arg(long, default_value = quicstrap::tls::dev::ALLOW)]
+    allow: String,
+    /// Reuse a snapshot younger than this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    snapshot_ttl_secs: u64,
+    /// Sweep stale snapshots every this many seconds.
+    #[arg(long, default_value_t = 7200)]
+    snapshot_cleanup_secs: u64,
+    /// Concurrent transfers before answering Busy.
+    #[arg(long, default_value_t = 30)]
+    max_users: usize,
+    /// Files of one transfer in flight at once.
+    #[arg(long, default_value_t = 8)]
+    files_in_flight: usize,
+    /// Server-side limit for one partition transfer, seconds.
+    #[arg(long, default_value_t = 3600)]
+    partition_timeout_secs: u64,
+    /// QUIC idle timeout, seconds.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// Write-rate limit for all transfers of this process, bytes/s (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    write_limit: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    quic: QuicArgs,
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// A peer, `host:port` or `name@host:port`; repeat for more.
+    #[arg(long = "peer", required = true)]
+    peers: Vec<Peer>,
+    /// Store name.
+    #[arg(long)]
+    store: String,
+    /// Store version.
+    #[arg(long)]
+    version: u32,
+    /// Partition number.
+    #[arg(long)]
+    partition: u32,
+    /// Local root; the partition lands in `<data-dir>/<store>_v<version>/<partition>/`.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Table format this node opens: block or plain.
+    #[arg(long, default_value = "block")]
+    format: TableFormat,
+    /// Digest for validation: md5 or blake3.
+    #[arg(long, default_value = "md5")]
+    checksum: ChecksumAlgo,
+    /// Connect + handshake timeout, seconds.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout_secs: u64,
+    /// Give up on a peer after this many seconds without a byte.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// Give up on a peer after this many seconds for the partition.
+    #[arg(long, default_value_t = 1200)]
+    partition_timeout_secs: u64,
+    /// Try peers in the order given instead of shuffling.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Print a machine-readable report on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Read-rate limit for this fetch, bytes/s (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    read_limit: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    quic: QuicArgs,
+}
+
+#[derive(Args)]
+struct SeedArgs {
+    /// Root of the partition tree.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Store name.
+    #[arg(long)]
+    store: String,
+    /// Store version.
+    #[arg(long, default_value_t = 1)]
+    version: u32,
+    /// Partition number.
+    #[arg(long, default_value_t = 0)]
+    partition: u32,
+    /// Records to write.
+    #[arg(long)]
+    records: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 1000)]
+    value_size: usize,
+    /// Records per SST file.
+    #[arg(long, default_value_t = 16384)]
+    records_per_sst: u64,
+    /// Table format: block or plain.
+    #[arg(long, default_value = "block")]
+    format: TableFormat,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Work here instead of a temp dir (kept afterwards).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // Quiet by default: a failed command says one line; RUST_LOG tells more.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(2, &format!("cannot start runtime: {e}")),
+    };
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(a) => serve(a).await,
+            Cmd::Fetch(a) => fetch(a).await,
+            Cmd::Seed(a) => seed(a),
+            Cmd::Demo(a) => demo(a).await,
+        }
+    })
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("quicstrap: {msg}");
+    ExitCode::from(code)
+}
+
+async fn serve(a: ServeArgs) -> ExitCode {
+    let identity = match Identity::load(&a.tls.cert, &a.tls.key, &a.tls.ca) {
+        Ok(i) => i,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let snaps = a
+        .snapshot_dir
+        .clone()
+        .unwrap_or_else(|| a.data_dir.join(".snapshots"));
+    let mut cfg = ServerConfig::new(
+        a.listen,
+        identity,
+        AllowList::parse(&a.allow),
+        a.format,
+        snaps,
+    );
+    cfg.snapshots.ttl = Duration::from_secs(a.snapshot_ttl_secs);
+    cfg.snapshots.cleanup_interval = Duration::from_secs(a.snapshot_cleanup_secs.max(1));
+    cfg.snapshots.max_users = a.max_users;
+    cfg.files_in_flight = a.files_in_flight;
+    cfg.partition_timeout = Duration::from_secs(a.partition_timeout_secs);
+    cfg.tuning.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
+    cfg.idle_timeout = cfg.tuning.idle_timeout;
+    cfg.write_limiter = quicstrap::pacing::RateLimiter::new(a.write_limit);
+    a.quic.apply(&mut cfg.tuning);
+    let source = Arc::new(DataDir::new(a.data_dir.clone(), a.format));
+    let server = match Server::start(cfg, source).await {
+        Ok(s) => s,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    match server.local_addr() {
+        // Tests and scripts read this line to learn the port.
+        Ok(addr) => println!("listening on {addr}"),
+        Err(e) => return fail(2, &e.to_string()),
+    }
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    eprintln!("quicstrap: shutting down");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn fetch(a: FetchArgs) -> ExitCode {
+    let id = match PartitionId::new(&a.store, a.version, a.partition) {
+        Ok(id) => id,
+        Err(e) => return fail(2, &format!("store name: {e}")),
+    };
+    let identity = match Identity::load(&a.tls.cert, &a.tls.key, &a.tls.ca) {
+        Ok(i) => i,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let mut cfg = FetchConfig::new(identity);
+    cfg.table_format = a.format;
+    cfg.checksum = a.checksum;
+    cfg.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
+    cfg.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
+    cfg.partition_timeout = Duration::from_secs(a.partition_timeout_secs);
+    cfg.shuffle = !a.no_shuffle;
+    cfg.tuning.idle_timeout = cfg.idle_timeout;
+    cfg.read_limiter = quicstrap::pacing::RateLimiter::new(a.read_limit);
+    a.quic.apply(&mut cfg.tuning);
+    let fetcher = match Fetcher::new(cfg) {
+        Ok(f) => f,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let progress = Arc::new(Progress::default());
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| quicstrap::demo::progress_bar(progress.clone()));
+    let result = fetcher
+        .fetch_with_progress(&id, &a.peers, &a.data_dir, &progress)
+        .await;
+    if let Some((stop, handle)) = bar {
+        let _ = stop.send(());
+        let _ = handle.await;
+    }
+    fetcher.close().await;
+    match result {
+        Ok(report) => {
+            if a.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => return fail(2, &e.to_string()),
+                }
+            } else {
+                println!(
+                    "fetched {} from {} into {}: {} files, {} bytes in {:.2} s ({} attempts)",
+                    report.partition,
+                    report.peer,
+                    report.dir.display(),
+                    report.files,
+                    report.bytes,
+                    report.seconds,
+                    report.attempts.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if a.json {
+                let attempts = match &e {
+                    quicstrap::FetchError::AllPeersFailed { attempts }
+                    | quicstrap::FetchError::GaveUp { attempts, .. } => attempts.clone(),
+                    _ => Vec::new(),
+                };
+                let v = serde_json::json!({
+                    "partition": id.to_string(),
+                    "error": e.to_string(),
+                    "fallback": format!("{:?}", e.fallback()),
+                    "attempts": attempts,
+                });
+                println!("{v:#}");
+            }
+            fail(1, &e.to_string())
+        }
+    }
+}
+
+fn seed(a: SeedArgs) -> ExitCode {
+    let id = match PartitionId::new(&a.store, a.version, a.partition) {
+        Ok(id) => id,
+        Err(e) => return fail(2, &format!("store name: {e}")),
+    };
+    let dir = id.dir(&a.data_dir);
+    if dir.exists() {
+        return fail(2, &format!("{} already exists", dir.display()));
+    }
+    match partition::seed(&dir, a.format, a.records, a.value_size, a.records_per_sst) {
+        Ok(s) => {
+            println!(
+                "seeded {} at {}: {} records, {} SST files, {} bytes, last offset {}",
+                id,
+                dir.display(),
+                s.records,
+                s.sst_files,
+                s.bytes,
+                s.last_offset
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &e.to_string()),
+    }
+}
+
+async fn demo(a: DemoArgs) -> ExitCode {
+    let opts = quicstrap::demo::DemoOptions {
+        work_dir: a.work_dir,
+        progress: std::io::stderr().is_terminal(),
+        ..Default::default()
+    };
+    eprintln!("quicstrap demo: seeding a ~256 MB partition, starting 3 peers on loopback ...");
+    match quicstrap::demo::run(opts).await {
+        Ok(s) => {
+            if a.json {
+                match serde_json::to_string_pretty(&s) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => return fail(2, &e.to_string()),
+                }
+            } else {
+                print!("{}", quicstrap::demo::render(&s));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &e.to_string()),
+    }
+}
