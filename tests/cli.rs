@@ -1,0 +1,142 @@
+//! The command line as a user drives it: seed, serve, fetch --json, exit codes.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn fetch_cmd(data: &std::path::Path, peers: &[String]) -> Command {
+    let c = certs();
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "fetch",
+        "--store",
+        "cli_store",
+        "--version",
+        "2",
+        "--partition",
+        "1",
+    ])
+    .arg("--data-dir")
+    .arg(data)
+    .arg("--cert")
+    .arg(c.join("client.crt"))
+    .arg("--key")
+    .arg(c.join("client.key"))
+    .arg("--ca")
+    .arg(c.join("ca.crt"))
+    .args(["--json", "--no-shuffle", "--connect-timeout-secs", "2"]);
+    for p in peers {
+        cmd.args(["--peer", p]);
+    }
+    cmd
+}
+
+#[test]
+fn seed_serve_and_fetch_with_a_json_report() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args([
+            "seed",
+            "--store",
+            "cli_store",
+            "--version",
+            "2",
+            "--partition",
+            "1",
+        ])
+        .args([
+            "--records",
+            "5000",
+            "--value-size",
+            "200",
+            "--records-per-sst",
+            "1000",
+        ])
+        .arg("--data-dir")
+        .arg(src.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5000 records"));
+
+    let server = ServeProcess::start(src.path(), &[]);
+    let out = fetch_cmd(dst.path(), &[server.addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["peer"], server.addr.to_string());
+    assert_eq!(report["attempts"][0]["outcome"], "ok");
+    assert!(report["bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(report["files"].as_u64().unwrap() >= 5);
+    assert_eq!(report["meta"]["offset"], 4999);
+    assert!(report["seconds"].as_f64().unwrap() > 0.0);
+    let dir = dst.path().join("cli_store_v2").join("1");
+    assert_same(&src.path().join("cli_store_v2").join("1"), &dir);
+
+    // Fetching again: the partition exists, exit code non-zero, one line on stderr.
+    let out = fetch_cmd(dst.path(), &[server.addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn all_peers_failing_exits_non_zero_with_one_line() {
+    let empty = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(empty.path(), &[]);
+    let out = fetch_cmd(dst.path(), &[server.addr.to_string(), "127.0.0.1:9".into()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("all 2 peers failed"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["fallback"], "KafkaFromStart");
+    assert_eq!(report["attempts"][0]["outcome"], "not_found");
+    assert!(!dst.path().join("cli_store_v2").join("1").exists());
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dst = tempfile::tempdir().unwrap();
+    let c = certs();
+    let out = Command::new(bin())
+        .args([
+            "fetch",
+            "--store",
+            "../etc",
+            "--version",
+            "1",
+            "--partition",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(dst.path())
+        .arg("--cert")
+        .arg(c.join("client.crt"))
+        .arg("--key")
+        .arg(c.join("client.key"))
+        .args(["--peer", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store name"));
+    assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,221 @@
+//! Shared helpers of the integration tests: real RocksDB partitions, real QUIC servers on
+//! loopback, real (dev) certificates.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicstrap::client::{FetchConfig, Fetcher};
+use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::peers::Peer;
+use quicstrap::server::{Server, ServerConfig};
+use quicstrap::snapshot::DataDir;
+use quicstrap::tls::{self, AllowList};
+
+pub fn id(partition: u32) -> PartitionId {
+    PartitionId::new("it_store", 3, partition).unwrap()
+}
+
+/// Seeds `id` under `root`.
+pub fn seed(root: &Path, id: &PartitionId, records: u64, value_size: usize, per_sst: u64) {
+    partition::seed(
+        &id.dir(root),
+        TableFormat::Block,
+        records,
+        value_size,
+        per_sst,
+    )
+    .unwrap();
+}
+
+pub fn server_config(root: &Path, snaps: &Path, format: TableFormat) -> ServerConfig {
+    let _ = root;
+    ServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls::dev::server().unwrap(),
+        AllowList::parse(tls::dev::ALLOW),
+        format,
+        snaps.to_owned(),
+    )
+}
+
+static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Starts an in-process server over `root`, with a snapshot dir of its own.
+pub async fn server(root: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+    let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let snaps = root.join(format!(".snapshots-{n}"));
+    let mut cfg = server_config(root, &snaps, TableFormat::Block);
+    tweak(&mut cfg);
+    let format = cfg.table_format;
+    Server::start(cfg, Arc::new(DataDir::new(root.to_owned(), format)))
+        .await
+        .unwrap()
+}
+
+pub fn peer(s: &Server) -> Peer {
+    Peer::new(s.local_addr().unwrap())
+}
+
+/// A fetcher trying peers in the given order, with short timeouts for tests.
+pub fn fetcher(tweak: impl FnOnce(&mut FetchConfig)) -> Fetcher {
+    let mut cfg = FetchConfig::new(tls::dev::client().unwrap());
+    cfg.shuffle = false;
+    cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.idle_timeout = Duration::from_secs(5);
+    cfg.tuning.idle_timeout = Duration::from_secs(5);
+    cfg.connect_timeout = Duration::from_secs(5);
+    tweak(&mut cfg);
+    Fetcher::new(cfg).unwrap()
+}
+
+/// Every entry under `dir` whose name marks a temp dir.
+pub fn temp_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(stores) = std::fs::read_dir(root) else {
+        return out;
+    };
+    for s in stores.flatten() {
+        if let Ok(entries) = std::fs::read_dir(s.path()) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".quicstrap-tmp-")
+                {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// File descriptors of this process that point under `dir`.
+pub fn open_fds_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if target.starts_with(dir) {
+                    out.push(target);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Asserts the fetched partition equals the source key by key, metadata included.
+pub fn assert_same(src: &Path, dst: &Path) -> u64 {
+    quicstrap::demo::verify_equal(src, dst).unwrap()
+}
+
+/// Flips one byte in the middle of `path` (same size, different content).
+pub fn corrupt(path: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    let at = len / 2;
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= 0xff;
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&b).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// The largest `.sst` file of a directory.
+pub fn largest_sst(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path()
+}
+
+/// Path of the `quicstrap` binary and of the dev certificates, for process tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_quicstrap")
+}
+
+pub fn certs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
+}
+
+/// A `quicstrap serve` child process; killed on drop.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ServeProcess {
+    pub fn start(root: &Path, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let c = certs();
+        let mut child = std::process::Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(root)
+            .arg("--cert")
+            .arg(c.join("server.crt"))
+            .arg("--key")
+            .arg(c.join("server.key"))
+            .arg("--ca")
+            .arg(c.join("ca.crt"))
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until `cond` holds, polling every millisecond.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -1,0 +1,406 @@
+//! Failure paths: every rejection moves on, every broken transfer is cleaned up, and the
+//! partition directory never appears unless everything validated (invariants 1 and 2).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use quicstrap::client::{AttemptError, Fallback, FetchError, NextStep, Progress};
+use quicstrap::partition::TableFormat;
+use quicstrap::protocol::RejectReason;
+
+fn rejected(a: &quicstrap::client::Attempt) -> &str {
+    a.outcome.as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_not_found_and_format_mismatch_each_move_on() {
+    let src = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(0);
+    seed(src.path(), &id, 3_000, 200, 1_000);
+    let busy = server(src.path(), |c| c.snapshots.max_users = 0).await;
+    let missing = server(empty.path(), |_| {}).await;
+    let plain = server(empty.path(), |c| c.table_format = TableFormat::Plain).await;
+    let good = server(src.path(), |_| {}).await;
+    let f = fetcher(|_| {});
+    let report = f
+        .fetch(
+            &id,
+            &[peer(&busy), peer(&missing), peer(&plain), peer(&good)],
+            dst.path(),
+        )
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = report.attempts.iter().map(rejected).collect();
+    assert_eq!(outcomes, ["busy", "not_found", "format_mismatch", "ok"]);
+    for a in &report.attempts[..3] {
+        assert_eq!(a.next_step, Some(NextStep::NextPeer));
+        assert_eq!(a.bytes, 0);
+    }
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    for s in [busy, missing, plain, good] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_peers_failing_is_a_clear_error_calling_for_kafka() {
+    let empty = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(1);
+    let missing = server(empty.path(), |_| {}).await;
+    // A port nobody listens on: connection fails (times out).
+    let dead = quicstrap::Peer::new("127.0.0.1:9".parse().unwrap());
+    let f = fetcher(|c| c.connect_timeout = Duration::from_millis(500));
+    let err = f
+        .fetch(&id, &[peer(&missing), dead], dst.path())
+        .await
+        .unwrap_err();
+    match &err {
+        FetchError::AllPeersFailed { attempts } => {
+            assert_eq!(attempts.len(), 2);
+            assert_eq!(attempts[0].outcome, "not_found");
+            assert!(
+                ["connect_timeout", "connect_failed"].contains(&attempts[1].outcome.as_str()),
+                "{attempts:?}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(err.fallback(), Fallback::KafkaFromStart);
+    assert!(err.to_string().contains("not_found"), "{err}");
+    assert!(!id.dir(dst.path()).exists());
+    let none = f.fetch(&id, &[], dst.path()).await.unwrap_err();
+    assert!(matches!(none, FetchError::NoPeers));
+    missing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_partition_is_never_touched() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(2);
+    seed(src.path(), &id, 1_000, 100, 1_000);
+    let existing = id.dir(dst.path());
+    std::fs::create_dir_all(&existing).unwrap();
+    std::fs::write(existing.join("precious"), b"keep me").unwrap();
+    let server = server(src.path(), |_| {}).await;
+    let err = fetcher(|_| {})
+        .fetch(&id, &[peer(&server)], dst.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::PartitionExists(_)), "{err}");
+    assert_eq!(
+        std::fs::read(existing.join("precious")).unwrap(),
+        b"keep me"
+    );
+    assert_eq!(std::fs::read_dir(&existing).unwrap().count(), 1);
+    assert_eq!(server.stats().accepted.load(Ordering::Relaxed), 0);
+    server.shutdown().await;
+}
+
+/// Makes `server` hold a snapshot of `id` with its digests cached, then corrupts one of its
+/// files behind the cache's back, as a flipped bit on the serving disk would.
+async fn poison_snapshot(server: &quicstrap::Server, id: &quicstrap::PartitionId) {
+    let lease = server
+        .snapshots()
+        .acquire(id, Instant::now())
+        .await
+        .unwrap();
+    lease
+        .snapshot()
+        .digests(quicstrap::checksum::ChecksumAlgo::Md5)
+        .await
+        .unwrap();
+    corrupt(&largest_sst(&lease.snapshot().dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
+    let bad_src = tempfile::tempdir().unwrap();
+    let good_src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(3);
+    seed(bad_src.path(), &id, 20_000, 500, 5_000);
+    seed(good_src.path(), &id, 20_000, 500, 5_000);
+    let bad = server(bad_src.path(), |_| {}).await;
+    let good = server(good_src.path(), |_| {}).await;
+    poison_snapshot(&bad, &id).await;
+
+    // Alone, the bad peer leaves nothing behind: no partition, no metadata, no temp dir.
+    let f = fetcher(|_| {});
+    let err = f.fetch(&id, &[peer(&bad)], dst.path()).await.unwrap_err();
+    let FetchError::AllPeersFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].outcome, "checksum_mismatch");
+    assert_eq!(attempts[0].next_step, Some(NextStep::CleanupThenNextPeer));
+    assert!(!id.dir(dst.path()).exists(), "partition dir appeared");
+    assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");
+    assert!(
+        open_fds_under(dst.path()).is_empty(),
+        "file handles left open"
+    );
+
+    // With a good peer after it, the fetch succeeds and equals the good source.
+    let report = f
+        .fetch(&id, &[peer(&bad), peer(&good)], dst.path())
+        .await
+        .unwrap();
+    assert_eq!(report.attempts[0].outcome, "checksum_mismatch");
+    assert_eq!(report.attempts[1].outcome, "ok");
+    assert_same(&id.dir(good_src.path()), &id.dir(dst.path()));
+    assert!(temp_dirs(dst.path()).is_empty());
+    // The bad server saw an Abort, not a Done, and released the snapshot.
+    let stats = bad.stats();
+    wait_for("abort seen", Duration::from_secs(10), || {
+        stats.failed.load(Ordering::Relaxed) >= 1 && bad.snapshots().users() == 0
+    })
+    .await;
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 0);
+    bad.shutdown().await;
+    good.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_shorter_than_announced_is_refused_and_cleaned_up() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(4);
+    seed(src.path(), &id, 10_000, 500, 5_000);
+    let bad = server(src.path(), |_| {}).await;
+    let lease = bad.snapshots().acquire(&id, Instant::now()).await.unwrap();
+    lease
+        .snapshot()
+        .digests(quicstrap::checksum::ChecksumAlgo::Md5)
+        .await
+        .unwrap();
+    // Break the hard link first so the source DB stays intact, then truncate the copy.
+    let victim = largest_sst(&lease.snapshot().dir);
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    drop(lease);
+    let err = fetcher(|_| {})
+        .fetch(&id, &[peer(&bad)], dst.path())
+        .await
+        .unwrap_err();
+    let FetchError::AllPeersFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        ["stream_reset", "size_mismatch"].contains(&attempts[0].outcome.as_str()),
+        "{attempts:?}"
+    );
+    assert!(!id.dir(dst.path()).exists());
+    assert!(temp_dirs(dst.path()).is_empty());
+    assert!(open_fds_under(dst.path()).is_empty());
+    bad.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_fetch_leaves_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(5);
+    seed(src.path(), &id, 60_000, 1000, 10_000);
+    let server = server(src.path(), |_| {}).await;
+    let f = Arc::new(fetcher(|c| {
+        // Slow the transfer down so it is surely mid-file when cancelled.
+        c.read_limiter = quicstrap::pacing::RateLimiter::new(20_000_000);
+    }));
+    let progress = Arc::new(Progress::default());
+    let task = {
+        let (f, id, p, d, pr) = (
+            f.clone(),
+            id.clone(),
+            peer(&server),
+            dst.path().to_owned(),
+            progress.clone(),
+        );
+        tokio::spawn(async move { f.fetch_with_progress(&id, &[p], &d, &pr).await })
+    };
+    wait_for("bytes", Duration::from_secs(20), || {
+        progress.received.load(Ordering::Relaxed) > 1 << 20
+    })
+    .await;
+    assert!(
+        !temp_dirs(dst.path()).is_empty(),
+        "no temp dir while receiving"
+    );
+    task.abort();
+    let _ = task.await;
+    // Cancellation drops the attempt: its temp dir goes at once; handles close as the aborted
+    // file tasks unwind.
+    assert!(
+        temp_dirs(dst.path()).is_empty(),
+        "temp dir left after cancel"
+    );
+    wait_for("handles closed", Duration::from_secs(5), || {
+        open_fds_under(dst.path()).is_empty()
+    })
+    .await;
+    assert!(!id.dir(dst.path()).exists());
+    // The server notices and releases the snapshot.
+    wait_for("snapshot released", Duration::from_secs(10), || {
+        server.snapshots().users() == 0
+    })
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
+    let src = tempfile::tempdir().unwrap();
+    let good_src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(6);
+    seed(src.path(), &id, 100_000, 1000, 25_000);
+    seed(good_src.path(), &id, 2_000, 100, 1_000);
+    let victim = ServeProcess::start(src.path(), &[]);
+    let good = server(good_src.path(), |_| {}).await;
+    let f = Arc::new(fetcher(|c| {
+        c.idle_timeout = Duration::from_secs(2);
+        c.tuning.idle_timeout = Duration::from_secs(2);
+        c.read_limiter = quicstrap::pacing::RateLimiter::new(30_000_000);
+    }));
+    let progress = Arc::new(Progress::default());
+    let task = {
+        let peers = [quicstrap::Peer::new(victim.addr), peer(&good)];
+        let (f, id, d, pr) = (
+            f.clone(),
+            id.clone(),
+            dst.path().to_owned(),
+            progress.clone(),
+        );
+        tokio::spawn(async move { f.fetch_with_progress(&id, &peers, &d, &pr).await })
+    };
+    wait_for("bytes from the victim", Duration::from_secs(30), || {
+        progress.received.load(Ordering::Relaxed) > 4 << 20
+    })
+    .await;
+    victim.signal(libc::SIGKILL);
+    let report = task.await.unwrap().expect("next peer succeeds");
+    assert_eq!(report.attempts.len(), 2);
+    assert!(
+        ["peer_gone", "idle_timeout"].contains(&report.attempts[0].outcome.as_str()),
+        "{:?}",
+        report.attempts
+    );
+    assert!(report.attempts[0].bytes > 0);
+    assert_eq!(report.attempts[1].outcome, "ok");
+    assert_same(&id.dir(good_src.path()), &id.dir(dst.path()));
+    assert!(temp_dirs(dst.path()).is_empty());
+    assert!(open_fds_under(dst.path()).is_empty());
+    good.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_transfer_gives_a_prompt_typed_error_and_releases_snapshots() {
+    let src = tempfile::tempdir().unwrap();
+    let good_src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(7);
+    seed(src.path(), &id, 100_000, 1000, 25_000);
+    seed(good_src.path(), &id, 2_000, 100, 1_000);
+    let snaps = src.path().join(".snapshots");
+    let mut stopping = ServeProcess::start(src.path(), &[]);
+    let good = server(good_src.path(), |_| {}).await;
+    // Long timeouts: only the server's typed close can end the attempt quickly.
+    let f = Arc::new(fetcher(|c| {
+        c.idle_timeout = Duration::from_secs(60);
+        c.tuning.idle_timeout = Duration::from_secs(60);
+        c.read_limiter = quicstrap::pacing::RateLimiter::new(30_000_000);
+    }));
+    let progress = Arc::new(Progress::default());
+    let task = {
+        let peers = [quicstrap::Peer::new(stopping.addr), peer(&good)];
+        let (f, id, d, pr) = (
+            f.clone(),
+            id.clone(),
+            dst.path().to_owned(),
+            progress.clone(),
+        );
+        tokio::spawn(async move { f.fetch_with_progress(&id, &peers, &d, &pr).await })
+    };
+    wait_for("bytes", Duration::from_secs(30), || {
+        progress.received.load(Ordering::Relaxed) > 4 << 20
+    })
+    .await;
+    assert!(
+        std::fs::read_dir(&snaps).unwrap().count() > 0,
+        "no snapshot while serving"
+    );
+    stopping.signal(libc::SIGTERM);
+    let report = task.await.unwrap().expect("next peer succeeds");
+    assert_eq!(
+        report.attempts[0].outcome, "peer_shutting_down",
+        "{:?}",
+        report.attempts
+    );
+    assert!(
+        report.attempts[0].seconds < 30.0,
+        "not prompt: {:?}",
+        report.attempts[0]
+    );
+    assert_eq!(report.attempts[1].outcome, "ok");
+    // The process exits cleanly and leaves no snapshot behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = stopping.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let left: Vec<_> = walk_files(&snaps);
+    assert!(left.is_empty(), "snapshot files left: {left:?}");
+    // New requests to it are refused.
+    let dst2 = tempfile::tempdir().unwrap();
+    let f2 = fetcher(|c| c.connect_timeout = Duration::from_millis(500));
+    let err = f2
+        .fetch(&id, &[quicstrap::Peer::new(stopping.addr)], dst2.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::AllPeersFailed { .. }));
+    good.shutdown().await;
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        if e.path().is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else if e.file_name() != ".quicstrap-snapshots" {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn rejections_map_to_next_peer() {
+    for reason in [
+        RejectReason::Busy,
+        RejectReason::NotFound,
+        RejectReason::FormatMismatch,
+    ] {
+        let e = AttemptError::Rejected {
+            reason,
+            message: String::new(),
+        };
+        assert_eq!(e.next_step(), NextStep::NextPeer);
+    }
+}

@@ -1,0 +1,58 @@
+//! QUIC connection migration: the client moves to a new UDP socket (new local port) in the
+//! middle of a multi-file transfer; the transfer finishes without restarting and validates.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use quicstrap::client::Progress;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transfer_survives_a_change_of_client_address() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(0);
+    seed(src.path(), &id, 60_000, 1000, 10_000);
+    let server = server(src.path(), |_| {}).await;
+    let f = Arc::new(fetcher(|c| {
+        // A read limit keeps the transfer going long enough to move mid-file.
+        c.read_limiter = quicstrap::pacing::RateLimiter::new(30_000_000);
+    }));
+    let before = f.local_addr().unwrap();
+    let progress = Arc::new(Progress::default());
+    let task = {
+        let (f, id, p, d, pr) = (
+            f.clone(),
+            id.clone(),
+            peer(&server),
+            dst.path().to_owned(),
+            progress.clone(),
+        );
+        tokio::spawn(async move { f.fetch_with_progress(&id, &[p], &d, &pr).await })
+    };
+    wait_for("first bytes", Duration::from_secs(30), || {
+        progress.received.load(Ordering::Relaxed) > 2 << 20
+    })
+    .await;
+    let at_move = progress.received.load(Ordering::Relaxed);
+    let total = progress.total.load(Ordering::Relaxed);
+    assert!(at_move < total, "transfer finished before the move");
+    f.rebind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let after = f.local_addr().unwrap();
+    assert_ne!(before.port(), after.port(), "socket did not change");
+    let report = task.await.unwrap().expect("transfer survives migration");
+    assert_eq!(
+        report.attempts.len(),
+        1,
+        "transfer restarted: {:?}",
+        report.attempts
+    );
+    assert_eq!(report.bytes, total);
+    assert_eq!(server.stats().accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats().connections.load(Ordering::Relaxed), 1);
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    server.shutdown().await;
+}
