@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing quicstrap needs on a fresh Debian/Ubuntu machine:
+# libclang for RocksDB's bindings, a C/C++ toolchain, and the Rust toolchain if missing.
+# Idempotent: does nothing that is already done.
+set -euo pipefail
+
+need=()
+for pkg in libclang-dev clang g++ make pkg-config openssl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: cargo not found; install Rust from your distribution or rustup" >&2
+    exit 1
+  fi
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
