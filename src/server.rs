@@ -297,16 +297,16 @@ async fn read_request(
         }
         Ok(Err(e)) => return Err((RejectReason::BadRequest, e.to_string())),
     };
-    let req =
-        match postcard::from_bytes::<ControlFrame>(&raw) {
-            Ok(ControlFrame::Request(r)) => r,
-            Ok(other) => {
-                return Err((
-                    RejectReason::BadRequest,
-                    format!("expected a request, got {}", frame_name(&other)),
-                ))
-            }
-            Err(e) => return Err(match peek_request_version(&raw) {
+    let req = match postcard::from_bytes::<ControlFrame>(&raw) {
+        Ok(ControlFrame::Request(r)) => r,
+        Ok(other) => {
+            return Err((
+                RejectReason::BadRequest,
+                format!("expected a request, got {}", frame_name(&other)),
+            ))
+        }
+        Err(e) => {
+            return Err(match peek_request_version(&raw) {
                 Some(v) if v != PROTOCOL_VERSION => (
                     RejectReason::UnsupportedVersion,
                     format!(
@@ -314,8 +314,9 @@ async fn read_request(
                     ),
                 ),
                 _ => (RejectReason::BadRequest, format!("malformed request: {e}")),
-            }),
-        };
+            })
+        }
+    };
     if req.version != PROTOCOL_VERSION {
         return Err((
             RejectReason::UnsupportedVersion,
