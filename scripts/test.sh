@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 . scripts/env.sh
 cargo fmt --all -- --check
-cargo clippy --release --locked --all-targets -- -D warnings
-cargo test --release --locked --all-targets
-cargo test --release --locked --doc
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+cargo test --release --locked --workspace --all-targets
+cargo test --release --locked --workspace --doc
