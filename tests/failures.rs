@@ -4,13 +4,11 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use quicstrap::client::{AttemptError, Fallback, FetchError, NextStep, Progress};
+use quicstrap::client::{AttemptError, Fallback, FetchError, NextStep};
 use quicstrap::partition::TableFormat;
-use quicstrap::protocol::RejectReason;
 
 fn rejected(a: &quicstrap::client::Attempt) -> &str {
     a.outcome.as_str()
@@ -210,25 +208,10 @@ async fn a_cancelled_fetch_leaves_nothing() {
     let id = id(5);
     seed(src.path(), &id, 60_000, 1000, 10_000);
     let server = server(src.path(), |_| {}).await;
-    let f = Arc::new(fetcher(|c| {
-        // Slow the transfer down so it is surely mid-file when cancelled.
-        c.read_limiter = quicstrap::pacing::RateLimiter::new(20_000_000);
-    }));
-    let progress = Arc::new(Progress::default());
-    let task = {
-        let (f, id, p, d, pr) = (
-            f.clone(),
-            id.clone(),
-            peer(&server),
-            dst.path().to_owned(),
-            progress.clone(),
-        );
-        tokio::spawn(async move { f.fetch_with_progress(&id, &[p], &d, &pr).await })
-    };
-    wait_for("bytes", Duration::from_secs(20), || {
-        progress.received.load(Ordering::Relaxed) > 1 << 20
-    })
-    .await;
+    // Slowed down so it is surely mid-file when dropped.
+    let f = slow_fetcher(20_000_000, |_| {});
+    let (task, progress) = spawn_fetch(&f, &id, vec![peer(&server)], dst.path());
+    wait_bytes(&progress, 1 << 20).await;
     assert!(
         !temp_dirs(dst.path()).is_empty(),
         "no temp dir while receiving"
@@ -255,6 +238,39 @@ async fn a_cancelled_fetch_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_by_the_node_cleans_up_fully_and_asks_for_no_fallback() {
+    let src = tempfile::tempdir().unwrap();
+    let good_src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(8);
+    seed(src.path(), &id, 60_000, 1000, 10_000);
+    seed(good_src.path(), &id, 1_000, 100, 1_000);
+    let slow = server(src.path(), |_| {}).await;
+    let good = server(good_src.path(), |_| {}).await;
+    let f = slow_fetcher(20_000_000, |_| {});
+    let (task, progress) = spawn_fetch(&f, &id, vec![peer(&slow), peer(&good)], dst.path());
+    wait_bytes(&progress, 1 << 20).await;
+    progress.cancel();
+    let err = task.await.unwrap().unwrap_err();
+    match &err {
+        FetchError::GaveUp {
+            error, attempts, ..
+        } => {
+            assert_eq!(*error, AttemptError::Cancelled);
+            assert_eq!(attempts.len(), 1, "moved on to another peer after a cancel");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(err.fallback(), Fallback::None);
+    // A cancel through the handle waits for every file handle: nothing is left, at once.
+    assert!(temp_dirs(dst.path()).is_empty());
+    assert!(open_fds_under(dst.path()).is_empty());
+    assert!(!id.dir(dst.path()).exists());
+    slow.shutdown().await;
+    good.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
     let src = tempfile::tempdir().unwrap();
     let good_src = tempfile::tempdir().unwrap();
@@ -264,26 +280,13 @@ async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
     seed(good_src.path(), &id, 2_000, 100, 1_000);
     let victim = ServeProcess::start(src.path(), &[]);
     let good = server(good_src.path(), |_| {}).await;
-    let f = Arc::new(fetcher(|c| {
+    let f = slow_fetcher(30_000_000, |c| {
         c.idle_timeout = Duration::from_secs(2);
         c.tuning.idle_timeout = Duration::from_secs(2);
-        c.read_limiter = quicstrap::pacing::RateLimiter::new(30_000_000);
-    }));
-    let progress = Arc::new(Progress::default());
-    let task = {
-        let peers = [quicstrap::Peer::new(victim.addr), peer(&good)];
-        let (f, id, d, pr) = (
-            f.clone(),
-            id.clone(),
-            dst.path().to_owned(),
-            progress.clone(),
-        );
-        tokio::spawn(async move { f.fetch_with_progress(&id, &peers, &d, &pr).await })
-    };
-    wait_for("bytes from the victim", Duration::from_secs(30), || {
-        progress.received.load(Ordering::Relaxed) > 4 << 20
-    })
-    .await;
+    });
+    let peers = vec![quicstrap::Peer::new(victim.addr), peer(&good)];
+    let (task, progress) = spawn_fetch(&f, &id, peers, dst.path());
+    wait_bytes(&progress, 4 << 20).await;
     victim.signal(libc::SIGKILL);
     let report = task.await.unwrap().expect("next peer succeeds");
     assert_eq!(report.attempts.len(), 2);
@@ -312,26 +315,13 @@ async fn sigterm_mid_transfer_gives_a_prompt_typed_error_and_releases_snapshots(
     let mut stopping = ServeProcess::start(src.path(), &[]);
     let good = server(good_src.path(), |_| {}).await;
     // Long timeouts: only the server's typed close can end the attempt quickly.
-    let f = Arc::new(fetcher(|c| {
+    let f = slow_fetcher(30_000_000, |c| {
         c.idle_timeout = Duration::from_secs(60);
         c.tuning.idle_timeout = Duration::from_secs(60);
-        c.read_limiter = quicstrap::pacing::RateLimiter::new(30_000_000);
-    }));
-    let progress = Arc::new(Progress::default());
-    let task = {
-        let peers = [quicstrap::Peer::new(stopping.addr), peer(&good)];
-        let (f, id, d, pr) = (
-            f.clone(),
-            id.clone(),
-            dst.path().to_owned(),
-            progress.clone(),
-        );
-        tokio::spawn(async move { f.fetch_with_progress(&id, &peers, &d, &pr).await })
-    };
-    wait_for("bytes", Duration::from_secs(30), || {
-        progress.received.load(Ordering::Relaxed) > 4 << 20
-    })
-    .await;
+    });
+    let peers = vec![quicstrap::Peer::new(stopping.addr), peer(&good)];
+    let (task, progress) = spawn_fetch(&f, &id, peers, dst.path());
+    wait_bytes(&progress, 4 << 20).await;
     assert!(
         std::fs::read_dir(&snaps).unwrap().count() > 0,
         "no snapshot while serving"
@@ -388,19 +378,4 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-#[test]
-fn rejections_map_to_next_peer() {
-    for reason in [
-        RejectReason::Busy,
-        RejectReason::NotFound,
-        RejectReason::FormatMismatch,
-    ] {
-        let e = AttemptError::Rejected {
-            reason,
-            message: String::new(),
-        };
-        assert_eq!(e.next_step(), NextStep::NextPeer);
-    }
 }

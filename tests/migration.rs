@@ -4,11 +4,8 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
-use quicstrap::client::Progress;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transfer_survives_a_change_of_client_address() {
@@ -17,26 +14,11 @@ async fn the_transfer_survives_a_change_of_client_address() {
     let id = id(0);
     seed(src.path(), &id, 60_000, 1000, 10_000);
     let server = server(src.path(), |_| {}).await;
-    let f = Arc::new(fetcher(|c| {
-        // A read limit keeps the transfer going long enough to move mid-file.
-        c.read_limiter = quicstrap::pacing::RateLimiter::new(30_000_000);
-    }));
+    // A read limit keeps the transfer going long enough to move mid-file.
+    let f = slow_fetcher(30_000_000, |_| {});
     let before = f.local_addr().unwrap();
-    let progress = Arc::new(Progress::default());
-    let task = {
-        let (f, id, p, d, pr) = (
-            f.clone(),
-            id.clone(),
-            peer(&server),
-            dst.path().to_owned(),
-            progress.clone(),
-        );
-        tokio::spawn(async move { f.fetch_with_progress(&id, &[p], &d, &pr).await })
-    };
-    wait_for("first bytes", Duration::from_secs(30), || {
-        progress.received.load(Ordering::Relaxed) > 2 << 20
-    })
-    .await;
+    let (task, progress) = spawn_fetch(&f, &id, vec![peer(&server)], dst.path());
+    wait_bytes(&progress, 2 << 20).await;
     let at_move = progress.received.load(Ordering::Relaxed);
     let total = progress.total.load(Ordering::Relaxed);
     assert!(at_move < total, "transfer finished before the move");

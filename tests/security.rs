@@ -265,3 +265,38 @@ async fn a_silent_control_stream_times_out_and_a_flood_is_bounded() {
         .unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_snapshot_slot() {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(0);
+    seed(src.path(), &id, 20_000, 1000, 5_000);
+    let server = server(src.path(), |c| {
+        c.idle_timeout = Duration::from_secs(1);
+        c.snapshots.max_users = 1;
+    })
+    .await;
+    let (_ep, conn) = raw_connection(&server).await;
+    // Ask, get the manifest, then read nothing: flow control stalls the server's writes.
+    let ok = answer_with(
+        &conn,
+        &encode(&ControlFrame::Request(request("it_store"))),
+        false,
+    )
+    .await;
+    assert!(matches!(ok, ControlFrame::Accept(_)), "{ok:?}");
+    assert_eq!(server.snapshots().users(), 1);
+    let stats = server.stats();
+    wait_for("stalled transfer dropped", Duration::from_secs(15), || {
+        server.snapshots().users() == 0
+    })
+    .await;
+    assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The only slot is free again for a client that reads.
+    let dst = tempfile::tempdir().unwrap();
+    fetcher(|_| {})
+        .fetch(&id, &[peer(&server)], dst.path())
+        .await
+        .unwrap();
+    server.shutdown().await;
+}

@@ -219,3 +219,35 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+/// Starts a fetch in the background; returns its handle and its live progress (and cancel).
+pub fn spawn_fetch(
+    f: &Arc<Fetcher>,
+    id: &PartitionId,
+    peers: Vec<Peer>,
+    dst: &Path,
+) -> (
+    tokio::task::JoinHandle<Result<quicstrap::FetchReport, quicstrap::FetchError>>,
+    Arc<quicstrap::client::Progress>,
+) {
+    let progress = Arc::new(quicstrap::client::Progress::default());
+    let (f, id, dst, pr) = (f.clone(), id.clone(), dst.to_owned(), progress.clone());
+    let task = tokio::spawn(async move { f.fetch_with_progress(&id, &peers, &dst, &pr).await });
+    (task, progress)
+}
+
+/// Waits until the current attempt has received more than `bytes`.
+pub async fn wait_bytes(progress: &quicstrap::client::Progress, bytes: u64) {
+    wait_for("bytes to arrive", Duration::from_secs(30), || {
+        progress.received.load(std::sync::atomic::Ordering::Relaxed) > bytes
+    })
+    .await;
+}
+
+/// A fetcher whose reads are limited to `rate` bytes/s, so a test can act mid-transfer.
+pub fn slow_fetcher(rate: u64, tweak: impl FnOnce(&mut FetchConfig)) -> Arc<Fetcher> {
+    Arc::new(fetcher(|c| {
+        c.read_limiter = quicstrap::pacing::RateLimiter::new(rate);
+        tweak(c);
+    }))
+}
