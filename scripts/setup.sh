@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing quicstrap needs on a fresh Debian/Ubuntu machine:
-# libclang for RocksDB's bindings, a C/C++ toolchain, and the Rust toolchain if missing.
+# libclang for RocksDB's bindings, a C/C++ toolchain, Java and Maven for the test Kafka broker.
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 
 need=()
-for pkg in libclang-dev clang g++ make pkg-config openssl; do
+for pkg in libclang-dev clang g++ make pkg-config openssl zlib1g-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# The test broker is Apache Kafka, run from its Maven Central jars: Java 17+ and Maven.
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "setup: installing ${need[*]}" >&2

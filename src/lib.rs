@@ -19,6 +19,9 @@
 //! * [`server`] — the serving peer.
 //! * [`peers`] — who to ask, in which order (discovery → selection).
 //! * [`client`] — request → receive → validate → commit, peer after peer.
+//! * [`ingest`] — catch-up from the partition's change log (Kafka) after a transfer, or from
+//!   the beginning when no peer could serve.
+//! * [`bootstrap`] — the whole job: peer transfer + catch-up, or Kafka alone, with the reason.
 //! * [`demo`] — the end-to-end demonstration behind `quicstrap demo`.
 //!
 //! # Example
@@ -27,9 +30,11 @@
 
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 pub mod checksum;
 pub mod client;
 pub mod demo;
+pub mod ingest;
 pub mod pacing;
 pub mod partition;
 pub mod peers;

@@ -117,6 +117,10 @@ struct ServeArgs {
     /// Write-rate limit for all transfers of this process, bytes/s (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     write_limit: u64,
+    /// Kafka brokers (`host:port,...`): keep every partition under --data-dir following its
+    /// topic while serving snapshots of it.
+    #[arg(long)]
+    kafka: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -125,8 +129,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct FetchArgs {
-    /// A peer, `host:port` or `name@host:port`; repeat for more.
-    #[arg(long = "peer", required = true)]
+    /// A peer, `host:port` or `name@host:port`; repeat for more (none: Kafka only).
+    #[arg(long = "peer", required_unless_present = "kafka")]
     peers: Vec<Peer>,
     /// Store name.
     #[arg(long)]
@@ -164,6 +168,22 @@ struct FetchArgs {
     /// Read-rate limit for this fetch, bytes/s (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     read_limit: u64,
+    /// Kafka brokers (`host:port,...`): do the whole bootstrap — transfer, then catch up from
+    /// the snapshot's offset; Kafka alone when the lag is small or no peer can serve.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// With --kafka: keep consuming after catching up, until interrupted.
+    #[arg(long, requires = "kafka")]
+    follow: bool,
+    /// With --kafka: replay instead of transferring below this lag, in offsets.
+    #[arg(long, default_value_t = 100_000)]
+    lag_threshold: u64,
+    /// With --kafka: give up catch-up after the broker is unreachable this long, seconds.
+    #[arg(long, default_value_t = 120)]
+    catchup_deadline_secs: u64,
+    /// With --kafka: records per WriteBatch during catch-up.
+    #[arg(long, default_value_t = 5_000)]
+    catchup_batch: usize,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -263,6 +283,11 @@ async fn serve(a: ServeArgs) -> ExitCode {
     cfg.write_limiter = quicstrap::pacing::RateLimiter::new(a.write_limit);
     a.quic.apply(&mut cfg.tuning);
     let source = Arc::new(DataDir::new(a.data_dir.clone(), a.format));
+    if let Some(brokers) = &a.kafka {
+        if let Err(e) = follow_all(&a.data_dir, a.format, brokers, &source) {
+            return fail(2, &e);
+        }
+    }
     let server = match Server::start(cfg, source).await {
         Ok(s) => s,
         Err(e) => return fail(2, &e.to_string()),
@@ -312,6 +337,15 @@ async fn fetch(a: FetchArgs) -> ExitCode {
     let bar = std::io::stderr()
         .is_terminal()
         .then(|| quicstrap::demo::progress_bar(progress.clone()));
+    if let Some(brokers) = a.kafka.clone() {
+        let code = bootstrap(&a, &id, &fetcher, &progress, &brokers).await;
+        if let Some((stop, handle)) = bar {
+            let _ = stop.send(());
+            let _ = handle.await;
+        }
+        fetcher.close().await;
+        return code;
+    }
     let result = fetcher
         .fetch_with_progress(&id, &a.peers, &a.data_dir, &progress)
         .await;
@@ -359,6 +393,114 @@ async fn fetch(a: FetchArgs) -> ExitCode {
             fail(1, &e.to_string())
         }
     }
+}
+
+/// `fetch --kafka`: the whole bootstrap, then optionally follow.
+async fn bootstrap(
+    a: &FetchArgs,
+    id: &PartitionId,
+    fetcher: &Fetcher,
+    progress: &Progress,
+    brokers: &str,
+) -> ExitCode {
+    use quicstrap::bootstrap::{bootstrap, BootstrapConfig};
+    use quicstrap::ingest::{self, kafka::KafkaLog, CatchUpConfig, Until};
+    let mut log = match KafkaLog::new(brokers, &ingest::topic(id), id.partition) {
+        Ok(l) => l,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let cfg = BootstrapConfig {
+        lag_threshold: a.lag_threshold,
+        catch_up: CatchUpConfig {
+            deadline: Duration::from_secs(a.catchup_deadline_secs),
+            batch: a.catchup_batch.max(1),
+            ..Default::default()
+        },
+        table_format: a.format,
+    };
+    let report = match bootstrap(fetcher, &a.peers, &a.data_dir, id, &mut log, &cfg, progress).await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    if a.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(2, &e.to_string()),
+        }
+    } else {
+        println!(
+            "bootstrapped {} via {:?}: {} records caught up, offset {:?}, {:.2} s",
+            report.partition,
+            report.path,
+            report.catch_up.records,
+            report.catch_up.to_offset,
+            report.seconds
+        );
+    }
+    if a.follow {
+        let db = match partition::open(&id.dir(&a.data_dir), a.format) {
+            Ok(db) => db,
+            Err(e) => return fail(1, &e.to_string()),
+        };
+        let follow = ingest::catch_up(&db, &mut log, Until::Follow, &cfg.catch_up);
+        tokio::select! {
+            r = follow => if let Err(e) = r { return fail(1, &e.to_string()) },
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Opens every partition under `root`, registers it with the server's source, and keeps it
+/// following its Kafka topic in the background.
+fn follow_all(
+    root: &std::path::Path,
+    format: TableFormat,
+    brokers: &str,
+    source: &DataDir,
+) -> Result<(), String> {
+    use quicstrap::ingest::{self, kafka::KafkaLog, CatchUpConfig, Until};
+    let mut ids = Vec::new();
+    for store in std::fs::read_dir(root)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let name = store.file_name().to_string_lossy().into_owned();
+        let Some((s, v)) = name.rsplit_once("_v") else {
+            continue;
+        };
+        let Ok(version) = v.parse::<u32>() else {
+            continue;
+        };
+        for p in std::fs::read_dir(store.path())
+            .map_err(|e| e.to_string())?
+            .flatten()
+        {
+            let Ok(partition) = p.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(id) = PartitionId::new(s, version, partition) {
+                ids.push(id);
+            }
+        }
+    }
+    for id in ids {
+        let db = Arc::new(partition::open(&id.dir(root), format).map_err(|e| e.to_string())?);
+        source.insert(id.clone(), db.clone());
+        let mut log =
+            KafkaLog::new(brokers, &ingest::topic(&id), id.partition).map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let cfg = CatchUpConfig {
+                deadline: Duration::from_secs(u64::MAX / 4),
+                ..Default::default()
+            };
+            if let Err(e) = ingest::catch_up(&db, &mut log, Until::Follow, &cfg).await {
+                tracing::error!(partition = %id, error = %e, "ingestion stopped");
+            }
+        });
+    }
+    Ok(())
 }
 
 fn seed(a: SeedArgs) -> ExitCode {
