@@ -1,0 +1,168 @@
+//! Time to bootstrap one partition: peer transfer + Kafka catch-up versus Kafka replay alone,
+//! side by side in one run, against the real broker of `scripts/kafka.sh`.
+//!
+//! Run: `scripts/kafka.sh start && QUICSTRAP_KAFKA=127.0.0.1:19092 cargo bench --bench bootstrap`
+//! Size: `QUICSTRAP_BENCH_RECORDS` (default 1 100 000) values of `QUICSTRAP_BENCH_VALUE`
+//! bytes (default 1000): ≥ 1 GiB of values. Under `cargo test` (no `--bench` argument) it
+//! runs a 20 000-record smoke version so the code path stays exercised.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
+use quicstrap::client::{FetchConfig, Fetcher, Progress};
+use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
+use quicstrap::ingest::{self, CatchUpConfig};
+use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::peers::Peer;
+use quicstrap::server::{Server, ServerConfig};
+use quicstrap::snapshot::DataDir;
+use quicstrap::tls::{self, AllowList};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let Ok(brokers) = std::env::var("QUICSTRAP_KAFKA") else {
+        if bench {
+            eprintln!("bootstrap bench: set QUICSTRAP_KAFKA (scripts/kafka.sh start)");
+            std::process::exit(2);
+        }
+        // `cargo test --benches` without a broker: nothing to measure against.
+        eprintln!("bootstrap bench: QUICSTRAP_KAFKA not set, smoke run skipped");
+        return;
+    };
+    let records = if bench {
+        env_u64("QUICSTRAP_BENCH_RECORDS", 1_100_000)
+    } else {
+        20_000
+    };
+    let value = env_u64("QUICSTRAP_BENCH_VALUE", 1000) as usize;
+    let tail = (records / 100).max(1_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = PartitionId::new(&format!("bench_{nanos}"), 1, 0).expect("valid store name");
+    let topic = ingest::topic(&id);
+    let work = tempfile::tempdir().expect("temp dir");
+    let writer = KafkaWriter::new(&brokers).expect("producer");
+
+    eprintln!(
+        "producing {records} records of {value} B ({:.2} GiB of values) to {topic} ...",
+        (records * value as u64) as f64 / (1u64 << 30) as f64
+    );
+    let t = Instant::now();
+    let chunk = 50_000;
+    let mut i = 0;
+    while i < records {
+        let end = (i + chunk).min(records);
+        let batch: Vec<_> = (i..end)
+            .map(|n| {
+                (
+                    partition::seed_key(n),
+                    Some(partition::seed_value(n, value)),
+                )
+            })
+            .collect();
+        writer.send_all(&topic, 0, &batch).await.expect("produce");
+        i = end;
+    }
+    eprintln!("produced in {:.1} s", t.elapsed().as_secs_f64());
+
+    let cfg = BootstrapConfig {
+        lag_threshold: 0,
+        catch_up: CatchUpConfig {
+            deadline: Duration::from_secs(120),
+            batch: 10_000,
+            ..Default::default()
+        },
+        table_format: TableFormat::Block,
+    };
+    let fetcher =
+        Fetcher::new(FetchConfig::new(tls::dev::client().expect("cert"))).expect("client");
+
+    // Kafka replay alone: node A builds the partition from offset 0.
+    let a_root = work.path().join("a");
+    let mut log = KafkaLog::new(&brokers, &topic, 0).expect("consumer");
+    let replay = bootstrap(
+        &fetcher,
+        &[],
+        &a_root,
+        &id,
+        &mut log,
+        &cfg,
+        &Progress::default(),
+    )
+    .await
+    .expect("kafka replay");
+    assert_eq!(replay.path, BootstrapPath::KafkaNoPeers);
+    let kafka_secs = replay.seconds;
+
+    // More records arrive after A's snapshot will be taken.
+    let batch: Vec<_> = (records..records + tail)
+        .map(|n| {
+            (
+                partition::seed_key(n),
+                Some(partition::seed_value(n, value)),
+            )
+        })
+        .collect();
+    writer
+        .send_all(&topic, 0, &batch)
+        .await
+        .expect("produce tail");
+
+    // Peer transfer + catch-up: node B from A.
+    let a_db = Arc::new(partition::open(&id.dir(&a_root), TableFormat::Block).expect("open A"));
+    let source = Arc::new(DataDir::new(&a_root, TableFormat::Block));
+    source.insert(id.clone(), a_db);
+    let server = Server::start(
+        ServerConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            tls::dev::server().expect("cert"),
+            AllowList::parse(tls::dev::ALLOW),
+            TableFormat::Block,
+            work.path().join("snapshots"),
+        ),
+        source,
+    )
+    .await
+    .expect("server");
+    let peer = Peer::new(server.local_addr().expect("addr"));
+    let b_root = work.path().join("b");
+    let mut log = KafkaLog::new(&brokers, &topic, 0).expect("consumer");
+    let via_peer = bootstrap(
+        &fetcher,
+        &[peer],
+        &b_root,
+        &id,
+        &mut log,
+        &cfg,
+        &Progress::default(),
+    )
+    .await
+    .expect("peer bootstrap");
+    assert_eq!(via_peer.path, BootstrapPath::PeerTransfer);
+    assert_eq!(via_peer.catch_up.to_offset, Some(records + tail - 1));
+    let transfer = via_peer.transfer.as_ref().expect("transfer report");
+    server.shutdown().await;
+
+    println!(
+        "bootstrap of {records} records x {value} B (+{tail} after the snapshot): \
+         kafka replay {kafka_secs:.1} s | peer transfer {:.1} s ({} MB, {} files) + catch-up of {} \
+         records = {:.1} s | speed-up {:.1}x",
+        transfer.seconds,
+        transfer.bytes / 1_000_000,
+        transfer.files,
+        via_peer.catch_up.records,
+        via_peer.seconds,
+        kafka_secs / via_peer.seconds.max(1e-9)
+    );
+}
