@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{FetchConfig, FetchError, FetchReport, Fetcher, Progress};
+use crate::ingest::kafka::{KafkaLog, KafkaWriter};
 use crate::ingest::{self, local::LocalLog, CatchUpConfig, CatchUpReport, Until};
 use crate::partition::{self, PartitionId, SeedSummary, StorageError, TableFormat};
 use crate::peers::Peer;
@@ -32,6 +33,9 @@ pub struct DemoOptions {
     pub records_per_sst: u64,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Kafka brokers: run the real path (source built from Kafka, catch-up from Kafka)
+    /// instead of the embedded log.
+    pub kafka: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -42,6 +46,7 @@ impl Default for DemoOptions {
             value_size: 1000,
             records_per_sst: 16 * 1024,
             progress: false,
+            kafka: None,
         }
     }
 }
@@ -70,6 +75,8 @@ pub struct DemoSummary {
     pub seed_seconds: f64,
     /// Catch-up of the records written after the snapshot (embedded log; Kafka in a node).
     pub catch_up: CatchUpReport,
+    /// Whether the real Kafka path ran.
+    pub kafka: bool,
 }
 
 /// Records "produced after the snapshot" in the demo's embedded log.
@@ -77,30 +84,43 @@ const TAIL: u64 = 10_000;
 
 /// Step 5 of the reference design on the embedded log: the node applies what was written
 /// after the snapshot, from the snapshot's offset on, exactly as it would from Kafka.
-async fn catch_up_tail(report: &FetchReport) -> Result<CatchUpReport, DemoError> {
+async fn catch_up_tail(
+    report: &FetchReport,
+    id: &PartitionId,
+    kafka: Option<&str>,
+) -> Result<CatchUpReport, DemoError> {
     let next = report.meta.offset.map_or(0, |o| o + 1);
-    let mut log = LocalLog::starting_at(next);
-    for i in 0..TAIL {
-        // Overwrites of existing keys, and a delete every 10th record.
-        let key = partition::seed_key(i * 13);
-        if i % 10 == 0 {
-            log.append(&key, None);
-        } else {
-            log.append(
-                &key,
-                Some(format!("updated after the snapshot #{i}").as_bytes()),
-            );
-        }
-    }
+    // Overwrites of existing keys, and a delete every 10th record.
+    let tail: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..TAIL)
+        .map(|i| {
+            let value =
+                (i % 10 != 0).then(|| format!("updated after the snapshot #{i}").into_bytes());
+            (partition::seed_key(i * 13), value)
+        })
+        .collect();
     let db = partition::open(&report.dir, TableFormat::Block)?;
-    let r = ingest::catch_up(
-        &db,
-        &mut log,
-        Until::HighWatermark,
-        &CatchUpConfig::default(),
-    )
-    .await
-    .map_err(|e| DemoError::Verify(format!("catch-up: {e}")))?;
+    let cfg = CatchUpConfig::default();
+    let kafka_err = |e: crate::ingest::LogError| DemoError::Verify(format!("kafka: {e}"));
+    let caught = match kafka {
+        None => {
+            let mut log = LocalLog::starting_at(next);
+            for (k, v) in &tail {
+                log.append(k, v.as_deref());
+            }
+            ingest::catch_up(&db, &mut log, Until::HighWatermark, &cfg).await
+        }
+        Some(brokers) => {
+            let topic = ingest::topic(id);
+            let writer = KafkaWriter::new(brokers).map_err(kafka_err)?;
+            writer
+                .send_all(&topic, id.partition, &tail)
+                .await
+                .map_err(kafka_err)?;
+            let mut log = KafkaLog::new(brokers, &topic, id.partition).map_err(kafka_err)?;
+            ingest::catch_up(&db, &mut log, Until::HighWatermark, &cfg).await
+        }
+    };
+    let r = caught.map_err(|e| DemoError::Verify(format!("catch-up: {e}")))?;
     let updated = db
         .get(partition::seed_key(13))
         .map_err(StorageError::from)?;
@@ -156,16 +176,30 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
     let empty_root = work.join("empty");
     let dest_root = work.join("dest");
     std::fs::create_dir_all(&empty_root)?;
-    let id = PartitionId::new("demo_store", 1, 0).map_err(|e| DemoError::Verify(e.to_string()))?;
+    // With Kafka the topic must be new: a rerun must not find the last run's records.
+    let store = match &opts.kafka {
+        None => "demo_store".to_owned(),
+        Some(_) => format!(
+            "demo_{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ),
+    };
+    let id = PartitionId::new(&store, 1, 0).map_err(|e| DemoError::Verify(e.to_string()))?;
 
     let t0 = Instant::now();
     let dir = id.dir(&source_root);
     let (records, value_size, per_sst) = (opts.records, opts.value_size, opts.records_per_sst);
-    let seed = tokio::task::spawn_blocking(move || {
-        partition::seed(&dir, TableFormat::Block, records, value_size, per_sst)
-    })
-    .await
-    .map_err(|e| DemoError::Verify(e.to_string()))??;
+    let seed = match &opts.kafka {
+        None => tokio::task::spawn_blocking(move || {
+            partition::seed(&dir, TableFormat::Block, records, value_size, per_sst)
+        })
+        .await
+        .map_err(|e| DemoError::Verify(e.to_string()))??,
+        Some(brokers) => seed_from_kafka(brokers, &id, &dir, records, value_size).await?,
+    };
     let seed_seconds = t0.elapsed().as_secs_f64();
 
     let server_id = tls::dev::server()?;
@@ -244,7 +278,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
             seed.records
         )));
     }
-    let catch_up = catch_up_tail(&report).await?;
+    let catch_up = catch_up_tail(&report, &id, opts.kafka.as_deref()).await?;
     Ok(DemoSummary {
         seed,
         peers,
@@ -252,6 +286,64 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
         verified_keys,
         seed_seconds,
         catch_up,
+        kafka: opts.kafka.is_some(),
+    })
+}
+
+/// The source partition the real way: records produced to Kafka, then ingested from offset 0.
+async fn seed_from_kafka(
+    brokers: &str,
+    id: &PartitionId,
+    dir: &std::path::Path,
+    records: u64,
+    value_size: usize,
+) -> Result<SeedSummary, DemoError> {
+    let kafka = |e: crate::ingest::LogError| DemoError::Verify(format!("kafka: {e}"));
+    let topic = ingest::topic(id);
+    let writer = KafkaWriter::new(brokers).map_err(kafka)?;
+    let mut i = 0;
+    while i < records {
+        let end = (i + 20_000).min(records);
+        let batch: Vec<_> = (i..end)
+            .map(|n| {
+                (
+                    partition::seed_key(n),
+                    Some(partition::seed_value(n, value_size)),
+                )
+            })
+            .collect();
+        writer
+            .send_all(&topic, id.partition, &batch)
+            .await
+            .map_err(kafka)?;
+        i = end;
+    }
+    std::fs::create_dir_all(dir)?;
+    {
+        let db = partition::open(dir, TableFormat::Block)?;
+        partition::write_version_state(
+            &db,
+            &crate::partition::VersionState {
+                table_format: TableFormat::Block,
+                producer: "quicstrap demo (from Kafka)".into(),
+            },
+        )?;
+        let mut log = KafkaLog::new(brokers, &topic, id.partition).map_err(kafka)?;
+        ingest::catch_up(
+            &db,
+            &mut log,
+            Until::HighWatermark,
+            &CatchUpConfig::default(),
+        )
+        .await
+        .map_err(|e| DemoError::Verify(format!("ingest: {e}")))?;
+    }
+    let (sst_files, bytes) = partition::dir_summary(dir)?;
+    Ok(SeedSummary {
+        records,
+        last_offset: records.saturating_sub(1),
+        sst_files,
+        bytes,
     })
 }
 
@@ -397,8 +489,15 @@ pub fn render(s: &DemoSummary) -> String {
     let _ = writeln!(
         out,
         "caught up: {} records written after the snapshot applied, offset {:?} -> {:?} \
-         (embedded log; a node reads Kafka: fetch --kafka)",
-        s.catch_up.records, s.catch_up.from_offset, s.catch_up.to_offset
+         ({})",
+        s.catch_up.records,
+        s.catch_up.from_offset,
+        s.catch_up.to_offset,
+        if s.kafka {
+            "from Kafka"
+        } else {
+            "embedded log; with --kafka, from Kafka"
+        }
     );
     out
 }

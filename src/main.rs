@@ -226,6 +226,10 @@ struct DemoArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Run the real path against these Kafka brokers: the source is built from Kafka and the
+    /// fetched partition catches up from Kafka.
+    #[arg(long)]
+    kafka: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -533,6 +537,7 @@ async fn demo(a: DemoArgs) -> ExitCode {
     let opts = quicstrap::demo::DemoOptions {
         work_dir: a.work_dir,
         progress: std::io::stderr().is_terminal(),
+        kafka: a.kafka,
         ..Default::default()
     };
     eprintln!("quicstrap demo: seeding a ~256 MB partition, starting 3 peers on loopback ...");

@@ -200,6 +200,23 @@ pub struct SeedSummary {
     pub bytes: u64,
 }
 
+/// SST files and total bytes of the files in a partition directory.
+pub fn dir_summary(dir: &Path) -> Result<(usize, u64), StorageError> {
+    let mut sst_files = 0;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            bytes += meta.len();
+            if entry.file_name().to_string_lossy().ends_with(".sst") {
+                sst_files += 1;
+            }
+        }
+    }
+    Ok((sst_files, bytes))
+}
+
 /// Deterministic value for record `i`: incompressible-looking bytes derived from `i` so a
 /// receiver can check every key without keeping a copy of the source.
 pub fn seed_value(i: u64, value_size: usize) -> Vec<u8> {
@@ -284,18 +301,7 @@ pub fn seed(
         db.compact_range_cf::<&[u8], &[u8]>(cf, None, None);
     }
     drop(db);
-    let mut sst_files = 0;
-    let mut bytes = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_file() {
-            bytes += meta.len();
-            if entry.file_name().to_string_lossy().ends_with(".sst") {
-                sst_files += 1;
-            }
-        }
-    }
+    let (sst_files, bytes) = dir_summary(dir)?;
     Ok(SeedSummary {
         records,
         last_offset: records.saturating_sub(1),

@@ -140,3 +140,27 @@ fn bad_input_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("store name"));
     assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn the_demo_runs_on_embedded_defaults() {
+    let out = Command::new(bin())
+        .args(["demo", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["verified_keys"], 262_144);
+    assert!(s["seed"]["bytes"].as_u64().unwrap() > 256_000_000);
+    assert_eq!(s["peers"].as_array().unwrap().len(), 3);
+    let attempts = s["report"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.last().unwrap()["outcome"], "ok");
+    for a in &attempts[..attempts.len() - 1] {
+        let o = a["outcome"].as_str().unwrap();
+        assert!(o == "busy" || o == "format_mismatch", "{o}");
+    }
+    assert_eq!(s["catch_up"]["records"], 10_000);
+}

@@ -306,3 +306,84 @@ async fn ingestion_killed_mid_way_resumes_without_loss_or_double_apply() {
     assert_eq!(offset(&dir), Some(199_999));
     assert_eq!(content(&dir), model, "records lost or applied twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_node_keeps_ingesting_and_its_snapshots_carry_the_new_offset() {
+    let b = brokers();
+    let id = PartitionId::new(&unique_store("serve"), 1, 0).unwrap();
+    let w = KafkaWriter::new(&b).unwrap();
+    let mut model = Model::new();
+    produce(&w, &id, 0, 30_000, &mut model).await;
+    // Node A's partition, built by the CLI from Kafka alone.
+    let a_root = tempfile::tempdir().unwrap();
+    let c = certs();
+    let out = std::process::Command::new(bin())
+        .args([
+            "fetch",
+            "--kafka",
+            &b,
+            "--store",
+            &id.store,
+            "--version",
+            "1",
+        ])
+        .args(["--partition", "0", "--json"])
+        .arg("--data-dir")
+        .arg(a_root.path())
+        .arg("--cert")
+        .arg(c.join("client.crt"))
+        .arg("--key")
+        .arg(c.join("client.key"))
+        .arg("--ca")
+        .arg(c.join("ca.crt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["path"]["path"], "kafka_lag_below_threshold");
+    // A serves and follows its topic; more records arrive.
+    let server = ServeProcess::start(a_root.path(), &["--kafka", &b]);
+    produce(&w, &id, 30_000, 5_000, &mut model).await;
+    let a_dir = id.dir(a_root.path());
+    wait_for("A ingests the new records", Duration::from_secs(60), || {
+        live_offset(&a_dir) == Some(34_999)
+    })
+    .await;
+    // A snapshot taken now carries the new offset and exactly its data.
+    let dst = tempfile::tempdir().unwrap();
+    let r = fetcher(|_| {})
+        .fetch(&id, &[quicstrap::Peer::new(server.addr)], dst.path())
+        .await
+        .unwrap();
+    assert_eq!(r.meta.offset, Some(34_999));
+    assert_eq!(content(&id.dir(dst.path())), model);
+}
+
+#[test]
+fn the_demo_runs_the_real_kafka_path() {
+    let out = std::process::Command::new(bin())
+        .args(["demo", "--json", "--kafka", &brokers()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["kafka"], true);
+    assert_eq!(s["verified_keys"], 262_144);
+    assert_eq!(s["catch_up"]["from_offset"], 262_143);
+    assert_eq!(s["catch_up"]["to_offset"], 272_143);
+    let last = s["report"]["attempts"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["outcome"], "ok");
+}
