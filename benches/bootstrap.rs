@@ -3,7 +3,7 @@
 //!
 //! Run: `scripts/kafka.sh start && QUICSTRAP_KAFKA=127.0.0.1:19092 cargo bench --bench bootstrap`
 //! Size: `QUICSTRAP_BENCH_RECORDS` (default 1 100 000) values of `QUICSTRAP_BENCH_VALUE`
-//! bytes (default 1000): ≥ 1 GiB of values. Under `cargo test` (no `--bench` argument) it
+//! bytes (default 1000): ≥ 1 GiB of values; `QUICSTRAP_BENCH_CHECKSUM` md5 (default) or blake3. Under `cargo test` (no `--bench` argument) it
 //! runs a 20 000-record smoke version so the code path stays exercised.
 
 use std::sync::Arc;
@@ -85,8 +85,12 @@ async fn main() {
         },
         table_format: TableFormat::Block,
     };
-    let fetcher =
-        Fetcher::new(FetchConfig::new(tls::dev::client().expect("cert"))).expect("client");
+    let mut fetch_cfg = FetchConfig::new(tls::dev::client().expect("cert"));
+    if let Ok(algo) = std::env::var("QUICSTRAP_BENCH_CHECKSUM") {
+        fetch_cfg.checksum = algo.parse().expect("md5 or blake3");
+    }
+    let checksum = fetch_cfg.checksum;
+    let fetcher = Fetcher::new(fetch_cfg).expect("client");
 
     // Kafka replay alone: node A builds the partition from offset 0.
     let a_root = work.path().join("a");
@@ -155,7 +159,7 @@ async fn main() {
     server.shutdown().await;
 
     println!(
-        "bootstrap of {records} records x {value} B (+{tail} after the snapshot): \
+        "bootstrap of {records} records x {value} B (+{tail} after the snapshot), {checksum}: \
          kafka replay {kafka_secs:.1} s | peer transfer {:.1} s ({} MB, {} files) + catch-up of {} \
          records = {:.1} s | speed-up {:.1}x",
         transfer.seconds,

@@ -256,6 +256,24 @@ fn main() -> ExitCode {
     })
 }
 
+/// Prints `report` as pretty JSON when asked, else the human line; a report that cannot be
+/// serialised is an error (exit 2).
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    human: impl FnOnce() -> String,
+) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(2, &e.to_string()),
+        }
+    } else {
+        print!("{}", human());
+    }
+    ExitCode::SUCCESS
+}
+
 fn fail(code: u8, msg: &str) -> ExitCode {
     eprintln!("quicstrap: {msg}");
     ExitCode::from(code)
@@ -359,26 +377,18 @@ async fn fetch(a: FetchArgs) -> ExitCode {
     }
     fetcher.close().await;
     match result {
-        Ok(report) => {
-            if a.json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => return fail(2, &e.to_string()),
-                }
-            } else {
-                println!(
-                    "fetched {} from {} into {}: {} files, {} bytes in {:.2} s ({} attempts)",
-                    report.partition,
-                    report.peer,
-                    report.dir.display(),
-                    report.files,
-                    report.bytes,
-                    report.seconds,
-                    report.attempts.len()
-                );
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(report) => print_report(a.json, &report, || {
+            format!(
+                "fetched {} from {} into {}: {} files, {} bytes in {:.2} s ({} attempts)\n",
+                report.partition,
+                report.peer,
+                report.dir.display(),
+                report.files,
+                report.bytes,
+                report.seconds,
+                report.attempts.len()
+            )
+        }),
         Err(e) => {
             if a.json {
                 let attempts = match &e {
@@ -427,20 +437,18 @@ async fn bootstrap(
         Ok(r) => r,
         Err(e) => return fail(1, &e.to_string()),
     };
-    if a.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return fail(2, &e.to_string()),
-        }
-    } else {
-        println!(
-            "bootstrapped {} via {:?}: {} records caught up, offset {:?}, {:.2} s",
+    let printed = print_report(a.json, &report, || {
+        format!(
+            "bootstrapped {} via {:?}: {} records caught up, offset {:?}, {:.2} s\n",
             report.partition,
             report.path,
             report.catch_up.records,
             report.catch_up.to_offset,
             report.seconds
-        );
+        )
+    });
+    if printed != ExitCode::SUCCESS {
+        return printed;
     }
     if a.follow {
         let db = match partition::open(&id.dir(&a.data_dir), a.format) {
@@ -542,17 +550,7 @@ async fn demo(a: DemoArgs) -> ExitCode {
     };
     eprintln!("quicstrap demo: seeding a ~256 MB partition, starting 3 peers on loopback ...");
     match quicstrap::demo::run(opts).await {
-        Ok(s) => {
-            if a.json {
-                match serde_json::to_string_pretty(&s) {
-                    Ok(j) => println!("{j}"),
-                    Err(e) => return fail(2, &e.to_string()),
-                }
-            } else {
-                print!("{}", quicstrap::demo::render(&s));
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(s) => print_report(a.json, &s, || quicstrap::demo::render(&s)),
         Err(e) => fail(1, &e.to_string()),
     }
 }

@@ -7,26 +7,8 @@ use std::process::Command;
 use common::*;
 
 fn fetch_cmd(data: &std::path::Path, peers: &[String]) -> Command {
-    let c = certs();
-    let mut cmd = Command::new(bin());
-    cmd.args([
-        "fetch",
-        "--store",
-        "cli_store",
-        "--version",
-        "2",
-        "--partition",
-        "1",
-    ])
-    .arg("--data-dir")
-    .arg(data)
-    .arg("--cert")
-    .arg(c.join("client.crt"))
-    .arg("--key")
-    .arg(c.join("client.key"))
-    .arg("--ca")
-    .arg(c.join("ca.crt"))
-    .args(["--json", "--no-shuffle", "--connect-timeout-secs", "2"]);
+    let mut cmd = fetch_command(data, "cli_store", 2, 1);
+    cmd.args(["--json", "--no-shuffle", "--connect-timeout-secs", "2"]);
     for p in peers {
         cmd.args(["--peer", p]);
     }
@@ -116,23 +98,7 @@ fn all_peers_failing_exits_non_zero_with_one_line() {
 #[test]
 fn bad_input_is_a_clear_error() {
     let dst = tempfile::tempdir().unwrap();
-    let c = certs();
-    let out = Command::new(bin())
-        .args([
-            "fetch",
-            "--store",
-            "../etc",
-            "--version",
-            "1",
-            "--partition",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(dst.path())
-        .arg("--cert")
-        .arg(c.join("client.crt"))
-        .arg("--key")
-        .arg(c.join("client.key"))
+    let out = fetch_command(dst.path(), "../etc", 1, 0)
         .args(["--peer", "127.0.0.1:9"])
         .output()
         .unwrap();

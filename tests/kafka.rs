@@ -254,27 +254,9 @@ async fn ingestion_killed_mid_way_resumes_without_loss_or_double_apply() {
     produce(&w, &id, 0, 200_000, &mut model).await;
     let root = tempfile::tempdir().unwrap();
     let dir = id.dir(root.path());
-    let c = certs();
     let run = || {
-        std::process::Command::new(bin())
-            .args([
-                "fetch",
-                "--kafka",
-                &b,
-                "--store",
-                &id.store,
-                "--version",
-                "1",
-            ])
-            .args(["--partition", "0", "--json", "--catchup-batch", "500"])
-            .arg("--data-dir")
-            .arg(root.path())
-            .arg("--cert")
-            .arg(c.join("client.crt"))
-            .arg("--key")
-            .arg(c.join("client.key"))
-            .arg("--ca")
-            .arg(c.join("ca.crt"))
+        fetch_command(root.path(), &id.store, 1, 0)
+            .args(["--kafka", &b, "--json", "--catchup-batch", "500"])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap()
@@ -316,26 +298,8 @@ async fn a_serving_node_keeps_ingesting_and_its_snapshots_carry_the_new_offset()
     produce(&w, &id, 0, 30_000, &mut model).await;
     // Node A's partition, built by the CLI from Kafka alone.
     let a_root = tempfile::tempdir().unwrap();
-    let c = certs();
-    let out = std::process::Command::new(bin())
-        .args([
-            "fetch",
-            "--kafka",
-            &b,
-            "--store",
-            &id.store,
-            "--version",
-            "1",
-        ])
-        .args(["--partition", "0", "--json"])
-        .arg("--data-dir")
-        .arg(a_root.path())
-        .arg("--cert")
-        .arg(c.join("client.crt"))
-        .arg("--key")
-        .arg(c.join("client.key"))
-        .arg("--ca")
-        .arg(c.join("ca.crt"))
+    let out = fetch_command(a_root.path(), &id.store, 1, 0)
+        .args(["--kafka", &b, "--json"])
         .output()
         .unwrap();
     assert!(

@@ -151,6 +151,30 @@ pub fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
 }
 
+/// `quicstrap fetch` with the dev client certificate, `data` as its data dir and the partition
+/// `store`/`version`/`partition`; callers add the rest.
+pub fn fetch_command(
+    data: &Path,
+    store: &str,
+    version: u32,
+    partition: u32,
+) -> std::process::Command {
+    let c = certs();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["fetch", "--store", store])
+        .args(["--version", &version.to_string()])
+        .args(["--partition", &partition.to_string()])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--cert")
+        .arg(c.join("client.crt"))
+        .arg("--key")
+        .arg(c.join("client.key"))
+        .arg("--ca")
+        .arg(c.join("ca.crt"));
+    cmd
+}
+
 /// A `quicstrap serve` child process; killed on drop.
 pub struct ServeProcess {
     pub child: std::process::Child,
