@@ -91,29 +91,46 @@ fn cfg(threshold: u64) -> BootstrapConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_transfer_is_caught_up_to_the_high_watermark() {
+/// A fresh topic with `n` records produced: its id, the broker, a producer and the model.
+async fn topic_with(tag: &str, version: u32, n: u64) -> (PartitionId, String, KafkaWriter, Model) {
     let b = brokers();
-    let id = PartitionId::new(&unique_store("main"), 1, 0).unwrap();
+    let id = PartitionId::new(&unique_store(tag), version, 0).unwrap();
     let w = KafkaWriter::new(&b).unwrap();
     let mut model = Model::new();
-    produce(&w, &id, 0, 200_000, &mut model).await;
+    produce(&w, &id, 0, n, &mut model).await;
+    (id, b, w, model)
+}
+
+/// Bootstraps `id` under `root` from `peers` and the broker, with `threshold` as lag limit.
+async fn boot(
+    f: &quicstrap::Fetcher,
+    peers: &[quicstrap::Peer],
+    root: &std::path::Path,
+    id: &PartitionId,
+    threshold: u64,
+) -> quicstrap::bootstrap::BootstrapReport {
+    let mut log = KafkaLog::new(&brokers(), &ingest::topic(id), id.partition).unwrap();
+    bootstrap(
+        f,
+        peers,
+        root,
+        id,
+        &mut log,
+        &cfg(threshold),
+        &Progress::default(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_transfer_is_caught_up_to_the_high_watermark() {
+    let (id, b, w, mut model) = topic_with("main", 1, 200_000).await;
 
     // Node A: built from Kafka (no peers), then serving while it keeps following.
     let a_root = tempfile::tempdir().unwrap();
     let fetcher = fetcher(|_| {});
-    let mut log = KafkaLog::new(&b, &ingest::topic(&id), 0).unwrap();
-    let r = bootstrap(
-        &fetcher,
-        &[],
-        a_root.path(),
-        &id,
-        &mut log,
-        &cfg(100_000),
-        &Progress::default(),
-    )
-    .await
-    .unwrap();
+    let r = boot(&fetcher, &[], a_root.path(), &id, 100_000).await;
     assert_eq!(r.path, BootstrapPath::KafkaNoPeers);
     assert_eq!(r.catch_up.to_offset, Some(199_999));
     let a_db = Arc::new(partition::open(&id.dir(a_root.path()), TableFormat::Block).unwrap());
@@ -143,18 +160,7 @@ async fn a_peer_transfer_is_caught_up_to_the_high_watermark() {
 
     // Node B: transfer from A, then catch up to the high watermark.
     let b_root = tempfile::tempdir().unwrap();
-    let mut log = KafkaLog::new(&b, &ingest::topic(&id), 0).unwrap();
-    let r = bootstrap(
-        &fetcher,
-        &[peer(&server)],
-        b_root.path(),
-        &id,
-        &mut log,
-        &cfg(100_000),
-        &Progress::default(),
-    )
-    .await
-    .unwrap();
+    let r = boot(&fetcher, &[peer(&server)], b_root.path(), &id, 100_000).await;
     assert_eq!(r.path, BootstrapPath::PeerTransfer);
     let snap_offset = r.transfer.as_ref().unwrap().meta.offset.unwrap();
     assert!(snap_offset >= 199_999, "snapshot offset {snap_offset}");
@@ -183,28 +189,13 @@ async fn a_peer_transfer_is_caught_up_to_the_high_watermark() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_peer_fails_kafka_alone_builds_the_partition() {
-    let b = brokers();
-    let id = PartitionId::new(&unique_store("fallback"), 2, 0).unwrap();
-    let w = KafkaWriter::new(&b).unwrap();
-    let mut model = Model::new();
-    produce(&w, &id, 0, 30_000, &mut model).await;
+    let (id, _, _, model) = topic_with("fallback", 2, 30_000).await;
     let empty = tempfile::tempdir().unwrap();
     let missing = server(empty.path(), |_| {}).await;
     let dead = quicstrap::Peer::new("127.0.0.1:9".parse().unwrap());
     let root = tempfile::tempdir().unwrap();
     let f = fetcher(|c| c.connect_timeout = Duration::from_millis(500));
-    let mut log = KafkaLog::new(&b, &ingest::topic(&id), 0).unwrap();
-    let r = bootstrap(
-        &f,
-        &[peer(&missing), dead],
-        root.path(),
-        &id,
-        &mut log,
-        &cfg(1_000),
-        &Progress::default(),
-    )
-    .await
-    .unwrap();
+    let r = boot(&f, &[peer(&missing), dead], root.path(), &id, 1_000).await;
     assert_eq!(r.path, BootstrapPath::KafkaAllPeersFailed);
     assert_eq!(r.attempts.len(), 2);
     assert_eq!(r.attempts[0].outcome, "not_found");
@@ -216,28 +207,20 @@ async fn when_every_peer_fails_kafka_alone_builds_the_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_lag_skips_the_peer_transfer() {
-    let b = brokers();
-    let id = PartitionId::new(&unique_store("lag"), 1, 0).unwrap();
-    let w = KafkaWriter::new(&b).unwrap();
-    let mut model = Model::new();
-    produce(&w, &id, 0, 5_000, &mut model).await;
+    let (id, _, _, model) = topic_with("lag", 1, 5_000).await;
     // A peer that could serve (it holds some partition under this id) is not even asked.
     let src = tempfile::tempdir().unwrap();
     seed(src.path(), &id, 1_000, 10, 1_000);
     let server = server(src.path(), |_| {}).await;
     let root = tempfile::tempdir().unwrap();
-    let mut log = KafkaLog::new(&b, &ingest::topic(&id), 0).unwrap();
-    let r = bootstrap(
+    let r = boot(
         &fetcher(|_| {}),
         &[peer(&server)],
         root.path(),
         &id,
-        &mut log,
-        &cfg(100_000),
-        &Progress::default(),
+        100_000,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.path, BootstrapPath::KafkaLagBelowThreshold { lag: 5_000 });
     assert!(r.transfer.is_none() && r.attempts.is_empty());
     assert_eq!(server.stats().connections.load(Ordering::Relaxed), 0);
@@ -247,11 +230,7 @@ async fn a_small_lag_skips_the_peer_transfer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingestion_killed_mid_way_resumes_without_loss_or_double_apply() {
-    let b = brokers();
-    let id = PartitionId::new(&unique_store("crash"), 1, 0).unwrap();
-    let w = KafkaWriter::new(&b).unwrap();
-    let mut model = Model::new();
-    produce(&w, &id, 0, 200_000, &mut model).await;
+    let (id, b, _, model) = topic_with("crash", 1, 200_000).await;
     let root = tempfile::tempdir().unwrap();
     let dir = id.dir(root.path());
     let run = || {
@@ -291,11 +270,7 @@ async fn ingestion_killed_mid_way_resumes_without_loss_or_double_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_node_keeps_ingesting_and_its_snapshots_carry_the_new_offset() {
-    let b = brokers();
-    let id = PartitionId::new(&unique_store("serve"), 1, 0).unwrap();
-    let w = KafkaWriter::new(&b).unwrap();
-    let mut model = Model::new();
-    produce(&w, &id, 0, 30_000, &mut model).await;
+    let (id, b, w, mut model) = topic_with("serve", 1, 30_000).await;
     // Node A's partition, built by the CLI from Kafka alone.
     let a_root = tempfile::tempdir().unwrap();
     let out = fetch_command(a_root.path(), &id.store, 1, 0)
