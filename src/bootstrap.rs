@@ -102,13 +102,14 @@ pub async fn bootstrap<L: LogSource>(
     let started = Instant::now();
     let dir = id.dir(root);
     let present = dir.join("CURRENT").is_file();
-    let local_next = if present {
+    let local_offset = if present {
         let db = partition::open(&dir, cfg.table_format)?;
-        partition::read_meta(&db)?.offset.map_or(0, |o| o + 1)
+        partition::read_meta(&db)?.offset
     } else {
-        0
+        None
     };
-    let hw = high_watermark(log, cfg).await?;
+    let local_next = local_offset.map_or(0, |o| o + 1);
+    let hw = high_watermark(log, cfg, local_offset).await?;
     let lag = hw.saturating_sub(local_next);
     let mut attempts = Vec::new();
     let mut transfer = None;
@@ -159,24 +160,30 @@ pub async fn bootstrap<L: LogSource>(
     })
 }
 
+/// The log's high watermark, retried like catch-up reads; on failure the error names the
+/// offset the local partition (if any) is valid at.
 async fn high_watermark<L: LogSource>(
     log: &mut L,
     cfg: &BootstrapConfig,
+    local_offset: Option<u64>,
 ) -> Result<u64, CatchUpError> {
     let mut backoff = ingest::Backoff::new(cfg.catch_up.backoff, cfg.catch_up.max_backoff);
     loop {
         match log.high_watermark().await {
             Ok(hw) => return Ok(hw),
-            Err(e) => match backoff.failure(Instant::now(), cfg.catch_up.deadline) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => {
-                    return Err(CatchUpError::Unavailable {
-                        last: e,
-                        waited: cfg.catch_up.deadline,
-                        applied: None,
-                    })
+            Err(e) => {
+                let now = Instant::now();
+                match backoff.failure(now, cfg.catch_up.deadline) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => {
+                        return Err(CatchUpError::Unavailable {
+                            last: e,
+                            waited: backoff.failing_for(now),
+                            applied: local_offset,
+                        })
+                    }
                 }
-            },
+            }
         }
     }
 }

@@ -22,7 +22,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads one partition of one topic.
 pub struct KafkaLog {
-    consumer: Arc<StreamConsumer>,
+    /// Always `Some` while the log is alive; taken on drop to close the client off the async
+    /// workers.
+    consumer: Option<Arc<StreamConsumer>>,
     brokers: String,
     topic: String,
     partition: i32,
@@ -43,7 +45,9 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
+        // Never jump silently: an offset that retention has removed must be an error, not a
+        // quiet skip to the oldest record (which would lose every record in between).
+        .set("auto.offset.reset", "error")
         .set("socket.timeout.ms", "5000")
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "1000")
@@ -56,7 +60,7 @@ impl KafkaLog {
     /// A reader of `topic`/`partition` on `brokers` (comma-separated `host:port`).
     pub fn new(brokers: &str, topic: &str, partition: u32) -> Result<Self, LogError> {
         Ok(Self {
-            consumer: Arc::new(Self::consumer(brokers, topic)?),
+            consumer: Some(Arc::new(Self::consumer(brokers, topic)?)),
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
             partition: i32::try_from(partition).map_err(|_| {
@@ -76,10 +80,20 @@ impl KafkaLog {
     /// errors it queued meanwhile, and a new client reconnects cleanly.
     fn reconnect(&mut self) {
         match Self::consumer(&self.brokers, &self.topic) {
-            Ok(c) => self.consumer = Arc::new(c),
+            Ok(c) => {
+                let old = self.consumer.replace(Arc::new(c));
+                // Closing a librdkafka client blocks (it drains its queues): not on a worker.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
             Err(e) => tracing::warn!(error = %e, "cannot recreate the Kafka client"),
         }
         self.position = None;
+    }
+
+    fn client(&self) -> Result<&Arc<StreamConsumer>, LogError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| LogError::Unavailable("Kafka client closed".into()))
     }
 
     fn seek(&mut self, from: u64) -> Result<(), LogError> {
@@ -88,15 +102,34 @@ impl KafkaLog {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
             .map_err(unavailable)?;
-        self.consumer.assign(&tpl).map_err(unavailable)?;
+        self.client()?.assign(&tpl).map_err(unavailable)?;
         self.position = Some(from);
         Ok(())
     }
 }
 
+impl Drop for KafkaLog {
+    fn drop(&mut self) {
+        // As in `reconnect`: closing the client blocks, so it happens off the async workers
+        // when a runtime is there to take it.
+        let consumer = self.consumer.take();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || drop(consumer));
+        }
+    }
+}
+
 impl LogSource for KafkaLog {
+    fn position(&mut self) -> Option<u64> {
+        let tpl = self.client().ok()?.position().ok()?;
+        match tpl.find_partition(&self.topic, self.partition)?.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o as u64),
+            _ => None,
+        }
+    }
+
     async fn high_watermark(&mut self) -> Result<u64, LogError> {
-        let consumer = self.consumer.clone();
+        let consumer = self.client()?.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
         // A blocking call into librdkafka: off the async workers.
         let (_, high) = tokio::task::spawn_blocking(move || {
@@ -120,7 +153,8 @@ impl LogSource for KafkaLog {
         let mut out = Vec::new();
         let mut budget = wait;
         while out.len() < max {
-            let msg = match tokio::time::timeout(budget, self.consumer.recv()).await {
+            let consumer = self.client()?.clone();
+            let msg = match tokio::time::timeout(budget, consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) => {
                     // Position is unknown after an error: reconnect and seek next time.

@@ -45,6 +45,13 @@ pub trait LogSource: Send {
     fn high_watermark(&mut self)
         -> impl std::future::Future<Output = Result<u64, LogError>> + Send;
 
+    /// Where the reader stands: the offset after the last one it has consumed or skipped.
+    /// A log whose offsets can have holes (Kafka: transaction markers, aborted batches) reports
+    /// it so a catch-up can tell "caught up" from "nothing arrives"; `None` when unknown.
+    fn position(&mut self) -> Option<u64> {
+        None
+    }
+
     /// Up to `max` records starting at `from`, waiting at most `wait` for the first one; an
     /// empty answer means nothing is there yet.
     fn read(
@@ -203,6 +210,14 @@ pub async fn catch_up<S: LogSource>(
             return Ok(report);
         }
         let records = match log.read(next, cfg.batch, Duration::from_millis(500)).await {
+            Ok(r)
+                if r.is_empty()
+                    && target.is_some_and(|t| log.position().is_some_and(|p| p >= t)) =>
+            {
+                // Nothing but offsets without records (e.g. a transaction's commit marker) up
+                // to the target: caught up.
+                return Ok(report);
+            }
             Ok(r) if r.is_empty() && target.is_some() => {
                 // Behind a known high watermark yet nothing arrives: the broker is not
                 // answering. Count it against the deadline like any other failure.
