@@ -109,7 +109,7 @@ pub async fn bootstrap<L: LogSource>(
         None
     };
     let local_next = local_offset.map_or(0, |o| o + 1);
-    let hw = high_watermark(log, cfg, local_offset).await?;
+    let hw = ingest::high_watermark(log, &cfg.catch_up, local_offset).await?;
     let lag = hw.saturating_sub(local_next);
     let mut attempts = Vec::new();
     let mut transfer = None;
@@ -158,32 +158,4 @@ pub async fn bootstrap<L: LogSource>(
         high_watermark: hw,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// The log's high watermark, retried like catch-up reads; on failure the error names the
-/// offset the local partition (if any) is valid at.
-async fn high_watermark<L: LogSource>(
-    log: &mut L,
-    cfg: &BootstrapConfig,
-    local_offset: Option<u64>,
-) -> Result<u64, CatchUpError> {
-    let mut backoff = ingest::Backoff::new(cfg.catch_up.backoff, cfg.catch_up.max_backoff);
-    loop {
-        match log.high_watermark().await {
-            Ok(hw) => return Ok(hw),
-            Err(e) => {
-                let now = Instant::now();
-                match backoff.failure(now, cfg.catch_up.deadline) {
-                    Some(wait) => tokio::time::sleep(wait).await,
-                    None => {
-                        return Err(CatchUpError::Unavailable {
-                            last: e,
-                            waited: backoff.failing_for(now),
-                            applied: local_offset,
-                        })
-                    }
-                }
-            }
-        }
-    }
 }

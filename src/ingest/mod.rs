@@ -195,15 +195,7 @@ pub async fn catch_up<S: LogSource>(
     let mut backoff = Backoff::new(cfg.backoff, cfg.max_backoff);
     let target = match until {
         Until::Follow => None,
-        Until::HighWatermark => Some(loop {
-            match log.high_watermark().await {
-                Ok(hw) => {
-                    backoff.success();
-                    break hw;
-                }
-                Err(e) => retry_or_fail(&mut backoff, &report, cfg, e).await?,
-            }
-        }),
+        Until::HighWatermark => Some(high_watermark(log, cfg, from_offset).await?),
     };
     loop {
         if target.is_some_and(|t| next >= t) {
@@ -222,7 +214,7 @@ pub async fn catch_up<S: LogSource>(
                 // Behind a known high watermark yet nothing arrives: the broker is not
                 // answering. Count it against the deadline like any other failure.
                 let e = LogError::Unavailable("no records while behind the high watermark".into());
-                retry_or_fail(&mut backoff, &report, cfg, e).await?;
+                retry_or_fail(&mut backoff, report.to_offset, cfg, e).await?;
                 continue;
             }
             Ok(r) => {
@@ -230,7 +222,7 @@ pub async fn catch_up<S: LogSource>(
                 r
             }
             Err(e) => {
-                retry_or_fail(&mut backoff, &report, cfg, e).await?;
+                retry_or_fail(&mut backoff, report.to_offset, cfg, e).await?;
                 continue;
             }
         };
@@ -251,9 +243,25 @@ pub async fn catch_up<S: LogSource>(
 }
 
 /// Sleeps before the next try, or gives up once reads have failed for the whole deadline.
+/// The log's high watermark, retried with backoff until `cfg.deadline`; the error names
+/// `applied`, the offset the partition is valid at.
+pub async fn high_watermark<S: LogSource>(
+    log: &mut S,
+    cfg: &CatchUpConfig,
+    applied: Option<u64>,
+) -> Result<u64, CatchUpError> {
+    let mut backoff = Backoff::new(cfg.backoff, cfg.max_backoff);
+    loop {
+        match log.high_watermark().await {
+            Ok(hw) => return Ok(hw),
+            Err(e) => retry_or_fail(&mut backoff, applied, cfg, e).await?,
+        }
+    }
+}
+
 async fn retry_or_fail(
     backoff: &mut Backoff,
-    report: &CatchUpReport,
+    applied: Option<u64>,
     cfg: &CatchUpConfig,
     e: LogError,
 ) -> Result<(), CatchUpError> {
@@ -270,7 +278,7 @@ async fn retry_or_fail(
         None => Err(CatchUpError::Unavailable {
             last: e,
             waited: backoff.failing_for(now),
-            applied: report.to_offset,
+            applied,
         }),
     }
 }
