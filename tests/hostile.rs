@@ -73,6 +73,13 @@ fn entry(name: &str, content: &[u8]) -> FileEntry {
     }
 }
 
+/// Answers the request with `Accept` for `files`.
+async fn accept(s: &mut Session, files: Vec<FileEntry>) {
+    write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
+        .await
+        .unwrap();
+}
+
 async fn send_file(s: &Session, index: u32, bytes: &[u8], finish: bool) -> quinn::SendStream {
     let mut st = s.conn.open_uni().await.unwrap();
     write_frame(
@@ -127,9 +134,7 @@ const CURRENT: &[u8] = b"MANIFEST-000005\n";
 async fn complete_before_every_file_is_rejected() {
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT), entry("000007.sst", &[7u8; 4096])];
-        write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
-            .await
-            .unwrap();
+        accept(&mut s, files).await;
         send_file(&s, 0, CURRENT, true).await;
         write_frame(
             &mut s.send,
@@ -150,9 +155,7 @@ async fn complete_before_every_file_is_rejected() {
 async fn path_tricks_in_the_manifest_are_rejected() {
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT), entry("../../escaped", b"x")];
-        write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
-            .await
-            .unwrap();
+        accept(&mut s, files).await;
         s
     })
     .await;
@@ -163,9 +166,7 @@ async fn path_tricks_in_the_manifest_are_rejected() {
 async fn more_bytes_than_announced_are_cut_off() {
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT)];
-        write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
-            .await
-            .unwrap();
+        accept(&mut s, files).await;
         let mut long = CURRENT.to_vec();
         long.extend_from_slice(&[0u8; 100_000]);
         send_file(&s, 0, &long, true).await;
@@ -179,9 +180,7 @@ async fn more_bytes_than_announced_are_cut_off() {
 async fn a_file_stream_that_never_ends_trips_the_idle_timeout() {
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT), entry("000007.sst", &[7u8; 4096])];
-        write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
-            .await
-            .unwrap();
+        accept(&mut s, files).await;
         send_file(&s, 0, CURRENT, true).await;
         let st = send_file(&s, 1, &[7u8; 100], false).await;
         // Hold the stream open, silent.
@@ -197,9 +196,7 @@ async fn a_file_stream_that_never_ends_trips_the_idle_timeout() {
 async fn metadata_over_the_limit_is_refused_before_it_is_buffered() {
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT)];
-        write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
-            .await
-            .unwrap();
+        accept(&mut s, files).await;
         send_file(&s, 0, CURRENT, true).await;
         // A length prefix announcing 1 GiB of metadata.
         let mut huge = (1u32 << 30).to_be_bytes().to_vec();
@@ -215,9 +212,7 @@ async fn metadata_over_the_limit_is_refused_before_it_is_buffered() {
 async fn a_file_stream_outside_the_manifest_is_rejected() {
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT)];
-        write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
-            .await
-            .unwrap();
+        accept(&mut s, files).await;
         send_file(&s, 5, b"surprise", true).await;
         s
     })
@@ -231,9 +226,7 @@ async fn a_corrupt_database_with_valid_checksums_never_appears() {
     // commit's cross-check of the metadata against the data refuses it.
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT)];
-        write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
-            .await
-            .unwrap();
+        accept(&mut s, files).await;
         send_file(&s, 0, CURRENT, true).await;
         let meta = PartitionMeta {
             offset: Some(41),

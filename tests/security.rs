@@ -214,11 +214,7 @@ async fn bad_names_and_bad_frames_get_typed_errors_and_others_are_still_served()
     )
     .await;
     assert!(matches!(ok, ControlFrame::Accept(_)), "{ok:?}");
-    let dst = tempfile::tempdir().unwrap();
-    fetcher(|_| {})
-        .fetch(&id, &[peer(&server)], dst.path())
-        .await
-        .unwrap();
+    fetch_ok(&server, &id).await;
     server.shutdown().await;
 }
 
@@ -258,11 +254,7 @@ async fn a_silent_control_stream_times_out_and_a_flood_is_bounded() {
             .expect("a reject");
         assert_eq!(reason(&f), RejectReason::BadRequest);
     }
-    let dst = tempfile::tempdir().unwrap();
-    fetcher(|_| {})
-        .fetch(&id, &[peer(&server)], dst.path())
-        .await
-        .unwrap();
+    fetch_ok(&server, &id).await;
     server.shutdown().await;
 }
 
@@ -293,10 +285,6 @@ async fn a_client_that_stops_reading_loses_its_snapshot_slot() {
     .await;
     assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 1);
     // The only slot is free again for a client that reads.
-    let dst = tempfile::tempdir().unwrap();
-    fetcher(|_| {})
-        .fetch(&id, &[peer(&server)], dst.path())
-        .await
-        .unwrap();
+    fetch_ok(&server, &id).await;
     server.shutdown().await;
 }

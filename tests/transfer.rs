@@ -176,11 +176,7 @@ async fn the_cleanup_task_sweeps_on_its_own() {
     drop(lease);
     wait_for("sweep", Duration::from_secs(10), || !dir.exists()).await;
     // The server still serves; the next request makes a fresh snapshot.
-    let dst = tempfile::tempdir().unwrap();
-    fetcher(|_| {})
-        .fetch(&id, &[peer(&server)], dst.path())
-        .await
-        .unwrap();
+    fetch_ok(&server, &id).await;
     server.shutdown().await;
 }
 

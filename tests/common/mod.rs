@@ -275,3 +275,14 @@ pub fn slow_fetcher(rate: u64, tweak: impl FnOnce(&mut FetchConfig)) -> Arc<Fetc
         tweak(c);
     }))
 }
+
+/// Fetches `id` from `server` into a fresh directory with a default fetcher; it must succeed
+/// (the "and others are still served" check of many tests).
+pub async fn fetch_ok(server: &Server, id: &PartitionId) -> tempfile::TempDir {
+    let dst = tempfile::tempdir().unwrap();
+    fetcher(|_| {})
+        .fetch(id, &[peer(server)], dst.path())
+        .await
+        .unwrap();
+    dst
+}
