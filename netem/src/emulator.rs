@@ -1,0 +1,385 @@
+//! The emulator as a whole: two namespaces joined by a pair of TUN devices and the relay,
+//! set up in one call and torn down on `stop` or drop.
+//!
+//! ```text
+//!   namespace <prefix>-a                 calling process              namespace <prefix>-b
+//!   10.X.Y.1 (qs0) ──TUN fd──▶ [A→B link model] ──TUN fd──▶ (qs0) 10.X.Y.2
+//!                  ◀─────────── [B→A link model] ◀─────────
+//! ```
+//!
+//! Every TUN device is created by a thread that has entered the namespace, so the device
+//! lives there while its fd is held by the relay in the calling process.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::sync::{Mutex, PoisonError};
+
+use crate::model::LinkParams;
+use crate::netns::{in_netns, ip, ns_add, ns_del, ns_exists};
+use crate::relay::{DirStats, Relay};
+use crate::tun::open_tun;
+use crate::NetemError;
+
+/// Name of the TUN interface inside each namespace (namespaces keep the two apart).
+pub const TUN_NAME: &str = "qs0";
+/// MTU of both TUN interfaces: a standard Ethernet-sized path.
+pub const TUN_MTU: u32 = 1500;
+/// Default second and third octets of the link's /24-ish subnet: 10.77.0.0.
+pub const DEFAULT_SUBNET: [u8; 2] = [77, 0];
+/// Longest accepted prefix, so namespace names stay short and readable.
+const MAX_PREFIX: usize = 40;
+
+/// A direction of the emulated link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// From namespace A (client side) to namespace B (server side).
+    AtoB,
+    /// From namespace B (server side) to namespace A (client side).
+    BtoA,
+}
+
+impl Dir {
+    fn index(self) -> usize {
+        match self {
+            Dir::AtoB => 0,
+            Dir::BtoA => 1,
+        }
+    }
+}
+
+/// What to build: names, addresses, and the link model of each direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmulatorConfig {
+    /// Namespaces are `<prefix>-a` and `<prefix>-b`; distinct prefixes let several
+    /// emulators run at once.
+    pub prefix: String,
+    /// Octets X and Y of 10.X.Y.0: A is 10.X.Y.1, B is 10.X.Y.2. Distinct subnets keep
+    /// concurrent emulators' addresses apart (they are in different namespaces anyway).
+    pub subnet: [u8; 2],
+    /// The link model from A to B.
+    pub a_to_b: LinkParams,
+    /// The link model from B to A.
+    pub b_to_a: LinkParams,
+    /// Seed of both directions' random streams, for repeatable experiments.
+    pub seed: u64,
+    /// Run the relay threads at real-time priority (`SCHED_FIFO` 1, best effort), as the
+    /// kernel runs its own qdiscs ahead of processes, so a CPU-bound endpoint cannot stretch
+    /// the link's delays. Off by default: when the relay's work (at high packet rates it
+    /// also runs the receiving stack inside its `write`s) nears a whole core, the kernel's
+    /// real-time throttling suspends it for the rest of a 1 s period, and the TUN queues
+    /// overflow (visible in [`DirStats::kernel_dropped`](crate::DirStats)).
+    pub realtime: bool,
+}
+
+impl EmulatorConfig {
+    /// The common case: the same link model in both directions.
+    pub fn symmetric(prefix: impl Into<String>, subnet: [u8; 2], params: LinkParams) -> Self {
+        EmulatorConfig {
+            prefix: prefix.into(),
+            subnet,
+            a_to_b: params,
+            b_to_a: params,
+            seed: 0,
+            realtime: false,
+        }
+    }
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig::symmetric("qs", DEFAULT_SUBNET, LinkParams::ideal())
+    }
+}
+
+/// Checks a namespace prefix: non-empty, short, and only `[A-Za-z0-9_.-]`, not starting with
+/// `.` or `-`, so it is a safe file name and cannot match unrelated namespaces by accident.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), NetemError> {
+    let ok_chars = prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if prefix.is_empty()
+        || prefix.len() > MAX_PREFIX
+        || !ok_chars
+        || prefix.starts_with('.')
+        || prefix.starts_with('-')
+    {
+        return Err(NetemError::InvalidConfig(format!(
+            "prefix {prefix:?} must be 1..={MAX_PREFIX} characters of [A-Za-z0-9_.-], \
+             not starting with '.' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Deletes the namespaces it was told it created, unless disarmed: the "tear down what
+/// was created" half of a failed start.
+struct CreatedNamespaces(Vec<String>);
+
+impl Drop for CreatedNamespaces {
+    fn drop(&mut self) {
+        for ns in self.0.drain(..) {
+            // Best effort on an error path that already has an error to report.
+            let _ = ns_del(&ns);
+        }
+    }
+}
+
+/// A running link emulator. Dropping it (or calling [`Emulator::stop`]) stops the relay and
+/// deletes both namespaces, which removes the TUN devices and anything else in them.
+pub struct Emulator {
+    ns_a: String,
+    ns_b: String,
+    addr_a: Ipv4Addr,
+    addr_b: Ipv4Addr,
+    relay: Relay,
+    /// `/proc/net/dev` of namespace A and B, opened from inside each (the file keeps
+    /// showing the namespace it was opened in), for the TUNs' kernel drop counters.
+    dev_stats: [Mutex<File>; 2],
+    torn_down: bool,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("ns_a", &self.ns_a)
+            .field("ns_b", &self.ns_b)
+            .field("addr_a", &self.addr_a)
+            .field("addr_b", &self.addr_b)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// Creates both namespaces, their TUN devices and addresses, and starts the relay.
+    /// On any failure, whatever this call had created is removed again before it returns;
+    /// namespaces that already existed are reported ([`NetemError::NamespaceExists`]) and
+    /// left alone.
+    pub fn start(cfg: EmulatorConfig) -> Result<Emulator, NetemError> {
+        check_prefix(&cfg.prefix)?;
+        cfg.a_to_b.validate()?;
+        cfg.b_to_a.validate()?;
+        let [x, y] = cfg.subnet;
+        let addr_a = Ipv4Addr::new(10, x, y, 1);
+        let addr_b = Ipv4Addr::new(10, x, y, 2);
+        let ns_a = format!("{}-a", cfg.prefix);
+        let ns_b = format!("{}-b", cfg.prefix);
+        for ns in [&ns_a, &ns_b] {
+            if ns_exists(ns) {
+                return Err(NetemError::NamespaceExists(ns.clone()));
+            }
+        }
+
+        let mut created = CreatedNamespaces(Vec::new());
+        for ns in [&ns_a, &ns_b] {
+            ns_add(ns).map_err(|e| {
+                if ns_exists(ns) {
+                    // Lost a race with someone else creating it.
+                    NetemError::NamespaceExists(ns.clone())
+                } else {
+                    e
+                }
+            })?;
+            created.0.push(ns.clone());
+        }
+        let (fd_a, dev_a) = setup_side(&ns_a, addr_a, addr_b)?;
+        let (fd_b, dev_b) = setup_side(&ns_b, addr_b, addr_a)?;
+        let relay = Relay::start(fd_a, fd_b, [cfg.a_to_b, cfg.b_to_a], cfg.seed, cfg.realtime)?;
+        // From here on the emulator owns the namespaces.
+        created.0.clear();
+        Ok(Emulator {
+            ns_a,
+            ns_b,
+            addr_a,
+            addr_b,
+            relay,
+            dev_stats: [Mutex::new(dev_a), Mutex::new(dev_b)],
+            torn_down: false,
+        })
+    }
+
+    /// Address of the client side (in namespace A), for servers in B to talk to.
+    pub fn addr_a(&self) -> Ipv4Addr {
+        self.addr_a
+    }
+
+    /// Address of the server side (in namespace B), for clients in A to connect to.
+    pub fn addr_b(&self) -> Ipv4Addr {
+        self.addr_b
+    }
+
+    /// Name of namespace A, for [`crate::in_netns`] or `ip netns exec`.
+    pub fn ns_a(&self) -> &str {
+        &self.ns_a
+    }
+
+    /// Name of namespace B, for [`crate::in_netns`] or `ip netns exec`.
+    pub fn ns_b(&self) -> &str {
+        &self.ns_b
+    }
+
+    /// Changes one direction's link model while traffic flows; packets already in flight
+    /// keep their schedule, and the loss state and queue backlog carry over.
+    pub fn set_params(&self, dir: Dir, p: LinkParams) -> Result<(), NetemError> {
+        p.validate()?;
+        self.relay.set_params(dir.index(), p);
+        Ok(())
+    }
+
+    /// The link model in force for one direction.
+    pub fn params(&self, dir: Dir) -> LinkParams {
+        self.relay.params(dir.index())
+    }
+
+    /// Cuts (or restores) both directions at once, keeping every other parameter: the
+    /// partition switch. Packets already in flight when the cut starts are still delivered
+    /// (they had left the sender's side); everything offered afterwards is dropped.
+    pub fn set_blackhole(&self, on: bool) {
+        for dir in [Dir::AtoB, Dir::BtoA] {
+            self.relay.update_params(dir.index(), |p| p.blackhole = on);
+        }
+    }
+
+    /// Counters of (A→B, B→A), including the kernel's drops at each sending TUN.
+    pub fn stats(&self) -> (DirStats, DirStats) {
+        let mut ab = self.relay.stats(0);
+        let mut ba = self.relay.stats(1);
+        // A counter that cannot be read stays 0; the relay's own counters are what matter.
+        ab.kernel_dropped = tun_tx_dropped(&self.dev_stats[0]).unwrap_or(0);
+        ba.kernel_dropped = tun_tx_dropped(&self.dev_stats[1]).unwrap_or(0);
+        (ab, ba)
+    }
+
+    /// `Err` if a relay thread has died (the link no longer carries packets), so a
+    /// harness can tell a broken emulator from a broken system under test.
+    pub fn check(&self) -> Result<(), NetemError> {
+        match self.relay.error() {
+            Some(e) => Err(NetemError::Relay(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the relay and deletes both namespaces, reporting any failure (dropping the
+    /// emulator does the same, silently).
+    pub fn stop(mut self) -> Result<(), NetemError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), NetemError> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        // Joining the threads closes the TUN fds, which deletes the devices.
+        let mut result = self.relay.shutdown();
+        for ns in [&self.ns_a, &self.ns_b] {
+            if let Err(e) = ns_del(ns) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!(
+                "quicstrap-netem: teardown of {}/{}: {e}",
+                self.ns_a, self.ns_b
+            );
+        }
+    }
+}
+
+/// `TX dropped` of [`TUN_NAME`] from a `/proc/net/dev` file: packets the kernel could not
+/// queue for the relay to read.
+fn tun_tx_dropped(dev: &Mutex<File>) -> Option<u64> {
+    let mut file = dev.lock().unwrap_or_else(PoisonError::into_inner);
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    parse_tx_dropped(&text)
+}
+
+/// Finds [`TUN_NAME`]'s transmit drop counter in the text of `/proc/net/dev`.
+fn parse_tx_dropped(text: &str) -> Option<u64> {
+    let prefix = format!("{TUN_NAME}:");
+    let line = text
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with(&prefix))?;
+    // After the name: 8 receive counters, then bytes, packets, errs, drop, ... of transmit.
+    line[prefix.len()..]
+        .split_whitespace()
+        .nth(11)
+        .and_then(|v| v.parse().ok())
+}
+
+/// Creates and configures one side: TUN device (IPv6 off, so the kernel sends nothing of
+/// its own across the link), loopback up, point-to-point address `local` peer `peer`.
+/// Also returns that namespace's `/proc/net/dev`, for the TUN's drop counter.
+fn setup_side(ns: &str, local: Ipv4Addr, peer: Ipv4Addr) -> Result<(OwnedFd, File), NetemError> {
+    let (fd, dev) = in_netns(ns, || -> Result<(OwnedFd, File), NetemError> {
+        let fd = open_tun(TUN_NAME)?;
+        // Resolved in this thread's namespace. Absent when the kernel has no IPv6: fine.
+        let path = format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/disable_ipv6");
+        if std::path::Path::new(&path).exists() {
+            std::fs::write(&path, "1").map_err(|e| NetemError::io(format!("writing {path}"), e))?;
+        }
+        let dev = File::open("/proc/thread-self/net/dev")
+            .map_err(|e| NetemError::io("opening /proc/thread-self/net/dev", e))?;
+        Ok((fd, dev))
+    })??;
+    let mtu = TUN_MTU.to_string();
+    let local_s = format!("{local}/32");
+    let peer_s = format!("{peer}/32");
+    ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "set",
+        "dev",
+        TUN_NAME,
+        "mtu",
+        &mtu,
+        "txqueuelen",
+        "1000",
+        "up",
+    ])?;
+    ip(&[
+        "-n", ns, "addr", "add", &local_s, "peer", &peer_s, "dev", TUN_NAME,
+    ])?;
+    Ok((fd, dev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tun_tx_drops_from_proc_net_dev() {
+        let text = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+   qs0: 6409636  123326    0    7    0     0          0         0 1243306664  828874    0 8105    0     0       0          0
+";
+        assert_eq!(parse_tx_dropped(text), Some(8105));
+        assert_eq!(parse_tx_dropped("nothing here"), None);
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        for ok in ["qs", "bench-1", "a.b_c"] {
+            assert!(check_prefix(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a/b", "a b", &"x".repeat(41)] {
+            assert!(check_prefix(bad).is_err(), "{bad}");
+        }
+    }
+}

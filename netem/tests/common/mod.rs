@@ -1,0 +1,368 @@
+//! Helpers shared by the integration tests: skipping where the emulator cannot run, starting
+//! an emulator on a fresh prefix, and the traffic generators (UDP echo, UDP sequence blast,
+//! TCP bulk) whose sockets live in the emulator's namespaces.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use quicstrap_netem::{
+    cleanup, in_netns, is_supported, Dir, DirStats, Emulator, EmulatorConfig, LinkParams,
+};
+
+/// True when the emulator can run here; otherwise prints why the test is skipped.
+pub fn supported(test: &str) -> bool {
+    match is_supported() {
+        Ok(()) => true,
+        Err(why) => {
+            println!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// Starts an emulator with the same `params` both ways after removing leftovers of a
+/// previous (crashed) run with the same prefix.
+pub fn start(prefix: &str, subnet: [u8; 2], params: LinkParams, seed: u64) -> Emulator {
+    cleanup(prefix).unwrap();
+    let mut cfg = EmulatorConfig::symmetric(prefix, subnet, params);
+    cfg.seed = seed;
+    Emulator::start(cfg).unwrap()
+}
+
+/// Names of all named namespaces, as `ip netns list` shows them.
+pub fn netns_list() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Sets a socket's receive buffer past `rmem_max` (root only), so a burst the test sends
+/// is not lost in the receiver's socket instead of on the emulated link.
+pub fn big_rcvbuf(fd: &impl AsRawFd, bytes: i32) {
+    // SAFETY: setsockopt with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
+pub fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// How the test's own endpoints wait for packets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Wait {
+    /// Blocking reads: realistic, but every reply then pays a thread wake-up, which on
+    /// this virtual machine costs 50-100 µs when the CPU had gone idle.
+    Block,
+    /// Busy-polling non-blocking reads, so the measurement shows the link rather than the
+    /// test's own wake-ups (burns a core per endpoint while it runs).
+    Spin,
+}
+
+/// A UDP echo server in namespace B.
+pub struct Echo {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    pub fn start(emu: &Emulator, port: u16, wait: Wait) -> Echo {
+        let sock = in_netns(emu.ns_b(), || UdpSocket::bind((emu.addr_b(), port)))
+            .unwrap()
+            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        sock.set_nonblocking(wait == Wait::Spin).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
+                    // Busy-polling: let a runnable relay thread have the CPU first.
+                    Err(_) if wait == Wait::Spin => std::thread::yield_now(),
+                    Err(_) => {}
+                }
+            }
+        });
+        Echo {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// Sends `count` pings from namespace A to the echo server, one every `interval`
+/// (pipelined, so long RTTs do not make the test slow), and returns the RTT of each one
+/// that came back within `grace` after the last send.
+pub fn ping(
+    emu: &Emulator,
+    echo: &Echo,
+    count: u32,
+    interval: Duration,
+    grace: Duration,
+    wait: Wait,
+) -> Vec<Duration> {
+    let sock = in_netns(emu.ns_a(), || UdpSocket::bind((emu.addr_a(), 0)))
+        .unwrap()
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let rx = sock.try_clone().unwrap();
+    rx.set_nonblocking(wait == Wait::Spin).unwrap();
+    let sent: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let sent = sent.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut rtts = Vec::new();
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(n) = rx.recv(&mut buf) {
+                    let now = Instant::now();
+                    assert_eq!(n, 4);
+                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                    if let Some(t) = sent.lock().unwrap().get(&seq) {
+                        rtts.push(now - *t);
+                    }
+                } else if wait == Wait::Spin {
+                    // Busy-polling: let a runnable relay thread have the CPU first.
+                    std::thread::yield_now();
+                }
+            }
+            rtts
+        })
+    };
+    let start = Instant::now();
+    for seq in 0..count {
+        // Absolute schedule, so a late wake-up does not stretch the whole run.
+        let due = start + interval * seq;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sent.lock().unwrap().insert(seq, Instant::now());
+        sock.send_to(&seq.to_be_bytes(), echo.addr).unwrap();
+    }
+    std::thread::sleep(grace);
+    done.store(true, Ordering::Relaxed);
+    receiver.join().unwrap()
+}
+
+/// Result of sending numbered UDP datagrams across one direction.
+pub struct Blast {
+    /// Which sequence numbers arrived.
+    pub received: Vec<bool>,
+    /// What the emulator counted for that direction during the blast.
+    pub stats: DirStats,
+}
+
+impl Blast {
+    pub fn lost(&self) -> usize {
+        self.received.iter().filter(|&&r| !r).count()
+    }
+
+    pub fn loss_rate(&self) -> f64 {
+        self.lost() as f64 / self.received.len() as f64
+    }
+
+    /// Mean number of consecutive lost packets per loss burst.
+    pub fn mean_loss_run(&self) -> f64 {
+        let mut runs = 0usize;
+        let mut lost = 0usize;
+        let mut prev_lost = false;
+        for &r in &self.received {
+            if !r {
+                lost += 1;
+                if !prev_lost {
+                    runs += 1;
+                }
+            }
+            prev_lost = !r;
+        }
+        lost as f64 / runs.max(1) as f64
+    }
+}
+
+fn dir_stats(emu: &Emulator, dir: Dir) -> DirStats {
+    let (ab, ba) = emu.stats();
+    match dir {
+        Dir::AtoB => ab,
+        Dir::BtoA => ba,
+    }
+}
+
+/// Sends `count` numbered datagrams across `dir` (paced at about 25 000 packets/s, bursts
+/// of 25, so the test measures the link model rather than the machine's packet rate) and
+/// records which ones arrived.
+pub fn blast(emu: &Emulator, dir: Dir, port: u16, count: u32) -> Blast {
+    let (src_ns, src_ip, dst_ns, dst_ip) = match dir {
+        Dir::AtoB => (emu.ns_a(), emu.addr_a(), emu.ns_b(), emu.addr_b()),
+        Dir::BtoA => (emu.ns_b(), emu.addr_b(), emu.ns_a(), emu.addr_a()),
+    };
+    let rx = in_netns(dst_ns, || UdpSocket::bind((dst_ip, port)))
+        .unwrap()
+        .unwrap();
+    big_rcvbuf(&rx, 16 << 20);
+    rx.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let tx = in_netns(src_ns, || UdpSocket::bind((src_ip, 0)))
+        .unwrap()
+        .unwrap();
+    let dst = rx.local_addr().unwrap();
+
+    let before = dir_stats(emu, dir);
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut got = vec![false; count as usize];
+            let mut buf = [0u8; 256];
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(n) => {
+                        assert_eq!(n, 100);
+                        let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                        assert!(!got[seq as usize], "duplicate {seq}");
+                        got[seq as usize] = true;
+                    }
+                    Err(_) if done.load(Ordering::Relaxed) => return got,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let mut payload = [0u8; 100];
+    let start = Instant::now();
+    for seq in 0..count {
+        payload[..4].copy_from_slice(&seq.to_be_bytes());
+        tx.send_to(&payload, dst).unwrap();
+        if seq % 25 == 24 {
+            let due = start + Duration::from_micros(u64::from(seq + 1) * 40);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    // Wait until the emulator has seen and delivered everything (or 5 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = dir_stats(emu, dir).since(&before);
+        if (s.packets_in == u64::from(count) && s.in_flight == 0) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let the receiver drain its socket, then stop it.
+    std::thread::sleep(Duration::from_millis(100));
+    done.store(true, Ordering::Relaxed);
+    let received = receiver.join().unwrap();
+    let stats = dir_stats(emu, dir).since(&before);
+    Blast { received, stats }
+}
+
+/// Result of a TCP bulk transfer from namespace A to namespace B.
+pub struct Bulk {
+    /// Application bytes received per second between the end of warm-up and the end of the
+    /// measurement window, in bits per second.
+    pub goodput_bps: f64,
+    /// IP bytes the emulator delivered A→B per second over the same window (payload plus
+    /// headers: what the bottleneck rate applies to), in bits per second.
+    pub link_bps: f64,
+    pub stats: DirStats,
+}
+
+/// Streams data A→B over TCP for `warmup + measure`, then reports throughput over the
+/// `measure` window only (the warm-up covers connection setup and slow start).
+pub fn tcp_bulk(emu: &Emulator, port: u16, warmup: Duration, measure: Duration) -> Bulk {
+    let listener = in_netns(emu.ns_b(), || TcpListener::bind((emu.addr_b(), port)))
+        .unwrap()
+        .unwrap();
+    let dst = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        let stream = in_netns(emu.ns_a(), || TcpStream::connect(dst))
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let chunk = vec![0x5au8; 256 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                if stream.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut warm: Option<(Instant, u64, u64)> = None;
+    let result = loop {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "sender closed early");
+        let now = Instant::now();
+        total += n as u64;
+        let t0 = *first.get_or_insert(now);
+        match warm {
+            None if now - t0 >= warmup => {
+                warm = Some((now, total, dir_stats(emu, Dir::AtoB).bytes_delivered));
+            }
+            Some((tw, bytes_w, link_w)) if now - tw >= measure => {
+                let secs = (now - tw).as_secs_f64();
+                let stats = dir_stats(emu, Dir::AtoB);
+                break Bulk {
+                    goodput_bps: (total - bytes_w) as f64 * 8.0 / secs,
+                    link_bps: (stats.bytes_delivered - link_w) as f64 * 8.0 / secs,
+                    stats,
+                };
+            }
+            _ => {}
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    drop(conn);
+    sender.join().unwrap();
+    result
+}

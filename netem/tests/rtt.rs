@@ -1,0 +1,152 @@
+//! RTT honesty: a UDP echo across the emulated link must take the configured round trip
+//! (median within 10 %), from 2 ms up to a 150 ms intercontinental path, and the relay's
+//! own timing error is reported and bounded.
+//!
+//! At 2 ms the test's own endpoints busy-poll: on this virtual machine a thread woken after
+//! its CPU went idle costs 50-100 µs, two of which per round trip belong to the test, not
+//! to the link. The same RTT with ordinary blocking endpoints is printed alongside, and
+//! `rtt_overhead_with_zero_delay` reports what the whole path costs with no delay at all.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{median, ping, start, supported, Echo, Wait};
+use quicstrap_netem::{LinkParams, Loss};
+
+/// One at a time: the tests' own threads compete for the two cores with the relay.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn measure(
+    emu: &quicstrap_netem::Emulator,
+    rtt: Duration,
+    interval: Duration,
+    wait: Wait,
+) -> Vec<Duration> {
+    let echo = Echo::start(emu, 7000, wait);
+    let rtts = ping(
+        emu,
+        &echo,
+        80,
+        interval,
+        rtt + Duration::from_millis(200),
+        wait,
+    );
+    assert!(
+        rtts.len() >= 50,
+        "only {} of 80 echoes came back",
+        rtts.len()
+    );
+    rtts
+}
+
+fn check_rtt(
+    test: &str,
+    prefix: &str,
+    subnet: [u8; 2],
+    rtt: Duration,
+    interval: Duration,
+    wait: Wait,
+) {
+    if !supported(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let params = LinkParams::symmetric_rtt(rtt, Some(200_000_000), Loss::None);
+    let emu = start(prefix, subnet, params, 1);
+    if wait == Wait::Spin {
+        let mut blocking = measure(&emu, rtt, interval, Wait::Block);
+        println!(
+            "{test}: with blocking endpoints: median {:?}",
+            median(&mut blocking)
+        );
+    }
+    let before = emu.stats();
+    let mut rtts = measure(&emu, rtt, interval, wait);
+    let min = *rtts.iter().min().unwrap();
+    let max = *rtts.iter().max().unwrap();
+    let med = median(&mut rtts);
+    let (ab, ba) = emu.stats();
+    let (ab, ba) = (ab.since(&before.0), ba.since(&before.1));
+    println!(
+        "{test}: configured RTT {rtt:?}, endpoints {wait:?}: median {med:?} (min {min:?}, \
+         max {max:?}, {} samples); relay lateness A->B {:?}, B->A {:?}",
+        rtts.len(),
+        ab.mean_lateness(),
+        ba.mean_lateness()
+    );
+    let err = (med.as_secs_f64() - rtt.as_secs_f64()).abs() / rtt.as_secs_f64();
+    assert!(
+        err < 0.10,
+        "median RTT {med:?} is {:.1} % off {rtt:?}",
+        err * 100.0
+    );
+    // The relay itself keeps to the model's schedule.
+    for late in [ab.mean_lateness(), ba.mean_lateness()] {
+        assert!(
+            late < Duration::from_micros(200),
+            "relay ran {late:?} late on average"
+        );
+    }
+    // Nothing arrives meaningfully before the configured RTT. Arrivals are stamped with the
+    // relay's learnt wake-up latency taken off, an estimate, so a few µs early can happen.
+    assert!(
+        min + Duration::from_micros(50) >= rtt,
+        "an echo came back after {min:?}, before the configured {rtt:?}"
+    );
+    emu.stop().unwrap();
+}
+
+#[test]
+fn rtt_2ms() {
+    let ms = Duration::from_millis;
+    check_rtt("rtt_2ms", "qsn-rtt2", [78, 2], ms(2), ms(5), Wait::Spin);
+}
+
+#[test]
+fn rtt_50ms() {
+    let ms = Duration::from_millis;
+    check_rtt(
+        "rtt_50ms",
+        "qsn-rtt50",
+        [78, 50],
+        ms(50),
+        ms(10),
+        Wait::Block,
+    );
+}
+
+#[test]
+fn rtt_150ms() {
+    let ms = Duration::from_millis;
+    check_rtt(
+        "rtt_150ms",
+        "qsn-rtt150",
+        [78, 150],
+        ms(150),
+        ms(10),
+        Wait::Block,
+    );
+}
+
+/// What the path costs with zero configured delay: two TUN crossings each way, the relay's
+/// and the endpoints' wake-ups. Printed for the record; asserted loosely.
+#[test]
+fn rtt_overhead_with_zero_delay() {
+    if !supported("rtt_overhead_with_zero_delay") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let emu = start("qsn-rtt0", [78, 0], LinkParams::ideal(), 1);
+    for wait in [Wait::Block, Wait::Spin] {
+        let mut rtts = measure(&emu, Duration::ZERO, Duration::from_millis(2), wait);
+        let med = median(&mut rtts);
+        println!(
+            "rtt_overhead_with_zero_delay: endpoints {wait:?}: median {med:?} over {} samples",
+            rtts.len()
+        );
+        assert!(med < Duration::from_millis(1), "overhead {med:?}");
+    }
+    emu.stop().unwrap();
+}
