@@ -21,6 +21,8 @@
 //! * [`client`] — request → receive → validate → commit, peer after peer.
 //! * [`ingest`] — catch-up from the partition's change log (Kafka) after a transfer, or from
 //!   the beginning when no peer could serve.
+//! * [`baseline`] — the HTTP/TCP baseline the benchmark compares against: the same snapshots
+//!   and validation over HTTPS.
 //! * [`bootstrap`] — the whole job: peer transfer + catch-up, or Kafka alone, with the reason.
 //! * [`demo`] — the end-to-end demonstration behind `quicstrap demo`.
 //!
@@ -30,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod baseline;
 pub mod bootstrap;
 pub mod checksum;
 pub mod client;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use quicstrap::baseline::{HttpFetchConfig, HttpFetcher, HttpServer, HttpServerConfig};
 use quicstrap::checksum::ChecksumAlgo;
 use quicstrap::client::{FetchConfig, Fetcher, Progress};
 use quicstrap::partition::{self, PartitionId, TableFormat};
@@ -79,11 +80,40 @@ impl QuicArgs {
     }
 }
 
+/// `ADDR` or `ADDR@congestion`: a listener with its own congestion controller.
+#[derive(Clone, Debug)]
+struct ListenSpec {
+    addr: SocketAddr,
+    congestion: Option<String>,
+}
+
+impl std::str::FromStr for ListenSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, cc) = match s.split_once('@') {
+            Some((a, c)) => (a, Some(c.to_owned())),
+            None => (s, None),
+        };
+        Ok(Self {
+            addr: addr.parse().map_err(|e| format!("{addr}: {e}"))?,
+            congestion: cc,
+        })
+    }
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:7878")]
     listen: SocketAddr,
+    /// More QUIC listeners over the same snapshots, `ADDR@cubic|bbr|newreno` (repeatable):
+    /// lets one server offer several congestion controllers side by side.
+    #[arg(long = "also-listen")]
+    also_listen: Vec<ListenSpec>,
+    /// HTTPS baseline listeners over the same snapshots, `ADDR` or `ADDR@<tcp cc>` such as
+    /// `0.0.0.0:8443@bbr` (repeatable). See the `baseline` module for the URLs.
+    #[arg(long = "http-listen")]
+    http_listen: Vec<ListenSpec>,
     /// Root holding `<store>_v<version>/<partition>/` directories.
     #[arg(long)]
     data_dir: PathBuf,
@@ -184,6 +214,16 @@ struct FetchArgs {
     /// With --kafka: records per WriteBatch during catch-up.
     #[arg(long, default_value_t = 5_000)]
     catchup_batch: usize,
+    /// Fetch over the HTTPS baseline instead of QUIC (peers are the servers' --http-listen
+    /// addresses).
+    #[arg(long, conflicts_with = "kafka")]
+    http: bool,
+    /// With --http: TCP connections pulling files in parallel (1 = one file after another).
+    #[arg(long, default_value_t = 1, requires = "http")]
+    http_connections: usize,
+    /// With --http: TCP congestion controller of the client's sockets.
+    #[arg(long, requires = "http")]
+    tcp_congestion: Option<quicstrap::baseline::TcpCongestion>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -310,14 +350,69 @@ async fn serve(a: ServeArgs) -> ExitCode {
             return fail(2, &e);
         }
     }
+    let http_cfg = |spec: &ListenSpec| -> Result<HttpServerConfig, String> {
+        let mut h = HttpServerConfig::new(
+            spec.addr,
+            cfg.identity.clone(),
+            cfg.allow.clone(),
+            cfg.table_format,
+        );
+        h.congestion = spec.congestion.as_deref().map(str::parse).transpose()?;
+        h.idle_timeout = cfg.idle_timeout;
+        h.write_limiter = cfg.write_limiter.clone();
+        Ok(h)
+    };
+    let http_cfgs = match a
+        .http_listen
+        .iter()
+        .map(http_cfg)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e),
+    };
+    let mut extra_cfgs = Vec::new();
+    for spec in &a.also_listen {
+        let mut c = cfg.clone();
+        c.listen = spec.addr;
+        if let Some(cc) = &spec.congestion {
+            match cc.parse() {
+                Ok(cc) => c.tuning.congestion = cc,
+                Err(e) => return fail(2, &e),
+            }
+        }
+        extra_cfgs.push(c);
+    }
     let server = match Server::start(cfg, source).await {
         Ok(s) => s,
         Err(e) => return fail(2, &e.to_string()),
     };
+    let mut extra = Vec::new();
+    for c in extra_cfgs {
+        match Server::start_sharing(c, &server).await {
+            Ok(s) => extra.push(s),
+            Err(e) => return fail(2, &e.to_string()),
+        }
+    }
+    let mut https = Vec::new();
+    for h in http_cfgs {
+        match HttpServer::start(h, server.snapshots().clone()).await {
+            Ok(s) => https.push(s),
+            Err(e) => return fail(2, &e.to_string()),
+        }
+    }
     match server.local_addr() {
         // Tests and scripts read this line to learn the port.
         Ok(addr) => println!("listening on {addr}"),
         Err(e) => return fail(2, &e.to_string()),
+    }
+    for s in &extra {
+        if let Ok(addr) = s.local_addr() {
+            println!("also listening on {addr}");
+        }
+    }
+    for h in &https {
+        println!("https listening on {}", h.local_addr());
     }
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -328,6 +423,12 @@ async fn serve(a: ServeArgs) -> ExitCode {
         _ = tokio::signal::ctrl_c() => {}
     }
     eprintln!("quicstrap: shutting down");
+    for h in https {
+        h.shutdown().await;
+    }
+    for s in extra {
+        s.shutdown().await;
+    }
     server.shutdown().await;
     ExitCode::SUCCESS
 }
@@ -351,6 +452,9 @@ async fn fetch(a: FetchArgs) -> ExitCode {
     cfg.tuning.idle_timeout = cfg.idle_timeout;
     cfg.read_limiter = quicstrap::pacing::RateLimiter::new(a.read_limit);
     a.quic.apply(&mut cfg.tuning);
+    if a.http {
+        return fetch_http(&a, &id, cfg).await;
+    }
     let fetcher = match Fetcher::new(cfg) {
         Ok(f) => f,
         Err(e) => return fail(2, &e.to_string()),
@@ -376,6 +480,42 @@ async fn fetch(a: FetchArgs) -> ExitCode {
         let _ = handle.await;
     }
     fetcher.close().await;
+    report_fetch(&a, &id, result)
+}
+
+/// `fetch --http`: the same fetch over the HTTPS baseline.
+async fn fetch_http(a: &FetchArgs, id: &PartitionId, quic: FetchConfig) -> ExitCode {
+    let mut cfg = HttpFetchConfig::new(quic.identity);
+    cfg.table_format = quic.table_format;
+    cfg.checksum = quic.checksum;
+    cfg.connect_timeout = quic.connect_timeout;
+    cfg.idle_timeout = quic.idle_timeout;
+    cfg.partition_timeout = quic.partition_timeout;
+    cfg.read_limiter = quic.read_limiter;
+    cfg.connections = a.http_connections.max(1);
+    cfg.congestion = a.tcp_congestion.clone();
+    let fetcher = match HttpFetcher::new(cfg) {
+        Ok(f) => f,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let progress = Arc::new(Progress::default());
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| quicstrap::demo::progress_bar(progress.clone()));
+    let result = fetcher.fetch(id, &a.peers, &a.data_dir, &progress).await;
+    if let Some((stop, handle)) = bar {
+        let _ = stop.send(());
+        let _ = handle.await;
+    }
+    report_fetch(a, id, result)
+}
+
+/// Prints the outcome of a fetch (human or JSON) and picks the exit code.
+fn report_fetch(
+    a: &FetchArgs,
+    id: &PartitionId,
+    result: Result<quicstrap::FetchReport, quicstrap::FetchError>,
+) -> ExitCode {
     match result {
         Ok(report) => print_report(a.json, &report, || {
             format!(

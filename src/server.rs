@@ -117,6 +117,7 @@ pub struct ServerStats {
 
 struct Shared {
     cfg: ServerConfig,
+    source: Arc<dyn PartitionSource>,
     snapshots: SnapshotManager,
     stats: Arc<ServerStats>,
     shutdown: watch::Receiver<bool>,
@@ -139,6 +140,22 @@ impl Server {
         cfg: ServerConfig,
         source: Arc<dyn PartitionSource>,
     ) -> Result<Self, ServerError> {
+        Self::start_inner(cfg, source, None).await
+    }
+
+    /// Another endpoint over the snapshots of a running server (same checkpoints, same cached
+    /// digests), e.g. with another congestion controller in `cfg.tuning`; `cfg.snapshots` is
+    /// ignored.
+    pub async fn start_sharing(cfg: ServerConfig, with: &Server) -> Result<Self, ServerError> {
+        let source = with.shared.source.clone();
+        Self::start_inner(cfg, source, Some(with.shared.snapshots.clone())).await
+    }
+
+    async fn start_inner(
+        cfg: ServerConfig,
+        source: Arc<dyn PartitionSource>,
+        shared_snapshots: Option<SnapshotManager>,
+    ) -> Result<Self, ServerError> {
         let rustls_cfg = tls::server_config(&cfg.identity, cfg.allow.clone())?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_cfg)
             .map_err(|e| ServerError::Tls(tls::TlsError::Verifier(e.to_string())))?;
@@ -148,11 +165,18 @@ impl Server {
         ));
         qcfg.migration(true);
         let endpoint = transport::endpoint(cfg.listen, &cfg.tuning, Some(qcfg))?;
-        let snapshots = SnapshotManager::new(cfg.snapshots.clone(), source)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
-        snapshots.spawn_cleanup(shutdown.clone());
+        let snapshots = match shared_snapshots {
+            Some(s) => s,
+            None => {
+                let s = SnapshotManager::new(cfg.snapshots.clone(), source.clone())?;
+                s.spawn_cleanup(shutdown.clone());
+                s
+            }
+        };
         let shared = Arc::new(Shared {
             cfg,
+            source,
             snapshots,
             stats: Arc::new(ServerStats::default()),
             shutdown,

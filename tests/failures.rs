@@ -102,22 +102,6 @@ async fn an_existing_partition_is_never_touched() {
     server.shutdown().await;
 }
 
-/// Makes `server` hold a snapshot of `id` with its digests cached, then corrupts one of its
-/// files behind the cache's back, as a flipped bit on the serving disk would.
-async fn poison_snapshot(server: &quicstrap::Server, id: &quicstrap::PartitionId) {
-    let lease = server
-        .snapshots()
-        .acquire(id, Instant::now())
-        .await
-        .unwrap();
-    lease
-        .snapshot()
-        .digests(quicstrap::checksum::ChecksumAlgo::Md5)
-        .await
-        .unwrap();
-    corrupt(&largest_sst(&lease.snapshot().dir));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
     let bad_src = tempfile::tempdir().unwrap();

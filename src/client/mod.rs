@@ -10,7 +10,7 @@
 
 pub mod commit;
 pub mod error;
-mod receive;
+pub(crate) mod receive;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -156,7 +156,7 @@ impl Progress {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         loop {
             let notified = self.cancel_notify.notified();
             if self.is_cancelled() {
@@ -505,15 +505,7 @@ impl Fetcher {
             Ordering::Relaxed,
         );
 
-        let tmp = commit::TempDir::create(
-            parent,
-            id.partition,
-            &format!(
-                "{}-{}",
-                std::process::id(),
-                TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-            ),
-        )?;
+        let tmp = commit::TempDir::create(parent, id.partition, &temp_tag())?;
         let mut state = Receiving::new(
             files,
             self.cfg.checksum,
@@ -579,6 +571,15 @@ impl Fetcher {
     }
 }
 
+/// A temp dir tag unique across every fetch of the process, and across processes.
+pub(crate) fn temp_tag() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// What an accepted request leaves for the receive phase.
 struct Accepted {
     /// Keeps this transfer's file streams routed here until the attempt ends.
@@ -597,7 +598,7 @@ struct Limits {
 }
 
 /// A manifest a client will act on: safe unique names, a bounded count.
-fn check_manifest(files: &[FileEntry]) -> Result<(), AttemptError> {
+pub(crate) fn check_manifest(files: &[FileEntry]) -> Result<(), AttemptError> {
     if files.len() > MAX_FILES {
         return Err(AttemptError::Protocol(format!(
             "manifest lists {} files",

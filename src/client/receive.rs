@@ -43,9 +43,30 @@ impl Drop for TrackedFile {
     }
 }
 
+/// Where a file's bytes come from: a QUIC stream, or an HTTP body for the TCP baseline, so
+/// both transports are validated by the very same code.
+pub(crate) trait ByteSource {
+    /// Reads some bytes into `buf`; `None` at end of file.
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError>;
+    /// Tells the sender to stop: it sent more than announced.
+    fn cut(&mut self);
+}
+
+impl ByteSource for quinn::RecvStream {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError> {
+        self.read(buf)
+            .await
+            .map_err(|e| AttemptError::from_read(&e))
+    }
+
+    fn cut(&mut self) {
+        let _ = self.stop(codes::PROTOCOL.into());
+    }
+}
+
 /// Receives `entry` from `stream` into `path`; returns the bytes written.
 pub(crate) async fn receive_file(
-    mut stream: quinn::RecvStream,
+    mut stream: impl ByteSource,
     path: PathBuf,
     entry: FileEntry,
     algo: ChecksumAlgo,
@@ -66,16 +87,15 @@ pub(crate) async fn receive_file(
         let mut filled = 0;
         let mut eof = false;
         while filled < buf.len() {
-            match stream.read(&mut buf[filled..]).await {
-                Ok(Some(n)) => filled += n,
-                Ok(None) => {
+            match stream.read_some(&mut buf[filled..]).await? {
+                Some(n) => filled += n,
+                None => {
                     eof = true;
                     break;
                 }
-                Err(e) => return Err(AttemptError::from_read(&e)),
             }
             if total + filled as u64 > entry.size {
-                let _ = stream.stop(codes::PROTOCOL.into());
+                stream.cut();
                 return Err(AttemptError::SizeMismatch {
                     file: entry.name,
                     expected: entry.size,

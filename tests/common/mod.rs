@@ -179,6 +179,8 @@ pub fn fetch_command(
 pub struct ServeProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The rest of its stdout (kept open: the server prints more lines).
+    pub stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl ServeProcess {
@@ -199,18 +201,35 @@ impl ServeProcess {
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            stdout,
+        }
+    }
+
+    /// The address on the next stdout line that starts with `prefix`.
+    pub fn next_addr(&mut self, prefix: &str) -> SocketAddr {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "no {prefix:?} line"
+            );
+            if let Some(a) = line.trim().strip_prefix(prefix) {
+                return a.trim().parse().unwrap();
+            }
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -285,4 +304,48 @@ pub async fn fetch_ok(server: &Server, id: &PartitionId) -> tempfile::TempDir {
         .await
         .unwrap();
     dst
+}
+
+/// Makes `server` hold a snapshot of `id` with its digests cached, then corrupts one of its
+/// files behind the cache's back, as a flipped bit on the serving disk would.
+pub async fn poison_snapshot(server: &Server, id: &PartitionId) {
+    let lease = server
+        .snapshots()
+        .acquire(id, std::time::Instant::now())
+        .await
+        .unwrap();
+    lease
+        .snapshot()
+        .digests(quicstrap::checksum::ChecksumAlgo::Md5)
+        .await
+        .unwrap();
+    corrupt(&largest_sst(&lease.snapshot().dir));
+}
+
+/// An HTTPS baseline listener over `server`'s snapshots, on a free loopback port.
+pub async fn https_server(
+    server: &Server,
+    tweak: impl FnOnce(&mut quicstrap::baseline::HttpServerConfig),
+) -> quicstrap::baseline::HttpServer {
+    let mut cfg = quicstrap::baseline::HttpServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls::dev::server().unwrap(),
+        AllowList::parse(tls::dev::ALLOW),
+        TableFormat::Block,
+    );
+    tweak(&mut cfg);
+    quicstrap::baseline::HttpServer::start(cfg, server.snapshots().clone())
+        .await
+        .unwrap()
+}
+
+/// A baseline fetcher with the dev client identity and short timeouts for tests.
+pub fn https_fetcher(
+    tweak: impl FnOnce(&mut quicstrap::baseline::HttpFetchConfig),
+) -> quicstrap::baseline::HttpFetcher {
+    let mut cfg = quicstrap::baseline::HttpFetchConfig::new(tls::dev::client().unwrap());
+    cfg.idle_timeout = Duration::from_secs(5);
+    cfg.connect_timeout = Duration::from_secs(5);
+    tweak(&mut cfg);
+    quicstrap::baseline::HttpFetcher::new(cfg).unwrap()
 }

@@ -1,0 +1,498 @@
+//! The HTTPS side of the baseline's client: manifest, files, metadata over keep-alive TCP
+//! connections, through the same receive → validate → commit path as QUIC.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::checksum::ChecksumAlgo;
+use crate::client::commit::{self, Receipt};
+use crate::client::error::{AttemptError, NextStep, SetupError};
+use crate::client::receive::{self, ByteSource};
+use crate::client::{check_manifest, temp_tag, Attempt, FetchError, FetchReport, Progress};
+use crate::pacing::RateLimiter;
+use crate::partition::{PartitionId, PartitionMeta, TableFormat};
+use crate::peers::Peer;
+use crate::protocol::FileEntry;
+use crate::tls::{self, Identity};
+
+use super::{reason_from_name, Manifest, TcpCongestion, REJECT_HEADER};
+
+/// Largest manifest or metadata body read (a manifest of a million files fits).
+const MAX_JSON_BODY: usize = 100 * 1024 * 1024;
+
+/// Knobs of the baseline's fetching side.
+#[derive(Clone, Debug)]
+pub struct HttpFetchConfig {
+    /// This node's certificate, key and trusted CA.
+    pub identity: Identity,
+    /// Table format this node opens.
+    pub table_format: TableFormat,
+    /// Digest asked for in the manifest.
+    pub checksum: ChecksumAlgo,
+    /// TCP connections pulling files from one queue (1: Venice's way, files one after
+    /// another on one keep-alive connection).
+    pub connections: usize,
+    /// Congestion controller of this side's sockets (only matters for what the client sends;
+    /// the server's listener decides for the file bytes).
+    pub congestion: Option<TcpCongestion>,
+    /// Connect + handshake timeout (10 s).
+    pub connect_timeout: Duration,
+    /// Give up on a peer after this long without a byte (60 s).
+    pub idle_timeout: Duration,
+    /// Give up on a peer after this long for one partition (20 min).
+    pub partition_timeout: Duration,
+    /// Read-rate limit shared by every transfer of this process (unlimited by default).
+    pub read_limiter: Arc<RateLimiter>,
+}
+
+impl HttpFetchConfig {
+    /// Defaults around an identity.
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            table_format: TableFormat::Block,
+            checksum: ChecksumAlgo::Md5,
+            connections: 1,
+            congestion: None,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            partition_timeout: Duration::from_secs(20 * 60),
+            read_limiter: RateLimiter::unlimited(),
+        }
+    }
+}
+
+/// The baseline's fetcher: one per process, like [`Fetcher`](crate::client::Fetcher).
+pub struct HttpFetcher {
+    cfg: HttpFetchConfig,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl HttpFetcher {
+    /// Checks the TLS material once, so a bad certificate is a setup error, not a failed peer.
+    pub fn new(cfg: HttpFetchConfig) -> Result<Self, SetupError> {
+        let mut tls = tls::client_config(&cfg.identity)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            cfg,
+            tls: Arc::new(tls),
+        })
+    }
+
+    /// Fetches `id` over HTTPS from the first of `peers` (tried in order) that can serve it,
+    /// with the same guarantees as [`Fetcher::fetch`](crate::client::Fetcher::fetch):
+    /// validated, atomic, nothing left behind on failure.
+    pub async fn fetch(
+        &self,
+        id: &PartitionId,
+        peers: &[Peer],
+        root: &Path,
+        progress: &Progress,
+    ) -> Result<FetchReport, FetchError> {
+        fetch(&self.cfg, &self.tls, id, peers, root, progress).await
+    }
+}
+
+async fn fetch(
+    cfg: &HttpFetchConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    id: &PartitionId,
+    peers: &[Peer],
+    root: &Path,
+    progress: &Progress,
+) -> Result<FetchReport, FetchError> {
+    let target = id.dir(root);
+    if target.exists() && !commit::is_empty_dir(&target)? {
+        return Err(FetchError::PartitionExists(target));
+    }
+    if peers.is_empty() {
+        return Err(FetchError::NoPeers);
+    }
+    let parent = root.join(id.store_version_dir());
+    std::fs::create_dir_all(&parent)?;
+    commit::remove_dead_temp_dirs(&parent, id.partition)?;
+    let started = Instant::now();
+    let mut attempts = Vec::new();
+    for peer in peers {
+        progress.attempts.fetch_add(1, Ordering::Relaxed);
+        progress.received.store(0, Ordering::Relaxed);
+        progress.total.store(0, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let result = attempt(cfg, tls, id, peer, &parent, &target, progress).await;
+        let bytes = progress.received.load(Ordering::Relaxed);
+        match result {
+            Ok((files, meta)) => {
+                attempts.push(Attempt {
+                    peer: peer.to_string(),
+                    outcome: "ok".into(),
+                    error: None,
+                    next_step: None,
+                    bytes,
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
+                return Ok(FetchReport {
+                    partition: id.to_string(),
+                    dir: target,
+                    peer: peer.to_string(),
+                    attempts,
+                    files,
+                    bytes,
+                    seconds: started.elapsed().as_secs_f64(),
+                    meta,
+                });
+            }
+            Err(e) => {
+                let step = e.next_step();
+                tracing::warn!(partition = %id, %peer, error = %e, "http attempt failed");
+                attempts.push(Attempt {
+                    peer: peer.to_string(),
+                    outcome: e.label().into(),
+                    error: Some(e.to_string()),
+                    next_step: Some(step),
+                    bytes,
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
+                if step == NextStep::GiveUp {
+                    return Err(FetchError::GaveUp {
+                        peer: peer.to_string(),
+                        error: e,
+                        attempts,
+                    });
+                }
+            }
+        }
+    }
+    Err(FetchError::AllPeersFailed { attempts })
+}
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+/// One keep-alive HTTPS connection to a peer.
+struct Conn {
+    sender: Sender,
+    host: String,
+}
+
+async fn connect(
+    cfg: &HttpFetchConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    peer: &Peer,
+) -> Result<Conn, AttemptError> {
+    let setup = async {
+        let sock = if peer.addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(AttemptError::local)?;
+        if let Some(cc) = &cfg.congestion {
+            super::set_tcp_congestion(&sock, cc).map_err(AttemptError::local)?;
+        }
+        let tcp = sock
+            .connect(peer.addr)
+            .await
+            .map_err(|e| AttemptError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls_pki_types::ServerName::try_from(peer.server_name.clone())
+            .map_err(|e| AttemptError::Connect(format!("server name: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| AttemptError::Connect(e.to_string()))?;
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| AttemptError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+        Ok(Conn {
+            sender,
+            host: peer.server_name.clone(),
+        })
+    };
+    tokio::time::timeout(cfg.connect_timeout, setup)
+        .await
+        .map_err(|_| AttemptError::ConnectTimeout)?
+}
+
+impl Conn {
+    /// GETs `path`; a refusal becomes the typed rejection, any other non-200 a protocol error.
+    async fn get(
+        &mut self,
+        path: &str,
+        idle: Duration,
+    ) -> Result<Response<Incoming>, AttemptError> {
+        let req = Request::get(path)
+            .header(hyper::header::HOST, &self.host)
+            .body(Empty::new())
+            .map_err(|e| AttemptError::Protocol(format!("request: {e}")))?;
+        let resp = tokio::time::timeout(idle, async {
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| AttemptError::PeerGone(e.to_string()))?;
+            self.sender
+                .send_request(req)
+                .await
+                .map_err(|e| AttemptError::PeerGone(e.to_string()))
+        })
+        .await
+        .map_err(|_| AttemptError::Idle(idle))??;
+        if resp.status() == StatusCode::OK {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let reason = resp
+            .headers()
+            .get(REJECT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(reason_from_name);
+        let body = read_json_body(resp, idle).await.unwrap_or_default();
+        let message = String::from_utf8_lossy(&body).trim().to_owned();
+        Err(match reason {
+            Some(reason) => AttemptError::Rejected { reason, message },
+            None => AttemptError::Protocol(format!("HTTP {status}: {message}")),
+        })
+    }
+}
+
+async fn read_json_body(resp: Response<Incoming>, idle: Duration) -> Result<Bytes, AttemptError> {
+    let body = Limited::new(resp.into_body(), MAX_JSON_BODY);
+    let collected = tokio::time::timeout(idle, body.collect())
+        .await
+        .map_err(|_| AttemptError::Idle(idle))?
+        .map_err(|e| AttemptError::Protocol(format!("body: {e}")))?;
+    Ok(collected.to_bytes())
+}
+
+/// An HTTP body as a [`ByteSource`], with the reader-idle timeout on every wait.
+struct BodySource {
+    body: Incoming,
+    pending: Bytes,
+    idle: Duration,
+}
+
+impl ByteSource for BodySource {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError> {
+        while self.pending.is_empty() {
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Err(AttemptError::Idle(self.idle)),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(AttemptError::PeerGone(e.to_string())),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.pending = data;
+                    }
+                }
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Ok(Some(n))
+    }
+
+    fn cut(&mut self) {
+        // Dropping the body (with the attempt) closes the connection; nothing more to say.
+    }
+}
+
+fn base(id: &PartitionId) -> String {
+    format!("/v1/{}/{}/{}", id.store, id.version, id.partition)
+}
+
+async fn attempt(
+    cfg: &HttpFetchConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    id: &PartitionId,
+    peer: &Peer,
+    parent: &Path,
+    target: &Path,
+    progress: &Progress,
+) -> Result<(usize, PartitionMeta), AttemptError> {
+    let deadline = tokio::time::Instant::now() + cfg.partition_timeout;
+    let idle = cfg.idle_timeout;
+    let base = base(id);
+    // Until files arrive nothing is on disk: dropping this on a deadline or cancel is clean.
+    let setup = async {
+        let mut conn = connect(cfg, tls, peer).await?;
+        let resp = conn
+            .get(
+                &format!(
+                    "{base}/manifest?checksum={}&format={}",
+                    cfg.checksum, cfg.table_format
+                ),
+                idle,
+            )
+            .await?;
+        let body = read_json_body(resp, idle).await?;
+        let manifest: Manifest = serde_json::from_slice(&body)
+            .map_err(|e| AttemptError::Protocol(format!("manifest: {e}")))?;
+        let files = manifest
+            .files
+            .into_iter()
+            .map(|f| {
+                Ok(FileEntry {
+                    digest: hex::decode(&f.digest).map_err(|e| {
+                        AttemptError::Protocol(format!("digest of {}: {e}", f.name))
+                    })?,
+                    name: f.name,
+                    size: f.size,
+                })
+            })
+            .collect::<Result<Vec<_>, AttemptError>>()?;
+        check_manifest(&files)?;
+        Ok::<_, AttemptError>((conn, manifest.session, files))
+    };
+    let (conn, session, files) = tokio::select! {
+        r = setup => r?,
+        _ = tokio::time::sleep_until(deadline) => return Err(AttemptError::PartitionTimeout(cfg.partition_timeout)),
+        _ = progress.cancelled() => return Err(AttemptError::Cancelled),
+    };
+    progress.total.store(
+        files.iter().fold(0u64, |a, f| a.saturating_add(f.size)),
+        Ordering::Relaxed,
+    );
+    let tmp = commit::TempDir::create(parent, id.partition, &temp_tag())?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let received = tokio::select! {
+        r = receive_all(cfg, tls, peer, conn, &base, &session, &files, tmp.path(), progress, &mut tasks) => r,
+        _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(cfg.partition_timeout)),
+        _ = progress.cancelled() => Err(AttemptError::Cancelled),
+    };
+    // Every worker ends and every file handle closes before anyone deletes the directory.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let until = Instant::now() + Duration::from_secs(30);
+    while receive::open_files() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (meta, bytes) = match received {
+        Ok(r) => r,
+        Err(e) => {
+            tmp.remove();
+            return Err(e);
+        }
+    };
+    let receipt = Receipt {
+        meta: meta.clone(),
+        peer: peer.to_string(),
+        files: files.len(),
+        bytes,
+        committed_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let format = cfg.table_format;
+    let target_owned = target.to_owned();
+    tokio::task::spawn_blocking(move || commit::commit(tmp, &target_owned, format, &receipt))
+        .await
+        .map_err(|e| AttemptError::LocalIo(e.to_string()))??;
+    Ok((files.len(), meta))
+}
+
+/// Pulls every file through `cfg.connections` connections (the first is `first`), then the
+/// metadata; returns it with the payload bytes.
+#[allow(clippy::too_many_arguments)]
+async fn receive_all(
+    cfg: &HttpFetchConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    peer: &Peer,
+    first: Conn,
+    base: &str,
+    session: &str,
+    files: &[FileEntry],
+    dir: &Path,
+    progress: &Progress,
+    tasks: &mut tokio::task::JoinSet<Result<(Conn, u64), AttemptError>>,
+) -> Result<(PartitionMeta, u64), AttemptError> {
+    let queue: Arc<Mutex<VecDeque<FileEntry>>> =
+        Arc::new(Mutex::new(files.iter().cloned().collect()));
+    let workers = cfg.connections.clamp(1, files.len().max(1));
+    let mut first = Some(first);
+    for _ in 0..workers {
+        let conn = match first.take() {
+            Some(c) => c,
+            None => connect(cfg, tls, peer).await?,
+        };
+        tasks.spawn(worker(
+            conn,
+            queue.clone(),
+            format!("{base}/files"),
+            session.to_owned(),
+            dir.to_owned(),
+            cfg.checksum,
+            cfg.idle_timeout,
+            progress.received.clone(),
+            cfg.read_limiter.clone(),
+        ));
+    }
+    let mut bytes = 0;
+    let mut keep = None;
+    while let Some(done) = tasks.join_next().await {
+        let (conn, n) = done.map_err(|e| AttemptError::LocalIo(format!("file task: {e}")))??;
+        bytes += n;
+        keep.get_or_insert(conn);
+    }
+    let mut conn = keep.ok_or_else(|| AttemptError::Protocol("no connection left".into()))?;
+    let resp = conn
+        .get(
+            &format!("{base}/metadata?session={session}"),
+            cfg.idle_timeout,
+        )
+        .await?;
+    let body = read_json_body(resp, cfg.idle_timeout).await?;
+    let meta: PartitionMeta = serde_json::from_slice(&body)
+        .map_err(|e| AttemptError::Protocol(format!("metadata: {e}")))?;
+    Ok((meta, bytes))
+}
+
+/// One connection's loop: take the next file, GET it, receive and validate it.
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    mut conn: Conn,
+    queue: Arc<Mutex<VecDeque<FileEntry>>>,
+    files_url: String,
+    session: String,
+    dir: std::path::PathBuf,
+    algo: ChecksumAlgo,
+    idle: Duration,
+    received: Arc<AtomicU64>,
+    limiter: Arc<RateLimiter>,
+) -> Result<(Conn, u64), AttemptError> {
+    let mut total = 0;
+    loop {
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let Some(entry) = next else {
+            return Ok((conn, total));
+        };
+        let resp = conn
+            .get(
+                &format!("{files_url}/{}?session={session}", entry.name),
+                idle,
+            )
+            .await?;
+        let source = BodySource {
+            body: resp.into_body(),
+            pending: Bytes::new(),
+            idle,
+        };
+        let path = dir.join(&entry.name);
+        total +=
+            receive::receive_file(source, path, entry, algo, received.clone(), limiter.clone())
+                .await?;
+    }
+}

@@ -1,0 +1,460 @@
+//! The HTTPS side of the baseline: leases snapshots from the shared manager and streams their
+//! files, one request per file, with the kernel's congestion control chosen per listener.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::checksum::ChecksumAlgo;
+use crate::pacing::RateLimiter;
+use crate::partition::{PartitionId, TableFormat};
+use crate::protocol::{names, RejectReason};
+use crate::server::ServerError;
+use crate::snapshot::{AcquireError, SnapshotLease, SnapshotManager};
+use crate::tls::{self, AllowList, Identity};
+
+use super::{query_pairs, reason_name, Manifest, ManifestFile, TcpCongestion, REJECT_HEADER};
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Chunk read from disk per body frame.
+const CHUNK: usize = 256 * 1024;
+
+/// Everything an HTTPS baseline listener needs besides the shared snapshot manager.
+#[derive(Clone, Debug)]
+pub struct HttpServerConfig {
+    /// TCP address to listen on.
+    pub listen: SocketAddr,
+    /// This server's certificate, key and trusted CA (the QUIC server's).
+    pub identity: Identity,
+    /// Clients allowed to fetch.
+    pub allow: AllowList,
+    /// Table format of every partition served here.
+    pub table_format: TableFormat,
+    /// Congestion controller set on every accepted socket (`None`: the kernel default).
+    pub congestion: Option<TcpCongestion>,
+    /// A session nobody used for this long is ended and its snapshot released (60 s).
+    pub idle_timeout: Duration,
+    /// Write-rate limit shared with the QUIC server of the process.
+    pub write_limiter: Arc<RateLimiter>,
+}
+
+impl HttpServerConfig {
+    /// Defaults around the required parts.
+    pub fn new(
+        listen: SocketAddr,
+        identity: Identity,
+        allow: AllowList,
+        table_format: TableFormat,
+    ) -> Self {
+        Self {
+            listen,
+            identity,
+            allow,
+            table_format,
+            congestion: None,
+            idle_timeout: Duration::from_secs(60),
+            write_limiter: RateLimiter::unlimited(),
+        }
+    }
+}
+
+/// A leased snapshot between the manifest and the metadata request.
+struct Session {
+    lease: Arc<SnapshotLease>,
+    last_used: Instant,
+    /// Bodies streaming right now: a session is never expired under a running download.
+    active: Arc<AtomicUsize>,
+}
+
+struct State {
+    cfg: HttpServerConfig,
+    snapshots: SnapshotManager,
+    sessions: Mutex<HashMap<u64, Session>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running HTTPS baseline listener.
+pub struct HttpServer {
+    addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<State>,
+}
+
+impl HttpServer {
+    /// Binds and starts serving snapshots of `snapshots`.
+    pub async fn start(
+        cfg: HttpServerConfig,
+        snapshots: SnapshotManager,
+    ) -> Result<Self, ServerError> {
+        let mut rustls_cfg = tls::server_config(&cfg.identity, cfg.allow.clone())?;
+        rustls_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_cfg));
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        if let Some(cc) = &cfg.congestion {
+            // Fail at start, not on the first connection, when the kernel lacks the module.
+            super::set_tcp_congestion(&listener, cc).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("TCP congestion control {cc}: {e}"))
+            })?;
+        }
+        let addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let state = Arc::new(State {
+            cfg,
+            snapshots,
+            sessions: Mutex::default(),
+        });
+        let task = tokio::spawn(accept_loop(listener, acceptor, state.clone(), shutdown));
+        Ok(Self {
+            addr,
+            shutdown_tx,
+            task,
+            state,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sessions holding a snapshot right now.
+    pub fn sessions(&self) -> usize {
+        lock(&self.state.sessions).len()
+    }
+
+    /// Stops accepting and ends every session (their snapshots are released).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        self.task.abort();
+        let _ = self.task.await;
+        lock(&self.state.sessions).clear();
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = sweep.tick() => {
+                expire_sessions(&state, Instant::now());
+                continue;
+            }
+            _ = shutdown.changed() => break,
+        };
+        if let Some(cc) = &state.cfg.congestion {
+            if let Err(e) = super::set_tcp_congestion(&tcp, cc) {
+                tracing::warn!(%remote, error = %e, "cannot set TCP congestion control");
+            }
+        }
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!(%remote, error = %e, "handshake refused");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%remote, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+fn expire_sessions(state: &State, now: Instant) {
+    let idle = state.cfg.idle_timeout;
+    lock(&state.sessions).retain(|_, s| {
+        s.active.load(Ordering::SeqCst) > 0 || now.duration_since(s.last_used) < idle
+    });
+}
+
+/// A refusal the client maps onto the same typed errors as QUIC's `Reject`.
+fn refuse(reason: RejectReason, msg: String) -> Response<Body> {
+    let status = match reason {
+        RejectReason::NotFound => StatusCode::NOT_FOUND,
+        RejectReason::Busy | RejectReason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        RejectReason::FormatMismatch => StatusCode::CONFLICT,
+        RejectReason::UnsupportedVersion | RejectReason::BadRequest => StatusCode::BAD_REQUEST,
+        RejectReason::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::info!(?reason, message = %msg, "http request refused");
+    let mut resp = Response::new(full(Bytes::from(msg + "\n")));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(reason_name(reason)) {
+        resp.headers_mut().insert(REJECT_HEADER, v);
+    }
+    resp
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+fn json(v: &impl serde::Serialize) -> Response<Body> {
+    match serde_json::to_vec(v) {
+        Ok(b) => {
+            let mut r = Response::new(full(Bytes::from(b)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => refuse(RejectReason::ServerError, e.to_string()),
+    }
+}
+
+/// A parsed request path.
+struct Route<'a> {
+    id: PartitionId,
+    what: &'a str,
+    file: Option<&'a str>,
+}
+
+fn parse_path(path: &str) -> Result<Route<'_>, String> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (store, version, partition, what, file) = match parts.as_slice() {
+        ["v1", s, v, p, w] => (*s, *v, *p, *w, None),
+        ["v1", s, v, p, w, f] => (*s, *v, *p, *w, Some(*f)),
+        _ => return Err(format!("no such path {path:?}")),
+    };
+    let version = version.parse().map_err(|_| "bad version".to_string())?;
+    let partition = partition.parse().map_err(|_| "bad partition".to_string())?;
+    let id = PartitionId::new(store, version, partition).map_err(|e| format!("store: {e}"))?;
+    Ok(Route { id, what, file })
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    if req.method() != Method::GET {
+        return Ok(refuse(RejectReason::BadRequest, "only GET".into()));
+    }
+    let route = match parse_path(req.uri().path()) {
+        Ok(r) => r,
+        Err(e) => return Ok(refuse(RejectReason::BadRequest, e)),
+    };
+    let query = req.uri().query();
+    Ok(match (route.what, route.file) {
+        ("manifest", None) => manifest(&state, &route.id, query).await,
+        ("files", Some(name)) => file(&state, &route.id, name, query).await,
+        ("metadata", None) => metadata(&state, &route.id, query),
+        _ => refuse(RejectReason::BadRequest, "no such resource".into()),
+    })
+}
+
+async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Body> {
+    let mut algo = ChecksumAlgo::Md5;
+    let mut format = state.cfg.table_format;
+    for (k, v) in query_pairs(query) {
+        match k {
+            "checksum" => match v.parse() {
+                Ok(a) => algo = a,
+                Err(e) => return refuse(RejectReason::BadRequest, format!("checksum: {e}")),
+            },
+            "format" => match v.parse() {
+                Ok(f) => format = f,
+                Err(e) => return refuse(RejectReason::BadRequest, format!("format: {e}")),
+            },
+            _ => {}
+        }
+    }
+    if format != state.cfg.table_format {
+        return refuse(
+            RejectReason::FormatMismatch,
+            format!(
+                "requested {format} but this peer serves {}",
+                state.cfg.table_format
+            ),
+        );
+    }
+    let lease = match state.snapshots.acquire(id, Instant::now()).await {
+        Ok(l) => l,
+        Err(e) => {
+            let reason = match &e {
+                AcquireError::NotFound => RejectReason::NotFound,
+                AcquireError::Busy => RejectReason::Busy,
+                AcquireError::Storage(_) => RejectReason::ServerError,
+            };
+            return refuse(reason, format!("{id}: {e}"));
+        }
+    };
+    let snap = lease.snapshot().clone();
+    let digests = match snap.digests(algo).await {
+        Ok(d) => d,
+        Err(e) => return refuse(RejectReason::ServerError, format!("digests: {e}")),
+    };
+    let session = rand::random::<u64>();
+    lock(&state.sessions).insert(
+        session,
+        Session {
+            lease: Arc::new(lease),
+            last_used: Instant::now(),
+            active: Arc::default(),
+        },
+    );
+    json(&Manifest {
+        session: format!("{session:016x}"),
+        files: snap
+            .files
+            .iter()
+            .zip(digests.iter())
+            .map(|(f, d)| ManifestFile {
+                name: f.name.clone(),
+                size: f.size,
+                digest: hex::encode(d),
+            })
+            .collect(),
+    })
+}
+
+/// A refusal before it becomes a response.
+type Refusal = (RejectReason, String);
+
+/// The session named in the query, if it exists and is for `id`; touches it.
+fn session(
+    state: &State,
+    id: &PartitionId,
+    query: Option<&str>,
+) -> Result<(u64, Arc<SnapshotLease>, Arc<AtomicUsize>), Refusal> {
+    let key = query_pairs(query)
+        .find(|(k, _)| *k == "session")
+        .and_then(|(_, v)| u64::from_str_radix(v, 16).ok())
+        .ok_or((RejectReason::BadRequest, "missing or bad session".into()))?;
+    let mut sessions = lock(&state.sessions);
+    let s = sessions
+        .get_mut(&key)
+        .ok_or((RejectReason::NotFound, "no such session (expired?)".into()))?;
+    if s.lease.snapshot().id != *id {
+        return Err((
+            RejectReason::BadRequest,
+            "session is for another partition".into(),
+        ));
+    }
+    s.last_used = Instant::now();
+    Ok((key, s.lease.clone(), s.active.clone()))
+}
+
+/// Counts a running body in its session and keeps the snapshot leased until it ends.
+struct Streaming {
+    active: Arc<AtomicUsize>,
+    _lease: Arc<SnapshotLease>,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn file(state: &State, id: &PartitionId, name: &str, query: Option<&str>) -> Response<Body> {
+    let (_, lease, active) = match session(state, id, query) {
+        Ok(s) => s,
+        Err((reason, msg)) => return refuse(reason, msg),
+    };
+    if names::validate_file_name(name).is_err() {
+        return refuse(RejectReason::BadRequest, "bad file name".into());
+    }
+    let snap = lease.snapshot();
+    let Some(entry) = snap.files.iter().find(|f| f.name == name) else {
+        return refuse(
+            RejectReason::NotFound,
+            format!("{name} not in the snapshot"),
+        );
+    };
+    let f = match tokio::fs::File::open(snap.dir.join(&entry.name)).await {
+        Ok(f) => f,
+        Err(e) => return refuse(RejectReason::ServerError, format!("{name}: {e}")),
+    };
+    active.fetch_add(1, Ordering::SeqCst);
+    let guard = Arc::new(Streaming {
+        active,
+        _lease: lease.clone(),
+    });
+    let limiter = state.cfg.write_limiter.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, CHUNK).then(move |chunk| {
+        let limiter = limiter.clone();
+        let _alive = guard.clone();
+        async move {
+            let chunk = chunk?;
+            limiter.acquire(chunk.len() as u64).await;
+            Ok::<_, std::io::Error>(Frame::data(chunk))
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::HeaderValue::from(entry.size),
+    );
+    resp
+}
+
+fn metadata(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Body> {
+    let (key, lease, _) = match session(state, id, query) {
+        Ok(s) => s,
+        Err((reason, msg)) => return refuse(reason, msg),
+    };
+    let resp = json(&lease.snapshot().meta);
+    // The metadata is the last request of a transfer: release the snapshot now.
+    lock(&state.sessions).remove(&key);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_or_are_refused() {
+        let r = parse_path("/v1/store/3/7/files/000012.sst").unwrap();
+        assert_eq!(r.id, PartitionId::new("store", 3, 7).unwrap());
+        assert_eq!((r.what, r.file), ("files", Some("000012.sst")));
+        let r = parse_path("/v1/store/3/7/manifest").unwrap();
+        assert_eq!((r.what, r.file), ("manifest", None));
+        for bad in [
+            "/",
+            "/v2/store/3/7/manifest",
+            "/v1/../3/7/manifest",
+            "/v1/store/x/7/manifest",
+            "/v1/store/3/-1/manifest",
+            "/v1/store/3/7/files/a/b",
+        ] {
+            assert!(parse_path(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The HTTP/TCP baseline: it serves the same snapshots (one checkpoint, digests computed once
+//! for both transports), validates the same way, leaves nothing behind on failure, and is
+//! fetchable with curl.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use quicstrap::client::{FetchError, NextStep, Progress};
+use quicstrap::partition::TableFormat;
+use quicstrap::Peer;
+
+fn https_peer(h: &quicstrap::baseline::HttpServer) -> Peer {
+    Peer::new(h.local_addr())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_fetch_equals_the_source_over_one_or_four_connections_on_one_snapshot() {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(40);
+    seed(src.path(), &id, 20_000, 500, 2_000);
+    let quic = server(src.path(), |_| {}).await;
+    let https = https_server(&quic, |_| {}).await;
+    for connections in [1, 4] {
+        let dst = tempfile::tempdir().unwrap();
+        let f = https_fetcher(|c| c.connections = connections);
+        let report = f
+            .fetch(&id, &[https_peer(&https)], dst.path(), &Progress::default())
+            .await
+            .unwrap();
+        assert!(report.files >= 10, "{} files", report.files);
+        assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+        assert!(temp_dirs(dst.path()).is_empty());
+    }
+    // QUIC after HTTPS: the very same snapshot, digests computed once for both.
+    let dst = fetch_ok(&quic, &id).await;
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    assert_eq!(quic.snapshots().created(), 1);
+    let snap = quic.snapshots().current(&id).await.unwrap();
+    assert_eq!(snap.digest_runs(), 1);
+    // The metadata request ended each session: no snapshot is held any more.
+    assert_eq!(https.sessions(), 0);
+    assert_eq!(quic.snapshots().users(), 0);
+    https.shutdown().await;
+    quic.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_refusals_are_the_same_typed_rejections_and_move_on() {
+    let src = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(41);
+    seed(src.path(), &id, 3_000, 200, 1_000);
+    let busy_q = server(src.path(), |c| c.snapshots.max_users = 0).await;
+    let busy = https_server(&busy_q, |_| {}).await;
+    let missing_q = server(empty.path(), |_| {}).await;
+    let missing = https_server(&missing_q, |_| {}).await;
+    let plain_q = server(empty.path(), |c| c.table_format = TableFormat::Plain).await;
+    let plain = https_server(&plain_q, |c| c.table_format = TableFormat::Plain).await;
+    let good_q = server(src.path(), |_| {}).await;
+    let good = https_server(&good_q, |_| {}).await;
+    let report = https_fetcher(|_| {})
+        .fetch(
+            &id,
+            &[
+                https_peer(&busy),
+                https_peer(&missing),
+                https_peer(&plain),
+                https_peer(&good),
+            ],
+            dst.path(),
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["busy", "not_found", "format_mismatch", "ok"]);
+    for a in &report.attempts[..3] {
+        assert_eq!(a.next_step, Some(NextStep::NextPeer));
+        assert_eq!(a.bytes, 0);
+    }
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
+    let bad_src = tempfile::tempdir().unwrap();
+    let good_src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(42);
+    seed(bad_src.path(), &id, 20_000, 500, 5_000);
+    seed(good_src.path(), &id, 20_000, 500, 5_000);
+    let bad_q = server(bad_src.path(), |_| {}).await;
+    let bad = https_server(&bad_q, |_| {}).await;
+    let good_q = server(good_src.path(), |_| {}).await;
+    let good = https_server(&good_q, |_| {}).await;
+    poison_snapshot(&bad_q, &id).await;
+    let f = https_fetcher(|c| c.connections = 2);
+    let err = f
+        .fetch(&id, &[https_peer(&bad)], dst.path(), &Progress::default())
+        .await
+        .unwrap_err();
+    let FetchError::AllPeersFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].outcome, "checksum_mismatch");
+    assert_eq!(attempts[0].next_step, Some(NextStep::CleanupThenNextPeer));
+    assert!(!id.dir(dst.path()).exists(), "partition dir appeared");
+    assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");
+    assert!(open_fds_under(dst.path()).is_empty(), "file handles left");
+    let report = f
+        .fetch(
+            &id,
+            &[https_peer(&bad), https_peer(&good)],
+            dst.path(),
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.attempts.len(), 2);
+    assert_same(&id.dir(good_src.path()), &id.dir(dst.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_client_not_on_the_allow_list_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(43);
+    seed(src.path(), &id, 1_000, 100, 1_000);
+    let quic = server(src.path(), |_| {}).await;
+    let https = https_server(&quic, |_| {}).await;
+    let mut cfg =
+        quicstrap::baseline::HttpFetchConfig::new(quicstrap::tls::dev::intruder().unwrap());
+    cfg.connect_timeout = Duration::from_secs(5);
+    let f = quicstrap::baseline::HttpFetcher::new(cfg).unwrap();
+    let err = f
+        .fetch(&id, &[https_peer(&https)], dst.path(), &Progress::default())
+        .await
+        .unwrap_err();
+    let FetchError::AllPeersFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    // TLS 1.3 reports a refused client certificate on the first read, so the refusal shows
+    // as a failed connection or as the peer hanging up before any byte of the manifest.
+    assert!(
+        ["connect_failed", "peer_gone"].contains(&attempts[0].outcome.as_str()),
+        "{attempts:?}"
+    );
+    assert_eq!(attempts[0].bytes, 0);
+    assert!(!id.dir(dst.path()).exists());
+    assert_eq!(
+        quic.snapshots().created(),
+        0,
+        "a refused client made a snapshot"
+    );
+}
+
+/// A `serve` process killed mid-file: the HTTPS client cleans up, leaves nothing, and the
+/// next peer serves the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_server_killed_mid_file_leaves_nothing_and_the_next_peer_serves() {
+    let dying_src = tempfile::tempdir().unwrap();
+    let good_src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(44);
+    seed(dying_src.path(), &id, 40_000, 1000, 4_000);
+    seed(good_src.path(), &id, 40_000, 1000, 4_000);
+    let mut dying = ServeProcess::start(
+        dying_src.path(),
+        &["--http-listen", "127.0.0.1:0", "--write-limit", "4000000"],
+    );
+    let dying_addr = dying.next_addr("https listening on ");
+    let mut good = ServeProcess::start(good_src.path(), &["--http-listen", "127.0.0.1:0"]);
+    let good_addr = good.next_addr("https listening on ");
+    let f = std::sync::Arc::new(https_fetcher(|_| {}));
+    let progress = std::sync::Arc::new(Progress::default());
+    let task = {
+        let (f, id, dst, p) = (
+            f.clone(),
+            id.clone(),
+            dst.path().to_owned(),
+            progress.clone(),
+        );
+        let peers = vec![Peer::new(dying_addr), Peer::new(good_addr)];
+        tokio::spawn(async move { f.fetch(&id, &peers, &dst, &p).await })
+    };
+    wait_bytes(&progress, 2_000_000).await;
+    dying.signal(libc::SIGKILL);
+    let report = task.await.unwrap().unwrap();
+    let outcomes: Vec<_> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["peer_gone", "ok"], "{:?}", report.attempts);
+    assert!(report.attempts[0].bytes > 2_000_000);
+    assert_same(&id.dir(good_src.path()), &id.dir(dst.path()));
+    assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");
+    assert!(open_fds_under(dst.path()).is_empty(), "file handles left");
+}
+
+/// The baseline is plain HTTPS: curl fetches the manifest and a file, and the file matches
+/// the manifest's digest.
+#[test]
+fn curl_fetches_the_manifest_and_a_file() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        panic!("curl is not installed (scripts/setup.sh installs it)");
+    }
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let id = id(45);
+    seed(src.path(), &id, 5_000, 200, 1_000);
+    let mut serve = ServeProcess::start(src.path(), &["--http-listen", "127.0.0.1:0"]);
+    let addr = serve.next_addr("https listening on ");
+    let c = certs();
+    let curl = |url: &str, out_file: Option<&std::path::Path>| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--fail", "--cert"])
+            .arg(c.join("client.crt"))
+            .arg("--key")
+            .arg(c.join("client.key"))
+            .arg("--cacert")
+            .arg(c.join("ca.crt"))
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())]);
+        if let Some(o) = out_file {
+            cmd.arg("-o").arg(o);
+        }
+        let r = cmd
+            .arg(format!("https://localhost:{}{url}", addr.port()))
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        r.stdout
+    };
+    let base = format!("/v1/{}/{}/{}", id.store, id.version, id.partition);
+    let manifest: quicstrap::baseline::Manifest =
+        serde_json::from_slice(&curl(&format!("{base}/manifest?checksum=md5"), None)).unwrap();
+    let file = manifest.files.iter().max_by_key(|f| f.size).unwrap();
+    let path = out.path().join(&file.name);
+    curl(
+        &format!("{base}/files/{}?session={}", file.name, manifest.session),
+        Some(&path),
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, file.size);
+    let mut h = quicstrap::checksum::Hasher::new(quicstrap::checksum::ChecksumAlgo::Md5);
+    h.update(&bytes);
+    assert_eq!(hex::encode(h.finish()), file.digest);
+    let meta: quicstrap::partition::PartitionMeta = serde_json::from_slice(&curl(
+        &format!("{base}/metadata?session={}", manifest.session),
+        None,
+    ))
+    .unwrap();
+    assert_eq!(meta.offset, Some(4_999));
+}
