@@ -81,7 +81,7 @@ impl ServerConfig {
             files_in_flight: 8,
             partition_timeout: Duration::from_secs(60 * 60),
             request_timeout: Duration::from_secs(10),
-            write_limiter: RateLimiter::unlimited(),
+            write_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -113,11 +113,16 @@ pub struct ServerStats {
     pub bytes_sent: AtomicU64,
     /// Connections that completed the handshake.
     pub connections: AtomicU64,
+    /// Requests answered `Busy` (also counted in `rejected`): the adaptive throttle's signal
+    /// that this server is asked for more than it serves.
+    pub busy: AtomicU64,
 }
 
 struct Shared {
     cfg: ServerConfig,
     source: Arc<dyn PartitionSource>,
+    /// False for [`Server::start_sharing`]: only the owner retires the snapshots.
+    owns_snapshots: bool,
     snapshots: SnapshotManager,
     stats: Arc<ServerStats>,
     shutdown: watch::Receiver<bool>,
@@ -166,6 +171,7 @@ impl Server {
         qcfg.migration(true);
         let endpoint = transport::endpoint(cfg.listen, &cfg.tuning, Some(qcfg))?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let owns_snapshots = shared_snapshots.is_none();
         let snapshots = match shared_snapshots {
             Some(s) => s,
             None => {
@@ -177,6 +183,7 @@ impl Server {
         let shared = Arc::new(Shared {
             cfg,
             source,
+            owns_snapshots,
             snapshots,
             stats: Arc::new(ServerStats::default()),
             shutdown,
@@ -219,7 +226,9 @@ impl Server {
         while Arc::strong_count(&self.shared.tasks) > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.shared.snapshots.retire_all().await;
+        if self.shared.owns_snapshots {
+            self.shared.snapshots.retire_all().await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
@@ -426,7 +435,9 @@ async fn serve_control(
     };
     let span = tracing::info_span!(
         "serve",
-        partition = %id,
+        store = %id.store,
+        version = id.version,
+        partition = id.partition,
         peer = %conn.remote_address(),
         transfer = req.transfer_id
     );
@@ -453,7 +464,10 @@ async fn serve_partition(
         Err(e) => {
             let reason = match &e {
                 AcquireError::NotFound => RejectReason::NotFound,
-                AcquireError::Busy => RejectReason::Busy,
+                AcquireError::Busy => {
+                    stats.busy.fetch_add(1, Ordering::Relaxed);
+                    RejectReason::Busy
+                }
                 AcquireError::Storage(_) => RejectReason::ServerError,
             };
             reject(send, stats, reason, format!("{id}: {e}")).await;
@@ -469,7 +483,15 @@ async fn serve_partition(
     match result {
         Ok(()) => {
             stats.completed.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("transfer done");
+            let path = conn.stats().path;
+            tracing::info!(
+                rtt_ms = path.rtt.as_secs_f64() * 1e3,
+                mtu = path.current_mtu,
+                cwnd = path.cwnd,
+                lost_packets = path.lost_packets,
+                sent_packets = path.sent_packets,
+                "transfer done"
+            );
         }
         Err(e) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 /// Congestion controller of a QUIC connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,7 +56,10 @@ pub struct TransportTuning {
     /// Requested UDP send/receive buffer, bytes (default 8 MiB; forced past `rmem_max` when
     /// running as root).
     pub socket_buffer: usize,
-    /// Congestion controller (default cubic).
+    /// Congestion controller (default cubic). On lossy long links bbr keeps the rate where
+    /// cubic collapses (BENCHMARKS.md), but a server shutting down under bbr has been seen to
+    /// leave its clients without the close (they wait out the idle timeout); until that is
+    /// fixed, bbr is opt-in.
     pub congestion: Congestion,
     /// Connection dies after this long without any packet from the peer (default 60 s).
     pub idle_timeout: Duration,
@@ -67,6 +70,11 @@ pub struct TransportTuning {
     pub max_control_streams: u32,
     /// Concurrent file streams a server may open toward a client (default 512).
     pub max_file_streams: u32,
+    /// UDP payload size a connection starts with (default 1452: a 1500-byte Ethernet path
+    /// over IPv4 or IPv6). quinn starts at 1200 and only probes upward when it has nothing
+    /// else to send, so a bulk sender would stay at 1200 for good. On a path with a smaller
+    /// MTU (tunnels) set 1200.
+    pub initial_mtu: u16,
 }
 
 impl Default for TransportTuning {
@@ -80,6 +88,7 @@ impl Default for TransportTuning {
             keep_alive: Duration::from_secs(5),
             max_control_streams: 64,
             max_file_streams: 512,
+            initial_mtu: 1452,
         }
     }
 }
@@ -107,6 +116,10 @@ impl TransportTuning {
             // Ping often enough that a healthy but quiet connection never idles out.
             .keep_alive_interval(Some(self.keep_alive.min(self.idle_timeout / 3)))
             .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok());
+        let initial_mtu = self.initial_mtu.max(1200);
+        let mut mtu = MtuDiscoveryConfig::default();
+        mtu.upper_bound(initial_mtu.max(1452));
+        t.mtu_discovery_config(Some(mtu)).initial_mtu(initial_mtu);
         match self.congestion {
             Congestion::Cubic => {
                 t.congestion_controller_factory(Arc::new(CubicConfig::default()));

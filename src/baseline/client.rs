@@ -67,7 +67,7 @@ impl HttpFetchConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             partition_timeout: Duration::from_secs(20 * 60),
-            read_limiter: RateLimiter::unlimited(),
+            read_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
         }
     }
 }
@@ -383,6 +383,7 @@ async fn attempt(
         Ok(r) => r,
         Err(e) => {
             tmp.remove();
+            release(cfg, tls, peer, format!("{base}/metadata?session={session}"));
             return Err(e);
         }
     };
@@ -404,6 +405,23 @@ async fn attempt(
     Ok((files.len(), meta))
 }
 
+/// Ends a session the attempt gave up on (its metadata request does), in the background and
+/// best effort, so the server does not hold the snapshot slot until its idle timeout.
+fn release(cfg: &HttpFetchConfig, tls: &Arc<rustls::ClientConfig>, peer: &Peer, path: String) {
+    let (cfg, tls, peer) = (cfg.clone(), tls.clone(), peer.clone());
+    tokio::spawn(async move {
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut conn = connect(&cfg, &tls, &peer).await?;
+            let resp = conn.get(&path, Duration::from_secs(5)).await?;
+            read_json_body(resp, Duration::from_secs(5)).await
+        })
+        .await;
+        if !matches!(ended, Ok(Ok(_))) {
+            tracing::debug!(%peer, "could not end the session; the server's idle timeout will");
+        }
+    });
+}
+
 /// Pulls every file through `cfg.connections` connections (the first is `first`), then the
 /// metadata; returns it with the payload bytes.
 #[allow(clippy::too_many_arguments)]
@@ -422,12 +440,17 @@ async fn receive_all(
     let queue: Arc<Mutex<VecDeque<FileEntry>>> =
         Arc::new(Mutex::new(files.iter().cloned().collect()));
     let workers = cfg.connections.clamp(1, files.len().max(1));
-    let mut first = Some(first);
-    for _ in 0..workers {
-        let conn = match first.take() {
-            Some(c) => c,
-            None => connect(cfg, tls, peer).await?,
-        };
+    // The extra connections handshake together, and a failed one only costs its share: the
+    // files go to the connections that exist.
+    let extra = futures_util::future::join_all((1..workers).map(|_| connect(cfg, tls, peer))).await;
+    let conns = std::iter::once(first).chain(extra.into_iter().filter_map(|c| match c {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::info!(error = %e, "extra connection failed; carrying on with fewer");
+            None
+        }
+    }));
+    for conn in conns {
         tasks.spawn(worker(
             conn,
             queue.clone(),

@@ -65,7 +65,7 @@ impl HttpServerConfig {
             table_format,
             congestion: None,
             idle_timeout: Duration::from_secs(60),
-            write_limiter: RateLimiter::unlimited(),
+            write_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
         }
     }
 }
@@ -73,7 +73,9 @@ impl HttpServerConfig {
 /// A leased snapshot between the manifest and the metadata request.
 struct Session {
     lease: Arc<SnapshotLease>,
-    last_used: Instant,
+    /// Touched by every request and by the end of every body: a file that takes longer than
+    /// the idle timeout to stream must not expire the session under the next request.
+    last_used: Arc<Mutex<Instant>>,
     /// Bodies streaming right now: a session is never expired under a running download.
     active: Arc<AtomicUsize>,
 }
@@ -201,7 +203,8 @@ async fn accept_loop(
 fn expire_sessions(state: &State, now: Instant) {
     let idle = state.cfg.idle_timeout;
     lock(&state.sessions).retain(|_, s| {
-        s.active.load(Ordering::SeqCst) > 0 || now.duration_since(s.last_used) < idle
+        s.active.load(Ordering::SeqCst) > 0
+            || now.saturating_duration_since(*lock(&s.last_used)) < idle
     });
 }
 
@@ -324,7 +327,7 @@ async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Respo
         session,
         Session {
             lease: Arc::new(lease),
-            last_used: Instant::now(),
+            last_used: Arc::new(Mutex::new(Instant::now())),
             active: Arc::default(),
         },
     );
@@ -346,12 +349,20 @@ async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Respo
 /// A refusal before it becomes a response.
 type Refusal = (RejectReason, String);
 
+/// A session's key and the handles a request needs from it.
+type SessionHandles = (
+    u64,
+    Arc<SnapshotLease>,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Instant>>,
+);
+
 /// The session named in the query, if it exists and is for `id`; touches it.
 fn session(
     state: &State,
     id: &PartitionId,
     query: Option<&str>,
-) -> Result<(u64, Arc<SnapshotLease>, Arc<AtomicUsize>), Refusal> {
+) -> Result<SessionHandles, Refusal> {
     let key = query_pairs(query)
         .find(|(k, _)| *k == "session")
         .and_then(|(_, v)| u64::from_str_radix(v, 16).ok())
@@ -366,24 +377,27 @@ fn session(
             "session is for another partition".into(),
         ));
     }
-    s.last_used = Instant::now();
-    Ok((key, s.lease.clone(), s.active.clone()))
+    *lock(&s.last_used) = Instant::now();
+    Ok((key, s.lease.clone(), s.active.clone(), s.last_used.clone()))
 }
 
 /// Counts a running body in its session and keeps the snapshot leased until it ends.
 struct Streaming {
     active: Arc<AtomicUsize>,
+    last_used: Arc<Mutex<Instant>>,
     _lease: Arc<SnapshotLease>,
 }
 
 impl Drop for Streaming {
     fn drop(&mut self) {
+        // The idle clock restarts when the body ends, not when it was asked for.
+        *lock(&self.last_used) = Instant::now();
         self.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 async fn file(state: &State, id: &PartitionId, name: &str, query: Option<&str>) -> Response<Body> {
-    let (_, lease, active) = match session(state, id, query) {
+    let (_, lease, active, last_used) = match session(state, id, query) {
         Ok(s) => s,
         Err((reason, msg)) => return refuse(reason, msg),
     };
@@ -404,6 +418,7 @@ async fn file(state: &State, id: &PartitionId, name: &str, query: Option<&str>) 
     active.fetch_add(1, Ordering::SeqCst);
     let guard = Arc::new(Streaming {
         active,
+        last_used,
         _lease: lease.clone(),
     });
     let limiter = state.cfg.write_limiter.clone();
@@ -425,7 +440,7 @@ async fn file(state: &State, id: &PartitionId, name: &str, query: Option<&str>) 
 }
 
 fn metadata(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Body> {
-    let (key, lease, _) = match session(state, id, query) {
+    let (key, lease, _, _) = match session(state, id, query) {
         Ok(s) => s,
         Err((reason, msg)) => return refuse(reason, msg),
     };
