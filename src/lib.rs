@@ -15,6 +15,8 @@
 //! * [`transport`] — QUIC endpoints tuned for long fat pipes.
 //! * [`wire`] — frames over QUIC streams.
 //! * [`pacing`] — the byte-rate limiter shared by every transfer of a process.
+//! * [`throttle`] — adaptive throttling of those limiters from signals of distress.
+//! * [`metrics`] — the Prometheus endpoint.
 //! * [`snapshot`] — server-side checkpoints: shared, reused within a TTL, digests cached.
 //! * [`server`] — the serving peer.
 //! * [`peers`] — who to ask, in which order (discovery → selection).
@@ -38,11 +40,13 @@ pub mod checksum;
 pub mod client;
 pub mod demo;
 pub mod ingest;
+pub mod metrics;
 pub mod pacing;
 pub mod partition;
 pub mod peers;
 pub mod server;
 pub mod snapshot;
+pub mod throttle;
 pub mod tls;
 pub mod transport;
 pub mod wire;

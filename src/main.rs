@@ -57,7 +57,8 @@ struct TlsArgs {
 
 #[derive(Args)]
 struct QuicArgs {
-    /// Congestion controller: cubic, bbr or newreno.
+    /// Congestion controller: cubic, bbr or newreno (bbr for lossy long links: see
+    /// BENCHMARKS.md).
     #[arg(long, default_value = "cubic")]
     congestion: Congestion,
     /// Per-stream flow-control window, bytes.
@@ -69,6 +70,10 @@ struct QuicArgs {
     /// UDP socket buffer size, bytes.
     #[arg(long, default_value_t = 8 << 20)]
     socket_buffer: usize,
+    /// UDP payload size connections start with: 1452 fits a 1500-byte path; use 1200 on
+    /// paths with a smaller MTU (tunnels, WireGuard).
+    #[arg(long, default_value_t = 1452)]
+    initial_mtu: u16,
 }
 
 impl QuicArgs {
@@ -77,6 +82,7 @@ impl QuicArgs {
         t.stream_window = self.stream_window;
         t.connection_window = self.connection_window;
         t.socket_buffer = self.socket_buffer;
+        t.initial_mtu = self.initial_mtu;
     }
 }
 
@@ -145,12 +151,20 @@ struct ServeArgs {
     #[arg(long, default_value_t = 60)]
     idle_timeout_secs: u64,
     /// Write-rate limit for all transfers of this process, bytes/s (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = quicstrap::pacing::DEFAULT_RATE)]
     write_limit: u64,
     /// Kafka brokers (`host:port,...`): keep every partition under --data-dir following its
     /// topic while serving snapshots of it.
     #[arg(long)]
     kafka: Option<String>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Adapt the write limit between 20 % and 200 % of --write-limit, in steps of 20 % per
+    /// 1 s cycle: down when over half the requests of a cycle were answered Busy, up after
+    /// 10 quiet cycles.
+    #[arg(long)]
+    adaptive_throttle: bool,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -195,8 +209,8 @@ struct FetchArgs {
     /// Print a machine-readable report on stdout.
     #[arg(long)]
     json: bool,
-    /// Read-rate limit for this fetch, bytes/s (0 = unlimited).
-    #[arg(long, default_value_t = 0)]
+    /// Read-rate limit for this process, bytes/s (0 = unlimited).
+    #[arg(long, default_value_t = quicstrap::pacing::DEFAULT_RATE)]
     read_limit: u64,
     /// Kafka brokers (`host:port,...`): do the whole bootstrap — transfer, then catch up from
     /// the snapshot's offset; Kafka alone when the lag is small or no peer can serve.
@@ -224,6 +238,14 @@ struct FetchArgs {
     /// With --http: TCP congestion controller of the client's sockets.
     #[arg(long, requires = "http")]
     tcp_congestion: Option<quicstrap::baseline::TcpCongestion>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` while fetching.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Adapt the read limit between 20 % and 200 % of --read-limit, in steps of 20 % per
+    /// 1 s cycle: down when an fsync of a received file took over 500 ms, up after 10 quiet
+    /// cycles.
+    #[arg(long)]
+    adaptive_throttle: bool,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -383,10 +405,30 @@ async fn serve(a: ServeArgs) -> ExitCode {
         }
         extra_cfgs.push(c);
     }
+    let write_limiter = cfg.write_limiter.clone();
     let server = match Server::start(cfg, source).await {
         Ok(s) => s,
         Err(e) => return fail(2, &e.to_string()),
     };
+    let throttler = a.adaptive_throttle.then(|| {
+        let (stats, all) = (server.stats(), server.stats());
+        let busy = quicstrap::throttle::CounterRatioSignal::new(
+            "busy_ratio",
+            0.5,
+            move || stats.busy.load(std::sync::atomic::Ordering::Relaxed),
+            move || {
+                all.accepted.load(std::sync::atomic::Ordering::Relaxed)
+                    + all.rejected.load(std::sync::atomic::Ordering::Relaxed)
+            },
+        );
+        quicstrap::throttle::Throttler::spawn(
+            write_limiter.clone(),
+            a.write_limit,
+            vec![busy as Arc<dyn quicstrap::throttle::Signal>],
+            Duration::from_secs(1),
+            10,
+        )
+    });
     let mut extra = Vec::new();
     for c in extra_cfgs {
         match Server::start_sharing(c, &server).await {
@@ -414,6 +456,20 @@ async fn serve(a: ServeArgs) -> ExitCode {
     for h in &https {
         println!("https listening on {}", h.local_addr());
     }
+    let _metrics = match a.metrics_listen {
+        Some(addr) => {
+            let registry = quicstrap::metrics::Registry::new();
+            quicstrap::metrics::register_server(&registry, &server, throttler.as_ref());
+            match quicstrap::metrics::serve(addr, registry).await {
+                Ok((bound, task)) => {
+                    println!("metrics on http://{bound}/metrics");
+                    Some(AbortOnDrop(task))
+                }
+                Err(e) => return fail(2, &format!("metrics listener {addr}: {e}")),
+            }
+        }
+        None => None,
+    };
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => return fail(2, &e.to_string()),
@@ -455,9 +511,33 @@ async fn fetch(a: FetchArgs) -> ExitCode {
     if a.http {
         return fetch_http(&a, &id, cfg).await;
     }
+    let read_limiter = cfg.read_limiter.clone();
     let fetcher = match Fetcher::new(cfg) {
-        Ok(f) => f,
+        Ok(f) => Arc::new(f),
         Err(e) => return fail(2, &e.to_string()),
+    };
+    let throttler = a.adaptive_throttle.then(|| {
+        quicstrap::throttle::Throttler::spawn(
+            read_limiter.clone(),
+            a.read_limit,
+            vec![quicstrap::throttle::fsync_latency() as Arc<dyn quicstrap::throttle::Signal>],
+            Duration::from_secs(1),
+            10,
+        )
+    });
+    let _metrics = match a.metrics_listen {
+        Some(addr) => {
+            let registry = quicstrap::metrics::Registry::new();
+            quicstrap::metrics::register_client(&registry, &fetcher, throttler.as_ref());
+            match quicstrap::metrics::serve(addr, registry).await {
+                Ok((bound, task)) => {
+                    eprintln!("quicstrap: metrics on http://{bound}/metrics");
+                    Some(AbortOnDrop(task))
+                }
+                Err(e) => return fail(2, &format!("metrics listener {addr}: {e}")),
+            }
+        }
+        None => None,
     };
     let progress = Arc::new(Progress::default());
     let bar = std::io::stderr()
@@ -481,6 +561,15 @@ async fn fetch(a: FetchArgs) -> ExitCode {
     }
     fetcher.close().await;
     report_fetch(&a, &id, result)
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `fetch --http`: the same fetch over the HTTPS baseline.

@@ -1,5 +1,10 @@
 //! Pacing: a byte-rate limiter shared by every transfer of a process.
 //!
+//! One limiter per direction and process (the server's writes, the client's reads; 150 MB/s
+//! each by default), shared by every connection and partition. Where Venice's global traffic
+//! shaping checks its counters once a second, this bucket accounts continuously with 100 ms of
+//! credit, so the aggregate holds over any second, not just on average.
+//!
 //! The receiver waits for tokens *before* reading more, so on QUIC the limit turns into
 //! flow-control back-pressure on the sender rather than into buffering. The bucket arithmetic
 //! is a pure function of `now` ([`Bucket::take`]) so it is tested without sleeping.
@@ -7,6 +12,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Default limit of each direction, bytes/s (150 MB/s ≈ 1.2 Gbit/s): a recovering node
+/// must not take its NIC, its disk or its peers away from live traffic. 0 lifts it.
+pub const DEFAULT_RATE: u64 = 150_000_000;
 
 /// Token bucket state: bytes that may pass now (negative: debt to wait off).
 #[derive(Debug, Clone, Copy)]

@@ -9,6 +9,7 @@
 //! [`AttemptError::next_step`] says.
 
 pub mod commit;
+pub mod connectivity;
 pub mod error;
 pub(crate) mod receive;
 
@@ -44,6 +45,8 @@ const MAX_HEADER_FRAME: usize = 1024;
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// How long file streams may trail `Complete` (routing only; their bytes are acknowledged).
 const COMPLETE_GRACE: Duration = Duration::from_secs(2);
+/// How long a transfer may sit without progress once its connection is closed.
+const CLOSED_GRACE: Duration = Duration::from_secs(1);
 /// Most files a manifest may list.
 const MAX_FILES: usize = 1_000_000;
 
@@ -70,6 +73,17 @@ pub struct FetchConfig {
     pub shuffle: bool,
     /// Read-rate limit shared by every transfer of this process (unlimited by default).
     pub read_limiter: Arc<RateLimiter>,
+    /// Partitions received at once (20); further fetches wait their turn, so a node
+    /// recovering hundreds of partitions neither opens hundreds of temp dirs nor asks every
+    /// peer at once.
+    pub max_partitions: usize,
+    /// Handshakes of the connectivity check running at once (16).
+    pub check_concurrency: usize,
+    /// Longest the whole connectivity check may take (60 s); peers not checked by then count
+    /// as unreachable for this fetch.
+    pub check_timeout: Duration,
+    /// How long a connectivity verdict (good or bad) is trusted (30 s).
+    pub check_freshness: Duration,
 }
 
 impl FetchConfig {
@@ -85,7 +99,11 @@ impl FetchConfig {
             idle_timeout: Duration::from_secs(60),
             partition_timeout: Duration::from_secs(20 * 60),
             shuffle: true,
-            read_limiter: RateLimiter::unlimited(),
+            read_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
+            max_partitions: 20,
+            check_concurrency: 16,
+            check_timeout: Duration::from_secs(60),
+            check_freshness: Duration::from_secs(30),
         }
     }
 }
@@ -231,6 +249,19 @@ impl Drop for RouteGuard {
     }
 }
 
+/// Counters of a [`Fetcher`], for metrics.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// File payload bytes received, in every attempt.
+    pub bytes_received: AtomicU64,
+    /// Fetches that ended with the partition in place.
+    pub fetched: AtomicU64,
+    /// Fetches that ended without it.
+    pub failed: AtomicU64,
+    /// Attempts that failed (each moved on to the next peer or gave up).
+    pub attempts_failed: AtomicU64,
+}
+
 /// Fetches partitions from peers. Cheap to share behind an `Arc`; one per process is typical.
 pub struct Fetcher {
     endpoint: quinn::Endpoint,
@@ -240,6 +271,14 @@ pub struct Fetcher {
     /// delays fetches from another.
     conns: Mutex<HashMap<(SocketAddr, String), ConnSlot>>,
     next_transfer: AtomicU64,
+    /// Control streams whose last frame (`Done`/`Abort`) may not be delivered yet: closing
+    /// the endpoint waits for them (bounded), or the server would never learn the outcome.
+    lingering: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One permit per partition being received (`max_partitions`).
+    partitions: Arc<tokio::sync::Semaphore>,
+    /// Recent handshake verdicts per peer.
+    connectivity: connectivity::ConnectivityCache,
+    stats: Arc<FetchStats>,
 }
 
 impl Fetcher {
@@ -254,12 +293,18 @@ impl Fetcher {
         ));
         let endpoint =
             transport::endpoint(cfg.bind, &cfg.tuning, None).map_err(SetupError::Bind)?;
+        let cfg_partitions = cfg.max_partitions.max(1);
+        let freshness = cfg.check_freshness;
         Ok(Self {
             endpoint,
             client_cfg,
             cfg,
             conns: Mutex::new(HashMap::new()),
             next_transfer: AtomicU64::new(1),
+            lingering: Mutex::default(),
+            partitions: Arc::new(tokio::sync::Semaphore::new(cfg_partitions)),
+            connectivity: connectivity::ConnectivityCache::new(freshness),
+            stats: Arc::default(),
         })
     }
 
@@ -282,6 +327,10 @@ impl Fetcher {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        let lingering = std::mem::take(&mut *lock(&self.lingering));
+        for task in lingering {
+            let _ = task.await;
+        }
         self.endpoint.close(codes::OK.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
@@ -308,6 +357,52 @@ impl Fetcher {
         let pc = PeerConn::new(conn);
         *slot = Some(pc.clone());
         Ok(pc)
+    }
+
+    /// The connectivity check: a verdict per peer (in `peers` order), from the cache when
+    /// fresh, else from a QUIC handshake — all peers at once, `check_concurrency` at a time,
+    /// `check_timeout` in all. A good handshake leaves its connection warm for the transfer.
+    pub async fn check_peers(&self, peers: &[Peer]) -> Vec<Result<(), AttemptError>> {
+        let now = Instant::now();
+        self.connectivity.purge(now);
+        let verdicts: Vec<Mutex<Option<Result<(), AttemptError>>>> = peers
+            .iter()
+            .map(|p| Mutex::new(self.connectivity.get(p, now)))
+            .collect();
+        let limit = tokio::sync::Semaphore::new(self.cfg.check_concurrency.max(1));
+        let checks = peers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| lock(&verdicts[*i]).is_none())
+            .map(|(i, p)| {
+                let (limit, verdicts) = (&limit, &verdicts);
+                async move {
+                    let _permit = limit.acquire().await;
+                    let verdict = self.connection(p).await.map(|_| ());
+                    self.connectivity.record(p, verdict.clone(), Instant::now());
+                    *lock(&verdicts[i]) = Some(verdict);
+                }
+            });
+        let all = futures_util::future::join_all(checks);
+        let _ = tokio::time::timeout(self.cfg.check_timeout, all).await;
+        verdicts
+            .into_iter()
+            .map(|v| {
+                v.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or(Err(AttemptError::ConnectTimeout))
+            })
+            .collect()
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<FetchStats> {
+        self.stats.clone()
+    }
+
+    /// Peers with a cached connectivity verdict (for metrics).
+    pub fn connectivity_cache_len(&self) -> usize {
+        self.connectivity.len()
     }
 
     /// Fetches `id` into `<root>/<store>_v<version>/<partition>/` from the first of `peers`
@@ -337,6 +432,17 @@ impl Fetcher {
         if peers.is_empty() {
             return Err(FetchError::NoPeers);
         }
+        // Wait for a turn (a cancel while queued ends the fetch with nothing done).
+        let _turn = tokio::select! {
+            p = self.partitions.clone().acquire_owned() => p.ok(),
+            _ = progress.cancelled() => {
+                return Err(FetchError::GaveUp {
+                    peer: String::new(),
+                    error: AttemptError::Cancelled,
+                    attempts: Vec::new(),
+                })
+            }
+        };
         let parent = root.join(id.store_version_dir());
         std::fs::create_dir_all(&parent)?;
         let stale = commit::remove_dead_temp_dirs(&parent, id.partition)?;
@@ -350,21 +456,51 @@ impl Fetcher {
         };
         let started = Instant::now();
         let mut attempts = Vec::new();
-        for peer in order {
+        // Handshake with every candidate at once; known-dead peers then fail in no time.
+        let verdicts = tokio::select! {
+            v = self.check_peers(&order) => v,
+            _ = progress.cancelled() => {
+                return Err(FetchError::GaveUp {
+                    peer: String::new(),
+                    error: AttemptError::Cancelled,
+                    attempts,
+                })
+            }
+        };
+        for (peer, verdict) in order.into_iter().zip(verdicts) {
             progress.attempts.fetch_add(1, Ordering::Relaxed);
             progress.received.store(0, Ordering::Relaxed);
             progress.total.store(0, Ordering::Relaxed);
             let t0 = Instant::now();
-            let span = tracing::info_span!("fetch", partition = %id, peer = %peer);
+            let span = tracing::info_span!(
+                "fetch",
+                store = %id.store,
+                version = id.version,
+                partition = id.partition,
+                peer = %peer
+            );
             let deadline = tokio::time::Instant::now() + self.cfg.partition_timeout;
-            let result = tracing::Instrument::instrument(
-                self.attempt(id, &peer, &parent, &target, progress, deadline),
-                span,
-            )
-            .await;
+            let result = match verdict {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    tracing::Instrument::instrument(
+                        self.attempt(id, &peer, &parent, &target, progress, deadline),
+                        span,
+                    )
+                    .await
+                }
+            };
+            if let Err(e @ (AttemptError::Connect(_) | AttemptError::ConnectTimeout)) = &result {
+                self.connectivity
+                    .record(&peer, Err(e.clone()), Instant::now());
+            }
             let bytes = progress.received.load(Ordering::Relaxed);
+            self.stats
+                .bytes_received
+                .fetch_add(bytes, Ordering::Relaxed);
             match result {
                 Ok((files, meta)) => {
+                    self.stats.fetched.fetch_add(1, Ordering::Relaxed);
                     attempts.push(Attempt {
                         peer: peer.to_string(),
                         outcome: "ok".into(),
@@ -385,6 +521,7 @@ impl Fetcher {
                     });
                 }
                 Err(e) => {
+                    self.stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
                     let step = e.next_step();
                     tracing::warn!(partition = %id, peer = %peer, error = %e, next = ?step, "attempt failed");
                     attempts.push(Attempt {
@@ -396,6 +533,7 @@ impl Fetcher {
                         seconds: t0.elapsed().as_secs_f64(),
                     });
                     if step == NextStep::GiveUp {
+                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
                         return Err(FetchError::GaveUp {
                             peer: peer.to_string(),
                             error: e,
@@ -405,6 +543,7 @@ impl Fetcher {
                 }
             }
         }
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
         Err(FetchError::AllPeersFailed { attempts })
     }
 
@@ -471,6 +610,7 @@ impl Fetcher {
             send,
             control,
             files,
+            conn: pc.conn.clone(),
         })
     }
 
@@ -499,6 +639,7 @@ impl Fetcher {
             mut send,
             mut control,
             files,
+            conn,
         } = setup.await?;
         progress.total.store(
             files.iter().fold(0u64, |a, f| a.saturating_add(f.size)),
@@ -521,6 +662,7 @@ impl Fetcher {
                     idle: self.cfg.idle_timeout,
                     deadline,
                     partition_timeout: limit,
+                    conn,
                 },
                 progress,
             )
@@ -537,6 +679,7 @@ impl Fetcher {
                 )
                 .await;
                 let _ = send.finish();
+                self.linger(send);
                 tmp.remove();
                 return Err(e);
             }
@@ -566,8 +709,22 @@ impl Fetcher {
         };
         let _ = write_frame(&mut send, &done).await;
         let _ = send.finish();
+        self.linger(send);
         committed?;
         Ok((state.files.len(), meta))
+    }
+}
+
+impl Fetcher {
+    /// Keeps `send` until the peer has its last frame (it stops or reads the stream), for at
+    /// most 2 s, without holding up the caller.
+    fn linger(&self, send: quinn::SendStream) {
+        let task = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        });
+        let mut lingering = lock(&self.lingering);
+        lingering.retain(|t| !t.is_finished());
+        lingering.push(task);
     }
 }
 
@@ -588,6 +745,8 @@ struct Accepted {
     send: quinn::SendStream,
     control: FrameReader,
     files: Vec<FileEntry>,
+    /// The connection, to tell a closed one from a slow peer.
+    conn: quinn::Connection,
 }
 
 /// Time limits of the receive phase.
@@ -595,6 +754,7 @@ struct Limits {
     idle: Duration,
     deadline: tokio::time::Instant,
     partition_timeout: Duration,
+    conn: quinn::Connection,
 }
 
 /// A manifest a client will act on: safe unique names, a bounded count.
@@ -676,7 +836,7 @@ impl Receiving {
     ) -> Result<PartitionMeta, AttemptError> {
         let mut tasks = tokio::task::JoinSet::new();
         let result = tokio::select! {
-            r = self.drive(dir, streams, control, limits.idle, &mut tasks) => r,
+            r = self.drive(dir, streams, control, limits.idle, &limits.conn, &mut tasks) => r,
             _ = tokio::time::sleep_until(limits.deadline) => {
                 Err(AttemptError::PartitionTimeout(limits.partition_timeout))
             }
@@ -700,6 +860,7 @@ impl Receiving {
         streams: &mut mpsc::UnboundedReceiver<(FileHeader, quinn::RecvStream)>,
         control: &mut FrameReader,
         idle: Duration,
+        conn: &quinn::Connection,
         tasks: &mut tokio::task::JoinSet<Result<u64, AttemptError>>,
     ) -> Result<PartitionMeta, AttemptError> {
         let mut meta: Option<PartitionMeta> = None;
@@ -780,8 +941,21 @@ impl Receiving {
                     if now_bytes != last_bytes {
                         last_bytes = now_bytes;
                         last_progress = Instant::now();
-                    } else if last_progress.elapsed() >= idle {
-                        return Err(AttemptError::Idle(idle));
+                    } else {
+                        // A closed connection may still hold received bytes to drain, but
+                        // nothing more will come: once they stop, say why at once instead of
+                        // waiting out the idle timeout.
+                        let closed = conn.close_reason();
+                        let limit = match closed {
+                            Some(_) => idle.min(CLOSED_GRACE),
+                            None => idle,
+                        };
+                        if last_progress.elapsed() >= limit {
+                            return Err(match closed {
+                                Some(e) => AttemptError::from_connection(&e),
+                                None => AttemptError::Idle(idle),
+                            });
+                        }
                     }
                 }
             }

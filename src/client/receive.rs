@@ -130,9 +130,11 @@ pub(crate) async fn receive_file(
     if hasher.finish() != entry.digest {
         return Err(AttemptError::ChecksumMismatch { file: entry.name });
     }
-    tokio::task::spawn_blocking(move || file.0.sync_all())
-        .await
-        .map_err(|e| AttemptError::LocalIo(e.to_string()))?
-        .map_err(AttemptError::local)?;
+    tokio::task::spawn_blocking(move || {
+        crate::throttle::fsync_latency().time(|| file.0.sync_all())
+    })
+    .await
+    .map_err(|e| AttemptError::LocalIo(e.to_string()))?
+    .map_err(AttemptError::local)?;
     Ok(total)
 }

@@ -1,11 +1,16 @@
 //! Peers: how they are named, found and ordered.
 //!
-//! Discovery is a trait so a node can plug in its cluster metadata; a static list is built in.
+//! Discovery is a trait so a node can plug in its cluster metadata; a static list and DNS SRV
+//! records ([`dns`]) are built in.
 //! Peers are tried one at a time in a shuffled order, so load spreads across the holders of a
 //! partition instead of every recovering node hitting the first one listed.
 
+pub mod dns;
+
 use std::fmt;
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::str::FromStr;
 
 use rand::seq::SliceRandom;
@@ -69,10 +74,31 @@ impl FromStr for Peer {
     }
 }
 
+/// Why discovery found no peer: the caller falls back (Kafka from the beginning) or retries
+/// later; it never means "the partition does not exist".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The directory answered, and lists nobody for this partition.
+    #[error("no peers listed under {0}")]
+    NoPeers(String),
+    /// The directory could not be asked (server down, timeout, malformed answer).
+    #[error("lookup of {name} failed: {message}")]
+    Lookup {
+        /// What was looked up.
+        name: String,
+        /// Why it failed.
+        message: String,
+    },
+}
+
+/// What [`Discovery::peers`] returns: a boxed future, so discoveries can sit behind `dyn`.
+pub type PeersFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<Peer>, DiscoveryError>> + Send + 'a>>;
+
 /// Finds the peers that hold a partition.
 pub trait Discovery: Send + Sync {
-    /// Candidate peers for `id`, in no particular order.
-    fn peers(&self, id: &PartitionId) -> Vec<Peer>;
+    /// Candidate peers for `id`, most preferred first (the fetcher may still shuffle).
+    fn peers<'a>(&'a self, id: &'a PartitionId) -> PeersFuture<'a>;
 }
 
 /// A fixed list of peers, assumed to hold every partition.
@@ -80,8 +106,8 @@ pub trait Discovery: Send + Sync {
 pub struct StaticPeers(pub Vec<Peer>);
 
 impl Discovery for StaticPeers {
-    fn peers(&self, _id: &PartitionId) -> Vec<Peer> {
-        self.0.clone()
+    fn peers<'a>(&'a self, _id: &'a PartitionId) -> PeersFuture<'a> {
+        Box::pin(async move { Ok(self.0.clone()) })
     }
 }
 

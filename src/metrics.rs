@@ -1,0 +1,351 @@
+//! Prometheus metrics: a tiny registry of named readings, rendered in the text exposition
+//! format, and the HTTP endpoint behind `--metrics-listen`.
+//!
+//! Each metric is a closure over counters the code keeps anyway (server stats, throttle
+//! factors, snapshot users), so reading a metric costs nothing until it is scraped and there
+//! is no second bookkeeping to drift out of sync.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::client::{FetchStats, Fetcher};
+use crate::server::{Server, ServerStats};
+use crate::throttle::Throttler;
+
+type Reading = Box<dyn Fn() -> f64 + Send + Sync>;
+/// Picks one counter out of a stats struct.
+type Pick<S> = fn(&S) -> &AtomicU64;
+
+/// Whether a metric only grows (counter) or goes up and down (gauge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic since the process started.
+    Counter,
+    /// A current value.
+    Gauge,
+}
+
+struct Metric {
+    name: String,
+    help: String,
+    kind: Kind,
+    labels: Vec<(String, String)>,
+    read: Reading,
+}
+
+/// Named readings, rendered on scrape.
+#[derive(Clone, Default)]
+pub struct Registry {
+    metrics: Arc<Mutex<Vec<Metric>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a reading; `labels` distinguish series of one metric name (e.g. an outcome).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &[(&str, &str)],
+        read: impl Fn() -> f64 + Send + Sync + 'static,
+    ) {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Metric {
+                name: name.to_owned(),
+                help: help.to_owned(),
+                kind,
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                read: Box::new(read),
+            });
+    }
+
+    /// The Prometheus text exposition of every metric, `# HELP`/`# TYPE` once per name.
+    pub fn render(&self) -> String {
+        let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        let mut described = std::collections::HashSet::new();
+        for m in metrics.iter() {
+            if described.insert(m.name.as_str()) {
+                let kind = match m.kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                };
+                let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
+                let _ = writeln!(out, "# TYPE {} {kind}", m.name);
+            }
+            let labels = if m.labels.is_empty() {
+                String::new()
+            } else {
+                let inner: Vec<String> = m
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect();
+                format!("{{{}}}", inner.join(","))
+            };
+            let _ = writeln!(out, "{}{labels} {}", m.name, (m.read)());
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The serving side's metrics: bytes, transfers by outcome, snapshots, the throttle factor.
+pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttler>) {
+    let stats = server.stats();
+    let counter = |pick: fn(&ServerStats) -> &AtomicU64| {
+        let stats = stats.clone();
+        move || pick(&stats).load(Ordering::Relaxed) as f64
+    };
+    r.register(
+        "quicstrap_bytes_sent_total",
+        "File payload bytes written to QUIC streams.",
+        Kind::Counter,
+        &[],
+        counter(|s| &s.bytes_sent),
+    );
+    let outcomes: [(&str, Pick<ServerStats>); 5] = [
+        ("accepted", |s| &s.accepted),
+        ("completed", |s| &s.completed),
+        ("failed", |s| &s.failed),
+        ("rejected", |s| &s.rejected),
+        ("busy", |s| &s.busy),
+    ];
+    for (outcome, pick) in outcomes {
+        r.register(
+            "quicstrap_server_transfers_total",
+            "Requests served, by outcome (busy is also counted in rejected).",
+            Kind::Counter,
+            &[("outcome", outcome)],
+            counter(pick),
+        );
+    }
+    r.register(
+        "quicstrap_connections_total",
+        "QUIC connections that completed the handshake.",
+        Kind::Counter,
+        &[],
+        counter(|s| &s.connections),
+    );
+    let snaps = server.snapshots().clone();
+    r.register(
+        "quicstrap_snapshot_users",
+        "Transfers holding a snapshot right now.",
+        Kind::Gauge,
+        &[],
+        move || snaps.users() as f64,
+    );
+    let snaps = server.snapshots().clone();
+    r.register(
+        "quicstrap_snapshots_created_total",
+        "Checkpoints made.",
+        Kind::Counter,
+        &[],
+        move || snaps.created() as f64,
+    );
+    let factor = throttler.map(|t| t.percent_cell());
+    r.register(
+        "quicstrap_throttle_factor_percent",
+        "Adaptive throttle factor in percent of the base rate (100 without throttling).",
+        Kind::Gauge,
+        &[("direction", "write")],
+        move || {
+            factor
+                .as_ref()
+                .map_or(100.0, |f| f.load(Ordering::Relaxed) as f64)
+        },
+    );
+}
+
+/// The fetching side's metrics: bytes received, fetches and attempts by outcome, the
+/// connectivity cache, the read throttle factor.
+pub fn register_client(r: &Registry, fetcher: &Arc<Fetcher>, throttler: Option<&Throttler>) {
+    let stats = fetcher.stats();
+    let counter = |pick: fn(&FetchStats) -> &AtomicU64| {
+        let stats = stats.clone();
+        move || pick(&stats).load(Ordering::Relaxed) as f64
+    };
+    r.register(
+        "quicstrap_bytes_received_total",
+        "File payload bytes received (validated or not).",
+        Kind::Counter,
+        &[],
+        counter(|s| &s.bytes_received),
+    );
+    let outcomes: [(&str, Pick<FetchStats>); 3] = [
+        ("fetched", |s| &s.fetched),
+        ("failed", |s| &s.failed),
+        ("attempt_failed", |s| &s.attempts_failed),
+    ];
+    for (outcome, pick) in outcomes {
+        r.register(
+            "quicstrap_client_transfers_total",
+            "Fetches by outcome, and failed attempts (each moved on to the next peer or gave up).",
+            Kind::Counter,
+            &[("outcome", outcome)],
+            counter(pick),
+        );
+    }
+    let f = fetcher.clone();
+    r.register(
+        "quicstrap_connectivity_cache_size",
+        "Peers with a fresh connectivity verdict.",
+        Kind::Gauge,
+        &[],
+        move || f.connectivity_cache_len() as f64,
+    );
+    let factor = throttler.map(|t| t.percent_cell());
+    r.register(
+        "quicstrap_throttle_factor_percent",
+        "Adaptive throttle factor in percent of the base rate (100 without throttling).",
+        Kind::Gauge,
+        &[("direction", "read")],
+        move || {
+            factor
+                .as_ref()
+                .map_or(100.0, |f| f.load(Ordering::Relaxed) as f64)
+        },
+    );
+}
+
+/// Serves `GET /metrics` on `addr` until the task is aborted; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let registry = registry.clone();
+                        async move {
+                            let resp = if req.uri().path() == "/metrics" {
+                                let mut r =
+                                    Response::new(Full::new(Bytes::from(registry.render())));
+                                r.headers_mut().insert(
+                                    hyper::header::CONTENT_TYPE,
+                                    hyper::header::HeaderValue::from_static(
+                                        "text/plain; version=0.0.4",
+                                    ),
+                                );
+                                r
+                            } else {
+                                let mut r =
+                                    Response::new(Full::new(Bytes::from_static(b"see /metrics\n")));
+                                *r.status_mut() = StatusCode::NOT_FOUND;
+                                r
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format() {
+        let r = Registry::new();
+        let n = Arc::new(AtomicU64::new(7));
+        let m = n.clone();
+        r.register(
+            "qs_bytes_sent_total",
+            "Payload bytes sent.",
+            Kind::Counter,
+            &[],
+            move || m.load(Ordering::Relaxed) as f64,
+        );
+        r.register(
+            "qs_transfers_total",
+            "Transfers by outcome.",
+            Kind::Counter,
+            &[("outcome", "ok")],
+            || 3.0,
+        );
+        r.register(
+            "qs_transfers_total",
+            "Transfers by outcome.",
+            Kind::Counter,
+            &[("outcome", "busy")],
+            || 1.0,
+        );
+        n.store(9, Ordering::Relaxed);
+        let text = r.render();
+        assert_eq!(
+            text,
+            "# HELP qs_bytes_sent_total Payload bytes sent.\n\
+             # TYPE qs_bytes_sent_total counter\n\
+             qs_bytes_sent_total 9\n\
+             # HELP qs_transfers_total Transfers by outcome.\n\
+             # TYPE qs_transfers_total counter\n\
+             qs_transfers_total{outcome=\"ok\"} 3\n\
+             qs_transfers_total{outcome=\"busy\"} 1\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_serves_it() {
+        let r = Registry::new();
+        r.register("qs_up", "Always 1.", Kind::Gauge, &[], || 1.0);
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), r).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(
+                Request::get("/metrics")
+                    .header("host", "x")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("qs_up 1\n"));
+        task.abort();
+    }
+}

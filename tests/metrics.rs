@@ -1,0 +1,98 @@
+//! `serve --metrics-listen`: Prometheus text with what an operator needs to see, live.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn scrape(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn metrics_count_transfers_bytes_and_snapshots() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(90);
+    seed(src.path(), &id, 5_000, 200, 1_000);
+    let mut serve = ServeProcess::start(
+        src.path(),
+        &["--metrics-listen", "127.0.0.1:0", "--adaptive-throttle"],
+    );
+    let url = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        serve.stdout.read_line(&mut line).unwrap();
+        line.trim()
+            .strip_prefix("metrics on ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .to_owned()
+    };
+    let before = scrape(&url);
+    assert_eq!(
+        value(
+            &before,
+            "quicstrap_server_transfers_total{outcome=\"completed\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &before,
+            "quicstrap_throttle_factor_percent{direction=\"write\"}"
+        ),
+        100.0
+    );
+
+    let out = fetch_command(dst.path(), &id.store, id.version, id.partition)
+        .args(["--peer", &serve.addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The server counts the transfer when the client's Done arrives: give it a moment.
+    let completed = "quicstrap_server_transfers_total{outcome=\"completed\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut after = scrape(&url);
+    while value(&after, completed) < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        after = scrape(&url);
+    }
+    assert_eq!(value(&after, completed), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "quicstrap_server_transfers_total{outcome=\"failed\"}"
+        ),
+        0.0
+    );
+    let sent = value(&after, "quicstrap_bytes_sent_total");
+    let (_, on_disk) = quicstrap::partition::dir_summary(&id.dir(dst.path())).unwrap();
+    assert!(
+        sent > 0.0 && sent <= on_disk as f64,
+        "sent {sent}, fetched {on_disk}"
+    );
+    assert_eq!(value(&after, "quicstrap_snapshots_created_total"), 1.0);
+    assert_eq!(value(&after, "quicstrap_snapshot_users"), 0.0);
+    assert!(after.contains("# TYPE quicstrap_bytes_sent_total counter"));
+}
