@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The chaos and security suite, rerun in one command; writes CHAOS.md.
+#   - chaos scenarios on the emulated link (tests/chaos.rs, as root), each run N times;
+#   - the hostile-peer, security and failure-path suites (tests/hostile.rs, security.rs,
+#     failures.rs, baseline.rs), N times;
+#   - every fuzz target for F seconds (scripts/fuzz.sh).
+# Usage: scripts/chaos.sh [runs=3] [fuzz-seconds-per-target=60]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+. scripts/env.sh
+runs="${1:-3}"
+fuzz_secs="${2:-60}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo build --release --locked --tests >/dev/null
+suites_ok=0
+for i in $(seq 1 "$runs"); do
+  echo "chaos: run $i of $runs" >&2
+  # One scenario at a time: they measure time to recover.
+  if cargo test --release --locked --test chaos -- --nocapture --test-threads 1 >>"$log" 2>&1; then :; else
+    echo "chaos: run $i had failures (see the table)" >&2
+  fi
+  if cargo test --release --locked --test hostile --test security --test failures --test baseline \
+      >>"$log" 2>&1; then suites_ok=$((suites_ok + 1)); fi
+done
+fuzz=$(./scripts/fuzz.sh "$fuzz_secs" 2>/dev/null | grep '^FUZZ' || true)
+{
+  echo "# Chaos and security report"
+  echo
+  echo "Made by \`scripts/chaos.sh $runs $fuzz_secs\` on $(date -u +%Y-%m-%d), $(nproc) cores,"
+  echo "$(uname -sr). Every scenario asserts: the partition is complete and equal to the source,"
+  echo "or cleanly absent with a typed error; no temp dir left; the serving peer still serves."
+  echo "\"bytes lost\" counts bytes of a completed partition that differ from the source (it must"
+  echo "be 0). \"time to recover\" is the median, from the fault's end (or start, for faults that"
+  echo "end a transfer) to the fetch's outcome."
+  echo
+  echo "| scenario | runs | passed | bytes lost | time to recover (median) |"
+  echo "|---|---|---|---|---|"
+  grep -oE '^CHAOS [a-z0-9_]+ ok=(true|false) recover_ms=[0-9]+ bytes_lost=[0-9]+' "$log" |
+    awk '{
+      split($3,a,"="); split($4,b,"="); split($5,c,"=");
+      n[$2]++; if (a[2]=="true") p[$2]++; lost[$2]+=c[2]; t[$2]=t[$2] " " b[2]
+    } END {
+      for (s in n) {
+        k = split(substr(t[s],2), v, " "); asort(v); m = v[int((k+1)/2)];
+        printf "| %s | %d | %d | %d | %.1f s |\n", s, n[s], p[s]+0, lost[s], m/1000
+      }
+    }' | sort
+  echo
+  echo "A scenario missing from the table, or with fewer runs than the others, failed an"
+  echo "assertion before reporting (see \`cargo test --release --test chaos -- --nocapture\`)."
+  echo
+  echo "Hostile peers, handshake security and failure paths (\`tests/hostile.rs\`,"
+  echo "\`security.rs\`, \`failures.rs\`, \`baseline.rs\`): $suites_ok of $runs runs fully green."
+  echo
+  echo "| fuzz target | executions | seconds | crashes |"
+  echo "|---|---|---|---|"
+  echo "$fuzz" | awk '{ split($3,r,"="); split($4,s,"="); split($5,c,"=");
+    if ($2 != "") printf "| %s | %s | %s | %s |\n", $2, r[2], s[2], c[2] }'
+} > CHAOS.md
+cat CHAOS.md

@@ -1,0 +1,430 @@
+//! Chaos on the emulated link, with real processes: a `quicstrap serve` in the server
+//! namespace, `quicstrap fetch` processes in the client namespace, the link emulator between.
+//!
+//! Every scenario ends with the partition complete and equal to the source, or cleanly absent
+//! with a typed error; no temp dir left; and the serving peer still serving others. Each
+//! prints one `CHAOS <scenario> ok=<bool> recover_ms=<n> bytes_lost=<n>` line, which
+//! `scripts/chaos.sh` collects into CHAOS.md over several runs.
+//!
+//! Runs as root (namespaces, TUN devices, tmpfs); skipped with a message otherwise. The
+//! scenarios take turns (one emulator at a time), since timing matters to them.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{assert_same, certs, id, seed, temp_dirs};
+use quicstrap::PartitionId;
+use quicstrap_netem::{Dir, Emulator, EmulatorConfig, LinkParams, Loss};
+
+/// One scenario at a time.
+static TURN: Mutex<()> = Mutex::new(());
+
+const RATE: u64 = 200_000_000;
+
+struct Bed {
+    emu: Emulator,
+}
+
+impl Bed {
+    /// An emulated link of `rtt` and `loss` at 200 Mbit/s, or `None` (test skipped) where
+    /// the emulator cannot run.
+    fn start(name: &str, subnet: u8, rtt_ms: u64, loss: Loss) -> Option<Self> {
+        if let Err(why) = quicstrap_netem::is_supported() {
+            println!("SKIPPED chaos {name}: {why}");
+            return None;
+        }
+        let prefix = format!("qsc{subnet}");
+        let _ = quicstrap_netem::cleanup(&prefix);
+        let params = LinkParams::symmetric_rtt(Duration::from_millis(rtt_ms), Some(RATE), loss);
+        let emu = Emulator::start(EmulatorConfig::symmetric(prefix, [79, subnet], params))
+            .expect("emulator");
+        Some(Self { emu })
+    }
+
+    fn set(&self, params: LinkParams) {
+        self.emu.set_params(Dir::AtoB, params).unwrap();
+        self.emu.set_params(Dir::BtoA, params).unwrap();
+    }
+
+    fn server_ip(&self) -> String {
+        self.emu.addr_b().to_string()
+    }
+
+    /// `quicstrap serve` in the server namespace on `port`.
+    fn serve(&self, root: &Path, port: u16, extra: &[&str]) -> Serve {
+        let c = certs();
+        let snaps = root.join(format!(".snapshots-{port}"));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", self.emu.ns_b(), common::bin(), "serve"])
+            .args(["--listen", &format!("{}:{port}", self.server_ip())])
+            .arg("--data-dir")
+            .arg(root)
+            .arg("--snapshot-dir")
+            .arg(&snaps)
+            .arg("--cert")
+            .arg(c.join("server.crt"))
+            .arg("--key")
+            .arg(c.join("server.key"))
+            .arg("--ca")
+            .arg(c.join("ca.crt"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("listening on"), "serve said {line:?}");
+        Serve {
+            child,
+            _out: out,
+            peer: format!("localhost@{}:{port}", self.server_ip()),
+        }
+    }
+
+    /// `quicstrap fetch --json` in the client namespace.
+    fn fetch(&self, id: &PartitionId, peers: &[&str], dst: &Path, extra: &[&str]) -> Child {
+        let c = certs();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.emu.ns_a(), common::bin(), "fetch"])
+            .args(["--store", &id.store])
+            .args(["--version", &id.version.to_string()])
+            .args(["--partition", &id.partition.to_string()])
+            .arg("--data-dir")
+            .arg(dst)
+            .args(["--json", "--no-shuffle"])
+            .arg("--cert")
+            .arg(c.join("client.crt"))
+            .arg("--key")
+            .arg(c.join("client.key"))
+            .arg("--ca")
+            .arg(c.join("ca.crt"))
+            .args(extra);
+        for p in peers {
+            cmd.args(["--peer", p]);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+struct Serve {
+    child: Child,
+    _out: std::io::BufReader<std::process::ChildStdout>,
+    peer: String,
+}
+
+impl Serve {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The JSON report of a finished fetch, with its exit code.
+fn report(child: Child) -> (i32, serde_json::Value) {
+    let out = child.wait_with_output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Bytes received so far by the fetch writing into `dst` (files in its temp dir).
+fn received(dst: &Path) -> u64 {
+    temp_dirs(dst)
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn wait_received(dst: &Path, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received(dst) < bytes {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The outcome line `scripts/chaos.sh` collects.
+fn outcome(scenario: &str, ok: bool, recover: Duration, bytes_lost: u64) {
+    println!(
+        "CHAOS {scenario} ok={ok} recover_ms={} bytes_lost={bytes_lost}",
+        recover.as_millis()
+    );
+}
+
+/// Complete and equal, or cleanly absent: the invariant every scenario ends with.
+fn complete_or_absent(src: &Path, dst: &Path, id: &PartitionId, code: i32) -> bool {
+    assert!(temp_dirs(dst).is_empty(), "temp dir left behind");
+    if code == 0 {
+        assert_same(&id.dir(src), &id.dir(dst));
+        true
+    } else {
+        assert!(!id.dir(dst).exists(), "a failed fetch left a partition dir");
+        false
+    }
+}
+
+/// The serving peer still serves: a fresh fetch over the (healed) link succeeds.
+fn still_serves(bed: &Bed, src: &Path, id: &PartitionId, peer: &str) {
+    let dst = tempfile::tempdir().unwrap();
+    let (code, r) = report(bed.fetch(id, &[peer], dst.path(), &[]));
+    assert_eq!(code, 0, "the peer stopped serving: {r}");
+    assert_same(&id.dir(src), &id.dir(dst.path()));
+}
+
+fn source(records: u64) -> (tempfile::TempDir, PartitionId) {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(200);
+    seed(src.path(), &id, records, 1000, 4_000);
+    (src, id)
+}
+
+#[test]
+fn link_blackholed_for_5_s_mid_transfer_recovers() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::start("blackhole_5s", 1, 50, Loss::None) else {
+        return;
+    };
+    let (src, id) = source(40_000);
+    let dst = tempfile::tempdir().unwrap();
+    // 5 MB/s: the 41 MB transfer is still running when the link goes dark.
+    let serve = bed.serve(src.path(), 7000, &["--write-limit", "5000000"]);
+    let fetch = bed.fetch(&id, &[&serve.peer], dst.path(), &[]);
+    wait_received(dst.path(), 5_000_000);
+    bed.emu.set_blackhole(true);
+    std::thread::sleep(Duration::from_secs(5));
+    bed.emu.set_blackhole(false);
+    let healed = Instant::now();
+    let (code, r) = report(fetch);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        r["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "it restarted: {r}"
+    );
+    let ok = complete_or_absent(src.path(), dst.path(), &id, code);
+    outcome("blackhole_5s", ok, healed.elapsed(), 0);
+    still_serves(&bed, src.path(), &id, &serve.peer);
+}
+
+#[test]
+fn link_blackholed_past_the_idle_timeout_fails_cleanly_and_the_peer_serves_again() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::start("blackhole_idle", 2, 50, Loss::None) else {
+        return;
+    };
+    let (src, id) = source(40_000);
+    let dst = tempfile::tempdir().unwrap();
+    let serve = bed.serve(
+        src.path(),
+        7000,
+        &["--write-limit", "5000000", "--idle-timeout-secs", "3"],
+    );
+    let fetch = bed.fetch(
+        &id,
+        &[&serve.peer],
+        dst.path(),
+        &["--idle-timeout-secs", "3"],
+    );
+    wait_received(dst.path(), 5_000_000);
+    bed.emu.set_blackhole(true);
+    let dark = Instant::now();
+    let (code, r) = report(fetch);
+    let gave_up = dark.elapsed();
+    bed.emu.set_blackhole(false);
+    assert_eq!(code, 1, "{r}");
+    let label = r["attempts"][0]["outcome"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        ["peer_gone", "idle_timeout"].contains(&label.as_str()),
+        "{label}: {r}"
+    );
+    assert!(!complete_or_absent(src.path(), dst.path(), &id, code));
+    outcome("blackhole_past_idle", true, gave_up, 0);
+    still_serves(&bed, src.path(), &id, &serve.peer);
+}
+
+fn lossy(scenario: &str, subnet: u8, loss: Loss, reorder: f64) {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::start(scenario, subnet, 50, loss) else {
+        return;
+    };
+    let mut params = LinkParams::symmetric_rtt(Duration::from_millis(50), Some(RATE), loss);
+    params.reorder = reorder;
+    params.reorder_delay = Duration::from_millis(5);
+    bed.set(params);
+    let (src, id) = source(40_000);
+    let dst = tempfile::tempdir().unwrap();
+    let serve = bed.serve(src.path(), 7000, &[]);
+    let t0 = Instant::now();
+    let (code, r) = report(bed.fetch(&id, &[&serve.peer], dst.path(), &[]));
+    assert_eq!(code, 0, "{r}");
+    let ok = complete_or_absent(src.path(), dst.path(), &id, code);
+    outcome(scenario, ok, t0.elapsed(), 0);
+}
+
+#[test]
+fn five_percent_loss_with_reordering_completes() {
+    lossy("loss5_reorder", 3, Loss::Bernoulli(0.05), 0.01);
+}
+
+#[test]
+fn bursty_loss_completes() {
+    lossy("bursty_loss", 4, Loss::bursty(0.03, 8.0).unwrap(), 0.0);
+}
+
+#[test]
+fn a_one_megabit_peer_trips_the_partition_timeout_and_the_next_serves() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::start("slow_peer", 5, 50, Loss::None) else {
+        return;
+    };
+    let (src, id) = source(20_000);
+    let copy = tempfile::tempdir().unwrap();
+    seed(copy.path(), &id, 20_000, 1000, 4_000);
+    let dst = tempfile::tempdir().unwrap();
+    let slow = bed.serve(src.path(), 7000, &["--write-limit", "125000"]);
+    let good = bed.serve(copy.path(), 7001, &[]);
+    let t0 = Instant::now();
+    let (code, r) = report(bed.fetch(
+        &id,
+        &[&slow.peer, &good.peer],
+        dst.path(),
+        &["--partition-timeout-secs", "4"],
+    ));
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["attempts"][0]["outcome"], "partition_timeout", "{r}");
+    assert_eq!(r["attempts"][1]["outcome"], "ok", "{r}");
+    let ok = complete_or_absent(copy.path(), dst.path(), &id, code);
+    outcome("slow_peer", ok, t0.elapsed(), 0);
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_with_nothing_left_behind() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::start("disk_full", 6, 2, Loss::None) else {
+        return;
+    };
+    let (src, id) = source(40_000);
+    let mnt = tempfile::tempdir().unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path().to_owned());
+    let bystander = mnt.path().join("bystander");
+    std::fs::write(&bystander, b"untouched").unwrap();
+    let serve = bed.serve(src.path(), 7000, &[]);
+    let t0 = Instant::now();
+    let (code, r) = report(bed.fetch(&id, &[&serve.peer], mnt.path(), &[]));
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["attempts"][0]["outcome"], "local_io", "{r}");
+    assert!(
+        r["error"].as_str().unwrap_or("").contains("No space left"),
+        "{r}"
+    );
+    assert!(!complete_or_absent(src.path(), mnt.path(), &id, code));
+    assert_eq!(std::fs::read(&bystander).unwrap(), b"untouched");
+    outcome("disk_full", true, t0.elapsed(), 0);
+    still_serves(&bed, src.path(), &id, &serve.peer);
+}
+
+#[test]
+fn two_clients_on_one_partition_one_killed_the_other_completes() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::start("two_clients", 7, 50, Loss::None) else {
+        return;
+    };
+    let (src, id) = source(40_000);
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let serve = bed.serve(src.path(), 7000, &["--write-limit", "10000000"]);
+    let mut victim = bed.fetch(&id, &[&serve.peer], d1.path(), &[]);
+    let other = bed.fetch(&id, &[&serve.peer], d2.path(), &[]);
+    wait_received(d1.path(), 3_000_000);
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let t0 = Instant::now();
+    let (code, r) = report(other);
+    assert_eq!(code, 0, "{r}");
+    let ok = complete_or_absent(src.path(), d2.path(), &id, code);
+    // The killed client's leftovers are cleared by its next run, which completes.
+    let (code, r) = report(bed.fetch(&id, &[&serve.peer], d1.path(), &[]));
+    assert_eq!(code, 0, "{r}");
+    assert!(complete_or_absent(src.path(), d1.path(), &id, code));
+    outcome("two_clients_one_killed", ok, t0.elapsed(), 0);
+}
+
+#[test]
+fn serving_peer_killed_mid_file_then_restarted() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::start("peer_killed", 8, 50, Loss::None) else {
+        return;
+    };
+    let (src, id) = source(40_000);
+    let copy = tempfile::tempdir().unwrap();
+    seed(copy.path(), &id, 40_000, 1000, 4_000);
+    let dst = tempfile::tempdir().unwrap();
+    // Killed mid-file: the client moves on to the next peer.
+    let mut dying = bed.serve(src.path(), 7000, &["--write-limit", "5000000"]);
+    let good = bed.serve(copy.path(), 7001, &[]);
+    let fetch = bed.fetch(
+        &id,
+        &[&dying.peer, &good.peer],
+        dst.path(),
+        &["--idle-timeout-secs", "5"],
+    );
+    wait_received(dst.path(), 3_000_000);
+    dying.kill();
+    let t0 = Instant::now();
+    let (code, r) = report(fetch);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["attempts"][1]["outcome"], "ok", "{r}");
+    let ok = complete_or_absent(copy.path(), dst.path(), &id, code);
+    outcome("peer_killed_mid_file", ok, t0.elapsed(), 0);
+
+    // Restarted mid-transfer (same address): the attempt in flight fails typed and clean, and
+    // the restarted peer serves the retry.
+    let dst = tempfile::tempdir().unwrap();
+    let mut first = bed.serve(src.path(), 7002, &["--write-limit", "5000000"]);
+    let peer = first.peer.clone();
+    let fetch = bed.fetch(&id, &[&peer], dst.path(), &["--idle-timeout-secs", "5"]);
+    wait_received(dst.path(), 3_000_000);
+    first.kill();
+    let _restarted = bed.serve(src.path(), 7002, &[]);
+    let t0 = Instant::now();
+    let (code, r) = report(fetch);
+    assert!(
+        !complete_or_absent(src.path(), dst.path(), &id, code),
+        "{r}"
+    );
+    let (code, r) = report(bed.fetch(&id, &[&peer], dst.path(), &[]));
+    assert_eq!(code, 0, "{r}");
+    let ok = complete_or_absent(src.path(), dst.path(), &id, code);
+    outcome("peer_restarted_mid_transfer", ok, t0.elapsed(), 0);
+}
