@@ -57,9 +57,9 @@ struct TlsArgs {
 
 #[derive(Args)]
 struct QuicArgs {
-    /// Congestion controller: cubic, bbr or newreno (bbr for lossy long links: see
-    /// BENCHMARKS.md).
-    #[arg(long, default_value = "cubic")]
+    /// Congestion controller: bbr, cubic or newreno. bbr, the default, keeps the rate on
+    /// lossy long links where cubic collapses (BENCHMARKS.md).
+    #[arg(long, default_value = "bbr")]
     congestion: Congestion,
     /// Per-stream flow-control window, bytes.
     #[arg(long, default_value_t = 24 << 20)]
