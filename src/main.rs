@@ -460,6 +460,9 @@ async fn serve(a: ServeArgs) -> ExitCode {
         Some(addr) => {
             let registry = quicstrap::metrics::Registry::new();
             quicstrap::metrics::register_server(&registry, &server, throttler.as_ref());
+            for h in &https {
+                quicstrap::metrics::register_https(&registry, h);
+            }
             match quicstrap::metrics::serve(addr, registry).await {
                 Ok((bound, task)) => {
                     println!("metrics on http://{bound}/metrics");
@@ -574,6 +577,13 @@ impl Drop for AbortOnDrop {
 
 /// `fetch --http`: the same fetch over the HTTPS baseline.
 async fn fetch_http(a: &FetchArgs, id: &PartitionId, quic: FetchConfig) -> ExitCode {
+    if a.metrics_listen.is_some() {
+        return fail(
+            2,
+            "--metrics-listen is for QUIC fetches: the HTTPS baseline's counters are on its \
+             serving side (serve --metrics-listen)",
+        );
+    }
     let mut cfg = HttpFetchConfig::new(quic.identity);
     cfg.table_format = quic.table_format;
     cfg.checksum = quic.checksum;

@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use crate::baseline::{HttpServer, HttpStats};
 use crate::client::{FetchStats, Fetcher};
 use crate::server::{Server, ServerStats};
 use crate::throttle::Throttler;
@@ -178,6 +179,40 @@ pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttl
                 .map_or(100.0, |f| f.load(Ordering::Relaxed) as f64)
         },
     );
+}
+
+/// An HTTPS baseline listener's metrics, labelled with its address: a server may run one
+/// listener per TCP congestion controller, and comparing transports needs each apart.
+pub fn register_https(r: &Registry, server: &HttpServer) {
+    let stats = server.stats();
+    let addr = server.local_addr().to_string();
+    let counter = |pick: Pick<HttpStats>| {
+        let stats = stats.clone();
+        move || pick(&stats).load(Ordering::Relaxed) as f64
+    };
+    r.register(
+        "quicstrap_https_bytes_sent_total",
+        "File payload bytes written into HTTPS response bodies.",
+        Kind::Counter,
+        &[("listener", &addr)],
+        counter(|s| &s.bytes_sent),
+    );
+    let outcomes: [(&str, Pick<HttpStats>); 4] = [
+        ("started", |s| &s.started),
+        ("completed", |s| &s.completed),
+        ("rejected", |s| &s.rejected),
+        ("handshake_refused", |s| &s.handshakes_refused),
+    ];
+    for (outcome, pick) in outcomes {
+        r.register(
+            "quicstrap_https_transfers_total",
+            "HTTPS baseline transfers by outcome (started: manifest served; completed: \
+             metadata served; rejected: requests refused).",
+            Kind::Counter,
+            &[("listener", &addr), ("outcome", outcome)],
+            counter(pick),
+        );
+    }
 }
 
 /// The fetching side's metrics: bytes received, fetches and attempts by outcome, the

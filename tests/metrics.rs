@@ -35,15 +35,7 @@ fn metrics_count_transfers_bytes_and_snapshots() {
         src.path(),
         &["--metrics-listen", "127.0.0.1:0", "--adaptive-throttle"],
     );
-    let url = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        serve.stdout.read_line(&mut line).unwrap();
-        line.trim()
-            .strip_prefix("metrics on ")
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-            .to_owned()
-    };
+    let url = serve.next_line("metrics on ");
     let before = scrape(&url);
     assert_eq!(
         value(
@@ -95,4 +87,70 @@ fn metrics_count_transfers_bytes_and_snapshots() {
     assert_eq!(value(&after, "quicstrap_snapshots_created_total"), 1.0);
     assert_eq!(value(&after, "quicstrap_snapshot_users"), 0.0);
     assert!(after.contains("# TYPE quicstrap_bytes_sent_total counter"));
+}
+
+#[test]
+fn https_listeners_are_counted_apart_from_quic() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(91);
+    seed(src.path(), &id, 5_000, 200, 1_000);
+    let mut serve = ServeProcess::start(
+        src.path(),
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let https = serve.next_addr("https listening on ");
+    let url = serve.next_line("metrics on ");
+    let series = |outcome: &str| {
+        format!("quicstrap_https_transfers_total{{listener=\"{https}\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(value(&scrape(&url), &series("started")), 0.0);
+
+    // A refused request (unknown partition), then a whole transfer.
+    let missing = fetch_command(dst.path(), &id.store, id.version, id.partition + 1)
+        .args(["--http", "--peer", &https.to_string()])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let out = fetch_command(dst.path(), &id.store, id.version, id.partition)
+        .args(["--http", "--peer", &https.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = scrape(&url);
+    assert_eq!(value(&after, &series("started")), 1.0);
+    assert_eq!(value(&after, &series("completed")), 1.0);
+    assert!(value(&after, &series("rejected")) >= 1.0, "{after}");
+    let sent = value(
+        &after,
+        &format!("quicstrap_https_bytes_sent_total{{listener=\"{https}\"}}"),
+    );
+    let files = quicstrap::partition::dir_summary(&id.dir(dst.path())).unwrap();
+    // Every file went out once (the metadata is not a file).
+    assert!(
+        sent > 0.0 && sent <= files.1 as f64,
+        "sent {sent}, on disk {}",
+        files.1
+    );
+    // The QUIC side saw none of it.
+    assert_eq!(value(&after, "quicstrap_bytes_sent_total"), 0.0);
+
+    // `--metrics-listen` on an HTTPS fetch is a clear error, not silently ignored.
+    let dst2 = tempfile::tempdir().unwrap();
+    let out = fetch_command(dst2.path(), &id.store, id.version, id.partition)
+        .args(["--http", "--peer", &https.to_string()])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-listen"));
 }

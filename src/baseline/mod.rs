@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::RejectReason;
 
 pub use client::{HttpFetchConfig, HttpFetcher};
-pub use server::{HttpServer, HttpServerConfig};
+pub use server::{HttpServer, HttpServerConfig, HttpStats};
 
 /// Header carrying the typed reason of a refusal.
 pub const REJECT_HEADER: &str = "x-quicstrap-reject";

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,9 @@ pub struct HttpServerConfig {
     pub idle_timeout: Duration,
     /// Write-rate limit shared with the QUIC server of the process.
     pub write_limiter: Arc<RateLimiter>,
+    /// Longest a TLS handshake, or a request header once begun, may take (10 s): a client
+    /// that connects and stalls must not hold a task and a socket forever.
+    pub handshake_timeout: Duration,
 }
 
 impl HttpServerConfig {
@@ -66,6 +69,7 @@ impl HttpServerConfig {
             congestion: None,
             idle_timeout: Duration::from_secs(60),
             write_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -84,6 +88,23 @@ struct State {
     cfg: HttpServerConfig,
     snapshots: SnapshotManager,
     sessions: Mutex<HashMap<u64, Session>>,
+    stats: Arc<HttpStats>,
+}
+
+/// Counters of one HTTPS listener, exported by [`crate::metrics::register_https`] beside the
+/// QUIC server's, so an operator comparing the two transports sees both.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// File payload bytes put into response bodies.
+    pub bytes_sent: AtomicU64,
+    /// Manifests served: transfers started (each holds a snapshot until its metadata).
+    pub started: AtomicU64,
+    /// Metadata served: transfers that reached their last request.
+    pub completed: AtomicU64,
+    /// Requests refused with a typed reason (busy, not found, bad request, ...).
+    pub rejected: AtomicU64,
+    /// TLS handshakes refused (unknown or disallowed client) or timed out.
+    pub handshakes_refused: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,6 +141,7 @@ impl HttpServer {
             cfg,
             snapshots,
             sessions: Mutex::default(),
+            stats: Arc::default(),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, state.clone(), shutdown));
         Ok(Self {
@@ -133,6 +155,11 @@ impl HttpServer {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<HttpStats> {
+        self.state.stats.clone()
     }
 
     /// Sessions holding a snapshot right now.
@@ -178,19 +205,41 @@ async fn accept_loop(
             }
         }
         let _ = tcp.set_nodelay(true);
+        // Keepalive probes find a client that vanished (host down, link cut) while its
+        // connection sat idle between requests; the session sweep then frees its snapshot.
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10)),
+        );
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let limit = state.cfg.handshake_timeout;
+            let tls = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    state
+                        .stats
+                        .handshakes_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%remote, error = %e, "handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    state
+                        .stats
+                        .handshakes_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%remote, "handshake timed out");
                     return;
                 }
             };
             let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limit)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {
@@ -265,20 +314,33 @@ fn parse_path(path: &str) -> Result<Route<'_>, String> {
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let refused = |msg: String| {
+        state.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Ok(refuse(RejectReason::BadRequest, msg))
+    };
     if req.method() != Method::GET {
-        return Ok(refuse(RejectReason::BadRequest, "only GET".into()));
+        return refused("only GET".into());
     }
     let route = match parse_path(req.uri().path()) {
         Ok(r) => r,
-        Err(e) => return Ok(refuse(RejectReason::BadRequest, e)),
+        Err(e) => return refused(e),
     };
     let query = req.uri().query();
-    Ok(match (route.what, route.file) {
+    let resp = match (route.what, route.file) {
         ("manifest", None) => manifest(&state, &route.id, query).await,
         ("files", Some(name)) => file(&state, &route.id, name, query).await,
         ("metadata", None) => metadata(&state, &route.id, query),
         _ => refuse(RejectReason::BadRequest, "no such resource".into()),
-    })
+    };
+    let stats = &state.stats;
+    if resp.headers().contains_key(REJECT_HEADER) {
+        stats.rejected.fetch_add(1, Ordering::Relaxed);
+    } else if route.what == "manifest" {
+        stats.started.fetch_add(1, Ordering::Relaxed);
+    } else if route.what == "metadata" {
+        stats.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(resp)
 }
 
 async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Body> {
@@ -422,12 +484,17 @@ async fn file(state: &State, id: &PartitionId, name: &str, query: Option<&str>) 
         _lease: lease.clone(),
     });
     let limiter = state.cfg.write_limiter.clone();
+    let stats = state.stats.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(f, CHUNK).then(move |chunk| {
         let limiter = limiter.clone();
+        let stats = stats.clone();
         let _alive = guard.clone();
         async move {
             let chunk = chunk?;
             limiter.acquire(chunk.len() as u64).await;
+            stats
+                .bytes_sent
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok::<_, std::io::Error>(Frame::data(chunk))
         }
     });

@@ -219,6 +219,11 @@ impl ServeProcess {
 
     /// The address on the next stdout line that starts with `prefix`.
     pub fn next_addr(&mut self, prefix: &str) -> SocketAddr {
+        self.next_line(prefix).parse().unwrap()
+    }
+
+    /// The rest of the next stdout line that starts with `prefix`, trimmed.
+    pub fn next_line(&mut self, prefix: &str) -> String {
         use std::io::BufRead;
         loop {
             let mut line = String::new();
@@ -227,7 +232,7 @@ impl ServeProcess {
                 "no {prefix:?} line"
             );
             if let Some(a) = line.trim().strip_prefix(prefix) {
-                return a.trim().parse().unwrap();
+                return a.trim().to_owned();
             }
         }
     }
