@@ -14,13 +14,19 @@ fuzz_secs="${2:-60}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo build --release --locked --tests >/dev/null
+# The broker-outage scenario stops and restarts a real Kafka.
+trap 'rm -f "$log"; ./scripts/kafka.sh stop >/dev/null' EXIT
+./scripts/kafka.sh start
+export QUICSTRAP_KAFKA="127.0.0.1:${QUICSTRAP_KAFKA_PORT:-19092}"
 suites_ok=0
 for i in $(seq 1 "$runs"); do
   echo "chaos: run $i of $runs" >&2
   # One scenario at a time: they measure time to recover.
-  if cargo test --release --locked --test chaos -- --nocapture --test-threads 1 >>"$log" 2>&1; then :; else
-    echo "chaos: run $i had failures (see the table)" >&2
-  fi
+  for t in chaos migration kafka_broker; do
+    if cargo test --release --locked --test "$t" -- --nocapture --test-threads 1 >>"$log" 2>&1; then :; else
+      echo "chaos: run $i: $t had failures (see the table)" >&2
+    fi
+  done
   if cargo test --release --locked --test hostile --test security --test failures --test baseline \
       >>"$log" 2>&1; then suites_ok=$((suites_ok + 1)); fi
 done
