@@ -43,7 +43,7 @@ fuzz=$(./scripts/fuzz.sh "$fuzz_secs" 2>/dev/null | grep '^FUZZ' || true)
   echo
   echo "| scenario | runs | passed | bytes lost | time to recover (median) |"
   echo "|---|---|---|---|---|"
-  grep -oE '^CHAOS [a-z0-9_]+ ok=(true|false) recover_ms=[0-9]+ bytes_lost=[0-9]+' "$log" |
+  grep -oE 'CHAOS [a-z0-9_]+ ok=(true|false) recover_ms=[0-9]+ bytes_lost=[0-9]+' "$log" |
     awk '{
       split($3,a,"="); split($4,b,"="); split($5,c,"=");
       n[$2]++; if (a[2]=="true") p[$2]++; lost[$2]+=c[2]; t[$2]=t[$2] " " b[2]

@@ -34,6 +34,17 @@ impl Bed {
     /// An emulated link of `rtt` and `loss` at 200 Mbit/s, or `None` (test skipped) where
     /// the emulator cannot run.
     fn start(name: &str, subnet: u8, rtt_ms: u64, loss: Loss) -> Option<Self> {
+        Self::start_with(name, subnet, rtt_ms, loss, false)
+    }
+
+    /// [`Bed::start`], optionally with a second client interface to move the client to.
+    fn start_with(
+        name: &str,
+        subnet: u8,
+        rtt_ms: u64,
+        loss: Loss,
+        second_client: bool,
+    ) -> Option<Self> {
         if let Err(why) = quicstrap_netem::is_supported() {
             println!("SKIPPED chaos {name}: {why}");
             return None;
@@ -41,8 +52,9 @@ impl Bed {
         let prefix = format!("qsc{subnet}");
         let _ = quicstrap_netem::cleanup(&prefix);
         let params = LinkParams::symmetric_rtt(Duration::from_millis(rtt_ms), Some(RATE), loss);
-        let emu = Emulator::start(EmulatorConfig::symmetric(prefix, [79, subnet], params))
-            .expect("emulator");
+        let mut cfg = EmulatorConfig::symmetric(prefix, [79, subnet], params);
+        cfg.second_client_interface = second_client;
+        let emu = Emulator::start(cfg).expect("emulator");
         Some(Self { emu })
     }
 
@@ -428,4 +440,86 @@ fn serving_peer_killed_mid_file_then_restarted() {
     assert_eq!(code, 0, "{r}");
     let ok = complete_or_absent(src.path(), dst.path(), &id, code);
     outcome("peer_restarted_mid_transfer", ok, t0.elapsed(), 0);
+}
+
+#[test]
+fn client_address_changes_mid_transfer_and_the_connection_migrates() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = Bed::start_with("client_migrated", 9, 50, Loss::None, true) else {
+        return;
+    };
+    let new_addr = bed.emu.addr_a2().expect("second client interface");
+    let (src, id) = source(40_000);
+    let dst = tempfile::tempdir().unwrap();
+    // 5 MB/s: most of the 41 MB transfer is still to come when the client moves.
+    let serve = bed.serve(src.path(), 7000, &["--write-limit", "5000000"]);
+    let mut fetch = bed.fetch(&id, &[&serve.peer], dst.path(), &[]);
+    wait_received(dst.path(), 5_000_000);
+    let first = bed.emu.client_iface_stats(false).unwrap();
+    let second = bed.emu.client_iface_stats(true).unwrap();
+    assert!(first.bytes_received > 5_000_000, "{first:?}");
+    assert_eq!(second.packets_sent, 0, "the client used {new_addr} early");
+
+    // The client's socket is bound to 0.0.0.0: from the next packet on it sends from
+    // 10.79.9.3 over qs1, and the server, validating the new path, answers there.
+    bed.emu.move_client(true).unwrap();
+    let moved = Instant::now();
+    assert!(
+        fetch.try_wait().unwrap().is_none(),
+        "the fetch ended before the move"
+    );
+    let (migrated, old_at_migrated) = loop {
+        let now = bed.emu.client_iface_stats(true).unwrap().since(&second);
+        // More than path validation: data for the transfer arrives at the new address.
+        if now.bytes_received >= 1_000_000 {
+            break (moved.elapsed(), bed.emu.client_iface_stats(false).unwrap());
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(20),
+            "the server never moved to {new_addr}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let (code, r) = report(fetch);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        r["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "it restarted: {r}"
+    );
+    let ok = complete_or_absent(src.path(), dst.path(), &id, code);
+
+    // Evidence that the address really changed: after the move, the client's traffic left
+    // through qs1 and the server's came back addressed to 10.79.9.3, most of the transfer;
+    // the old address got only what the server sent before it learnt of the move, and
+    // nothing much once data flowed to the new one.
+    let end = bed.emu.client_iface_stats(false).unwrap();
+    let old = end.since(&first);
+    let old_late = end.since(&old_at_migrated);
+    let new = bed.emu.client_iface_stats(true).unwrap().since(&second);
+    println!(
+        "client_migrated: data at {new_addr} {} ms after the move; after it, old address \
+         sent {} B / received {} B ({} B once data reached the new one), new address sent \
+         {} B / received {} B",
+        migrated.as_millis(),
+        old.bytes_sent,
+        old.bytes_received,
+        old_late.bytes_received,
+        new.bytes_sent,
+        new.bytes_received
+    );
+    assert_eq!(
+        old_late.packets_sent, 0,
+        "the client kept sending from the old address"
+    );
+    assert!(new.packets_sent > 0, "{new:?}");
+    assert!(new.bytes_received > 20_000_000, "{new:?}");
+    assert!(
+        old_late.bytes_received <= 64 * 1024,
+        "the server kept sending to the old address: {old_late:?}, new {new:?}"
+    );
+    // Recovered once the transfer's data flows to the new address.
+    outcome("client_migrated", ok, migrated, 0);
+    // A fresh connection from the new address is served too.
+    still_serves(&bed, src.path(), &id, &serve.peer);
 }

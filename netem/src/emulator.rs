@@ -9,6 +9,19 @@
 //!
 //! Every TUN device is created by a thread that has entered the namespace, so the device
 //! lives there while its fd is held by the relay in the calling process.
+//!
+//! Opt-in ([`EmulatorConfig::second_client_interface`]), namespace A also gets a second TUN
+//! device `qs1` with address 10.X.Y.3, relayed over the same two link models. Moving A's
+//! route to B onto it ([`Emulator::move_client`]) changes the source address of everything
+//! the client sends from then on, on a different interface, without touching its sockets:
+//! what a phone switching from Wi-Fi to cellular looks like to a QUIC server.
+//!
+//! ```text
+//!   10.X.Y.1 (qs0) ──┐
+//!                    ├──▶ [A→B link model] ──────────────────────▶ (qs0) 10.X.Y.2
+//!   10.X.Y.3 (qs1) ──┘
+//!   (qs0 or qs1, by destination) ◀── [B→A link model] ◀──────────
+//! ```
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -18,12 +31,15 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::model::LinkParams;
 use crate::netns::{in_netns, ip, ns_add, ns_del, ns_exists};
-use crate::relay::{DirStats, Relay};
+use crate::relay::{DirStats, IfaceStats, Relay};
 use crate::tun::open_tun;
 use crate::NetemError;
 
 /// Name of the TUN interface inside each namespace (namespaces keep the two apart).
 pub const TUN_NAME: &str = "qs0";
+/// Name of the optional second TUN interface in namespace A (see
+/// [`EmulatorConfig::second_client_interface`]): a second client address to migrate to.
+pub const TUN2_NAME: &str = "qs1";
 /// MTU of both TUN interfaces: a standard Ethernet-sized path.
 pub const TUN_MTU: u32 = 1500;
 /// Default second and third octets of the link's /24-ish subnet: 10.77.0.0.
@@ -71,6 +87,12 @@ pub struct EmulatorConfig {
     /// real-time throttling suspends it for the rest of a 1 s period, and the TUN queues
     /// overflow (visible in [`DirStats::kernel_dropped`](crate::DirStats)).
     pub realtime: bool,
+    /// Give namespace A a second TUN device, [`TUN2_NAME`], with address 10.X.Y.3, carried
+    /// over the same link models as the first, so a test can move the client to another
+    /// address on another interface mid-connection ([`Emulator::move_client`]) and check
+    /// that QUIC connection migration copes. Off by default: one interface per side is what
+    /// everything else wants.
+    pub second_client_interface: bool,
 }
 
 impl EmulatorConfig {
@@ -83,6 +105,7 @@ impl EmulatorConfig {
             b_to_a: params,
             seed: 0,
             realtime: false,
+            second_client_interface: false,
         }
     }
 }
@@ -133,6 +156,8 @@ pub struct Emulator {
     ns_b: String,
     addr_a: Ipv4Addr,
     addr_b: Ipv4Addr,
+    /// Address of namespace A's second device, if it has one.
+    addr_a2: Option<Ipv4Addr>,
     relay: Relay,
     /// `/proc/net/dev` of namespace A and B, opened from inside each (the file keeps
     /// showing the namespace it was opened in), for the TUNs' kernel drop counters.
@@ -147,6 +172,7 @@ impl std::fmt::Debug for Emulator {
             .field("ns_b", &self.ns_b)
             .field("addr_a", &self.addr_a)
             .field("addr_b", &self.addr_b)
+            .field("addr_a2", &self.addr_a2)
             .finish_non_exhaustive()
     }
 }
@@ -185,7 +211,21 @@ impl Emulator {
         }
         let (fd_a, dev_a) = setup_side(&ns_a, addr_a, addr_b)?;
         let (fd_b, dev_b) = setup_side(&ns_b, addr_b, addr_a)?;
-        let relay = Relay::start(fd_a, fd_b, [cfg.a_to_b, cfg.b_to_a], cfg.seed, cfg.realtime)?;
+        let mut side_a = vec![(fd_a, addr_a)];
+        let addr_a2 = if cfg.second_client_interface {
+            let addr_a2 = Ipv4Addr::new(10, x, y, 3);
+            side_a.push((setup_second_client(&ns_a, &ns_b, addr_a2, addr_b)?, addr_a2));
+            Some(addr_a2)
+        } else {
+            None
+        };
+        let relay = Relay::start(
+            side_a,
+            (fd_b, addr_b),
+            [cfg.a_to_b, cfg.b_to_a],
+            cfg.seed,
+            cfg.realtime,
+        )?;
         // From here on the emulator owns the namespaces.
         created.0.clear();
         Ok(Emulator {
@@ -193,6 +233,7 @@ impl Emulator {
             ns_b,
             addr_a,
             addr_b,
+            addr_a2,
             relay,
             dev_stats: [Mutex::new(dev_a), Mutex::new(dev_b)],
             torn_down: false,
@@ -207,6 +248,47 @@ impl Emulator {
     /// Address of the server side (in namespace B), for clients in A to connect to.
     pub fn addr_b(&self) -> Ipv4Addr {
         self.addr_b
+    }
+
+    /// Address of namespace A's second interface ([`TUN2_NAME`], 10.X.Y.3), where the client
+    /// moves to with [`Emulator::move_client`]; `None` unless
+    /// [`EmulatorConfig::second_client_interface`] was set.
+    pub fn addr_a2(&self) -> Option<Ipv4Addr> {
+        self.addr_a2
+    }
+
+    /// Moves namespace A's route to B onto the second interface (`to_second`, source
+    /// address 10.X.Y.3) or back onto the first (10.X.Y.1), by replacing the route. Sockets
+    /// in A that are not bound to an address (a QUIC client's usually are not) send their
+    /// next packet from the new address over the new interface, without noticing: the
+    /// client-side half of a connection migration. Packets already in flight, and B's
+    /// replies to the old address, are still delivered (unless namespace A inherited strict
+    /// reverse-path filtering from the host). `Err` without a second interface.
+    pub fn move_client(&self, to_second: bool) -> Result<(), NetemError> {
+        let Some(addr_a2) = self.addr_a2 else {
+            return Err(NetemError::InvalidConfig(
+                "move_client needs EmulatorConfig::second_client_interface".into(),
+            ));
+        };
+        let (dev, src) = if to_second {
+            (TUN2_NAME, addr_a2)
+        } else {
+            (TUN_NAME, self.addr_a)
+        };
+        let dst = format!("{}/32", self.addr_b);
+        let src = src.to_string();
+        ip(&[
+            "-n", &self.ns_a, "route", "replace", &dst, "dev", dev, "src", &src,
+        ])
+        .map(|_| ())
+    }
+
+    /// Traffic through namespace A's first (`second == false`) or second interface, as the
+    /// relay saw it: the evidence of which client address was in use, and which one B
+    /// answered (B→A packets reach an interface only when addressed to it). `None` for the
+    /// second interface when there is none.
+    pub fn client_iface_stats(&self, second: bool) -> Option<IfaceStats> {
+        self.relay.iface_stats(usize::from(second))
     }
 
     /// Name of namespace A, for [`crate::in_netns`] or `ip netns exec`.
@@ -246,8 +328,12 @@ impl Emulator {
         let mut ab = self.relay.stats(0);
         let mut ba = self.relay.stats(1);
         // A counter that cannot be read stays 0; the relay's own counters are what matter.
-        ab.kernel_dropped = tun_tx_dropped(&self.dev_stats[0]).unwrap_or(0);
-        ba.kernel_dropped = tun_tx_dropped(&self.dev_stats[1]).unwrap_or(0);
+        let a_devices: &[&str] = match self.addr_a2 {
+            Some(_) => &[TUN_NAME, TUN2_NAME],
+            None => &[TUN_NAME],
+        };
+        ab.kernel_dropped = tun_tx_dropped(&self.dev_stats[0], a_devices);
+        ba.kernel_dropped = tun_tx_dropped(&self.dev_stats[1], &[TUN_NAME]);
         (ab, ba)
     }
 
@@ -295,19 +381,23 @@ impl Drop for Emulator {
     }
 }
 
-/// `TX dropped` of [`TUN_NAME`] from a `/proc/net/dev` file: packets the kernel could not
-/// queue for the relay to read.
-fn tun_tx_dropped(dev: &Mutex<File>) -> Option<u64> {
+/// Sum of `TX dropped` of the named TUN devices from a `/proc/net/dev` file: packets the
+/// kernel could not queue for the relay to read (a counter that cannot be read counts 0).
+fn tun_tx_dropped(dev: &Mutex<File>, names: &[&str]) -> u64 {
     let mut file = dev.lock().unwrap_or_else(PoisonError::into_inner);
-    file.seek(SeekFrom::Start(0)).ok()?;
     let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    parse_tx_dropped(&text)
+    if file.seek(SeekFrom::Start(0)).is_err() || file.read_to_string(&mut text).is_err() {
+        return 0;
+    }
+    names
+        .iter()
+        .filter_map(|name| parse_tx_dropped(&text, name))
+        .sum()
 }
 
-/// Finds [`TUN_NAME`]'s transmit drop counter in the text of `/proc/net/dev`.
-fn parse_tx_dropped(text: &str) -> Option<u64> {
-    let prefix = format!("{TUN_NAME}:");
+/// Finds device `name`'s transmit drop counter in the text of `/proc/net/dev`.
+fn parse_tx_dropped(text: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{name}:");
     let line = text
         .lines()
         .map(str::trim_start)
@@ -357,6 +447,47 @@ fn setup_side(ns: &str, local: Ipv4Addr, peer: Ipv4Addr) -> Result<(OwnedFd, Fil
     Ok((fd, dev))
 }
 
+/// Adds namespace A's second device: TUN [`TUN2_NAME`] (IPv6 off, like the first) with the
+/// bare address `addr_a2`/32, so no route uses it until [`Emulator::move_client`] moves
+/// one there, and a route in namespace B back to `addr_a2` over B's only device, so B can
+/// answer the new address (B's point-to-point address only routes to 10.X.Y.1).
+fn setup_second_client(
+    ns_a: &str,
+    ns_b: &str,
+    addr_a2: Ipv4Addr,
+    addr_b: Ipv4Addr,
+) -> Result<OwnedFd, NetemError> {
+    let fd = in_netns(ns_a, || -> Result<OwnedFd, NetemError> {
+        let fd = open_tun(TUN2_NAME)?;
+        let path = format!("/proc/sys/net/ipv6/conf/{TUN2_NAME}/disable_ipv6");
+        if std::path::Path::new(&path).exists() {
+            std::fs::write(&path, "1").map_err(|e| NetemError::io(format!("writing {path}"), e))?;
+        }
+        Ok(fd)
+    })??;
+    let mtu = TUN_MTU.to_string();
+    let local_s = format!("{addr_a2}/32");
+    ip(&[
+        "-n",
+        ns_a,
+        "link",
+        "set",
+        "dev",
+        TUN2_NAME,
+        "mtu",
+        &mtu,
+        "txqueuelen",
+        "1000",
+        "up",
+    ])?;
+    ip(&["-n", ns_a, "addr", "add", &local_s, "dev", TUN2_NAME])?;
+    let src_b = addr_b.to_string();
+    ip(&[
+        "-n", ns_b, "route", "add", &local_s, "dev", TUN_NAME, "src", &src_b,
+    ])?;
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,8 +500,9 @@ Inter-|   Receive                                                |  Transmit
     lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
    qs0: 6409636  123326    0    7    0     0          0         0 1243306664  828874    0 8105    0     0       0          0
 ";
-        assert_eq!(parse_tx_dropped(text), Some(8105));
-        assert_eq!(parse_tx_dropped("nothing here"), None);
+        assert_eq!(parse_tx_dropped(text, TUN_NAME), Some(8105));
+        assert_eq!(parse_tx_dropped(text, TUN2_NAME), None);
+        assert_eq!(parse_tx_dropped("nothing here", TUN_NAME), None);
     }
 
     #[test]

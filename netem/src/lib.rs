@@ -34,8 +34,8 @@ mod relay;
 mod tun;
 pub mod units;
 
-pub use emulator::{Dir, Emulator, EmulatorConfig, DEFAULT_SUBNET, TUN_MTU, TUN_NAME};
+pub use emulator::{Dir, Emulator, EmulatorConfig, DEFAULT_SUBNET, TUN2_NAME, TUN_MTU, TUN_NAME};
 pub use error::NetemError;
 pub use model::{DropReason, Link, LinkCounters, LinkParams, Loss, Verdict};
 pub use netns::{cleanup, get_sysctl, in_netns, is_supported, set_sysctl, NETNS_DIR};
-pub use relay::DirStats;
+pub use relay::{DirStats, IfaceStats};

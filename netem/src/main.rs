@@ -26,7 +26,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create <prefix>-a and <prefix>-b joined by an emulated link, and run in the
-    /// foreground. Commands on stdin: `blackhole on`, `blackhole off`, `stats`, `quit`.
+    /// foreground. Commands on stdin: `blackhole on`, `blackhole off`, `stats`, `quit`, and
+    /// with --second-client `move second`, `move first`.
     Up(UpArgs),
     /// Delete leftover namespaces named <prefix>-*.
     Down {
@@ -75,6 +76,11 @@ struct UpArgs {
     /// endpoints; risks real-time throttling stalls at very high packet rates).
     #[arg(long)]
     realtime: bool,
+    /// Also give <prefix>-a a second interface qs1 with address 10.X.Y.3 on the same link;
+    /// `move second` / `move first` on stdin switch the route to B between the two (a
+    /// client address change, for connection-migration experiments).
+    #[arg(long)]
+    second_client: bool,
     /// Ignore stdin and run until SIGINT/SIGTERM (for running in the background).
     #[arg(long)]
     no_stdin: bool,
@@ -140,6 +146,7 @@ fn up(args: UpArgs) -> Result<(), NetemError> {
     let mut cfg = EmulatorConfig::symmetric(args.prefix.clone(), args.subnet, params);
     cfg.seed = args.seed;
     cfg.realtime = args.realtime;
+    cfg.second_client_interface = args.second_client;
 
     // Signals first, so a Ctrl-C during setup still ends in a clean teardown.
     let signals = SignalPipe::install()?;
@@ -147,8 +154,7 @@ fn up(args: UpArgs) -> Result<(), NetemError> {
     print_banner(&emu, &params);
 
     let outcome = run_loop(&emu, &signals, args.no_stdin);
-    let (ab, ba) = emu.stats();
-    print_stats(&ab, &ba);
+    print_all_stats(&emu);
     let stopped = emu.stop();
     if stopped.is_ok() {
         println!("torn down: namespaces deleted");
@@ -167,6 +173,13 @@ fn print_banner(emu: &Emulator, p: &LinkParams) {
         emu.ns_b(),
         emu.addr_b()
     );
+    if let Some(a2) = emu.addr_a2() {
+        println!(
+            "second client interface: {} {a2} in {} (idle until `move second`)",
+            quicstrap_netem::TUN2_NAME,
+            emu.ns_a()
+        );
+    }
     println!(
         "each way: delay {:?}, jitter {:?}, loss {:.4} ({:?}), rate {rate}, queue {} B, \
          reorder {} (+{:?})",
@@ -182,7 +195,29 @@ fn print_banner(emu: &Emulator, p: &LinkParams) {
     println!("  ip netns exec {} iperf3 -s", emu.ns_b());
     println!("  ip netns exec {} iperf3 -c {}", emu.ns_a(), emu.addr_b());
     println!("  ip netns exec {} ping {}", emu.ns_a(), emu.addr_b());
-    println!("commands: blackhole on | blackhole off | stats | quit");
+    println!("commands: {COMMANDS}");
+}
+
+/// What `up` understands on stdin.
+const COMMANDS: &str = "blackhole on | blackhole off | move second | move first | stats | quit";
+
+/// Both directions' counters, then each client interface's when there are two.
+fn print_all_stats(emu: &Emulator) {
+    let (ab, ba) = emu.stats();
+    print_stats(&ab, &ba);
+    if emu.addr_a2().is_some() {
+        for (second, name) in [
+            (false, quicstrap_netem::TUN_NAME),
+            (true, quicstrap_netem::TUN2_NAME),
+        ] {
+            if let Some(s) = emu.client_iface_stats(second) {
+                println!(
+                    "client {name}: sent {} pkts / {} B, received {} pkts / {} B",
+                    s.packets_sent, s.bytes_sent, s.packets_received, s.bytes_received
+                );
+            }
+        }
+    }
 }
 
 fn print_stats(ab: &DirStats, ba: &DirStats) {
@@ -286,12 +321,13 @@ fn command(emu: &Emulator, line: &str) -> bool {
             emu.set_blackhole(false);
             println!("blackhole off");
         }
-        ["stats"] => {
-            let (ab, ba) = emu.stats();
-            print_stats(&ab, &ba);
-        }
+        ["move", to @ ("second" | "first")] => match emu.move_client(*to == "second") {
+            Ok(()) => println!("client route to B now via its {to} interface"),
+            Err(e) => println!("move {to}: {e}"),
+        },
+        ["stats"] => print_all_stats(emu),
         ["quit"] | ["exit"] => return false,
-        _ => println!("unknown command {line:?}; try: blackhole on | blackhole off | stats | quit"),
+        _ => println!("unknown command {line:?}; try: {COMMANDS}"),
     }
     true
 }

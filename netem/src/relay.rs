@@ -13,9 +13,17 @@
 //! rationed), and a packet that woke the thread is stamped as arriving that same latency
 //! before the thread ran. What remains is reported per packet in
 //! [`DirStats::lateness_ns`] and, for the kernel's side, [`DirStats::kernel_dropped`].
+//!
+//! Side A may have a second TUN device (a second client address, for connection-migration
+//! tests): the A→B thread then reads both A-side fds into the one A→B link model, and the
+//! B→A thread writes each packet to the A-side device that owns its IPv4 destination
+//! address, as a router would. Both share the direction's model, so moving the client from
+//! one interface to the other changes its address but not the link it sees. Per-interface
+//! counters ([`IfaceStats`]) show which device carried what.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,6 +41,8 @@ const READ_BATCH: usize = 256;
 const READ_BUF: usize = 65_536;
 /// Spare packet buffers kept for reuse instead of freeing them.
 const POOL_MAX: usize = 4096;
+/// Most TUN devices one side may have (the client's first and second interface).
+pub(crate) const MAX_SIDE_DEVICES: usize = 2;
 
 /// Counters of one direction, as the relay saw it: what came in, what was written out to
 /// the far side, and why the rest was dropped. Lets a harness check that what it measured
@@ -103,6 +113,104 @@ impl DirStats {
             lateness_ns: self.lateness_ns.saturating_sub(earlier.lateness_ns),
         }
     }
+}
+
+/// Traffic through one of namespace A's TUN devices, as the relay saw it. With a second
+/// client interface, this is the evidence of which address the client used and which one
+/// the server answered: a packet only reaches a device if its destination is that device's
+/// address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IfaceStats {
+    /// Packets the client side sent out through this device (read by the relay, before the
+    /// link model decided their fate).
+    pub packets_sent: u64,
+    /// Bytes of those packets.
+    pub bytes_sent: u64,
+    /// Packets from B written to this device (addressed to its address).
+    pub packets_received: u64,
+    /// Bytes of those packets.
+    pub bytes_received: u64,
+}
+
+impl IfaceStats {
+    /// Counters accumulated since `earlier` (a snapshot of the same device), so a harness
+    /// can look at what happened after a given moment, such as a move between devices.
+    pub fn since(&self, earlier: &IfaceStats) -> IfaceStats {
+        IfaceStats {
+            packets_sent: self.packets_sent.saturating_sub(earlier.packets_sent),
+            bytes_sent: self.bytes_sent.saturating_sub(earlier.bytes_sent),
+            packets_received: self
+                .packets_received
+                .saturating_sub(earlier.packets_received),
+            bytes_received: self.bytes_received.saturating_sub(earlier.bytes_received),
+        }
+    }
+}
+
+/// Live counters of one A-side device, updated by both relay threads (each owns two of
+/// the four fields).
+#[derive(Default)]
+struct IfaceCells {
+    packets_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    packets_received: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+impl IfaceCells {
+    fn count_sent(&self, bytes: usize) {
+        self.packets_sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count_received(&self, bytes: usize) {
+        self.packets_received.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> IfaceStats {
+        let r = Ordering::Relaxed;
+        IfaceStats {
+            packets_sent: self.packets_sent.load(r),
+            bytes_sent: self.bytes_sent.load(r),
+            packets_received: self.packets_received.load(r),
+            bytes_received: self.bytes_received.load(r),
+        }
+    }
+}
+
+/// One TUN device as a relay thread uses it.
+struct Device {
+    fd: Arc<OwnedFd>,
+    /// The address of the device's side, for picking the output of a B→A packet.
+    addr: Ipv4Addr,
+    /// Index into the A-side interface counters, for A-side devices.
+    iface: Option<usize>,
+}
+
+/// The IPv4 destination of a raw IP packet, if it is one.
+fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
+    if packet.len() >= 20 && packet[0] >> 4 == 4 {
+        Some(Ipv4Addr::new(
+            packet[16], packet[17], packet[18], packet[19],
+        ))
+    } else {
+        None
+    }
+}
+
+/// The output device for `packet`: the one whose address is its destination, else the
+/// first (the side's main device, which also gets anything that is not IPv4).
+fn route<'a>(outputs: &'a [Device], packet: &[u8]) -> &'a Device {
+    if outputs.len() > 1 {
+        if let Some(dst) = ipv4_destination(packet) {
+            if let Some(dev) = outputs.iter().find(|d| d.addr == dst) {
+                return dev;
+            }
+        }
+    }
+    &outputs[0]
 }
 
 /// Lock-free copy of [`DirStats`] that the relay thread publishes and readers snapshot.
@@ -198,19 +306,29 @@ pub(crate) struct Relay {
     wake: Arc<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
     dirs: [Arc<DirShared>; 2],
+    /// Counters of each A-side device, in the order given to [`Relay::start`].
+    ifaces: Arc<[IfaceCells]>,
 }
 
 impl Relay {
-    /// Starts relaying between the two TUN fds; index 0 of the parameters and stats is the
-    /// A→B direction (reads `fd_a`, writes `fd_b`), index 1 is B→A. With `realtime` the
-    /// threads ask for `SCHED_FIFO` priority 1.
+    /// Starts relaying between side A's TUN fds (each with its address; the first is the
+    /// main one) and side B's; index 0 of the parameters and stats is the A→B direction
+    /// (reads every A-side fd, writes `fd_b`), index 1 is B→A (reads `fd_b`, writes each
+    /// packet to the A-side fd owning its destination). With `realtime` the threads ask for
+    /// `SCHED_FIFO` priority 1.
     pub(crate) fn start(
-        fd_a: OwnedFd,
-        fd_b: OwnedFd,
+        side_a: Vec<(OwnedFd, Ipv4Addr)>,
+        (fd_b, addr_b): (OwnedFd, Ipv4Addr),
         params: [LinkParams; 2],
         seed: u64,
         realtime: bool,
     ) -> Result<Relay, NetemError> {
+        if side_a.is_empty() || side_a.len() > MAX_SIDE_DEVICES {
+            return Err(NetemError::InvalidConfig(format!(
+                "side A needs 1..={MAX_SIDE_DEVICES} devices, not {}",
+                side_a.len()
+            )));
+        }
         // SAFETY: plain syscall; the fd is checked before use.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -226,33 +344,61 @@ impl Relay {
                 error: Mutex::new(None),
             })
         });
+        let ifaces: Arc<[IfaceCells]> = side_a.iter().map(|_| IfaceCells::default()).collect();
         let mut relay = Relay {
             stop: Arc::new(AtomicBool::new(false)),
             wake,
             threads: Vec::new(),
             dirs,
+            ifaces,
         };
-        let fd_a = Arc::new(fd_a);
+        let side_a: Vec<(Arc<OwnedFd>, Ipv4Addr)> = side_a
+            .into_iter()
+            .map(|(fd, addr)| (Arc::new(fd), addr))
+            .collect();
+        let devices_a = || -> Vec<Device> {
+            side_a
+                .iter()
+                .enumerate()
+                .map(|(i, (fd, addr))| Device {
+                    fd: fd.clone(),
+                    addr: *addr,
+                    iface: Some(i),
+                })
+                .collect()
+        };
         let fd_b = Arc::new(fd_b);
+        let device_b = || Device {
+            fd: fd_b.clone(),
+            addr: addr_b,
+            iface: None,
+        };
         let plan = [
-            ("netem-a2b", fd_a.clone(), fd_b.clone(), seed),
+            ("netem-a2b", devices_a(), vec![device_b()], seed),
             // A different stream for the other direction, still derived from the one seed.
-            ("netem-b2a", fd_b, fd_a, seed ^ 0x9e37_79b9_7f4a_7c15),
+            (
+                "netem-b2a",
+                vec![device_b()],
+                devices_a(),
+                seed ^ 0x9e37_79b9_7f4a_7c15,
+            ),
         ];
-        for (i, (name, input, output, seed)) in plan.into_iter().enumerate() {
+        for (i, (name, inputs, outputs, seed)) in plan.into_iter().enumerate() {
             let shared = relay.dirs[i].clone();
             let stop = relay.stop.clone();
             let wake = relay.wake.clone();
+            let ifaces = relay.ifaces.clone();
             // On failure `relay` drops here, stopping the thread already started.
             let handle = std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || {
                     let worker = Worker {
-                        input,
-                        output,
+                        inputs,
+                        outputs,
                         wake,
                         stop,
                         shared: shared.clone(),
+                        ifaces,
                         realtime,
                     };
                     if let Err(e) = worker.run(seed) {
@@ -292,6 +438,12 @@ impl Relay {
     /// A snapshot of direction `i`'s counters.
     pub(crate) fn stats(&self, i: usize) -> DirStats {
         self.dirs[i].stats.load()
+    }
+
+    /// A snapshot of the counters of A-side device `i` (0: the main one), `None` if there
+    /// is no such device.
+    pub(crate) fn iface_stats(&self, i: usize) -> Option<IfaceStats> {
+        self.ifaces.get(i).map(IfaceCells::load)
     }
 
     /// The first error that stopped a relay thread, if any.
@@ -337,11 +489,14 @@ impl Drop for Relay {
 
 /// One direction's thread state.
 struct Worker {
-    input: Arc<OwnedFd>,
-    output: Arc<OwnedFd>,
+    /// Devices read from (one, or both of side A's), all feeding the one link model.
+    inputs: Vec<Device>,
+    /// Devices written to; see [`route`].
+    outputs: Vec<Device>,
     wake: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
     shared: Arc<DirShared>,
+    ifaces: Arc<[IfaceCells]>,
     realtime: bool,
 }
 
@@ -383,8 +538,12 @@ impl Worker {
             let now = Instant::now();
             while heap.peek().is_some_and(|p| p.at <= now) {
                 let Some(p) = heap.pop() else { break };
-                match write_packet(&self.output, &p.buf) {
+                let out = route(&self.outputs, &p.buf);
+                match write_packet(&out.fd, &p.buf) {
                     Ok(Io::Done(_)) => {
+                        if let Some(i) = out.iface {
+                            self.ifaces[i].count_received(p.buf.len());
+                        }
                         stats.packets_delivered += 1;
                         stats.bytes_delivered += p.buf.len() as u64;
                         let late = now.saturating_duration_since(p.at).as_nanos();
@@ -431,7 +590,7 @@ impl Worker {
             {
                 aim.observe(Instant::now().saturating_duration_since(deadline));
             }
-            if ready.wake || !ready.input {
+            if ready.wake || ready.inputs == 0 {
                 continue;
             }
             // The first packet woke this thread, which took about as long as a timed wake-up
@@ -455,41 +614,54 @@ impl Worker {
                         .unwrap_or_else(PoisonError::into_inner),
                 );
             }
-            for _ in 0..READ_BATCH {
-                let n = match read_packet(&self.input, &mut scratch) {
-                    Ok(Io::Done(n)) => n,
-                    Ok(Io::WouldBlock) => break,
-                    Err(e) => return Err(NetemError::io("reading from TUN", e)),
-                };
-                let verdict = link.offer(arrival, n);
-                arrival = Instant::now();
-                if let Verdict::Deliver(at) = verdict {
-                    let mut buf = pool.pop().unwrap_or_default();
-                    buf.clear();
-                    buf.extend_from_slice(&scratch[..n]);
-                    heap.push(Pending { at, seq, buf });
-                    seq += 1;
+            for (k, input) in self.inputs.iter().enumerate() {
+                if ready.inputs & (1 << k) == 0 {
+                    continue;
+                }
+                for _ in 0..READ_BATCH {
+                    let n = match read_packet(&input.fd, &mut scratch) {
+                        Ok(Io::Done(n)) => n,
+                        Ok(Io::WouldBlock) => break,
+                        Err(e) => return Err(NetemError::io("reading from TUN", e)),
+                    };
+                    if let Some(i) = input.iface {
+                        self.ifaces[i].count_sent(n);
+                    }
+                    let verdict = link.offer(arrival, n);
+                    arrival = Instant::now();
+                    if let Verdict::Deliver(at) = verdict {
+                        let mut buf = pool.pop().unwrap_or_default();
+                        buf.clear();
+                        buf.extend_from_slice(&scratch[..n]);
+                        heap.push(Pending { at, seq, buf });
+                        seq += 1;
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Waits until the input is readable, the wake fd fires, or `timeout` passes (`None`:
+    /// Waits until an input is readable, the wake fd fires, or `timeout` passes (`None`:
     /// no deadline).
     fn poll(&self, timeout: Option<Duration>) -> Result<Ready, NetemError> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.input.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+        let idle = libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        };
+        // Inputs first, then the wake fd; `start` caps the inputs at MAX_SIDE_DEVICES.
+        let mut fds = [idle; MAX_SIDE_DEVICES + 1];
+        let n = self.inputs.len();
+        for (slot, input) in fds.iter_mut().zip(&self.inputs) {
+            slot.fd = input.fd.as_raw_fd();
+            slot.events = libc::POLLIN;
+        }
+        fds[n] = libc::pollfd {
+            fd: self.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ts = timeout.map(|d| libc::timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
             tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -497,9 +669,16 @@ impl Worker {
         let ts_ptr = ts
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `fds` is a valid array of 2 pollfds; `ts_ptr` is null or points to a live
-        // timespec; a null sigmask leaves the signal mask alone.
-        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, ts_ptr, std::ptr::null()) };
+        // SAFETY: `fds` holds at least `n + 1` valid pollfds; `ts_ptr` is null or points to
+        // a live timespec; a null sigmask leaves the signal mask alone.
+        let rc = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                (n + 1) as libc::nfds_t,
+                ts_ptr,
+                std::ptr::null(),
+            )
+        };
         if rc < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -507,15 +686,21 @@ impl Worker {
             }
             return Err(NetemError::io("ppoll", err));
         }
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            return Err(NetemError::Relay(format!(
-                "TUN fd reported poll events {:#x}",
-                fds[0].revents
-            )));
+        let mut inputs = 0;
+        for (k, fd) in fds[..n].iter().enumerate() {
+            if fd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                return Err(NetemError::Relay(format!(
+                    "TUN fd reported poll events {:#x}",
+                    fd.revents
+                )));
+            }
+            if fd.revents & libc::POLLIN != 0 {
+                inputs |= 1 << k;
+            }
         }
         Ok(Ready {
-            input: fds[0].revents & libc::POLLIN != 0,
-            wake: fds[1].revents & libc::POLLIN != 0,
+            inputs,
+            wake: fds[n].revents & libc::POLLIN != 0,
             timed_out: rc == 0,
         })
     }
@@ -524,8 +709,8 @@ impl Worker {
 /// What one `ppoll()` returned.
 #[derive(Default)]
 struct Ready {
-    /// The input TUN has packets.
-    input: bool,
+    /// Which inputs have packets (bit `k`: input `k`).
+    inputs: u8,
     /// Shutdown was requested.
     wake: bool,
     /// The timeout expired with nothing ready.
@@ -596,6 +781,43 @@ impl WakeAim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn b_to_a_packets_go_to_the_device_owning_their_destination() {
+        let fd = || Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let main = Ipv4Addr::new(10, 1, 2, 1);
+        let second = Ipv4Addr::new(10, 1, 2, 3);
+        let outputs = [
+            Device {
+                fd: fd(),
+                addr: main,
+                iface: Some(0),
+            },
+            Device {
+                fd: fd(),
+                addr: second,
+                iface: Some(1),
+            },
+        ];
+        let packet = |dst: Ipv4Addr| {
+            let mut p = vec![0u8; 28];
+            p[0] = 0x45;
+            p[16..20].copy_from_slice(&dst.octets());
+            p
+        };
+        assert_eq!(route(&outputs, &packet(second)).iface, Some(1));
+        assert_eq!(route(&outputs, &packet(main)).iface, Some(0));
+        // Unknown destinations, runts and non-IPv4 go to the main device.
+        assert_eq!(
+            route(&outputs, &packet(Ipv4Addr::new(10, 9, 9, 9))).iface,
+            Some(0)
+        );
+        assert_eq!(route(&outputs, &[0x45, 0, 0]).iface, Some(0));
+        let mut v6 = packet(second);
+        v6[0] = 0x60;
+        assert_eq!(route(&outputs, &v6).iface, Some(0));
+        assert_eq!(ipv4_destination(&packet(second)), Some(second));
+    }
 
     #[test]
     fn heap_pops_earliest_then_arrival_order() {
