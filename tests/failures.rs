@@ -363,3 +363,50 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Cleanup waits for the failed attempt's own file handles, not for every file the process
+/// has open: a partition failing while another one is mid-file ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_does_not_wait_for_other_partitions_files() {
+    let slow_src = tempfile::tempdir().unwrap();
+    let bad_src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (busy_id, bad_id) = (id(60), id(61));
+    // One 40 MB file at 2 MB/s: a file handle open for ~20 s.
+    seed(slow_src.path(), &busy_id, 40_000, 1000, 40_000);
+    seed(bad_src.path(), &bad_id, 5_000, 500, 5_000);
+    let slow = server(slow_src.path(), |c| {
+        c.write_limiter = quicstrap::pacing::RateLimiter::new(2_000_000)
+    })
+    .await;
+    let bad = server(bad_src.path(), |_| {}).await;
+    poison_snapshot(&bad, &bad_id).await;
+    let f = std::sync::Arc::new(fetcher(|_| {}));
+    let (busy_task, busy_progress) = spawn_fetch(&f, &busy_id, vec![peer(&slow)], dst.path());
+    wait_bytes(&busy_progress, 1 << 20).await;
+
+    let t0 = Instant::now();
+    let err = f
+        .fetch(&bad_id, &[peer(&bad)], dst.path())
+        .await
+        .unwrap_err();
+    let took = t0.elapsed();
+    let FetchError::AllPeersFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].outcome, "checksum_mismatch");
+    assert!(
+        !busy_task.is_finished(),
+        "the other transfer had already ended: nothing was tested"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the failed attempt waited {took:?} for another partition's files"
+    );
+    assert!(!bad_id.dir(dst.path()).exists());
+
+    busy_progress.cancel();
+    let _ = busy_task.await;
+    assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");
+    assert!(open_fds_under(dst.path()).is_empty(), "file handles left");
+}

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -15,10 +15,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::checksum::ChecksumAlgo;
-use crate::client::commit::{self, Receipt};
-use crate::client::error::{AttemptError, NextStep, SetupError};
-use crate::client::receive::{self, ByteSource};
-use crate::client::{check_manifest, temp_tag, Attempt, FetchError, FetchReport, Progress};
+use crate::client::attempts;
+use crate::client::commit;
+use crate::client::error::{AttemptError, SetupError};
+use crate::client::receive::{self, ByteSource, OpenFiles};
+use crate::client::{check_manifest, temp_tag, FetchError, FetchReport, FetchStats, Progress};
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, PartitionMeta, TableFormat};
 use crate::peers::Peer;
@@ -76,6 +77,7 @@ impl HttpFetchConfig {
 pub struct HttpFetcher {
     cfg: HttpFetchConfig,
     tls: Arc<rustls::ClientConfig>,
+    stats: Arc<FetchStats>,
 }
 
 impl HttpFetcher {
@@ -86,7 +88,13 @@ impl HttpFetcher {
         Ok(Self {
             cfg,
             tls: Arc::new(tls),
+            stats: Arc::default(),
         })
+    }
+
+    /// Live counters, the same as [`Fetcher::stats`](crate::client::Fetcher::stats).
+    pub fn stats(&self) -> Arc<FetchStats> {
+        self.stats.clone()
     }
 
     /// Fetches `id` over HTTPS from the first of `peers` (tried in order) that can serve it,
@@ -99,80 +107,33 @@ impl HttpFetcher {
         root: &Path,
         progress: &Progress,
     ) -> Result<FetchReport, FetchError> {
-        fetch(&self.cfg, &self.tls, id, peers, root, progress).await
+        fetch(&self.cfg, &self.tls, &self.stats, id, peers, root, progress).await
     }
 }
 
 async fn fetch(
     cfg: &HttpFetchConfig,
     tls: &Arc<rustls::ClientConfig>,
+    stats: &FetchStats,
     id: &PartitionId,
     peers: &[Peer],
     root: &Path,
     progress: &Progress,
 ) -> Result<FetchReport, FetchError> {
-    let target = id.dir(root);
-    if target.exists() && !commit::is_empty_dir(&target)? {
-        return Err(FetchError::PartitionExists(target));
-    }
-    if peers.is_empty() {
-        return Err(FetchError::NoPeers);
-    }
-    let parent = root.join(id.store_version_dir());
-    std::fs::create_dir_all(&parent)?;
-    commit::remove_dead_temp_dirs(&parent, id.partition)?;
-    let started = Instant::now();
-    let mut attempts = Vec::new();
-    for peer in peers {
-        progress.attempts.fetch_add(1, Ordering::Relaxed);
-        progress.received.store(0, Ordering::Relaxed);
-        progress.total.store(0, Ordering::Relaxed);
-        let t0 = Instant::now();
-        let result = attempt(cfg, tls, id, peer, &parent, &target, progress).await;
-        let bytes = progress.received.load(Ordering::Relaxed);
-        match result {
-            Ok((files, meta)) => {
-                attempts.push(Attempt {
-                    peer: peer.to_string(),
-                    outcome: "ok".into(),
-                    error: None,
-                    next_step: None,
-                    bytes,
-                    seconds: t0.elapsed().as_secs_f64(),
-                });
-                return Ok(FetchReport {
-                    partition: id.to_string(),
-                    dir: target,
-                    peer: peer.to_string(),
-                    attempts,
-                    files,
-                    bytes,
-                    seconds: started.elapsed().as_secs_f64(),
-                    meta,
-                });
-            }
-            Err(e) => {
-                let step = e.next_step();
-                tracing::warn!(partition = %id, %peer, error = %e, "http attempt failed");
-                attempts.push(Attempt {
-                    peer: peer.to_string(),
-                    outcome: e.label().into(),
-                    error: Some(e.to_string()),
-                    next_step: Some(step),
-                    bytes,
-                    seconds: t0.elapsed().as_secs_f64(),
-                });
-                if step == NextStep::GiveUp {
-                    return Err(FetchError::GaveUp {
-                        peer: peer.to_string(),
-                        error: e,
-                        attempts,
-                    });
-                }
-            }
-        }
-    }
-    Err(FetchError::AllPeersFailed { attempts })
+    let target = attempts::check_target(id, root, peers)?;
+    let parent = attempts::prepare_parent(id, root)?;
+    let (parent, target_dir) = (&parent, &target);
+    // The baseline has no connectivity check: every peer is worth an attempt.
+    let candidates: Vec<_> = peers.iter().map(|p| (p.clone(), Ok(()))).collect();
+    attempts::try_peers(
+        id,
+        target.clone(),
+        candidates,
+        progress,
+        stats,
+        |peer| async move { attempt(cfg, tls, id, &peer, parent, target_dir, progress).await },
+    )
+    .await
 }
 
 type Sender = SendRequest<Empty<Bytes>>;
@@ -366,19 +327,15 @@ async fn attempt(
         Ordering::Relaxed,
     );
     let tmp = commit::TempDir::create(parent, id.partition, &temp_tag())?;
+    let open = OpenFiles::default();
     let mut tasks = tokio::task::JoinSet::new();
     let received = tokio::select! {
-        r = receive_all(cfg, tls, peer, conn, &base, &session, &files, tmp.path(), progress, &mut tasks) => r,
+        r = receive_all(cfg, tls, peer, conn, &base, &session, &files, (tmp.path(), &open), progress, &mut tasks) => r,
         _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(cfg.partition_timeout)),
         _ = progress.cancelled() => Err(AttemptError::Cancelled),
     };
     // Every worker ends and every file handle closes before anyone deletes the directory.
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    let until = Instant::now() + Duration::from_secs(30);
-    while receive::open_files() > 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    attempts::end_file_tasks(&mut tasks, &open).await;
     let (meta, bytes) = match received {
         Ok(r) => r,
         Err(e) => {
@@ -387,21 +344,16 @@ async fn attempt(
             return Err(e);
         }
     };
-    let receipt = Receipt {
-        meta: meta.clone(),
-        peer: peer.to_string(),
-        files: files.len(),
+    attempts::commit_received(
+        tmp,
+        target,
+        cfg.table_format,
+        peer,
+        files.len(),
         bytes,
-        committed_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
-    let format = cfg.table_format;
-    let target_owned = target.to_owned();
-    tokio::task::spawn_blocking(move || commit::commit(tmp, &target_owned, format, &receipt))
-        .await
-        .map_err(|e| AttemptError::LocalIo(e.to_string()))??;
+        meta.clone(),
+    )
+    .await?;
     Ok((files.len(), meta))
 }
 
@@ -433,7 +385,7 @@ async fn receive_all(
     base: &str,
     session: &str,
     files: &[FileEntry],
-    dir: &Path,
+    (dir, open): (&Path, &OpenFiles),
     progress: &Progress,
     tasks: &mut tokio::task::JoinSet<Result<(Conn, u64), AttemptError>>,
 ) -> Result<(PartitionMeta, u64), AttemptError> {
@@ -461,6 +413,7 @@ async fn receive_all(
             cfg.idle_timeout,
             progress.received.clone(),
             cfg.read_limiter.clone(),
+            open.clone(),
         ));
     }
     let mut bytes = 0;
@@ -495,6 +448,7 @@ async fn worker(
     idle: Duration,
     received: Arc<AtomicU64>,
     limiter: Arc<RateLimiter>,
+    open: OpenFiles,
 ) -> Result<(Conn, u64), AttemptError> {
     let mut total = 0;
     loop {
@@ -514,8 +468,15 @@ async fn worker(
             idle,
         };
         let path = dir.join(&entry.name);
-        total +=
-            receive::receive_file(source, path, entry, algo, received.clone(), limiter.clone())
-                .await?;
+        total += receive::receive_file(
+            source,
+            path,
+            entry,
+            algo,
+            received.clone(),
+            limiter.clone(),
+            open.clone(),
+        )
+        .await?;
     }
 }

@@ -8,6 +8,7 @@
 //! no handle is open and no byte lands after the cleanup — and the loop moves on as
 //! [`AttemptError::next_step`] says.
 
+pub(crate) mod attempts;
 pub mod commit;
 pub mod connectivity;
 pub mod error;
@@ -425,13 +426,7 @@ impl Fetcher {
         root: &Path,
         progress: &Progress,
     ) -> Result<FetchReport, FetchError> {
-        let target = id.dir(root);
-        if target.exists() && !commit::is_empty_dir(&target)? {
-            return Err(FetchError::PartitionExists(target));
-        }
-        if peers.is_empty() {
-            return Err(FetchError::NoPeers);
-        }
+        let target = attempts::check_target(id, root, peers)?;
         // Wait for a turn (a cancel while queued ends the fetch with nothing done).
         let _turn = tokio::select! {
             p = self.partitions.clone().acquire_owned() => p.ok(),
@@ -443,19 +438,12 @@ impl Fetcher {
                 })
             }
         };
-        let parent = root.join(id.store_version_dir());
-        std::fs::create_dir_all(&parent)?;
-        let stale = commit::remove_dead_temp_dirs(&parent, id.partition)?;
-        if stale > 0 {
-            tracing::info!(partition = %id, removed = stale, "removed temp dirs of crashed fetches");
-        }
+        let parent = attempts::prepare_parent(id, root)?;
         let order = if self.cfg.shuffle {
             peers::shuffled(peers.to_vec())
         } else {
             peers.to_vec()
         };
-        let started = Instant::now();
-        let mut attempts = Vec::new();
         // Handshake with every candidate at once; known-dead peers then fail in no time.
         let verdicts = tokio::select! {
             v = self.check_peers(&order) => v,
@@ -463,88 +451,40 @@ impl Fetcher {
                 return Err(FetchError::GaveUp {
                     peer: String::new(),
                     error: AttemptError::Cancelled,
-                    attempts,
+                    attempts: Vec::new(),
                 })
             }
         };
-        for (peer, verdict) in order.into_iter().zip(verdicts) {
-            progress.attempts.fetch_add(1, Ordering::Relaxed);
-            progress.received.store(0, Ordering::Relaxed);
-            progress.total.store(0, Ordering::Relaxed);
-            let t0 = Instant::now();
-            let span = tracing::info_span!(
-                "fetch",
-                store = %id.store,
-                version = id.version,
-                partition = id.partition,
-                peer = %peer
-            );
-            let deadline = tokio::time::Instant::now() + self.cfg.partition_timeout;
-            let result = match verdict {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    tracing::Instrument::instrument(
-                        self.attempt(id, &peer, &parent, &target, progress, deadline),
-                        span,
-                    )
-                    .await
+        let (parent, target_dir) = (&parent, &target);
+        attempts::try_peers(
+            id,
+            target.clone(),
+            order.into_iter().zip(verdicts),
+            progress,
+            &self.stats,
+            |peer| async move {
+                let span = tracing::info_span!(
+                    "fetch",
+                    store = %id.store,
+                    version = id.version,
+                    partition = id.partition,
+                    peer = %peer
+                );
+                let deadline = tokio::time::Instant::now() + self.cfg.partition_timeout;
+                let result = tracing::Instrument::instrument(
+                    self.attempt(id, &peer, parent, target_dir, progress, deadline),
+                    span,
+                )
+                .await;
+                if let Err(e @ (AttemptError::Connect(_) | AttemptError::ConnectTimeout)) = &result
+                {
+                    self.connectivity
+                        .record(&peer, Err(e.clone()), Instant::now());
                 }
-            };
-            if let Err(e @ (AttemptError::Connect(_) | AttemptError::ConnectTimeout)) = &result {
-                self.connectivity
-                    .record(&peer, Err(e.clone()), Instant::now());
-            }
-            let bytes = progress.received.load(Ordering::Relaxed);
-            self.stats
-                .bytes_received
-                .fetch_add(bytes, Ordering::Relaxed);
-            match result {
-                Ok((files, meta)) => {
-                    self.stats.fetched.fetch_add(1, Ordering::Relaxed);
-                    attempts.push(Attempt {
-                        peer: peer.to_string(),
-                        outcome: "ok".into(),
-                        error: None,
-                        next_step: None,
-                        bytes,
-                        seconds: t0.elapsed().as_secs_f64(),
-                    });
-                    return Ok(FetchReport {
-                        partition: id.to_string(),
-                        dir: target,
-                        peer: peer.to_string(),
-                        attempts,
-                        files,
-                        bytes,
-                        seconds: started.elapsed().as_secs_f64(),
-                        meta,
-                    });
-                }
-                Err(e) => {
-                    self.stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
-                    let step = e.next_step();
-                    tracing::warn!(partition = %id, peer = %peer, error = %e, next = ?step, "attempt failed");
-                    attempts.push(Attempt {
-                        peer: peer.to_string(),
-                        outcome: e.label().into(),
-                        error: Some(e.to_string()),
-                        next_step: Some(step),
-                        bytes,
-                        seconds: t0.elapsed().as_secs_f64(),
-                    });
-                    if step == NextStep::GiveUp {
-                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        return Err(FetchError::GaveUp {
-                            peer: peer.to_string(),
-                            error: e,
-                            attempts,
-                        });
-                    }
-                }
-            }
-        }
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        Err(FetchError::AllPeersFailed { attempts })
+                result
+            },
+        )
+        .await
     }
 
     /// Sends the request and reads the answer: `Accept` (with a checked manifest) or a typed
@@ -684,23 +624,17 @@ impl Fetcher {
                 return Err(e);
             }
         };
-        let receipt = Receipt {
-            meta: meta.clone(),
-            peer: peer.to_string(),
-            files: state.files.len(),
-            bytes: state.bytes,
-            committed_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
-        let format = self.cfg.table_format;
-        let target_owned = target.to_owned();
-        let committed = tokio::task::spawn_blocking(move || {
-            commit::commit(tmp, &target_owned, format, &receipt)
-        })
-        .await
-        .map_err(|e| AttemptError::LocalIo(e.to_string()))?;
+        let files = state.files.len();
+        let committed = attempts::commit_received(
+            tmp,
+            target,
+            self.cfg.table_format,
+            peer,
+            files,
+            state.bytes,
+            meta.clone(),
+        )
+        .await;
         let done = match &committed {
             Ok(()) => ControlFrame::Done,
             Err(e) => ControlFrame::Abort {
@@ -711,7 +645,7 @@ impl Fetcher {
         let _ = send.finish();
         self.linger(send);
         committed?;
-        Ok((state.files.len(), meta))
+        Ok((files, meta))
     }
 }
 
@@ -799,6 +733,7 @@ struct Receiving {
     algo: ChecksumAlgo,
     progress: Arc<AtomicU64>,
     limiter: Arc<RateLimiter>,
+    open: receive::OpenFiles,
     started: Vec<bool>,
     validated: usize,
     bytes: u64,
@@ -817,6 +752,7 @@ impl Receiving {
             algo,
             progress,
             limiter,
+            open: receive::OpenFiles::default(),
             started: vec![false; n],
             validated: 0,
             bytes: 0,
@@ -842,15 +778,8 @@ impl Receiving {
             }
             _ = progress.cancelled() => Err(AttemptError::Cancelled),
         };
-        // Cleanup steps 1 and 2 (flush, close): stop every task, wait for each to end, then for
-        // every file handle to be dropped (an fsync in flight holds one), before anyone deletes
-        // the directory.
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-        let until = Instant::now() + Duration::from_secs(30);
-        while receive::open_files() > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        // Cleanup steps 1 and 2 (flush, close), before anyone deletes the directory.
+        attempts::end_file_tasks(&mut tasks, &self.open).await;
         result
     }
 
@@ -897,6 +826,7 @@ impl Receiving {
                         self.algo,
                         self.progress.clone(),
                         self.limiter.clone(),
+                        self.open.clone(),
                     ));
                     last_progress = Instant::now();
                 }

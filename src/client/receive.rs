@@ -17,29 +17,33 @@ use super::error::AttemptError;
 
 const BUF: usize = 256 * 1024;
 
-/// Receive-side files open right now, across the process: cleanup waits for this to drop to
-/// zero before deleting a temp dir, so no handle outlives its directory.
-static OPEN_FILES: AtomicUsize = AtomicUsize::new(0);
+/// Files one attempt has open for receiving. The attempt's cleanup waits for this to drop to
+/// zero before deleting or committing its temp dir, so no handle outlives its directory; only
+/// the attempt's own files count, so partitions received at the same time never hold it up.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OpenFiles(Arc<AtomicUsize>);
 
-/// Number of files currently open for receiving.
-pub(crate) fn open_files() -> usize {
-    OPEN_FILES.load(Ordering::SeqCst)
+impl OpenFiles {
+    /// Files open right now.
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
-/// A file counted in [`OPEN_FILES`] for as long as it is open, wherever it is dropped (an
-/// aborted task, a blocking fsync).
-struct TrackedFile(std::fs::File);
+/// A file counted in its attempt's [`OpenFiles`] for as long as it is open, wherever it is
+/// dropped (an aborted task, a blocking fsync).
+struct TrackedFile(std::fs::File, OpenFiles);
 
 impl TrackedFile {
-    fn new(file: std::fs::File) -> Self {
-        OPEN_FILES.fetch_add(1, Ordering::SeqCst);
-        Self(file)
+    fn new(file: std::fs::File, open: OpenFiles) -> Self {
+        open.0.fetch_add(1, Ordering::SeqCst);
+        Self(file, open)
     }
 }
 
 impl Drop for TrackedFile {
     fn drop(&mut self) {
-        OPEN_FILES.fetch_sub(1, Ordering::SeqCst);
+        self.1 .0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -72,6 +76,7 @@ pub(crate) async fn receive_file(
     algo: ChecksumAlgo,
     progress: Arc<AtomicU64>,
     limiter: Arc<RateLimiter>,
+    open: OpenFiles,
 ) -> Result<u64, AttemptError> {
     let mut file = TrackedFile::new(
         std::fs::OpenOptions::new()
@@ -79,6 +84,7 @@ pub(crate) async fn receive_file(
             .create_new(true)
             .open(&path)
             .map_err(AttemptError::local)?,
+        open,
     );
     let mut hasher = Hasher::new(algo);
     let mut buf = vec![0u8; BUF];
