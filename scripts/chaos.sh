@@ -11,11 +11,12 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 runs="${1:-3}"
 fuzz_secs="${2:-60}"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# The raw output stays for inspection (CHAOS.md says where).
+log=/var/tmp/quicstrap-chaos.log
+: >"$log"
 cargo build --release --locked --tests >/dev/null
 # The broker-outage scenario stops and restarts a real Kafka.
-trap 'rm -f "$log"; ./scripts/kafka.sh stop >/dev/null' EXIT
+trap './scripts/kafka.sh stop >/dev/null' EXIT
 ./scripts/kafka.sh start
 export QUICSTRAP_KAFKA="127.0.0.1:${QUICSTRAP_KAFKA_PORT:-19092}"
 suites_ok=0
@@ -44,15 +45,22 @@ fuzz=$(./scripts/fuzz.sh "$fuzz_secs" 2>/dev/null | grep '^FUZZ' || true)
   echo "| scenario | runs | passed | bytes lost | time to recover (median) |"
   echo "|---|---|---|---|---|"
   grep -oE 'CHAOS [a-z0-9_]+ ok=(true|false) recover_ms=[0-9]+ bytes_lost=[0-9]+' "$log" |
-    awk '{
-      split($3,a,"="); split($4,b,"="); split($5,c,"=");
-      n[$2]++; if (a[2]=="true") p[$2]++; lost[$2]+=c[2]; t[$2]=t[$2] " " b[2]
-    } END {
-      for (s in n) {
-        k = split(substr(t[s],2), v, " "); asort(v); m = v[int((k+1)/2)];
-        printf "| %s | %d | %d | %d | %.1f s |\n", s, n[s], p[s]+0, lost[s], m/1000
-      }
-    }' | sort
+    python3 -c '
+import sys, statistics
+rows = {}
+for line in sys.stdin:
+    _, name, ok, ms, lost = line.split()
+    r = rows.setdefault(name, [0, 0, 0, []])
+    r[0] += 1
+    r[1] += ok == "ok=true"
+    r[2] += int(lost.split("=")[1])
+    r[3].append(int(ms.split("=")[1]))
+for name in sorted(rows):
+    n, passed, lost, ms = rows[name]
+    print(f"| {name} | {n} | {passed} | {lost} | {statistics.median_low(ms) / 1000:.1f} s |")
+'
+  echo
+  echo "Raw output of the run: \`/var/tmp/quicstrap-chaos.log\`."
   echo
   echo "A scenario missing from the table, or with fewer runs than the others, failed an"
   echo "assertion before reporting (see \`cargo test --release --test chaos -- --nocapture\`)."
