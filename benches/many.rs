@@ -52,8 +52,12 @@ fn fetcher() -> Arc<Fetcher> {
     Arc::new(Fetcher::new(cfg).expect("fetcher"))
 }
 
-/// Fetches `ids` concurrently from `peers` into a fresh directory; returns (bytes, seconds).
-async fn fetch_all(ids: &[PartitionId], peers: &[Peer]) -> (u64, f64) {
+/// Fetches `ids` concurrently from `peers` into a fresh directory; returns (bytes, seconds)
+/// and the directory, which the caller keeps until the end: deleting hundreds of files
+/// between repetitions makes the next repetition's file creation slow on an ext4 without a
+/// journal (it skips inodes deleted in the last 30 s), which would be the benchmark measuring
+/// its own cleanup.
+async fn fetch_all(ids: &[PartitionId], peers: &[Peer]) -> (u64, f64, tempfile::TempDir) {
     let dst = tempfile::tempdir().expect("tempdir");
     let f = fetcher();
     let t0 = Instant::now();
@@ -68,7 +72,7 @@ async fn fetch_all(ids: &[PartitionId], peers: &[Peer]) -> (u64, f64) {
     }
     let secs = t0.elapsed().as_secs_f64();
     f.close().await;
-    (bytes, secs)
+    (bytes, secs, dst)
 }
 
 fn main() {
@@ -111,12 +115,15 @@ fn main() {
         let big_peer = [Peer::new(big.local_addr().expect("addr"))];
         let ids: Vec<PartitionId> = (0..64).map(id).collect();
         // Warm-up: snapshots and digests made once, untimed.
-        fetch_all(&[id(1000)], &big_peer).await;
-        fetch_all(&ids, &peers).await;
+        let mut kept = vec![
+            fetch_all(&[id(1000)], &big_peer).await.2,
+            fetch_all(&ids, &peers).await.2,
+        ];
         let (mut single, mut many) = (Vec::new(), Vec::new());
         for rep in 0..reps {
-            let (b1, s1) = fetch_all(&[id(1000)], &big_peer).await;
-            let (b64, s64) = fetch_all(&ids, &peers).await;
+            let (b1, s1, d1) = fetch_all(&[id(1000)], &big_peer).await;
+            let (b64, s64, d64) = fetch_all(&ids, &peers).await;
+            kept.extend([d1, d64]);
             let (r1, r64) = (b1 as f64 / s1 / 1e6, b64 as f64 / s64 / 1e6);
             eprintln!("rep {rep}: single {r1:.1} MB/s, 64 partitions from 3 peers {r64:.1} MB/s ({:.0} %)", 100.0 * r64 / r1);
             single.push(r1);
@@ -135,5 +142,6 @@ fn main() {
         for s in servers {
             s.shutdown().await;
         }
+        drop(kept);
     });
 }
