@@ -158,12 +158,11 @@ async fn https_client_not_on_the_allow_list_is_refused() {
     );
 }
 
-/// A client that connects and stalls — before its TLS handshake, or half-way through a
-/// request header — is hung up on, so it cannot pin a task and a socket for good; and it is
-/// counted.
+/// A client that connects and stalls before its TLS handshake is hung up on, so it cannot pin
+/// a task and a socket for good; and it is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_https_client_is_hung_up_on() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let src = tempfile::tempdir().unwrap();
     let quic = server(src.path(), |_| {}).await;
     let https = https_server(&quic, |c| c.handshake_timeout = Duration::from_millis(300)).await;
@@ -183,24 +182,6 @@ async fn a_stalled_https_client_is_hung_up_on() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-
-    // Half a request header after a good handshake.
-    let mut client =
-        quicstrap::tls::client_config(&quicstrap::tls::dev::client().unwrap()).unwrap();
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(https.local_addr())
-        .await
-        .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    tls.write_all(b"GET /v1/s/1/0/manifest HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    let end = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
-    assert!(end.is_ok(), "still open 5 s after a 300 ms header limit");
 }
 
 /// A `serve` process killed mid-file: the HTTPS client cleans up, leaves nothing, and the

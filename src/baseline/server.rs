@@ -48,8 +48,11 @@ pub struct HttpServerConfig {
     pub idle_timeout: Duration,
     /// Write-rate limit shared with the QUIC server of the process.
     pub write_limiter: Arc<RateLimiter>,
-    /// Longest a TLS handshake, or a request header once begun, may take (10 s): a client
-    /// that connects and stalls must not hold a task and a socket forever.
+    /// Longest a TLS handshake may take (10 s): a client that connects and stalls must not
+    /// hold a task and a socket forever. (There is deliberately no limit on the wait for the
+    /// next request of a keep-alive connection: hyper counts a response as done once it is in
+    /// the socket buffer, and on a slow link the client may take minutes to drain it before
+    /// it asks for the next file.)
     pub handshake_timeout: Duration,
 }
 
@@ -238,8 +241,6 @@ async fn accept_loop(
             let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limit)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {
