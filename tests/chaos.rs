@@ -192,6 +192,19 @@ fn complete_or_absent(src: &Path, dst: &Path, id: &PartitionId, code: i32) -> bo
     }
 }
 
+/// The fetch succeeded without restarting (the fault was ridden out on one connection) and
+/// the partition equals the source.
+fn completed_in_one_attempt(fetch: Child, src: &Path, dst: &Path, id: &PartitionId) -> bool {
+    let (code, r) = report(fetch);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        r["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "it restarted: {r}"
+    );
+    complete_or_absent(src, dst, id, code)
+}
+
 /// The serving peer still serves: a fresh fetch over the (healed) link succeeds.
 fn still_serves(bed: &Bed, src: &Path, id: &PartitionId, peer: &str) {
     let dst = tempfile::tempdir().unwrap();
@@ -223,14 +236,7 @@ fn link_blackholed_for_5_s_mid_transfer_recovers() {
     std::thread::sleep(Duration::from_secs(5));
     bed.emu.set_blackhole(false);
     let healed = Instant::now();
-    let (code, r) = report(fetch);
-    assert_eq!(code, 0, "{r}");
-    assert_eq!(
-        r["attempts"].as_array().map(Vec::len),
-        Some(1),
-        "it restarted: {r}"
-    );
-    let ok = complete_or_absent(src.path(), dst.path(), &id, code);
+    let ok = completed_in_one_attempt(fetch, src.path(), dst.path(), &id);
     outcome("blackhole_5s", ok, healed.elapsed(), 0);
     still_serves(&bed, src.path(), &id, &serve.peer);
 }
@@ -480,14 +486,7 @@ fn client_address_changes_mid_transfer_and_the_connection_migrates() {
         );
         std::thread::sleep(Duration::from_millis(1));
     };
-    let (code, r) = report(fetch);
-    assert_eq!(code, 0, "{r}");
-    assert_eq!(
-        r["attempts"].as_array().map(Vec::len),
-        Some(1),
-        "it restarted: {r}"
-    );
-    let ok = complete_or_absent(src.path(), dst.path(), &id, code);
+    let ok = completed_in_one_attempt(fetch, src.path(), dst.path(), &id);
 
     // Evidence that the address really changed: after the move, the client's traffic left
     // through qs1 and the server's came back addressed to 10.79.9.3, most of the transfer;

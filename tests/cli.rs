@@ -19,44 +19,32 @@ fn fetch_cmd(data: &std::path::Path, peers: &[String]) -> Command {
 fn seed_serve_and_fetch_with_a_json_report() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let out = Command::new(bin())
-        .args([
-            "seed",
-            "--store",
-            "cli_store",
-            "--version",
-            "2",
-            "--partition",
-            "1",
-        ])
-        .args([
-            "--records",
-            "5000",
-            "--value-size",
-            "200",
-            "--records-per-sst",
-            "1000",
-        ])
-        .arg("--data-dir")
-        .arg(src.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new(bin())
+            .args([
+                "seed",
+                "--store",
+                "cli_store",
+                "--version",
+                "2",
+                "--partition",
+                "1",
+            ])
+            .args([
+                "--records",
+                "5000",
+                "--value-size",
+                "200",
+                "--records-per-sst",
+                "1000",
+            ])
+            .arg("--data-dir")
+            .arg(src.path()),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("5000 records"));
 
     let server = ServeProcess::start(src.path(), &[]);
-    let out = fetch_cmd(dst.path(), &[server.addr.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(&mut fetch_cmd(dst.path(), &[server.addr.to_string()]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["peer"], server.addr.to_string());
     assert_eq!(report["attempts"][0]["outcome"], "ok");
@@ -109,15 +97,7 @@ fn bad_input_is_a_clear_error() {
 
 #[test]
 fn the_demo_runs_on_embedded_defaults() {
-    let out = Command::new(bin())
-        .args(["demo", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(Command::new(bin()).args(["demo", "--json"]));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["verified_keys"], 262_144);
     assert!(s["seed"]["bytes"].as_u64().unwrap() > 256_000_000);

@@ -273,15 +273,8 @@ async fn a_serving_node_keeps_ingesting_and_its_snapshots_carry_the_new_offset()
     let (id, b, w, mut model) = topic_with("serve", 1, 30_000).await;
     // Node A's partition, built by the CLI from Kafka alone.
     let a_root = tempfile::tempdir().unwrap();
-    let out = fetch_command(a_root.path(), &id.store, 1, 0)
-        .args(["--kafka", &b, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        output_ok(fetch_command(a_root.path(), &id.store, 1, 0).args(["--kafka", &b, "--json"]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["path"]["path"], "kafka_lag_below_threshold");
     // A serves and follows its topic; more records arrive.
@@ -304,15 +297,12 @@ async fn a_serving_node_keeps_ingesting_and_its_snapshots_carry_the_new_offset()
 
 #[test]
 fn the_demo_runs_the_real_kafka_path() {
-    let out = std::process::Command::new(bin())
-        .args(["demo", "--json", "--kafka", &brokers()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(std::process::Command::new(bin()).args([
+        "demo",
+        "--json",
+        "--kafka",
+        &brokers(),
+    ]));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["kafka"], true);
     assert_eq!(s["verified_keys"], 262_144);

@@ -7,15 +7,7 @@ use std::process::Command;
 use common::*;
 
 fn scrape(url: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(Command::new("curl").args(["-sS", "--fail", url]));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -52,14 +44,9 @@ fn metrics_count_transfers_bytes_and_snapshots() {
         100.0
     );
 
-    let out = fetch_command(dst.path(), &id.store, id.version, id.partition)
-        .args(["--peer", &serve.addr.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        fetch_command(dst.path(), &id.store, id.version, id.partition)
+            .args(["--peer", &serve.addr.to_string()]),
     );
 
     // The server counts the transfer when the client's Done arrives: give it a moment.
@@ -117,14 +104,12 @@ fn https_listeners_are_counted_apart_from_quic() {
         .output()
         .unwrap();
     assert!(!missing.status.success());
-    let out = fetch_command(dst.path(), &id.store, id.version, id.partition)
-        .args(["--http", "--peer", &https.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        fetch_command(dst.path(), &id.store, id.version, id.partition).args([
+            "--http",
+            "--peer",
+            &https.to_string(),
+        ]),
     );
     let after = scrape(&url);
     assert_eq!(value(&after, &series("started")), 1.0);

@@ -354,3 +354,15 @@ pub fn https_fetcher(
     tweak(&mut cfg);
     quicstrap::baseline::HttpFetcher::new(cfg).unwrap()
 }
+
+/// Runs `cmd` to the end and asserts it succeeded, showing its stderr otherwise.
+pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd.get_program(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
