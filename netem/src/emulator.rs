@@ -409,38 +409,51 @@ fn parse_tx_dropped(text: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Creates and configures one side: TUN device (IPv6 off, so the kernel sends nothing of
-/// its own across the link), loopback up, point-to-point address `local` peer `peer`.
-/// Also returns that namespace's `/proc/net/dev`, for the TUN's drop counter.
-fn setup_side(ns: &str, local: Ipv4Addr, peer: Ipv4Addr) -> Result<(OwnedFd, File), NetemError> {
-    let (fd, dev) = in_netns(ns, || -> Result<(OwnedFd, File), NetemError> {
-        let fd = open_tun(TUN_NAME)?;
-        // Resolved in this thread's namespace. Absent when the kernel has no IPv6: fine.
-        let path = format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/disable_ipv6");
-        if std::path::Path::new(&path).exists() {
-            std::fs::write(&path, "1").map_err(|e| NetemError::io(format!("writing {path}"), e))?;
-        }
-        let dev = File::open("/proc/thread-self/net/dev")
-            .map_err(|e| NetemError::io("opening /proc/thread-self/net/dev", e))?;
-        Ok((fd, dev))
-    })??;
+/// Opens TUN device `name` in the calling thread's namespace with IPv6 off, so the kernel
+/// sends nothing of its own across the link.
+fn open_tun_without_ipv6(name: &str) -> Result<OwnedFd, NetemError> {
+    let fd = open_tun(name)?;
+    // Resolved in this thread's namespace. Absent when the kernel has no IPv6: fine.
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if std::path::Path::new(&path).exists() {
+        std::fs::write(&path, "1").map_err(|e| NetemError::io(format!("writing {path}"), e))?;
+    }
+    Ok(fd)
+}
+
+/// Brings TUN device `name` of namespace `ns` up with the link's MTU.
+fn tun_up(ns: &str, name: &str) -> Result<(), NetemError> {
     let mtu = TUN_MTU.to_string();
-    let local_s = format!("{local}/32");
-    let peer_s = format!("{peer}/32");
-    ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
     ip(&[
         "-n",
         ns,
         "link",
         "set",
         "dev",
-        TUN_NAME,
+        name,
         "mtu",
         &mtu,
         "txqueuelen",
         "1000",
         "up",
-    ])?;
+    ])
+    .map(drop)
+}
+
+/// Creates and configures one side: TUN device (IPv6 off, so the kernel sends nothing of
+/// its own across the link), loopback up, point-to-point address `local` peer `peer`.
+/// Also returns that namespace's `/proc/net/dev`, for the TUN's drop counter.
+fn setup_side(ns: &str, local: Ipv4Addr, peer: Ipv4Addr) -> Result<(OwnedFd, File), NetemError> {
+    let (fd, dev) = in_netns(ns, || -> Result<(OwnedFd, File), NetemError> {
+        let fd = open_tun_without_ipv6(TUN_NAME)?;
+        let dev = File::open("/proc/thread-self/net/dev")
+            .map_err(|e| NetemError::io("opening /proc/thread-self/net/dev", e))?;
+        Ok((fd, dev))
+    })??;
+    let local_s = format!("{local}/32");
+    let peer_s = format!("{peer}/32");
+    ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
+    tun_up(ns, TUN_NAME)?;
     ip(&[
         "-n", ns, "addr", "add", &local_s, "peer", &peer_s, "dev", TUN_NAME,
     ])?;
@@ -457,29 +470,9 @@ fn setup_second_client(
     addr_a2: Ipv4Addr,
     addr_b: Ipv4Addr,
 ) -> Result<OwnedFd, NetemError> {
-    let fd = in_netns(ns_a, || -> Result<OwnedFd, NetemError> {
-        let fd = open_tun(TUN2_NAME)?;
-        let path = format!("/proc/sys/net/ipv6/conf/{TUN2_NAME}/disable_ipv6");
-        if std::path::Path::new(&path).exists() {
-            std::fs::write(&path, "1").map_err(|e| NetemError::io(format!("writing {path}"), e))?;
-        }
-        Ok(fd)
-    })??;
-    let mtu = TUN_MTU.to_string();
+    let fd = in_netns(ns_a, || open_tun_without_ipv6(TUN2_NAME))??;
     let local_s = format!("{addr_a2}/32");
-    ip(&[
-        "-n",
-        ns_a,
-        "link",
-        "set",
-        "dev",
-        TUN2_NAME,
-        "mtu",
-        &mtu,
-        "txqueuelen",
-        "1000",
-        "up",
-    ])?;
+    tun_up(ns_a, TUN2_NAME)?;
     ip(&["-n", ns_a, "addr", "add", &local_s, "dev", TUN2_NAME])?;
     let src_b = addr_b.to_string();
     ip(&[
