@@ -114,42 +114,78 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Reads one counter of a shared stats struct: the reading of a counter metric.
+fn counter<S: Send + Sync + 'static>(
+    stats: &Arc<S>,
+    pick: Pick<S>,
+) -> impl Fn() -> f64 + Send + Sync + 'static {
+    let stats = stats.clone();
+    move || pick(&stats).load(Ordering::Relaxed) as f64
+}
+
+/// One series of counter `name` per outcome, each with `labels` plus its `outcome` label.
+fn register_outcomes<S: Send + Sync + 'static>(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[(&str, &str)],
+    stats: &Arc<S>,
+    outcomes: &[(&str, Pick<S>)],
+) {
+    for &(outcome, pick) in outcomes {
+        let mut l = labels.to_vec();
+        l.push(("outcome", outcome));
+        r.register(name, help, Kind::Counter, &l, counter(stats, pick));
+    }
+}
+
+/// The adaptive throttle factor of one direction (100 when there is no throttler).
+fn register_throttle(r: &Registry, direction: &str, throttler: Option<&Throttler>) {
+    let factor = throttler.map(|t| t.percent_cell());
+    r.register(
+        "quicstrap_throttle_factor_percent",
+        "Adaptive throttle factor in percent of the base rate (100 without throttling).",
+        Kind::Gauge,
+        &[("direction", direction)],
+        move || {
+            factor
+                .as_ref()
+                .map_or(100.0, |f| f.load(Ordering::Relaxed) as f64)
+        },
+    );
+}
+
 /// The serving side's metrics: bytes, transfers by outcome, snapshots, the throttle factor.
 pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttler>) {
     let stats = server.stats();
-    let counter = |pick: fn(&ServerStats) -> &AtomicU64| {
-        let stats = stats.clone();
-        move || pick(&stats).load(Ordering::Relaxed) as f64
-    };
     r.register(
         "quicstrap_bytes_sent_total",
         "File payload bytes written to QUIC streams.",
         Kind::Counter,
         &[],
-        counter(|s| &s.bytes_sent),
+        counter(&stats, |s| &s.bytes_sent),
     );
-    let outcomes: [(&str, Pick<ServerStats>); 5] = [
+    let outcomes: &[(&str, Pick<ServerStats>)] = &[
         ("accepted", |s| &s.accepted),
         ("completed", |s| &s.completed),
         ("failed", |s| &s.failed),
         ("rejected", |s| &s.rejected),
         ("busy", |s| &s.busy),
     ];
-    for (outcome, pick) in outcomes {
-        r.register(
-            "quicstrap_server_transfers_total",
-            "Requests served, by outcome (busy is also counted in rejected).",
-            Kind::Counter,
-            &[("outcome", outcome)],
-            counter(pick),
-        );
-    }
+    register_outcomes(
+        r,
+        "quicstrap_server_transfers_total",
+        "Requests served, by outcome (busy is also counted in rejected).",
+        &[],
+        &stats,
+        outcomes,
+    );
     r.register(
         "quicstrap_connections_total",
         "QUIC connections that completed the handshake.",
         Kind::Counter,
         &[],
-        counter(|s| &s.connections),
+        counter(&stats, |s| &s.connections),
     );
     let snaps = server.snapshots().clone();
     r.register(
@@ -167,18 +203,7 @@ pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttl
         &[],
         move || snaps.created() as f64,
     );
-    let factor = throttler.map(|t| t.percent_cell());
-    r.register(
-        "quicstrap_throttle_factor_percent",
-        "Adaptive throttle factor in percent of the base rate (100 without throttling).",
-        Kind::Gauge,
-        &[("direction", "write")],
-        move || {
-            factor
-                .as_ref()
-                .map_or(100.0, |f| f.load(Ordering::Relaxed) as f64)
-        },
-    );
+    register_throttle(r, "write", throttler);
 }
 
 /// An HTTPS baseline listener's metrics, labelled with its address: a server may run one
@@ -186,64 +211,54 @@ pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttl
 pub fn register_https(r: &Registry, server: &HttpServer) {
     let stats = server.stats();
     let addr = server.local_addr().to_string();
-    let counter = |pick: Pick<HttpStats>| {
-        let stats = stats.clone();
-        move || pick(&stats).load(Ordering::Relaxed) as f64
-    };
     r.register(
         "quicstrap_https_bytes_sent_total",
         "File payload bytes written into HTTPS response bodies.",
         Kind::Counter,
         &[("listener", &addr)],
-        counter(|s| &s.bytes_sent),
+        counter(&stats, |s| &s.bytes_sent),
     );
-    let outcomes: [(&str, Pick<HttpStats>); 4] = [
+    let outcomes: &[(&str, Pick<HttpStats>)] = &[
         ("started", |s| &s.started),
         ("completed", |s| &s.completed),
         ("rejected", |s| &s.rejected),
         ("handshake_refused", |s| &s.handshakes_refused),
     ];
-    for (outcome, pick) in outcomes {
-        r.register(
-            "quicstrap_https_transfers_total",
-            "HTTPS baseline transfers by outcome (started: manifest served; completed: \
+    register_outcomes(
+        r,
+        "quicstrap_https_transfers_total",
+        "HTTPS baseline transfers by outcome (started: manifest served; completed: \
              metadata served; rejected: requests refused).",
-            Kind::Counter,
-            &[("listener", &addr), ("outcome", outcome)],
-            counter(pick),
-        );
-    }
+        &[("listener", &addr)],
+        &stats,
+        outcomes,
+    );
 }
 
 /// The fetching side's metrics: bytes received, fetches and attempts by outcome, the
 /// connectivity cache, the read throttle factor.
 pub fn register_client(r: &Registry, fetcher: &Arc<Fetcher>, throttler: Option<&Throttler>) {
     let stats = fetcher.stats();
-    let counter = |pick: fn(&FetchStats) -> &AtomicU64| {
-        let stats = stats.clone();
-        move || pick(&stats).load(Ordering::Relaxed) as f64
-    };
     r.register(
         "quicstrap_bytes_received_total",
         "File payload bytes received (validated or not).",
         Kind::Counter,
         &[],
-        counter(|s| &s.bytes_received),
+        counter(&stats, |s| &s.bytes_received),
     );
-    let outcomes: [(&str, Pick<FetchStats>); 3] = [
+    let outcomes: &[(&str, Pick<FetchStats>)] = &[
         ("fetched", |s| &s.fetched),
         ("failed", |s| &s.failed),
         ("attempt_failed", |s| &s.attempts_failed),
     ];
-    for (outcome, pick) in outcomes {
-        r.register(
-            "quicstrap_client_transfers_total",
-            "Fetches by outcome, and failed attempts (each moved on to the next peer or gave up).",
-            Kind::Counter,
-            &[("outcome", outcome)],
-            counter(pick),
-        );
-    }
+    register_outcomes(
+        r,
+        "quicstrap_client_transfers_total",
+        "Fetches by outcome, and failed attempts (each moved on to the next peer or gave up).",
+        &[],
+        &stats,
+        outcomes,
+    );
     let f = fetcher.clone();
     r.register(
         "quicstrap_connectivity_cache_size",
@@ -252,18 +267,7 @@ pub fn register_client(r: &Registry, fetcher: &Arc<Fetcher>, throttler: Option<&
         &[],
         move || f.connectivity_cache_len() as f64,
     );
-    let factor = throttler.map(|t| t.percent_cell());
-    r.register(
-        "quicstrap_throttle_factor_percent",
-        "Adaptive throttle factor in percent of the base rate (100 without throttling).",
-        Kind::Gauge,
-        &[("direction", "read")],
-        move || {
-            factor
-                .as_ref()
-                .map_or(100.0, |f| f.load(Ordering::Relaxed) as f64)
-        },
-    );
+    register_throttle(r, "read", throttler);
 }
 
 /// Serves `GET /metrics` on `addr` until the task is aborted; returns the bound address.
