@@ -315,33 +315,39 @@ fn parse_path(path: &str) -> Result<Route<'_>, String> {
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
-    let refused = |msg: String| {
-        state.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        Ok(refuse(RejectReason::BadRequest, msg))
-    };
-    if req.method() != Method::GET {
-        return refused("only GET".into());
-    }
-    let route = match parse_path(req.uri().path()) {
-        Ok(r) => r,
-        Err(e) => return refused(e),
-    };
-    let query = req.uri().query();
-    let resp = match (route.what, route.file) {
-        ("manifest", None) => manifest(&state, &route.id, query).await,
-        ("files", Some(name)) => file(&state, &route.id, name, query).await,
-        ("metadata", None) => metadata(&state, &route.id, query),
-        _ => refuse(RejectReason::BadRequest, "no such resource".into()),
-    };
+    let (what, resp) = answer(&req, &state).await;
+    // Counted once, here, from what the request asked and whether it was refused.
     let stats = &state.stats;
     if resp.headers().contains_key(REJECT_HEADER) {
         stats.rejected.fetch_add(1, Ordering::Relaxed);
-    } else if route.what == "manifest" {
+    } else if what == Some("manifest") {
         stats.started.fetch_add(1, Ordering::Relaxed);
-    } else if route.what == "metadata" {
+    } else if what == Some("metadata") {
         stats.completed.fetch_add(1, Ordering::Relaxed);
     }
     Ok(resp)
+}
+
+/// Answers one request; also says which resource it asked for, when the path parsed.
+async fn answer<'r>(
+    req: &'r Request<Incoming>,
+    state: &State,
+) -> (Option<&'r str>, Response<Body>) {
+    if req.method() != Method::GET {
+        return (None, refuse(RejectReason::BadRequest, "only GET".into()));
+    }
+    let route = match parse_path(req.uri().path()) {
+        Ok(r) => r,
+        Err(e) => return (None, refuse(RejectReason::BadRequest, e)),
+    };
+    let query = req.uri().query();
+    let resp = match (route.what, route.file) {
+        ("manifest", None) => manifest(state, &route.id, query).await,
+        ("files", Some(name)) => file(state, &route.id, name, query).await,
+        ("metadata", None) => metadata(state, &route.id, query),
+        _ => refuse(RejectReason::BadRequest, "no such resource".into()),
+    };
+    (Some(route.what), resp)
 }
 
 async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Body> {
