@@ -11,13 +11,12 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{assert_same, certs, id, seed, temp_dirs};
+use common::{assert_same, id, seed, temp_dirs};
 use quicstrap::PartitionId;
 use quicstrap_netem::{Dir, Emulator, EmulatorConfig, LinkParams, Loss};
 
@@ -69,55 +68,28 @@ impl Bed {
 
     /// `quicstrap serve` in the server namespace on `port`.
     fn serve(&self, root: &Path, port: u16, extra: &[&str]) -> Serve {
-        let c = certs();
-        let snaps = root.join(format!(".snapshots-{port}"));
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", self.emu.ns_b(), common::bin(), "serve"])
-            .args(["--listen", &format!("{}:{port}", self.server_ip())])
-            .arg("--data-dir")
-            .arg(root)
-            .arg("--snapshot-dir")
-            .arg(&snaps)
-            .arg("--cert")
-            .arg(c.join("server.crt"))
-            .arg("--key")
-            .arg(c.join("server.key"))
-            .arg("--ca")
-            .arg(c.join("ca.crt"))
+        let listen = format!("{}:{port}", self.server_ip());
+        let mut cmd = common::serve_command_in(Some(self.emu.ns_b()), root, &listen);
+        cmd.arg("--snapshot-dir")
+            .arg(root.join(format!(".snapshots-{port}")))
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert!(line.starts_with("listening on"), "serve said {line:?}");
+            .stderr(Stdio::null());
         Serve {
-            child,
-            _out: out,
-            peer: format!("localhost@{}:{port}", self.server_ip()),
+            process: common::ServeProcess::spawn(cmd),
+            peer: format!("localhost@{listen}"),
         }
     }
 
     /// `quicstrap fetch --json` in the client namespace.
     fn fetch(&self, id: &PartitionId, peers: &[&str], dst: &Path, extra: &[&str]) -> Child {
-        let c = certs();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.emu.ns_a(), common::bin(), "fetch"])
-            .args(["--store", &id.store])
-            .args(["--version", &id.version.to_string()])
-            .args(["--partition", &id.partition.to_string()])
-            .arg("--data-dir")
-            .arg(dst)
-            .args(["--json", "--no-shuffle"])
-            .arg("--cert")
-            .arg(c.join("client.crt"))
-            .arg("--key")
-            .arg(c.join("client.key"))
-            .arg("--ca")
-            .arg(c.join("ca.crt"))
-            .args(extra);
+        let mut cmd = common::fetch_command_in(
+            Some(self.emu.ns_a()),
+            dst,
+            &id.store,
+            id.version,
+            id.partition,
+        );
+        cmd.args(["--json", "--no-shuffle"]).args(extra);
         for p in peers {
             cmd.args(["--peer", p]);
         }
@@ -128,22 +100,16 @@ impl Bed {
     }
 }
 
+/// A `serve` in the server namespace (killed on drop) and the peer spec that reaches it.
 struct Serve {
-    child: Child,
-    _out: std::io::BufReader<std::process::ChildStdout>,
+    process: common::ServeProcess,
     peer: String,
 }
 
 impl Serve {
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
     }
 }
 

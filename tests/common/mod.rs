@@ -151,6 +151,18 @@ pub fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
 }
 
+/// The `quicstrap` binary, run in network namespace `netns` (via `ip netns exec`) if given.
+pub fn quicstrap_in(netns: Option<&str>) -> std::process::Command {
+    match netns {
+        None => std::process::Command::new(bin()),
+        Some(ns) => {
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args(["netns", "exec", ns, bin()]);
+            cmd
+        }
+    }
+}
+
 /// `quicstrap fetch` with the dev client certificate, `data` as its data dir and the partition
 /// `store`/`version`/`partition`; callers add the rest.
 pub fn fetch_command(
@@ -159,8 +171,19 @@ pub fn fetch_command(
     version: u32,
     partition: u32,
 ) -> std::process::Command {
+    fetch_command_in(None, data, store, version, partition)
+}
+
+/// [`fetch_command`] in network namespace `netns` (if given).
+pub fn fetch_command_in(
+    netns: Option<&str>,
+    data: &Path,
+    store: &str,
+    version: u32,
+    partition: u32,
+) -> std::process::Command {
     let c = certs();
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = quicstrap_in(netns);
     cmd.args(["fetch", "--store", store])
         .args(["--version", &version.to_string()])
         .args(["--partition", &partition.to_string()])
@@ -170,6 +193,22 @@ pub fn fetch_command(
         .arg(c.join("client.crt"))
         .arg("--key")
         .arg(c.join("client.key"))
+        .arg("--ca")
+        .arg(c.join("ca.crt"));
+    cmd
+}
+
+/// `quicstrap serve` of `root` on `listen` with the dev server certificate, in network
+/// namespace `netns` (if given); callers add the rest.
+pub fn serve_command_in(netns: Option<&str>, root: &Path, listen: &str) -> std::process::Command {
+    let c = certs();
+    let mut cmd = quicstrap_in(netns);
+    cmd.args(["serve", "--listen", listen, "--data-dir"])
+        .arg(root)
+        .arg("--cert")
+        .arg(c.join("server.crt"))
+        .arg("--key")
+        .arg(c.join("server.key"))
         .arg("--ca")
         .arg(c.join("ca.crt"));
     cmd
@@ -185,22 +224,15 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(root: &Path, extra: &[&str]) -> Self {
+        let mut cmd = serve_command_in(None, root, "127.0.0.1:0");
+        cmd.args(extra).stderr(std::process::Stdio::inherit());
+        Self::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (a `serve` command) and reads the address from its first line.
+    pub fn spawn(mut cmd: std::process::Command) -> Self {
         use std::io::BufRead;
-        let c = certs();
-        let mut child = std::process::Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(root)
-            .arg("--cert")
-            .arg(c.join("server.crt"))
-            .arg("--key")
-            .arg(c.join("server.key"))
-            .arg("--ca")
-            .arg(c.join("ca.crt"))
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
         let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
