@@ -8,11 +8,13 @@
 //! it is due. A runtime timer wheel with millisecond ticks could not honour a 2 ms RTT,
 //! which is why this is plain threads. An eventfd wakes both threads for shutdown.
 //!
-//! Two corrections keep the relay's own latency out of the emulated delay: timed wake-ups
-//! are aimed early by the learnt wake-up latency and the rest is spun away ([`WakeAim`],
-//! rationed), and a packet that woke the thread is stamped as arriving that same latency
-//! before the thread ran. What remains is reported per packet in
-//! [`DirStats::lateness_ns`] and, for the kernel's side, [`DirStats::kernel_dropped`].
+//! The configured delay is a floor: no packet ever leaves before its scheduled time. Timed
+//! wake-ups are aimed early by the learnt wake-up latency and the rest is waited out on the
+//! CPU ([`WakeAim`], rationed), so delivery is not late by a timer's latency either. An
+//! arrival is stamped when the thread sees it, never back-dated by an estimate: on hosts
+//! where the estimate overshoots that made packets leave early. What the relay adds is
+//! reported per packet in [`DirStats::lateness_ns`] and, for the kernel's side,
+//! [`DirStats::kernel_dropped`].
 //!
 //! Side A may have a second TUN device (a second client address, for connection-migration
 //! tests): the A→B thread then reads both A-side fds into the one A→B link model, and the
@@ -593,14 +595,12 @@ impl Worker {
             if ready.wake || ready.inputs == 0 {
                 continue;
             }
-            // The first packet woke this thread, which took about as long as a timed wake-up
-            // (never more than the time asleep): stamp it with when it most likely reached
-            // the TUN, not with when the thread got to run. Without this, every one-way
-            // delay would be long by one wake-up latency (tens of µs on a virtual machine).
-            let woke = Instant::now();
-            let mut arrival = woke
-                .checked_sub(aim.late.min(woke.saturating_duration_since(asleep)))
-                .unwrap_or(woke);
+            // Stamp arrivals with when this thread saw them, never earlier. Taking an
+            // estimated wake-up latency off (as an earlier version did) shortened the delay
+            // on hosts where that estimate overshoots, so packets left before their
+            // scheduled time. Late by one wake-up is the honest error: the model's delay is
+            // a lower bound, and what the relay adds shows up in `lateness_ns`.
+            let mut arrival = Instant::now();
             // Parameters only matter to new arrivals, so pick up a change right before them
             // (a change made while this thread slept applies to the very next packet).
             let generation = self.shared.generation.load(Ordering::Acquire);

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Mutex;
 
-use common::{blast, start, supported, Blast};
+use common::{blast, start_realtime, supported, Blast};
 use quicstrap_netem::{Dir, LinkParams, Loss};
 
 const PACKETS: u32 = 20_000;
@@ -22,7 +22,8 @@ fn run_both_ways(test: &str, prefix: &str, subnet: [u8; 2], loss: Loss) -> Vec<B
         loss,
         ..LinkParams::ideal()
     };
-    let emu = start(prefix, subnet, params, 42);
+    // Real-time relay: a busy host must not make the TUN queue drop what the model kept.
+    let emu = start_realtime(prefix, subnet, params, 42);
     let mut out = Vec::new();
     for (dir, port) in [(Dir::AtoB, 7100), (Dir::BtoA, 7101)] {
         let b = blast(&emu, dir, port, PACKETS);

@@ -37,6 +37,38 @@ pub fn start(prefix: &str, subnet: [u8; 2], params: LinkParams, seed: u64) -> Em
     Emulator::start(cfg).unwrap()
 }
 
+/// Like [`start`], with the relay threads at real-time priority: for the tests that measure
+/// delays, so a CPU-bound neighbour on the host cannot stretch them.
+pub fn start_realtime(prefix: &str, subnet: [u8; 2], params: LinkParams, seed: u64) -> Emulator {
+    cleanup(prefix).unwrap();
+    let mut cfg = EmulatorConfig::symmetric(prefix, subnet, params);
+    cfg.seed = seed;
+    cfg.realtime = true;
+    Emulator::start(cfg).unwrap()
+}
+
+/// Moves the calling thread to `SCHED_FIFO` priority 1, the relay's real-time priority,
+/// or back to the ordinary policy. Best effort (without the privilege nothing changes).
+///
+/// The delay tests' endpoints take part in every round trip they time: on a loaded host an
+/// ordinary thread may wait milliseconds for a core, which would measure the host, not the
+/// link. At the relay's own priority they run as soon as the relay hands them a packet, and
+/// a busy-polling endpoint's `yield_now` hands the core back to a runnable relay thread.
+pub fn set_realtime(on: bool) {
+    let (policy, priority) = if on {
+        (libc::SCHED_FIFO, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: valid policy and parameter for the calling thread.
+    unsafe {
+        libc::pthread_setschedparam(libc::pthread_self(), policy, &param);
+    }
+}
+
 /// Names of all named namespaces, as `ip netns list` shows them.
 pub fn netns_list() -> Vec<String> {
     let out = std::process::Command::new("ip")
@@ -101,6 +133,7 @@ impl Echo {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
+            set_realtime(true);
             let mut buf = [0u8; 2048];
             while !flag.load(Ordering::Relaxed) {
                 match sock.recv_from(&mut buf) {
@@ -154,6 +187,7 @@ pub fn ping(
         let sent = sent.clone();
         let done = done.clone();
         std::thread::spawn(move || {
+            set_realtime(true);
             let mut rtts = Vec::new();
             let mut buf = [0u8; 64];
             while !done.load(Ordering::Relaxed) {
@@ -172,6 +206,9 @@ pub fn ping(
             rtts
         })
     };
+    // The sender too: two busy-polling real-time endpoints would otherwise leave an
+    // ordinary thread only the kernel's real-time throttling slack.
+    set_realtime(true);
     let start = Instant::now();
     for seq in 0..count {
         // Absolute schedule, so a late wake-up does not stretch the whole run.
@@ -182,6 +219,7 @@ pub fn ping(
         sent.lock().unwrap().insert(seq, Instant::now());
         sock.send_to(&seq.to_be_bytes(), echo.addr).unwrap();
     }
+    set_realtime(false);
     std::thread::sleep(grace);
     done.store(true, Ordering::Relaxed);
     receiver.join().unwrap()
