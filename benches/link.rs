@@ -276,6 +276,7 @@ impl Serve {
             .arg(certs.join("server.key"))
             .arg("--ca")
             .arg(certs.join("ca.crt"))
+            .args(["--allow", quicstrap::tls::dev::ALLOW])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start quicstrap serve");

@@ -5,6 +5,8 @@
 #   server.crt/key             a serving peer: localhost, 127.0.0.1, ::1, server.quicstrap.test
 #   client.crt/key             a fetching node in the default allow list: client.quicstrap.test
 #   intruder.crt/key           signed by the dev CA but NOT in the allow list
+#   wildcard.crt/key           signed by the dev CA for *.quicstrap.test: must NOT pass for
+#                              an allowed specific name (allow lists match names exactly)
 #   other-ca/ca.crt            an unrelated CA
 #   other-ca/rogue.crt/key     claims client.quicstrap.test, signed by the unrelated CA
 set -euo pipefail
@@ -42,6 +44,7 @@ leaf . server "server.quicstrap.test" \
   "DNS:server.quicstrap.test,DNS:localhost,IP:127.0.0.1,IP:::1" "serverAuth,clientAuth"
 leaf . client "client.quicstrap.test" "DNS:client.quicstrap.test" "clientAuth"
 leaf . intruder "intruder.quicstrap.test" "DNS:intruder.quicstrap.test" "clientAuth"
+leaf . wildcard "*.quicstrap.test" "DNS:*.quicstrap.test" "clientAuth"
 ca other-ca "unrelated CA"
 leaf other-ca rogue "client.quicstrap.test" "DNS:client.quicstrap.test" "clientAuth"
 rm -f ./*.srl other-ca/*.srl other-ca/ca.key ca.key

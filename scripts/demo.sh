@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 . scripts/env.sh
-cargo run --release --locked --bin quicstrap -- demo "$@"
+# The demo's peers use the development PKI, which only `dev-pki` builds carry.
+cargo run --release --locked --features dev-pki --bin quicstrap -- demo "$@"

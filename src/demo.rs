@@ -158,10 +158,25 @@ pub enum DemoError {
     /// Filesystem trouble.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// This build carries no development certificates to run the demo's peers with.
+    #[error(
+        "this build has no development PKI (its keys are public, so it is left out by \
+         default): build with `--features dev-pki`, as ./scripts/demo.sh does"
+    )]
+    NoDevPki,
+}
+
+/// The demo's peer and client identities: the development PKI, when this build has it.
+fn dev_identities() -> Result<(crate::tls::Identity, crate::tls::Identity), DemoError> {
+    #[cfg(feature = "dev-pki")]
+    return Ok((tls::dev::server()?, tls::dev::client()?));
+    #[cfg(not(feature = "dev-pki"))]
+    Err(DemoError::NoDevPki)
 }
 
 /// Runs the demo.
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
+    let (server_id, client_id) = dev_identities()?;
     let _scratch;
     let work = match &opts.work_dir {
         Some(d) => d.clone(),
@@ -202,8 +217,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
     };
     let seed_seconds = t0.elapsed().as_secs_f64();
 
-    let server_id = tls::dev::server()?;
-    let allow = AllowList::parse(tls::dev::ALLOW);
+    let allow = AllowList::parse("client.quicstrap.test");
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let mk = |root: &PathBuf, format, snaps: &str| {
         let cfg = ServerConfig::new(
@@ -250,7 +264,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
         },
     ];
 
-    let fetcher = Fetcher::new(FetchConfig::new(tls::dev::client()?))?;
+    let fetcher = Fetcher::new(FetchConfig::new(client_id))?;
     let progress = Arc::new(Progress::default());
     let bar = opts.progress.then(|| spawn_bar(progress.clone()));
     let peer_list: Vec<Peer> = peers.iter().map(|p| Peer::new(p.addr)).collect();

@@ -40,6 +40,7 @@ pub mod checksum;
 pub mod client;
 pub mod demo;
 pub mod ingest;
+pub mod lock;
 pub mod metrics;
 pub mod pacing;
 pub mod partition;

@@ -50,8 +50,9 @@ struct TlsArgs {
     /// PEM private key of this node.
     #[arg(long)]
     key: PathBuf,
-    /// PEM CA bundle peers must chain to.
-    #[arg(long, default_value = "certs-dev/ca.crt")]
+    /// PEM CA bundle peers must chain to. Required: no CA is trusted by default, the
+    /// development one (certs-dev/ca.crt) included.
+    #[arg(long)]
     ca: PathBuf,
 }
 
@@ -129,8 +130,15 @@ struct ServeArgs {
     /// Where snapshots are made (default: <data-dir>/.snapshots).
     #[arg(long)]
     snapshot_dir: Option<PathBuf>,
-    /// Comma-separated client names (certificate SAN) allowed to fetch; `*` for any.
-    #[arg(long, default_value = quicstrap::tls::dev::ALLOW)]
+    /// Another serve owns --data-dir or the snapshot dir: wait up to this many seconds for
+    /// it to exit instead of refusing at once (rolling restarts).
+    #[arg(long, default_value_t = 0)]
+    wait_for_lock: u64,
+    /// Comma-separated client names allowed to fetch, matched exactly against the DNS names
+    /// of a client's certificate (a wildcard certificate does not stand in for a specific
+    /// name); `*` lets any client whose certificate chains to --ca fetch. Required: who may
+    /// copy this node's data is a decision, not a default.
+    #[arg(long)]
     allow: String,
     /// Reuse a snapshot younger than this many seconds.
     #[arg(long, default_value_t = 3600)]
@@ -203,6 +211,11 @@ struct FetchArgs {
     /// Give up on a peer after this many seconds for the partition.
     #[arg(long, default_value_t = 1200)]
     partition_timeout_secs: u64,
+    /// Accept only a server whose certificate is valid for this name, whatever address a
+    /// --peer resolved to (DNS answers are unauthenticated): every peer is verified against
+    /// it instead of the host or `name@` it was given with.
+    #[arg(long)]
+    server_name: Option<String>,
     /// Try peers in the order given instead of shuffling.
     #[arg(long)]
     no_shuffle: bool,
@@ -346,6 +359,22 @@ async fn serve(a: ServeArgs) -> ExitCode {
         Ok(i) => i,
         Err(e) => return fail(2, &e.to_string()),
     };
+    // One serve per data dir: a second one would open the same RocksDB instances and,
+    // with the default snapshot dir, wipe the first one's live snapshots.
+    let lock_wait = Duration::from_secs(a.wait_for_lock);
+    let data_dir = a.data_dir.clone();
+    let _data_lock = match tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
+        quicstrap::lock::DirLock::acquire(&data_dir.join(".quicstrap-serve.lock"), lock_wait)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return fail(2, &e),
+        Err(e) => return fail(2, &e.to_string()),
+    };
     let snaps = a
         .snapshot_dir
         .clone()
@@ -360,6 +389,7 @@ async fn serve(a: ServeArgs) -> ExitCode {
     cfg.snapshots.ttl = Duration::from_secs(a.snapshot_ttl_secs);
     cfg.snapshots.cleanup_interval = Duration::from_secs(a.snapshot_cleanup_secs.max(1));
     cfg.snapshots.max_users = a.max_users;
+    cfg.snapshots.lock_wait = lock_wait;
     cfg.files_in_flight = a.files_in_flight;
     cfg.partition_timeout = Duration::from_secs(a.partition_timeout_secs);
     cfg.tuning.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
@@ -482,17 +512,28 @@ async fn serve(a: ServeArgs) -> ExitCode {
         _ = tokio::signal::ctrl_c() => {}
     }
     eprintln!("quicstrap: shutting down");
-    for h in https {
-        h.shutdown().await;
-    }
-    for s in extra {
-        s.shutdown().await;
-    }
-    server.shutdown().await;
+    // All listeners at once: every client hears `shutting_down` without waiting for the
+    // other listeners' grace periods.
+    tokio::join!(
+        futures_util::future::join_all(https.into_iter().map(HttpServer::shutdown)),
+        futures_util::future::join_all(extra.into_iter().map(Server::shutdown)),
+        server.shutdown(),
+    );
     ExitCode::SUCCESS
 }
 
-async fn fetch(a: FetchArgs) -> ExitCode {
+async fn fetch(mut a: FetchArgs) -> ExitCode {
+    if let Some(name) = &a.server_name {
+        if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return fail(
+                2,
+                &format!("--server-name {name:?} is not a DNS name or address"),
+            );
+        }
+        for p in &mut a.peers {
+            p.server_name = name.clone();
+        }
+    }
     let id = match PartitionId::new(&a.store, a.version, a.partition) {
         Ok(id) => id,
         Err(e) => return fail(2, &format!("store name: {e}")),

@@ -73,11 +73,23 @@ pub enum StorageError {
     CorruptMeta(String),
 }
 
-/// RocksDB options for a partition of `format`.
+/// Block-based table `format_version` of every SST quicstrap writes: 5 is the newest that
+/// RocksDB 8.0 reads (6 needs 8.6, and 11.x writes 7 by default), so a received or
+/// ingested partition stays readable by the older RocksDB a node may run. Reading accepts
+/// every version.
+pub const SST_FORMAT_VERSION: i32 = 5;
+
+/// RocksDB options for a partition of `format`. Compression is RocksDB's default (snappy);
+/// every codec is compiled in, so a database written with any of them opens.
 pub fn db_options(format: TableFormat) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
+    if format == TableFormat::Block {
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_format_version(SST_FORMAT_VERSION);
+        opts.set_block_based_table_factory(&table);
+    }
     if format == TableFormat::Plain {
         opts.set_allow_mmap_reads(true);
         opts.set_plain_table_factory(&PlainTableFactoryOptions {
@@ -254,6 +266,9 @@ pub fn seed(
     // (several SSTs, empty L0), so a server that opens it has no compaction to run meanwhile.
     let target = (records_per_sst.max(1) * (value_size as u64 + 24)).max(64 << 10);
     let tune = |o: &mut Options| {
+        // Random values do not compress: spare the CPU (and keep the seeded bytes what the
+        // benchmarks have always moved).
+        o.set_compression_type(rocksdb::DBCompressionType::None);
         o.set_disable_auto_compactions(true);
         o.set_target_file_size_base(target);
         o.set_max_bytes_for_level_base(target * 10);

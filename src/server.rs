@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::sync::{watch, Semaphore};
 
+use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, TableFormat};
 use crate::protocol::codec::peek_request_version;
@@ -60,6 +61,21 @@ pub struct ServerConfig {
     /// Give up on a client that reads nothing, or does not answer `Complete`, for this long
     /// (60 s), so a stalled client cannot hold a snapshot slot for the whole partition timeout.
     pub idle_timeout: Duration,
+    /// Admission before authentication: connections held at once, handshakes included
+    /// (default 1024); more are refused before any cryptography.
+    pub max_connections: usize,
+    /// Handshakes in progress at once (default 64); more are refused.
+    pub max_handshakes: usize,
+    /// Handshakes in progress at once from one IP address (default 8): one flooding host
+    /// cannot take every handshake slot from the others.
+    pub max_handshakes_per_ip: usize,
+    /// Past this many handshakes in progress (default 16), a client must first prove it
+    /// owns its address (a QUIC Retry round trip), so a spoofed-source flood costs the
+    /// server no handshake state.
+    pub retry_above: usize,
+    /// Longest a handshake may take (default 10 s, well under the idle timeout), so a
+    /// client that starts one and goes quiet frees its slot early.
+    pub handshake_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +99,11 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(10),
             write_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
             idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_handshakes: 64,
+            max_handshakes_per_ip: 8,
+            retry_above: 16,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -93,9 +114,12 @@ pub enum ServerError {
     /// TLS material or configuration is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// Binding the socket or preparing the snapshot directory failed.
+    /// Binding the socket failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The snapshot root is another process's (locked) or unusable: do not start.
+    #[error(transparent)]
+    Snapshots(#[from] crate::snapshot::RootError),
 }
 
 /// Counters a server keeps, for tests, the demo and operators.
@@ -116,6 +140,12 @@ pub struct ServerStats {
     /// Requests answered `Busy` (also counted in `rejected`): the adaptive throttle's signal
     /// that this server is asked for more than it serves.
     pub busy: AtomicU64,
+    /// Incoming connections refused unauthenticated: over the connection or handshake cap.
+    pub refused: AtomicU64,
+    /// Incoming connections asked to validate their address (QUIC Retry) first.
+    pub retried: AtomicU64,
+    /// Handshakes that failed or timed out.
+    pub handshakes_failed: AtomicU64,
 }
 
 struct Shared {
@@ -128,6 +158,10 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     /// One clone per live task, so shutdown can wait for all of them.
     tasks: Arc<()>,
+    /// One clone per live transfer (control stream) task.
+    transfers: Arc<()>,
+    /// Live connections by `stable_id`, so shutdown can size its drain by their RTTs.
+    conns: Mutex<std::collections::HashMap<usize, quinn::Connection>>,
 }
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves its tasks running until the
@@ -175,7 +209,11 @@ impl Server {
         let snapshots = match shared_snapshots {
             Some(s) => s,
             None => {
-                let s = SnapshotManager::new(cfg.snapshots.clone(), source.clone())?;
+                let (snap_cfg, src) = (cfg.snapshots.clone(), source.clone());
+                // Waits for the root's lock and wipes leftovers: file system work.
+                let s = tokio::task::spawn_blocking(move || SnapshotManager::new(snap_cfg, src))
+                    .await
+                    .map_err(|e| ServerError::Io(std::io::Error::other(e)))??;
                 s.spawn_cleanup(shutdown.clone());
                 s
             }
@@ -188,6 +226,8 @@ impl Server {
             stats: Arc::new(ServerStats::default()),
             shutdown,
             tasks: Arc::new(()),
+            transfers: Arc::new(()),
+            conns: Mutex::default(),
         });
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         Ok(Self {
@@ -213,15 +253,37 @@ impl Server {
         &self.shared.snapshots
     }
 
-    /// Graceful shutdown: stop accepting, close every connection with `SHUTTING_DOWN` so
-    /// in-flight clients get a typed error at once and move on, wait (bounded) for transfer
-    /// tasks to end, and delete every snapshot.
+    /// Graceful shutdown: stop accepting, end every transfer with a typed `SHUTTING_DOWN`
+    /// so in-flight clients move on at once, close every connection with the same code, wait
+    /// (bounded) for tasks to end, and delete every snapshot.
+    ///
+    /// The order works around quinn-rs/quinn#2785 (fixed upstream by #2787, in no release
+    /// up to quinn-proto 0.11.19): a CONNECTION_CLOSE is gated on the congestion window while
+    /// stream data is still queued, and after `close()` nothing drains that window, so under
+    /// a full window (bbr keeps it full) the close was never sent and clients waited out
+    /// their idle timeout. So transfers first reset their streams with `SHUTTING_DOWN` — the
+    /// client learns the reason from the resets alone — queued data is dropped, and the bytes
+    /// already in flight get about two round trips (capped) to be acknowledged before the
+    /// close, which then leaves at once. Drop this ordering's reason, not the resets, once a
+    /// quinn release carries the fix.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
         self.endpoint.set_server_config(None);
+        self.accept_task.abort();
+        // Transfers see the signal and reset their streams (see `run_transfer`).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&self.shared.transfers) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rtt = lock(&self.shared.conns)
+            .values()
+            .map(quinn::Connection::rtt)
+            .max()
+            .unwrap_or_default();
+        tokio::time::sleep((rtt * 2).min(CLOSE_DRAIN_CAP)).await;
         self.endpoint
             .close(codes::SHUTTING_DOWN.into(), b"server shutting down");
-        self.accept_task.abort();
+        lock(&self.shared.conns).clear();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Arc::strong_count(&self.shared.tasks) > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -233,21 +295,119 @@ impl Server {
     }
 }
 
+/// Counts what each IP address holds of a resource, up to a cap per address.
+pub(crate) struct PerIpLimit {
+    max: usize,
+    held: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerIpLimit {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            held: Mutex::default(),
+        }
+    }
+}
+
+/// One unit held by one address; given back when dropped.
+pub(crate) struct PerIp {
+    limit: Arc<PerIpLimit>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    /// Takes a unit for `ip`, or `None` when it already holds the most it may.
+    pub(crate) fn enter(limit: &Arc<PerIpLimit>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut held = lock(&limit.held);
+        let n = held.entry(ip).or_default();
+        if *n >= limit.max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            limit: limit.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut held = lock(&self.limit.held);
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Longest [`Server::shutdown`] lets bytes in flight drain before closing connections.
+const CLOSE_DRAIN_CAP: Duration = Duration::from_secs(1);
+
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
+    // Held by each connection (handshake included) and by each handshake in progress.
+    let connections = Arc::new(Semaphore::new(shared.cfg.max_connections.max(1)));
+    let handshakes = Arc::new(Semaphore::new(shared.cfg.max_handshakes.max(1)));
+    let per_ip_handshakes = Arc::new(PerIpLimit::new(shared.cfg.max_handshakes_per_ip));
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = shutdown.changed() => break,
         };
+        let stats = &shared.stats;
+        let in_progress = shared.cfg.max_handshakes.max(1) - handshakes.available_permits();
+        let admitted = (
+            connections.clone().try_acquire_owned(),
+            handshakes.clone().try_acquire_owned(),
+        );
+        let per_ip = PerIp::enter(&per_ip_handshakes, incoming.remote_address().ip());
+        let (Ok(conn_slot), Ok(handshake_slot), Some(per_ip)) = (admitted.0, admitted.1, per_ip)
+        else {
+            // Before any cryptography: refusing costs one small packet.
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            incoming.refuse();
+            continue;
+        };
+        if in_progress >= shared.cfg.retry_above && !incoming.remote_address_validated() {
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+            // A stateless Retry: only a client that receives it at its claimed address
+            // comes back (validated) and gets a handshake.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
         let shared = shared.clone();
         let token = shared.tasks.clone();
         tokio::spawn(async move {
             let _token = token;
+            let _conn_slot = conn_slot;
             let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(conn) => serve_connection(conn, shared).await,
-                Err(e) => tracing::info!(%remote, error = %e, "handshake refused"),
+            let handshake = tokio::time::timeout(shared.cfg.handshake_timeout, async {
+                incoming.accept()?.await
+            })
+            .await;
+            drop((handshake_slot, per_ip));
+            match handshake {
+                Ok(Ok(conn)) => serve_connection(conn, shared).await,
+                Ok(Err(e)) => {
+                    shared
+                        .stats
+                        .handshakes_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%remote, error = %e, "handshake refused");
+                }
+                Err(_) => {
+                    shared
+                        .stats
+                        .handshakes_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%remote, "handshake timed out");
+                }
             }
         });
     }
@@ -257,21 +417,24 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%remote, "connection up");
+    lock(&shared.conns).insert(conn.stable_id(), conn.clone());
+    transport::spawn_send_window_sizer(conn.clone(), shared.cfg.tuning.connection_window);
     let ids: Arc<Mutex<HashSet<u64>>> = Arc::default();
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "connection ended");
+                lock(&shared.conns).remove(&conn.stable_id());
                 return;
             }
         };
         let shared = shared.clone();
-        let token = shared.tasks.clone();
+        let tokens = (shared.tasks.clone(), shared.transfers.clone());
         let conn = conn.clone();
         let ids = ids.clone();
         tokio::spawn(async move {
-            let _token = token;
+            let _tokens = tokens;
             serve_control(conn, send, recv, shared, ids).await;
         });
     }
@@ -292,6 +455,8 @@ enum TransferEnd {
     Io(#[from] std::io::Error),
     #[error("timed out")]
     Timeout,
+    #[error("server shutting down")]
+    ShuttingDown,
 }
 
 async fn reject(
@@ -496,8 +661,12 @@ async fn serve_partition(
         Err(e) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(error = %e, "transfer ended early");
-            let _ = send.reset(codes::ABORTED.into());
-            let _ = reader.recv.stop(codes::ABORTED.into());
+            let code = match e {
+                TransferEnd::ShuttingDown => codes::SHUTTING_DOWN,
+                _ => codes::ABORTED,
+            };
+            let _ = send.reset(code.into());
+            let _ = reader.recv.stop(code.into());
         }
     }
     drop(lease);
@@ -545,10 +714,13 @@ async fn run_transfer(
     // and give up on a client that stops reading: it must not hold a snapshot slot forever.
     let sent = Arc::new(AtomicU64::new(0));
     let push = push_files(conn, req.transfer_id, snap, shared, sent.clone());
-    let stalled = stall_watch(&sent, shared.cfg.idle_timeout);
+    let stalled = stall_watch(conn, &sent, shared.cfg.idle_timeout);
+    let mut shutdown = shared.shutdown.clone();
     tokio::select! {
         r = push => r?,
         _ = stalled => return Err(TransferEnd::Timeout),
+        // Dropping `push` resets every file stream with SHUTTING_DOWN (`ResetOnDrop`).
+        _ = shutdown.wait_for(|down| *down) => return Err(TransferEnd::ShuttingDown),
         frame = reader.next_frame::<ControlFrame>() => {
             return Err(match frame {
                 Ok(Some(ControlFrame::Abort { reason })) => TransferEnd::ClientAborted(reason),
@@ -602,12 +774,16 @@ async fn push_files(
         let stats = shared.stats.clone();
         let limiter = shared.cfg.write_limiter.clone();
         let sent = sent.clone();
+        let shutdown = shared.shutdown.clone();
         tasks.spawn(async move {
             let stream = conn
                 .open_uni()
                 .await
                 .map_err(|e| TransferEnd::Stream(e.to_string()))?;
-            let mut guard = ResetOnDrop(Some(stream));
+            let mut guard = ResetOnDrop {
+                stream: Some(stream),
+                shutdown,
+            };
             let stream = guard.stream();
             write_frame(
                 stream,
@@ -621,10 +797,13 @@ async fn push_files(
             stream
                 .finish()
                 .map_err(|e| TransferEnd::Stream(e.to_string()))?;
-            let stream = guard.disarm();
             drop(permit);
             // Every byte acknowledged by the client (or the client stopped the stream).
-            match stream.stopped().await {
+            // Still guarded: a transfer ended meanwhile (shutdown, another file failed)
+            // resets this stream too, so none of its data stays queued.
+            let stopped = guard.stream().stopped().await;
+            guard.disarm();
+            match stopped {
                 Ok(None) => Ok(()),
                 Ok(Some(code)) => Err(TransferEnd::ClientAborted(format!(
                     "file stream stopped with code {code}"
@@ -644,15 +823,21 @@ fn heartbeat(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-/// Resolves once `sent` has not moved for `idle`: the client stopped reading (flow control
-/// blocks every write) or the files are all out and the wait for acknowledgements stalls.
-async fn stall_watch(sent: &AtomicU64, idle: Duration) {
-    let mut last = sent.load(Ordering::Relaxed);
+/// Resolves once the transfer has made no progress for `idle`: the client stopped reading
+/// (flow control blocks every write) or vanished.
+///
+/// Progress is bytes handed to quinn (`sent`) *or* stream data leaving on the wire (STREAM
+/// frames the connection sent, retransmissions included). Counting only the first gave up
+/// on slow paths: once the last file was handed over, a send buffer's worth of data was
+/// still draining at the path's rate, with no new bytes handed over meanwhile.
+async fn stall_watch(conn: &quinn::Connection, sent: &AtomicU64, idle: Duration) {
+    let progress = || (sent.load(Ordering::Relaxed), conn.stats().frame_tx.stream);
+    let mut last = progress();
     let mut since = Instant::now();
     let mut tick = tokio::time::interval(heartbeat(idle));
     loop {
         tick.tick().await;
-        let now = sent.load(Ordering::Relaxed);
+        let now = progress();
         if now != last {
             last = now;
             since = Instant::now();
@@ -662,25 +847,35 @@ async fn stall_watch(sent: &AtomicU64, idle: Duration) {
     }
 }
 
-/// A file stream that is reset, not finished, when dropped before its last byte was written:
-/// quinn finishes dropped streams, and a cut-off file must look cut off to the client, never
-/// like a short but complete one.
-struct ResetOnDrop(Option<quinn::SendStream>);
+/// A file stream that is reset, not finished, when dropped before the client acknowledged its
+/// last byte: quinn finishes dropped streams, and a cut-off file must look cut off to the
+/// client, never like a short but complete one. The reset says `SHUTTING_DOWN` when the
+/// server is stopping (the client then moves on at once, typed), `ABORTED` otherwise.
+struct ResetOnDrop {
+    stream: Option<quinn::SendStream>,
+    shutdown: watch::Receiver<bool>,
+}
 
 impl ResetOnDrop {
     fn stream(&mut self) -> &mut quinn::SendStream {
-        self.0.as_mut().expect("stream present until disarmed")
+        self.stream.as_mut().expect("stream present until disarmed")
     }
 
-    fn disarm(mut self) -> quinn::SendStream {
-        self.0.take().expect("stream present until disarmed")
+    /// The stream is done with (acknowledged or failed on its own): nothing to reset.
+    fn disarm(mut self) {
+        self.stream.take();
     }
 }
 
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
-        if let Some(s) = self.0.as_mut() {
-            let _ = s.reset(codes::ABORTED.into());
+        if let Some(s) = self.stream.as_mut() {
+            let code = if *self.shutdown.borrow() {
+                codes::SHUTTING_DOWN
+            } else {
+                codes::ABORTED
+            };
+            let _ = s.reset(code.into());
         }
     }
 }

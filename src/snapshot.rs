@@ -15,12 +15,16 @@ use std::time::{Duration, Instant};
 use rocksdb::DB;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::checksum::{digest_file, ChecksumAlgo};
+use crate::checksum::{digest_file_unless, ChecksumAlgo};
+use crate::lock::unpoisoned as lock;
+use crate::lock::{DirLock, LockError};
 use crate::partition::{self, PartitionId, PartitionMeta, StorageError, TableFormat};
 use crate::protocol::names;
 
 /// Marker file in a snapshot root: proof the directory is ours to wipe.
 const SNAPSHOT_MARKER: &str = ".quicstrap-snapshots";
+/// Lock file in a snapshot root: the process holding it owns the root ([`crate::lock`]).
+const SNAPSHOT_LOCK: &str = ".quicstrap-lock";
 
 /// Timing rules of snapshots, as pure functions.
 pub mod policy {
@@ -48,6 +52,10 @@ pub struct SnapshotConfig {
     pub cleanup_interval: Duration,
     /// Concurrent snapshot users (transfers) on this host before `Busy` (30).
     pub max_users: usize,
+    /// How long to wait for another process to release the root (0: refuse at once). A
+    /// rolling restart starts the new process with a wait, so it takes over the root the
+    /// moment the old one exits.
+    pub lock_wait: Duration,
 }
 
 impl SnapshotConfig {
@@ -58,8 +66,20 @@ impl SnapshotConfig {
             ttl: Duration::from_secs(60 * 60),
             cleanup_interval: Duration::from_secs(120 * 60),
             max_users: 30,
+            lock_wait: Duration::ZERO,
         }
     }
+}
+
+/// Why a snapshot root cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    /// Another process serves from this root; starting would break its transfers.
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    /// The root could not be checked, wiped or made (or holds data that is not ours).
+    #[error("snapshot dir: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Where the server's live partitions come from. A node that embeds quicstrap registers its
@@ -109,11 +129,6 @@ impl PartitionSource for DataDir {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these short critical sections leaves consistent data.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// One file of a snapshot.
 #[derive(Clone, Debug)]
 pub struct SnapshotFile {
@@ -137,29 +152,131 @@ pub struct Snapshot {
     pub meta: PartitionMeta,
     md5: tokio::sync::OnceCell<Arc<Vec<Vec<u8>>>>,
     blake3: tokio::sync::OnceCell<Arc<Vec<Vec<u8>>>>,
+    /// The digest computation running per algorithm (md5, blake3), shared by every request
+    /// waiting for it.
+    jobs: Mutex<[Option<DigestJob>; 2]>,
     users: AtomicUsize,
     stale: AtomicBool,
     digest_runs: AtomicUsize,
+    digest_bytes: Arc<AtomicU64>,
+}
+
+/// Digests of a snapshot's files, or why there are none.
+type DigestResult = Result<Arc<Vec<Vec<u8>>>, String>;
+
+/// One background digest computation and the requests waiting for it. When the last waiter
+/// goes (its client disconnected), the job is cancelled between blocks: a client that
+/// loops request → disconnect cannot stack full-partition reads.
+struct DigestJob {
+    waiters: usize,
+    cancel: Arc<AtomicBool>,
+    done: tokio::sync::watch::Receiver<Option<DigestResult>>,
+}
+
+/// One request waiting on a [`DigestJob`]; cancels the job if it was the last.
+struct DigestWaiter<'a> {
+    snapshot: &'a Snapshot,
+    slot: usize,
+}
+
+impl Drop for DigestWaiter<'_> {
+    fn drop(&mut self) {
+        let mut jobs = lock(&self.snapshot.jobs);
+        if let Some(job) = jobs[self.slot].as_mut() {
+            job.waiters -= 1;
+            if job.waiters == 0 {
+                job.cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl Snapshot {
     /// Digests of every file (in `files` order), computed on first call per algorithm, in
-    /// parallel across cores, and cached for every later request.
+    /// parallel across cores, and cached for every later request. Concurrent requests share
+    /// one computation; one that nobody waits for any more stops between blocks.
     pub async fn digests(&self, algo: ChecksumAlgo) -> Result<Arc<Vec<Vec<u8>>>, StorageError> {
-        let cell = match algo {
-            ChecksumAlgo::Md5 => &self.md5,
-            ChecksumAlgo::Blake3 => &self.blake3,
+        let (cell, slot) = match algo {
+            ChecksumAlgo::Md5 => (&self.md5, 0),
+            ChecksumAlgo::Blake3 => (&self.blake3, 1),
         };
-        cell.get_or_try_init(|| async {
+        loop {
+            if let Some(d) = cell.get() {
+                return Ok(d.clone());
+            }
+            let (mut done, waiter) = self.join_digest_job(algo, slot);
+            let result = done
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+                .clone();
+            drop(waiter);
+            match result {
+                Some(Ok(d)) => {
+                    let _ = cell.set(d.clone());
+                    return Ok(d);
+                }
+                // Cancelled just before this request joined: run it again.
+                Some(Err(e)) if e.starts_with(CANCELLED) => continue,
+                Some(Err(e)) => return Err(StorageError::Io(std::io::Error::other(e))),
+                None => continue,
+            }
+        }
+    }
+
+    /// Joins the running digest job of `algo`, starting one if none runs (or the last one
+    /// ended without a result anybody used).
+    fn join_digest_job(
+        &self,
+        algo: ChecksumAlgo,
+        slot: usize,
+    ) -> (
+        tokio::sync::watch::Receiver<Option<DigestResult>>,
+        DigestWaiter<'_>,
+    ) {
+        let mut jobs = lock(&self.jobs);
+        let running = jobs[slot]
+            .as_ref()
+            .is_some_and(|j| j.done.borrow().is_none() || j.waiters > 0);
+        if !running {
             self.digest_runs.fetch_add(1, Ordering::Relaxed);
             let paths: Vec<PathBuf> = self.files.iter().map(|f| self.dir.join(&f.name)).collect();
-            let digests = tokio::task::spawn_blocking(move || digest_all(&paths, algo))
-                .await
-                .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
-            Ok(Arc::new(digests))
-        })
-        .await
-        .cloned()
+            let cancel = Arc::new(AtomicBool::new(false));
+            let (tx, done) = tokio::sync::watch::channel(None);
+            let (flag, bytes) = (cancel.clone(), self.digest_bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                let result = digest_all(&paths, algo, &flag, &bytes)
+                    .map(Arc::new)
+                    .map_err(|e| match e {
+                        StorageError::Io(io) if io.kind() == std::io::ErrorKind::Interrupted => {
+                            format!("{CANCELLED}: {io}")
+                        }
+                        other => other.to_string(),
+                    });
+                let _ = tx.send(Some(result));
+            });
+            jobs[slot] = Some(DigestJob {
+                waiters: 0,
+                cancel,
+                done,
+            });
+        }
+        let job = jobs[slot].as_mut().expect("set above");
+        job.waiters += 1;
+        // Wanted again before it noticed: let it go on.
+        job.cancel.store(false, Ordering::Relaxed);
+        (
+            job.done.clone(),
+            DigestWaiter {
+                snapshot: self,
+                slot,
+            },
+        )
+    }
+
+    /// Bytes read by digest computations of this snapshot so far, all algorithms.
+    pub fn digest_bytes(&self) -> u64 {
+        self.digest_bytes.load(Ordering::Relaxed)
     }
 
     /// How many times digests were computed for this snapshot (one per algorithm at most).
@@ -173,7 +290,15 @@ impl Snapshot {
     }
 }
 
-fn digest_all(paths: &[PathBuf], algo: ChecksumAlgo) -> Result<Vec<Vec<u8>>, StorageError> {
+/// How a cancelled digest job's error starts.
+const CANCELLED: &str = "cancelled";
+
+fn digest_all(
+    paths: &[PathBuf],
+    algo: ChecksumAlgo,
+    cancel: &AtomicBool,
+    bytes: &AtomicU64,
+) -> Result<Vec<Vec<u8>>, StorageError> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -188,7 +313,10 @@ fn digest_all(paths: &[PathBuf], algo: ChecksumAlgo) -> Result<Vec<Vec<u8>>, Sto
                 if i >= paths.len() {
                     break;
                 }
-                let r = digest_file(&paths[i], algo).map(|(_, d)| d);
+                let count = |n| {
+                    bytes.fetch_add(n, Ordering::Relaxed);
+                };
+                let r = digest_file_unless(&paths[i], algo, cancel, &count).map(|(_, d)| d);
                 lock(&results)[i] = Some(r);
             });
         }
@@ -223,6 +351,8 @@ struct Slot {
 
 struct Inner {
     cfg: SnapshotConfig,
+    /// Held for the manager's life: no other process wipes or sweeps this root meanwhile.
+    _lock: DirLock,
     source: Arc<dyn PartitionSource>,
     slots: Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<Slot>>>>,
     permits: Arc<Semaphore>,
@@ -270,30 +400,48 @@ fn remove_snapshot_dir(dir: &Path) {
 }
 
 impl SnapshotManager {
-    /// A manager over `source`; wipes `cfg.root` of a previous run's leftovers first — but only
-    /// a directory this manager made (it carries a marker file) or an empty one, so a
-    /// mistyped `--snapshot-dir` can never delete data.
-    pub fn new(cfg: SnapshotConfig, source: Arc<dyn PartitionSource>) -> std::io::Result<Self> {
+    /// A manager over `source`. Takes the root's lock first (waiting up to `cfg.lock_wait`),
+    /// so two processes never share a root: a second one would delete the first one's live
+    /// snapshots. Then wipes `cfg.root` of a previous run's leftovers — but only a directory
+    /// this manager made (it carries a marker file) or an empty one, so a mistyped
+    /// `--snapshot-dir` can never delete data. Blocking: call it off the async workers.
+    pub fn new(cfg: SnapshotConfig, source: Arc<dyn PartitionSource>) -> Result<Self, RootError> {
         let marker = cfg.root.join(SNAPSHOT_MARKER);
-        if cfg.root.exists() {
-            if marker.is_file() {
-                std::fs::remove_dir_all(&cfg.root)?;
-            } else if std::fs::read_dir(&cfg.root)?.next().is_some() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!(
-                        "snapshot dir {} is not empty and was not made by quicstrap",
-                        cfg.root.display()
-                    ),
-                ));
+        let ours = |name: &std::ffi::OsStr| name == SNAPSHOT_MARKER || name == SNAPSHOT_LOCK;
+        if cfg.root.exists() && !marker.is_file() {
+            for entry in std::fs::read_dir(&cfg.root)? {
+                if !ours(&entry?.file_name()) {
+                    return Err(RootError::Io(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        format!(
+                            "snapshot dir {} is not empty and was not made by quicstrap",
+                            cfg.root.display()
+                        ),
+                    )));
+                }
             }
         }
         std::fs::create_dir_all(&cfg.root)?;
+        let lock = DirLock::acquire(&cfg.root.join(SNAPSHOT_LOCK), cfg.lock_wait)?;
+        // Ours now: everything but the lock is a crashed run's leftover.
+        for entry in std::fs::read_dir(&cfg.root)? {
+            let entry = entry?;
+            if entry.file_name() == SNAPSHOT_LOCK {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
         std::fs::write(&marker, b"quicstrap snapshots; deleted at every start\n")?;
         let permits = Arc::new(Semaphore::new(cfg.max_users));
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
+                _lock: lock,
                 source,
                 slots: Mutex::new(HashMap::new()),
                 permits,
@@ -367,6 +515,8 @@ impl SnapshotManager {
             users: AtomicUsize::new(1),
             stale: AtomicBool::new(false),
             digest_runs: AtomicUsize::new(0),
+            digest_bytes: Arc::default(),
+            jobs: Mutex::default(),
         });
         if let Some(old) = slot.current.replace(snap.clone()) {
             retire(&old);

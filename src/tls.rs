@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
@@ -168,11 +168,13 @@ impl AllowList {
         let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
             return false;
         };
-        names.iter().any(|n| {
-            ServerName::try_from(n.as_str())
-                .map(|sn| ee.verify_is_valid_for_subject_name(&sn).is_ok())
-                .unwrap_or(false)
-        })
+        // Identity, not hostname verification (the chain is already checked): the names the
+        // certificate presents must include an allowed name exactly. A wildcard certificate
+        // from the same CA (`*.example`) must not pass for a specific allowed node name.
+        let presented: Vec<&str> = ee.valid_dns_names().collect();
+        names
+            .iter()
+            .any(|n| presented.iter().any(|p| p.eq_ignore_ascii_case(n)))
     }
 }
 
@@ -260,7 +262,10 @@ pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, TlsError> {
 }
 
 /// The development PKI of `certs-dev/`, embedded so the demo, the examples and the tests run
-/// anywhere with no files to find. Development only: these keys are public.
+/// anywhere with no files to find. Development only: these keys are public, which is why
+/// only builds with the `dev-pki` feature carry them (the demo script, tests, benches and
+/// examples turn it on; a production build never trusts them by accident).
+#[cfg(feature = "dev-pki")]
 pub mod dev {
     use super::{Identity, TlsError};
 
@@ -293,6 +298,16 @@ pub mod dev {
         Identity::from_pem(
             include_bytes!("../certs-dev/intruder.crt"),
             include_bytes!("../certs-dev/intruder.key"),
+            CA,
+        )
+    }
+
+    /// A node with a wildcard certificate (`*.quicstrap.test`) from the dev CA: it must not
+    /// pass for a specific allowed name.
+    pub fn wildcard() -> Result<Identity, TlsError> {
+        Identity::from_pem(
+            include_bytes!("../certs-dev/wildcard.crt"),
+            include_bytes!("../certs-dev/wildcard.key"),
             CA,
         )
     }

@@ -180,3 +180,58 @@ pub fn endpoint(
         Arc::new(quinn::TokioRuntime),
     )
 }
+
+/// Send buffer of a connection: at least this much, whatever the path.
+pub const MIN_SEND_WINDOW: u64 = 4 << 20;
+/// How many congestion windows of data may wait in a connection's send buffer.
+const SEND_WINDOW_CWNDS: u64 = 4;
+/// How often the send buffer is resized to the path.
+const SEND_WINDOW_EVERY: Duration = Duration::from_millis(200);
+
+/// The send buffer a path warrants: a few congestion windows (bbr's is about twice the
+/// bandwidth-delay product), between [`MIN_SEND_WINDOW`] and `max`.
+pub fn send_window_for(cwnd: u64, max: u64) -> u64 {
+    cwnd.saturating_mul(SEND_WINDOW_CWNDS)
+        .clamp(MIN_SEND_WINDOW.min(max), max)
+}
+
+/// Keeps `conn`'s send buffer sized to its path until the connection ends.
+///
+/// A fixed buffer as large as a fast long path needs (96 MiB) means that on an 8 Mbit/s
+/// path up to 96 MiB wait unacknowledged behind the last file: minutes of tail that no
+/// flow-control credit can speed up, with the server's memory held all along. Sized from
+/// the congestion window instead, the queue stays a few round trips deep on any path, and
+/// writes wait for the path instead of piling up.
+pub fn spawn_send_window_sizer(conn: quinn::Connection, max: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut applied = 0;
+        loop {
+            let window = send_window_for(conn.stats().path.cwnd, max);
+            if window != applied {
+                conn.set_send_window(window);
+                applied = window;
+            }
+            tokio::select! {
+                _ = conn.closed() => return,
+                _ = tokio::time::sleep(SEND_WINDOW_EVERY) => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_window_follows_the_path_within_bounds() {
+        let max = 96 << 20;
+        // 8 Mbit/s x 50 ms: a BDP of 50 kB, bbr cwnd ~100 kB: the floor.
+        assert_eq!(send_window_for(100_000, max), MIN_SEND_WINDOW);
+        // 200 Mbit/s x 150 ms: a cwnd of ~7.5 MB gets four of them.
+        assert_eq!(send_window_for(7_500_000, max), 30_000_000);
+        // Never past the configured window, even for a huge cwnd or a tiny max.
+        assert_eq!(send_window_for(u64::MAX, max), max);
+        assert_eq!(send_window_for(10, 1 << 20), 1 << 20);
+    }
+}

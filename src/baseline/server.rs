@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,16 +20,19 @@ use crate::checksum::ChecksumAlgo;
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, TableFormat};
 use crate::protocol::{names, RejectReason};
-use crate::server::ServerError;
+use crate::server::{PerIp, PerIpLimit, ServerError};
 use crate::snapshot::{AcquireError, SnapshotLease, SnapshotManager};
 use crate::tls::{self, AllowList, Identity};
 
 use super::{query_pairs, reason_name, Manifest, ManifestFile, TcpCongestion, REJECT_HEADER};
+use crate::lock::unpoisoned as lock;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Chunk read from disk per body frame.
 const CHUNK: usize = 256 * 1024;
+/// Longest [`HttpServer::shutdown`] waits for open connections to hear `shutting_down`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything an HTTPS baseline listener needs besides the shared snapshot manager.
 #[derive(Clone, Debug)]
@@ -54,6 +57,21 @@ pub struct HttpServerConfig {
     /// the socket buffer, and on a slow link the client may take minutes to drain it before
     /// it asks for the next file.)
     pub handshake_timeout: Duration,
+    /// Connections held at once (default 256), counted from `accept`, before TLS: more are
+    /// closed at once.
+    pub max_connections: usize,
+    /// Connections held at once from one IP address (default 32): one flooding host cannot
+    /// take every slot from the others.
+    pub max_connections_per_ip: usize,
+    /// Longest a client may take to send a request's headers once the connection is ready
+    /// for them (default 30 s): a slowloris client cannot hold a connection. The clock
+    /// starts only after the previous response has drained from the socket (see
+    /// [`drained`]), so a keep-alive client on a slow link is never cut while it is still
+    /// receiving the last body.
+    pub header_timeout: Duration,
+    /// A response whose bytes stop leaving for this long (default 60 s) ends its
+    /// connection: a client that stops reading a body releases its snapshot slot.
+    pub write_timeout: Duration,
 }
 
 impl HttpServerConfig {
@@ -73,6 +91,10 @@ impl HttpServerConfig {
             idle_timeout: Duration::from_secs(60),
             write_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            max_connections_per_ip: 32,
+            header_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -92,6 +114,13 @@ struct State {
     snapshots: SnapshotManager,
     sessions: Mutex<HashMap<u64, Session>>,
     stats: Arc<HttpStats>,
+    /// Set by [`HttpServer::shutdown`]: keep-alive clients still connected get a typed
+    /// `shutting_down` refusal (503) and move on, not a `not_found` for their dropped session.
+    shutting_down: AtomicBool,
+    /// TLS connections being served right now.
+    connections: AtomicUsize,
+    /// The same, per client address.
+    per_ip: Arc<PerIpLimit>,
 }
 
 /// Counters of one HTTPS listener, exported by [`crate::metrics::register_https`] beside the
@@ -108,10 +137,10 @@ pub struct HttpStats {
     pub rejected: AtomicU64,
     /// TLS handshakes refused (unknown or disallowed client) or timed out.
     pub handshakes_refused: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    /// Connections closed unserved at `accept`: over the connection cap.
+    pub connections_refused: AtomicU64,
+    /// Connections ended because a response stopped draining (the client stopped reading).
+    pub write_stalls: AtomicU64,
 }
 
 /// A running HTTPS baseline listener.
@@ -140,11 +169,15 @@ impl HttpServer {
         }
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let cfg_per_ip = cfg.max_connections_per_ip;
         let state = Arc::new(State {
             cfg,
             snapshots,
             sessions: Mutex::default(),
             stats: Arc::default(),
+            shutting_down: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            per_ip: Arc::new(PerIpLimit::new(cfg_per_ip)),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, state.clone(), shutdown));
         Ok(Self {
@@ -172,10 +205,19 @@ impl HttpServer {
 
     /// Stops accepting and ends every session (their snapshots are released).
     pub async fn shutdown(self) {
+        // Before the sessions go, so no request in between sees its session missing.
+        self.state.shutting_down.store(true, Ordering::SeqCst);
         let _ = self.shutdown_tx.send(true);
         self.task.abort();
         let _ = self.task.await;
         lock(&self.state.sessions).clear();
+        // A body still streaming finishes (its lease keeps the file), and the client's next
+        // request on that connection then gets the typed refusal and closes: give them that
+        // long, bounded, before the process goes away under them.
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.state.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -202,6 +244,19 @@ async fn accept_loop(
             }
             _ = shutdown.changed() => break,
         };
+        // Admission before authentication: over a cap, the socket is closed unread.
+        let per_ip = PerIp::enter(&state.per_ip, remote.ip());
+        let (true, Some(per_ip)) = (
+            state.connections.load(Ordering::SeqCst) < state.cfg.max_connections,
+            per_ip,
+        ) else {
+            state
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
         if let Some(cc) = &state.cfg.congestion {
             if let Err(e) = super::set_tcp_congestion(&tcp, cc) {
                 tracing::warn!(%remote, error = %e, "cannot set TCP congestion control");
@@ -217,7 +272,14 @@ async fn accept_loop(
         );
         let acceptor = acceptor.clone();
         let state = state.clone();
+        let wire = Arc::new(Wire {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&tcp),
+            body_bytes: AtomicU64::new(0),
+        });
+        // Counted here, not in the task, so a burst of accepts sees its own connections.
+        state.connections.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
+            let _open = (Counted(state.clone()), per_ip);
             let limit = state.cfg.handshake_timeout;
             let tls = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
@@ -238,15 +300,88 @@ async fn accept_loop(
                     return;
                 }
             };
-            let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%remote, error = %e, "connection ended");
+            let service = {
+                let (state, wire) = (state.clone(), wire.clone());
+                hyper::service::service_fn(move |req| handle(req, state.clone(), wire.clone()))
+            };
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(state.cfg.header_timeout);
+            let conn = http.serve_connection(TokioIo::new(tls), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%remote, error = %e, "connection ended");
+                },
+                _ = write_stalled(&wire, state.cfg.write_timeout) => {
+                    state.stats.write_stalls.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%remote, "client stopped reading; connection closed");
+                }
             }
         });
+    }
+}
+
+/// Counts a connection out of [`State::connections`] however its task ends.
+struct Counted(Arc<State>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One TCP connection's outgoing side, as the body streams and the stall watch see it.
+struct Wire {
+    /// The socket (valid while its connection is served).
+    fd: std::os::fd::RawFd,
+    /// Body bytes handed to hyper on this connection.
+    body_bytes: AtomicU64,
+}
+
+impl Wire {
+    /// Bytes in the socket's send queue, not yet acknowledged by the client (`SIOCOUTQ`).
+    fn unacked(&self) -> u64 {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int; `fd` stays open while its connection
+        // is served, which is the only time this is called.
+        let rc = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut n) };
+        if rc == 0 {
+            n.max(0) as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// How often the stall watch and the drain wait look at the socket.
+const WIRE_POLL: Duration = Duration::from_millis(20);
+
+/// Resolves once bytes wait in the socket and none left for `limit`: the client stopped
+/// reading. Progress is a body chunk handed to hyper or the send queue shrinking.
+async fn write_stalled(wire: &Wire, limit: Duration) {
+    let mut last = (wire.body_bytes.load(Ordering::Relaxed), wire.unacked());
+    let mut since = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = (wire.body_bytes.load(Ordering::Relaxed), wire.unacked());
+        let moved = now.0 != last.0 || now.1 < last.1;
+        if moved || now.1 == 0 {
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Waits until the socket's send queue is empty: the client has every byte of the body.
+/// Ending a body only then starts hyper's header timeout for the next request when the
+/// client can actually send it, however slow its link.
+async fn drained(wire: &Wire) {
+    while wire.unacked() > 0 {
+        tokio::time::sleep(WIRE_POLL).await;
     }
 }
 
@@ -314,8 +449,12 @@ fn parse_path(path: &str) -> Result<Route<'_>, String> {
     Ok(Route { id, what, file })
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
-    let (what, resp) = answer(&req, &state).await;
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    wire: Arc<Wire>,
+) -> Result<Response<Body>, Infallible> {
+    let (what, resp) = answer(&req, &state, wire).await;
     // Counted once, here, from what the request asked and whether it was refused.
     let stats = &state.stats;
     if resp.headers().contains_key(REJECT_HEADER) {
@@ -332,7 +471,16 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
 async fn answer<'r>(
     req: &'r Request<Incoming>,
     state: &State,
+    wire: Arc<Wire>,
 ) -> (Option<&'r str>, Response<Body>) {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        let mut resp = refuse(RejectReason::ShuttingDown, "server shutting down".into());
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return (None, resp);
+    }
     if req.method() != Method::GET {
         return (None, refuse(RejectReason::BadRequest, "only GET".into()));
     }
@@ -343,7 +491,7 @@ async fn answer<'r>(
     let query = req.uri().query();
     let resp = match (route.what, route.file) {
         ("manifest", None) => manifest(state, &route.id, query).await,
-        ("files", Some(name)) => file(state, &route.id, name, query).await,
+        ("files", Some(name)) => file(state, &route.id, name, query, wire).await,
         ("metadata", None) => metadata(state, &route.id, query),
         _ => refuse(RejectReason::BadRequest, "no such resource".into()),
     };
@@ -465,7 +613,13 @@ impl Drop for Streaming {
     }
 }
 
-async fn file(state: &State, id: &PartitionId, name: &str, query: Option<&str>) -> Response<Body> {
+async fn file(
+    state: &State,
+    id: &PartitionId,
+    name: &str,
+    query: Option<&str>,
+    wire: Arc<Wire>,
+) -> Response<Body> {
     let (_, lease, active, last_used) = match session(state, id, query) {
         Ok(s) => s,
         Err((reason, msg)) => return refuse(reason, msg),
@@ -492,9 +646,11 @@ async fn file(state: &State, id: &PartitionId, name: &str, query: Option<&str>) 
     });
     let limiter = state.cfg.write_limiter.clone();
     let stats = state.stats.clone();
+    let counted = wire.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(f, CHUNK).then(move |chunk| {
         let limiter = limiter.clone();
         let stats = stats.clone();
+        let wire = counted.clone();
         let _alive = guard.clone();
         async move {
             let chunk = chunk?;
@@ -502,9 +658,15 @@ async fn file(state: &State, id: &PartitionId, name: &str, query: Option<&str>) 
             stats
                 .bytes_sent
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            wire.body_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok::<_, std::io::Error>(Frame::data(chunk))
         }
     });
+    // The body ends only once the socket has drained (see `drained`); it yields nothing.
+    let end = futures_util::stream::once(async move { drained(&wire).await })
+        .filter_map(|()| async { None::<Result<Frame<Bytes>, std::io::Error>> });
+    let stream = stream.chain(end);
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     resp.headers_mut().insert(
         hyper::header::CONTENT_LENGTH,

@@ -140,6 +140,10 @@ impl AttemptError {
 
     pub(crate) fn from_read(e: &quinn::ReadError) -> Self {
         match e {
+            // A stopping server resets its streams with this code before it closes.
+            quinn::ReadError::Reset(code) if *code == codes::SHUTTING_DOWN.into() => {
+                Self::PeerShuttingDown
+            }
             quinn::ReadError::Reset(code) => Self::StreamReset(code.into_inner()),
             quinn::ReadError::ConnectionLost(c) => Self::from_connection(c),
             other => Self::PeerGone(other.to_string()),
@@ -225,6 +229,14 @@ pub enum Fallback {
 }
 
 impl FetchError {
+    /// Every attempt made before this failure, in order (none when it failed before any).
+    pub fn attempts(&self) -> &[super::Attempt] {
+        match self {
+            Self::AllPeersFailed { attempts } | Self::GaveUp { attempts, .. } => attempts,
+            Self::PartitionExists(_) | Self::NoPeers | Self::Local(_) => &[],
+        }
+    }
+
     /// The fallback this failure calls for (DESIGN.md's table).
     pub fn fallback(&self) -> Fallback {
         match self {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::checksum::ChecksumAlgo;
+use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, PartitionMeta, TableFormat};
 use crate::peers::{self, Peer};
@@ -232,10 +233,6 @@ async fn dispatch(conn: quinn::Connection, routes: Arc<Mutex<HashMap<u64, Route>
             }
         });
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Removes a transfer's route when the attempt ends, however it ends.
