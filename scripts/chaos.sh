@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The chaos and security suite, rerun in one command; writes CHAOS.md.
-#   - chaos scenarios on the emulated link (tests/chaos.rs, as root), each run N times;
+#   - chaos scenarios on the emulated link (tests/chaos.rs, as root), the lock and flood
+#     scenarios (tests/ownership.rs, tests/admission.rs), each run N times;
 #   - the hostile-peer, security and failure-path suites (tests/hostile.rs, security.rs,
 #     failures.rs, baseline.rs), N times;
 #   - every fuzz target for F seconds (scripts/fuzz.sh).
@@ -23,7 +24,7 @@ suites_ok=0
 for i in $(seq 1 "$runs"); do
   echo "chaos: run $i of $runs" >&2
   # One scenario at a time: they measure time to recover.
-  for t in chaos migration kafka_broker; do
+  for t in chaos migration kafka_broker ownership admission; do
     if cargo test --release --locked --test "$t" -- --nocapture --test-threads 1 >>"$log" 2>&1; then :; else
       echo "chaos: run $i: $t had failures (see the table)" >&2
     fi

@@ -44,13 +44,25 @@ impl Bed {
         loss: Loss,
         second_client: bool,
     ) -> Option<Self> {
+        Self::start_at(name, subnet, rtt_ms, loss, second_client, RATE)
+    }
+
+    /// [`Bed::start_with`] at `rate` bits/s.
+    fn start_at(
+        name: &str,
+        subnet: u8,
+        rtt_ms: u64,
+        loss: Loss,
+        second_client: bool,
+        rate: u64,
+    ) -> Option<Self> {
         if let Err(why) = quicstrap_netem::is_supported() {
             println!("SKIPPED chaos {name}: {why}");
             return None;
         }
         let prefix = format!("qsc{subnet}");
         let _ = quicstrap_netem::cleanup(&prefix);
-        let params = LinkParams::symmetric_rtt(Duration::from_millis(rtt_ms), Some(RATE), loss);
+        let params = LinkParams::symmetric_rtt(Duration::from_millis(rtt_ms), Some(rate), loss);
         let mut cfg = EmulatorConfig::symmetric(prefix, [79, subnet], params);
         cfg.second_client_interface = second_client;
         let emu = Emulator::start(cfg).expect("emulator");
@@ -138,13 +150,7 @@ fn wait_received(dst: &Path, bytes: u64) {
     }
 }
 
-/// The outcome line `scripts/chaos.sh` collects.
-fn outcome(scenario: &str, ok: bool, recover: Duration, bytes_lost: u64) {
-    println!(
-        "CHAOS {scenario} ok={ok} recover_ms={} bytes_lost={bytes_lost}",
-        recover.as_millis()
-    );
-}
+use common::chaos_outcome as outcome;
 
 /// Complete and equal, or cleanly absent: the invariant every scenario ends with.
 fn complete_or_absent(src: &Path, dst: &Path, id: &PartitionId, code: i32) -> bool {
@@ -487,4 +493,77 @@ fn client_address_changes_mid_transfer_and_the_connection_migrates() {
     outcome("client_migrated", ok, migrated, 0);
     // A fresh connection from the new address is served too.
     still_serves(&bed, src.path(), &id, &serve.peer);
+}
+
+/// A slow path: the whole partition crosses it in one attempt, however long the queued tail
+/// behind the last file takes to drain (the server's stall watch counts data leaving on
+/// the wire, and its send buffer follows the path's congestion window).
+fn slow_path(scenario: &str, subnet: u8, rate: u64, rtt_ms: u64, loss: Loss, records: u64) {
+    // No turn taken: at these rates the relay and both ends use a few percent of a core,
+    // so these long runs overlap the others instead of adding to the suite's wall time.
+    let Some(bed) = Bed::start_at(scenario, subnet, rtt_ms, loss, false, rate) else {
+        return;
+    };
+    let src = tempfile::tempdir().unwrap();
+    let id = id(210 + u32::from(subnet));
+    seed(src.path(), &id, records, 1000, 20_000);
+    let dst = tempfile::tempdir().unwrap();
+    let serve = bed.serve(src.path(), 7000, &[]);
+    let start = Instant::now();
+    let fetch = bed.fetch(&id, &[&serve.peer], dst.path(), &[]);
+    let ok = completed_in_one_attempt(fetch, src.path(), dst.path(), &id);
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = dir_bytes(&id.dir(src.path()));
+    println!(
+        "{scenario}: {bytes} bytes in {secs:.1} s ({:.2} MB/s over a {:.2} MB/s link)",
+        bytes as f64 / secs / 1e6,
+        rate as f64 / 8e6
+    );
+    outcome(scenario, ok, start.elapsed(), 0);
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn slow_path_8_mbit_50_ms_1_percent_loss_120_mb_in_one_attempt() {
+    slow_path(
+        "slow_path_8mbit",
+        20,
+        8_000_000,
+        50,
+        Loss::Bernoulli(0.01),
+        120_000,
+    );
+}
+
+#[test]
+fn slow_path_2_mbit_150_ms_40_mb_in_one_attempt() {
+    slow_path("slow_path_2mbit", 21, 2_000_000, 150, Loss::None, 40_000);
+}
+
+#[test]
+fn a_1_mb_per_s_read_limit_fetches_120_mb_in_one_attempt() {
+    // Loopback: the client's own read limit is the slow part, not the link.
+    let src = tempfile::tempdir().unwrap();
+    let id = id(222);
+    seed(src.path(), &id, 120_000, 1000, 20_000);
+    let dst = tempfile::tempdir().unwrap();
+    let serve = common::ServeProcess::start(src.path(), &[]);
+    let start = Instant::now();
+    let fetch = common::fetch_command(dst.path(), &id.store, id.version, id.partition)
+        .args(["--json", "--read-limit", "1000000"])
+        .args(["--peer", &serve.addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ok = completed_in_one_attempt(fetch, src.path(), dst.path(), &id);
+    outcome("read_limit_1mb_per_s", ok, start.elapsed(), 0);
 }

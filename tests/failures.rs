@@ -357,7 +357,7 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     for e in rd.flatten() {
         if e.path().is_dir() {
             out.extend(walk_files(&e.path()));
-        } else if e.file_name() != ".quicstrap-snapshots" {
+        } else if e.file_name() != ".quicstrap-snapshots" && e.file_name() != ".quicstrap-lock" {
             out.push(e.path());
         }
     }

@@ -210,7 +210,8 @@ pub fn serve_command_in(netns: Option<&str>, root: &Path, listen: &str) -> std::
         .arg("--key")
         .arg(c.join("server.key"))
         .arg("--ca")
-        .arg(c.join("ca.crt"));
+        .arg(c.join("ca.crt"))
+        .args(["--allow", tls::dev::ALLOW]);
     cmd
 }
 
@@ -397,4 +398,14 @@ pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The outcome line `scripts/chaos.sh` collects into CHAOS.md, for a scenario that ran: did
+/// it end as it must, how long the recovery (or the work under fault) took, and how many
+/// bytes of a completed partition differ from the source.
+pub fn chaos_outcome(scenario: &str, ok: bool, recover: Duration, bytes_lost: u64) {
+    println!(
+        "CHAOS {scenario} ok={ok} recover_ms={} bytes_lost={bytes_lost}",
+        recover.as_millis()
+    );
 }

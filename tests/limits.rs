@@ -1,0 +1,168 @@
+//! Limits that were built and never checked: the server's per-transfer timeout, the
+//! connectivity check's overall cap, the server's write limit (alone and shared by two
+//! client connections) and the client's partitions-at-once limit. Each assertion is a
+//! ceiling or a count, never "fast enough": a slow host cannot make a limit look broken.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use quicstrap::pacing::RateLimiter;
+use quicstrap::Peer;
+
+/// The token bucket may run ahead of its rate by its credit (100 ms) plus one chunk.
+fn min_seconds(bytes: u64, rate: u64) -> f64 {
+    (bytes.saturating_sub(rate / 10 + (1 << 20)) as f64) / rate as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_gives_up_a_transfer_past_its_partition_timeout() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(60);
+    seed(src.path(), &id, 30_000, 1000, 10_000);
+    let quic = server(src.path(), |c| c.partition_timeout = Duration::from_secs(2)).await;
+    // Reads at 2 MB/s: 30 MB would take 15 s. Small windows keep most of it on the
+    // server: with everything already delivered, a server giving up changes nothing for
+    // the client (a reset after the last byte is ignored), only for its own resources.
+    let f = slow_fetcher(2_000_000, |c| {
+        c.idle_timeout = Duration::from_secs(30);
+        c.tuning.idle_timeout = Duration::from_secs(30);
+        c.tuning.stream_window = 1 << 20;
+        c.tuning.connection_window = 2 << 20;
+    });
+    let start = Instant::now();
+    let err = f
+        .fetch(&id, &[peer(&quic)], dst.path())
+        .await
+        .expect_err("the server ends the transfer");
+    assert!(
+        start.elapsed() < Duration::from_secs(14),
+        "{:?}",
+        start.elapsed()
+    );
+    let attempts = err.attempts();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "stream_reset", "{attempts:?}");
+    assert_eq!(quic.stats().failed.load(Ordering::Relaxed), 1);
+    wait_for("the slot to be released", Duration::from_secs(5), || {
+        quic.snapshots().users() == 0
+    })
+    .await;
+    assert!(temp_dirs(dst.path()).is_empty());
+    quic.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connectivity_check_is_capped_as_a_whole() {
+    // Peers that swallow every packet: each handshake would wait out its connect timeout.
+    let holes: Vec<UdpSocket> = (0..24)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: Vec<Peer> = holes
+        .iter()
+        .map(|s| Peer::new(s.local_addr().unwrap()))
+        .collect();
+    let f = fetcher(|c| {
+        c.connect_timeout = Duration::from_secs(60);
+        c.check_concurrency = 4;
+        c.check_timeout = Duration::from_secs(2);
+    });
+    let start = Instant::now();
+    let verdicts = f.check_peers(&peers).await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(20), "check took {took:?}");
+    assert_eq!(verdicts.len(), peers.len());
+    assert!(verdicts.iter().all(Result::is_err));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_write_limit_holds_for_one_transfer_and_for_two_connections() {
+    const RATE: u64 = 4_000_000;
+    let src = tempfile::tempdir().unwrap();
+    let (a, b) = (id(61), id(62));
+    seed(src.path(), &a, 12_000, 1000, 4_000);
+    seed(src.path(), &b, 12_000, 1000, 4_000);
+    let quic = server(src.path(), |c| c.write_limiter = RateLimiter::new(RATE)).await;
+    let sent = |q: &quicstrap::server::Server| q.stats().bytes_sent.load(Ordering::Relaxed);
+
+    // One transfer.
+    let dst = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    fetcher(|_| {})
+        .fetch(&a, &[peer(&quic)], dst.path())
+        .await
+        .unwrap();
+    let (bytes, secs) = (sent(&quic), start.elapsed().as_secs_f64());
+    assert!(
+        secs >= min_seconds(bytes, RATE),
+        "{bytes} bytes in {secs:.2} s: over the {RATE} B/s write limit"
+    );
+    assert_same(&a.dir(src.path()), &a.dir(dst.path()));
+
+    // Two clients (two connections) at once share the same limit.
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (f1, f2) = (fetcher(|_| {}), fetcher(|_| {}));
+    let before = sent(&quic);
+    let start = Instant::now();
+    let peers = [peer(&quic)];
+    let (r1, r2) = tokio::join!(
+        f1.fetch(&a, &peers, d1.path()),
+        f2.fetch(&b, &peers, d2.path())
+    );
+    r1.unwrap();
+    r2.unwrap();
+    let (bytes, secs) = (sent(&quic) - before, start.elapsed().as_secs_f64());
+    assert!(
+        secs >= min_seconds(bytes, RATE),
+        "{bytes} bytes over two connections in {secs:.2} s: over the shared {RATE} B/s"
+    );
+    assert_eq!(quic.stats().connections.load(Ordering::Relaxed), 3);
+    quic.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_receives_at_most_max_partitions_at_once() {
+    const MAX: usize = 3;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let ids: Vec<_> = (0..8).map(|p| id(70 + p)).collect();
+    for id in &ids {
+        seed(src.path(), id, 3_000, 1000, 1_000);
+    }
+    let quic = server(src.path(), |c| {
+        c.write_limiter = RateLimiter::new(6_000_000)
+    })
+    .await;
+    let f = Arc::new(fetcher(|c| c.max_partitions = MAX));
+    let runs: Vec<_> = ids
+        .iter()
+        .map(|id| spawn_fetch(&f, id, vec![peer(&quic)], dst.path()))
+        .collect();
+    // Sample how many are receiving (a temp dir each) until all are done.
+    let mut most = 0;
+    while runs.iter().any(|(t, _)| !t.is_finished()) {
+        most = most.max(temp_dirs(dst.path()).len());
+        assert!(quic.snapshots().users() <= MAX);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        most <= MAX,
+        "{most} partitions received at once, limit {MAX}"
+    );
+    assert_eq!(
+        most, MAX,
+        "the limit was never reached: the test measured nothing"
+    );
+    for (t, _) in runs {
+        t.await.unwrap().unwrap();
+    }
+    for id in &ids {
+        assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    }
+    quic.shutdown().await;
+}

@@ -1,0 +1,301 @@
+//! Restarts and ownership: one serving process per data dir and snapshot root, typed
+//! refusals while shutting down, digest work that stops when nobody waits for it, and the
+//! trust a server and a client give by default. Real processes, real sockets.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use quicstrap::checksum::ChecksumAlgo;
+use quicstrap::tls::{self, AllowList};
+
+/// Waits (bounded) for a child to exit; its status.
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_data_dir_is_refused_and_the_first_transfer_completes() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(40);
+    seed(src.path(), &id, 60_000, 1000, 15_000);
+    let first = ServeProcess::start(src.path(), &[]);
+    let f = slow_fetcher(10_000_000, |_| {});
+    let (task, progress) = spawn_fetch(&f, &id, vec![quicstrap::Peer::new(first.addr)], dst.path());
+    wait_bytes(&progress, 8 << 20).await;
+
+    // Same data dir, another port: refused with a clear error and exit 2, touching nothing.
+    let mut second = serve_command_in(None, src.path(), "127.0.0.1:0");
+    let out = second.stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("locked by another quicstrap process"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&first.pid().to_string()),
+        "names the holder: {stderr}"
+    );
+
+    // Same snapshot root through another data dir: refused too.
+    let other = tempfile::tempdir().unwrap();
+    let mut third = serve_command_in(None, other.path(), "127.0.0.1:0");
+    third
+        .arg("--snapshot-dir")
+        .arg(src.path().join(".snapshots"));
+    let out = third.stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("locked"), "{stderr}");
+
+    let refused = Instant::now();
+    let report = task
+        .await
+        .unwrap()
+        .expect("the first server's transfer completes");
+    assert_eq!(report.attempts.len(), 1, "{:?}", report.attempts);
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    chaos_outcome("second_serve_locked_out", true, refused.elapsed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_lock_takes_over_once_the_old_process_exits() {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(41);
+    seed(src.path(), &id, 2_000, 100, 1_000);
+    let mut old = ServeProcess::start(src.path(), &[]);
+    // A rolling restart: the new process starts first and waits for the lock.
+    let mut cmd = serve_command_in(None, src.path(), "127.0.0.1:0");
+    cmd.args(["--wait-for-lock", "30"]).stderr(Stdio::inherit());
+    let new = std::thread::spawn(move || ServeProcess::spawn(cmd));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!new.is_finished(), "the new process must wait, not start");
+    old.signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    let new = tokio::task::spawn_blocking(move || new.join().unwrap())
+        .await
+        .unwrap();
+    let took_over = stopped.elapsed();
+    assert!(wait_exit(&mut old.child, Duration::from_secs(10)).success());
+    // It serves.
+    let dst = tempfile::tempdir().unwrap();
+    fetcher(|_| {})
+        .fetch(&id, &[quicstrap::Peer::new(new.addr)], dst.path())
+        .await
+        .unwrap();
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    chaos_outcome("rolling_restart_waits_for_lock", true, took_over, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(42);
+    // Many small files: the client asks for one after another on its keep-alive connection.
+    seed(src.path(), &id, 40_000, 1000, 1_000);
+    let quic = server(src.path(), |_| {}).await;
+    let https = https_server(&quic, |_| {}).await;
+    let addr = https.local_addr();
+    let f = https_fetcher(|c| {
+        c.read_limiter = quicstrap::pacing::RateLimiter::new(8_000_000);
+    });
+    let progress = std::sync::Arc::new(quicstrap::client::Progress::default());
+    let fetch = {
+        let (dst, p) = (dst.path().to_owned(), progress.clone());
+        tokio::spawn(async move { f.fetch(&id, &[quicstrap::Peer::new(addr)], &dst, &p).await })
+    };
+    wait_bytes(&progress, 4 << 20).await;
+    https.shutdown().await;
+    let err = fetch.await.unwrap().expect_err("the server went away");
+    let attempts = err.attempts();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].outcome, "shutting_down", "{attempts:?}");
+    assert!(temp_dirs(dst.path()).is_empty());
+    quic.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_work_nobody_waits_for_stops_instead_of_stacking() {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(43);
+    // ~200 MB: a whole digest takes longer than each request below waits for it.
+    seed(src.path(), &id, 200_000, 1000, 50_000);
+    let quic = server(src.path(), |_| {}).await;
+    let lease = quic.snapshots().acquire(&id, Instant::now()).await.unwrap();
+    let snap = lease.snapshot().clone();
+    let size: u64 = snap.files.iter().map(|f| f.size).sum();
+    // A client looping request -> disconnect, ten times. Without cancellation each
+    // abandoned request leaves a whole-partition read running: ten partitions' worth.
+    for _ in 0..10 {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(10), snap.digests(ChecksumAlgo::Md5)).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // Nobody waits now: the job stops at its next block.
+    let mut last = snap.digest_bytes();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = snap.digest_bytes();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        snap.digest_bytes(),
+        last,
+        "digest work goes on with nobody waiting"
+    );
+    println!("digests: {last} bytes read for ten abandoned requests, partition {size} bytes");
+    assert!(
+        last < 3 * size,
+        "read {last} bytes for ten abandoned requests of a {size}-byte partition"
+    );
+    // Asked again, it still completes, and equals a fresh computation.
+    let d = snap.digests(ChecksumAlgo::Md5).await.unwrap();
+    let expect =
+        quicstrap::checksum::digest_file(&snap.dir.join(&snap.files[0].name), ChecksumAlgo::Md5)
+            .unwrap()
+            .1;
+    assert_eq!(d[0], expect);
+    assert!(snap.digest_bytes() < last + 2 * size);
+    drop(lease);
+    quic.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_certificate_does_not_pass_for_an_allowed_name() {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(44);
+    seed(src.path(), &id, 1_000, 100, 500);
+    let quic = server(src.path(), |c| {
+        c.allow = AllowList::parse("client.quicstrap.test");
+    })
+    .await;
+    // *.quicstrap.test from the same CA: valid for client.quicstrap.test as a hostname,
+    // but not that node's identity.
+    let dst = tempfile::tempdir().unwrap();
+    let f = fetcher(|c| c.identity = tls::dev::wildcard().unwrap());
+    let err = f
+        .fetch(&id, &[peer(&quic)], dst.path())
+        .await
+        .expect_err("a wildcard certificate must be refused");
+    let attempts = err.attempts();
+    assert!(attempts.iter().all(|a| a.outcome != "ok"), "{attempts:?}");
+    assert_eq!(quic.stats().accepted.load(Ordering::Relaxed), 0);
+    // The exact name passes.
+    fetch_ok(&quic, &id).await;
+    quic.shutdown().await;
+}
+
+#[test]
+fn serve_and_fetch_trust_nothing_by_default() {
+    let root = tempfile::tempdir().unwrap();
+    let c = certs();
+    // No --ca: refused as a usage error, before anything starts.
+    let out = std::process::Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow",
+            "*",
+            "--data-dir",
+        ])
+        .arg(root.path())
+        .arg("--cert")
+        .arg(c.join("server.crt"))
+        .arg("--key")
+        .arg(c.join("server.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca"));
+    // No --allow: the same.
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path())
+        .arg("--cert")
+        .arg(c.join("server.crt"))
+        .arg("--key")
+        .arg(c.join("server.key"))
+        .arg("--ca")
+        .arg(c.join("ca.crt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow"));
+    // fetch without --ca: the same.
+    let out = std::process::Command::new(bin())
+        .args([
+            "fetch",
+            "--store",
+            "s",
+            "--version",
+            "1",
+            "--partition",
+            "0",
+        ])
+        .args(["--peer", "127.0.0.1:9"])
+        .arg("--data-dir")
+        .arg(root.path())
+        .arg("--cert")
+        .arg(c.join("client.crt"))
+        .arg("--key")
+        .arg(c.join("client.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_name_pins_which_server_certificates_the_client_accepts() {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(45);
+    seed(src.path(), &id, 1_000, 100, 500);
+    let serve = ServeProcess::start(src.path(), &[]);
+    let peer = serve.addr.to_string();
+    let fetch = |pin: &str| {
+        let dst = tempfile::tempdir().unwrap();
+        let out = fetch_command(dst.path(), &id.store, id.version, id.partition)
+            .args(["--peer", &peer, "--server-name", pin, "--json"])
+            .output()
+            .unwrap();
+        (out, dst)
+    };
+    // The server's certificate is not valid for this name: no transfer, nothing left.
+    let (out, dst) = fetch("other.quicstrap.test");
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["attempts"][0]["outcome"], "connect_failed",
+        "{report}"
+    );
+    assert!(!id.dir(dst.path()).exists());
+    // It is for this one.
+    let (out, dst) = fetch("server.quicstrap.test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+}
