@@ -59,45 +59,53 @@ fn check_rtt(
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let params = LinkParams::symmetric_rtt(rtt, Some(200_000_000), Loss::None);
     let emu = start_realtime(prefix, subnet, params, 1);
-    if wait == Wait::Spin {
-        let mut blocking = measure(&emu, rtt, interval, Wait::Block);
+    // At 2 ms the endpoints' own wake-ups are a visible share of the round trip. Which way
+    // of waiting costs them least depends on the host: busy-polling on an idle one (a
+    // thread woken from an idle CPU pays 50-100 µs), blocking on a loaded one (two
+    // busy-polling real-time endpoints there run into the kernel's real-time throttling).
+    // Both are measured; the median is judged on the cheaper one, the floor on both.
+    let ways: &[Wait] = if wait == Wait::Spin {
+        &[Wait::Block, Wait::Spin]
+    } else {
+        &[wait]
+    };
+    let mut best: Option<Duration> = None;
+    for &way in ways {
+        let before = emu.stats();
+        let mut rtts = measure(&emu, rtt, interval, way);
+        let min = *rtts.iter().min().unwrap();
+        let max = *rtts.iter().max().unwrap();
+        let med = median(&mut rtts);
+        let (ab, ba) = emu.stats();
+        let (ab, ba) = (ab.since(&before.0), ba.since(&before.1));
         println!(
-            "{test}: with blocking endpoints: median {:?}",
-            median(&mut blocking)
+            "{test}: configured RTT {rtt:?}, endpoints {way:?}: median {med:?} (min {min:?}, \
+             max {max:?}, {} samples); relay lateness A->B {:?}, B->A {:?}",
+            rtts.len(),
+            ab.mean_lateness(),
+            ba.mean_lateness()
         );
+        // The relay itself keeps to the model's schedule.
+        for late in [ab.mean_lateness(), ba.mean_lateness()] {
+            assert!(
+                late < Duration::from_micros(200),
+                "relay ran {late:?} late on average"
+            );
+        }
+        // Nothing ever arrives before the configured RTT: the delay is a floor on every
+        // host, however its timers behave (the relay never back-dates an arrival).
+        assert!(
+            min >= rtt,
+            "an echo came back after {min:?}, before the configured {rtt:?}"
+        );
+        best = Some(best.map_or(med, |b| b.min(med)));
     }
-    let before = emu.stats();
-    let mut rtts = measure(&emu, rtt, interval, wait);
-    let min = *rtts.iter().min().unwrap();
-    let max = *rtts.iter().max().unwrap();
-    let med = median(&mut rtts);
-    let (ab, ba) = emu.stats();
-    let (ab, ba) = (ab.since(&before.0), ba.since(&before.1));
-    println!(
-        "{test}: configured RTT {rtt:?}, endpoints {wait:?}: median {med:?} (min {min:?}, \
-         max {max:?}, {} samples); relay lateness A->B {:?}, B->A {:?}",
-        rtts.len(),
-        ab.mean_lateness(),
-        ba.mean_lateness()
-    );
+    let med = best.expect("at least one way of waiting");
     let err = (med.as_secs_f64() - rtt.as_secs_f64()).abs() / rtt.as_secs_f64();
     assert!(
         err < 0.10,
         "median RTT {med:?} is {:.1} % off {rtt:?}",
         err * 100.0
-    );
-    // The relay itself keeps to the model's schedule.
-    for late in [ab.mean_lateness(), ba.mean_lateness()] {
-        assert!(
-            late < Duration::from_micros(200),
-            "relay ran {late:?} late on average"
-        );
-    }
-    // Nothing ever arrives before the configured RTT: the delay is a floor on every host,
-    // however its timers behave (the relay never back-dates an arrival).
-    assert!(
-        min >= rtt,
-        "an echo came back after {min:?}, before the configured {rtt:?}"
     );
     emu.stop().unwrap();
 }
