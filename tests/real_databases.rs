@@ -170,7 +170,8 @@ fn sst_files_quicstrap_writes_stay_readable_by_rocksdb_8() {
     let all = format_versions(dir.path());
     assert!(all.len() > seeded.len());
     assert!(
-        all.iter().all(|v| *v == partition::SST_FORMAT_VERSION as u8),
+        all.iter()
+            .all(|v| *v == partition::SST_FORMAT_VERSION as u8),
         "format versions {all:?}, want {} (RocksDB 8.0 reads up to 5)",
         partition::SST_FORMAT_VERSION
     );
