@@ -50,34 +50,68 @@ async fn client_initials(count: usize) -> Vec<Vec<u8>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handshake_flood_is_capped_per_host_and_allowed_clients_still_fetch() {
+/// A server over a fresh partition, sent `count` handshakes from the flooding host that
+/// will never finish; returns once `flooded` holds of its counters.
+async fn flooded_server(
+    partition: u32,
+    count: usize,
+    tweak: impl FnOnce(&mut quicstrap::server::ServerConfig),
+    flooded: impl Fn(&quicstrap::server::ServerStats) -> bool,
+) -> (
+    tempfile::TempDir,
+    quicstrap::PartitionId,
+    quicstrap::server::Server,
+) {
     let src = tempfile::tempdir().unwrap();
-    let id = id(50);
+    let id = id(partition);
     seed(src.path(), &id, 20_000, 1000, 5_000);
     let quic = server(src.path(), |c| {
-        c.max_handshakes_per_ip = 4;
-        c.retry_above = 1_000;
         c.handshake_timeout = Duration::from_secs(2);
+        tweak(c);
     })
     .await;
     let target = quic.local_addr().unwrap();
-    // 200 handshakes that will never finish, from one host.
     let flood = UdpSocket::bind(SocketAddr::from((FLOODER, 0))).unwrap();
-    for initial in client_initials(200).await {
+    for initial in client_initials(count).await {
         flood.send_to(&initial, target).unwrap();
     }
     let stats = quic.stats();
-    wait_for("refusals", Duration::from_secs(10), || {
-        stats.refused.load(Ordering::Relaxed) >= 150
+    wait_for("the flood to be handled", Duration::from_secs(10), || {
+        flooded(&stats)
     })
     .await;
-    // Meanwhile, from another host, a fetch goes through.
+    (src, id, quic)
+}
+
+/// Meanwhile, from another host, an allowed client fetches: reported as `scenario`.
+async fn allowed_client_fetches(
+    scenario: &str,
+    src: &std::path::Path,
+    id: &quicstrap::PartitionId,
+    quic: &quicstrap::server::Server,
+) {
     let start = Instant::now();
-    let dst = fetch_ok(&quic, &id).await;
-    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
-    chaos_outcome("quic_handshake_flood", true, start.elapsed(), 0);
+    let dst = fetch_ok(quic, id).await;
+    assert_same(&id.dir(src), &id.dir(dst.path()));
+    chaos_outcome(scenario, true, start.elapsed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_is_capped_per_host_and_allowed_clients_still_fetch() {
+    // 200 handshakes that will never finish, from one host: four get a slot.
+    let (src, id, quic) = flooded_server(
+        50,
+        200,
+        |c| {
+            c.max_handshakes_per_ip = 4;
+            c.retry_above = 1_000;
+        },
+        |s| s.refused.load(Ordering::Relaxed) >= 150,
+    )
+    .await;
+    allowed_client_fetches("quic_handshake_flood", src.path(), &id, &quic).await;
     // The half-open ones are dropped at the handshake timeout, not the idle timeout.
+    let stats = quic.stats();
     wait_for(
         "half-open handshakes to time out",
         Duration::from_secs(10),
@@ -90,32 +124,20 @@ async fn a_handshake_flood_is_capped_per_host_and_allowed_clients_still_fetch() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_a_threshold_unvalidated_clients_must_answer_a_retry_first() {
-    let src = tempfile::tempdir().unwrap();
-    let id = id(51);
-    seed(src.path(), &id, 20_000, 1000, 5_000);
-    let quic = server(src.path(), |c| {
-        c.retry_above = 2;
-        c.max_handshakes_per_ip = 64;
-        c.handshake_timeout = Duration::from_secs(2);
-    })
-    .await;
-    let target = quic.local_addr().unwrap();
     // A spoofed-source flood never answers a Retry: past two half-open handshakes it costs
     // the server one stateless packet each.
-    let flood = UdpSocket::bind(SocketAddr::from((FLOODER, 0))).unwrap();
-    for initial in client_initials(100).await {
-        flood.send_to(&initial, target).unwrap();
-    }
-    let stats = quic.stats();
-    wait_for("retries", Duration::from_secs(10), || {
-        stats.retried.load(Ordering::Relaxed) >= 90
-    })
+    let (src, id, quic) = flooded_server(
+        51,
+        100,
+        |c| {
+            c.retry_above = 2;
+            c.max_handshakes_per_ip = 64;
+        },
+        |s| s.retried.load(Ordering::Relaxed) >= 90,
+    )
     .await;
     // A real client answers the Retry and fetches.
-    let start = Instant::now();
-    let dst = fetch_ok(&quic, &id).await;
-    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
-    chaos_outcome("quic_flood_retry", true, start.elapsed(), 0);
+    allowed_client_fetches("quic_flood_retry", src.path(), &id, &quic).await;
     quic.shutdown().await;
 }
 

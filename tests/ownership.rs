@@ -205,65 +205,38 @@ async fn a_wildcard_certificate_does_not_pass_for_an_allowed_name() {
     quic.shutdown().await;
 }
 
+/// `cmd` run without `flag` and its value: refused as a usage error (exit 2) that names the
+/// flag, before anything starts.
+fn refused_without(cmd: std::process::Command, flag: &str) {
+    let mut kept = Vec::new();
+    let mut args = cmd.get_args();
+    while let Some(a) = args.next() {
+        if a == flag {
+            args.next();
+        } else {
+            kept.push(a.to_owned());
+        }
+    }
+    let out = std::process::Command::new(cmd.get_program())
+        .args(kept)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "without {flag}: {stderr}");
+    assert!(stderr.contains(flag), "without {flag}: {stderr}");
+}
+
 #[test]
 fn serve_and_fetch_trust_nothing_by_default() {
     let root = tempfile::tempdir().unwrap();
-    let c = certs();
-    // No --ca: refused as a usage error, before anything starts.
-    let out = std::process::Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow",
-            "*",
-            "--data-dir",
-        ])
-        .arg(root.path())
-        .arg("--cert")
-        .arg(c.join("server.crt"))
-        .arg("--key")
-        .arg(c.join("server.key"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca"));
-    // No --allow: the same.
-    let out = std::process::Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(root.path())
-        .arg("--cert")
-        .arg(c.join("server.crt"))
-        .arg("--key")
-        .arg(c.join("server.key"))
-        .arg("--ca")
-        .arg(c.join("ca.crt"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow"));
-    // fetch without --ca: the same.
-    let out = std::process::Command::new(bin())
-        .args([
-            "fetch",
-            "--store",
-            "s",
-            "--version",
-            "1",
-            "--partition",
-            "0",
-        ])
-        .args(["--peer", "127.0.0.1:9"])
-        .arg("--data-dir")
-        .arg(root.path())
-        .arg("--cert")
-        .arg(c.join("client.crt"))
-        .arg("--key")
-        .arg(c.join("client.key"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca"));
+    refused_without(serve_command_in(None, root.path(), "127.0.0.1:0"), "--ca");
+    refused_without(
+        serve_command_in(None, root.path(), "127.0.0.1:0"),
+        "--allow",
+    );
+    let mut fetch = fetch_command(root.path(), "s", 1, 0);
+    fetch.args(["--peer", "127.0.0.1:9"]);
+    refused_without(fetch, "--ca");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
