@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub(crate) mod admission;
 pub mod baseline;
 pub mod bootstrap;
 pub mod checksum;

@@ -141,6 +141,28 @@ async fn past_a_threshold_unvalidated_clients_must_answer_a_retry_first() {
     quic.shutdown().await;
 }
 
+/// [`allowed_client_fetches`] over the HTTPS baseline listening on `addr`.
+async fn allowed_https_client_fetches(
+    scenario: &str,
+    src: &std::path::Path,
+    id: &quicstrap::PartitionId,
+    addr: SocketAddr,
+) {
+    let dst = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    https_fetcher(|_| {})
+        .fetch(
+            id,
+            &[quicstrap::Peer::new(addr)],
+            dst.path(),
+            &Default::default(),
+        )
+        .await
+        .expect("an allowed client fetches during the flood");
+    assert_same(&id.dir(src), &id.dir(dst.path()));
+    chaos_outcome(scenario, true, start.elapsed(), 0);
+}
+
 /// A TCP connection from the flooding host, to `addr`.
 async fn flood_connect(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
     let sock = tokio::net::TcpSocket::new_v4()?;
@@ -182,19 +204,7 @@ async fn a_tcp_connect_flood_is_capped_per_host_and_allowed_clients_still_fetch(
         stats.connections_refused.load(Ordering::Relaxed) >= 150
     })
     .await;
-    let dst = tempfile::tempdir().unwrap();
-    let start = Instant::now();
-    https_fetcher(|_| {})
-        .fetch(
-            &id,
-            &[quicstrap::Peer::new(addr)],
-            dst.path(),
-            &Default::default(),
-        )
-        .await
-        .expect("an allowed client fetches during the flood");
-    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
-    chaos_outcome("tcp_connect_flood", true, start.elapsed(), 0);
+    allowed_https_client_fetches("tcp_connect_flood", src.path(), &id, addr).await;
     // The eight admitted ones sent nothing: closed at the handshake timeout.
     let mut closed = 0;
     for s in held.iter_mut() {
@@ -270,19 +280,7 @@ async fn slowloris_clients_are_cut_and_allowed_clients_still_fetch() {
         (cut, start.elapsed())
     });
     // An allowed client is not held up by either.
-    let dst = tempfile::tempdir().unwrap();
-    let start = Instant::now();
-    https_fetcher(|_| {})
-        .fetch(
-            &id,
-            &[quicstrap::Peer::new(addr)],
-            dst.path(),
-            &Default::default(),
-        )
-        .await
-        .expect("an allowed client fetches");
-    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
-    chaos_outcome("https_slowloris", true, start.elapsed(), 0);
+    allowed_https_client_fetches("https_slowloris", src.path(), &id, addr).await;
     let (cut, after) = trickle_tls.await.unwrap();
     assert!(
         cut && after < Duration::from_secs(9),

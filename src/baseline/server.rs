@@ -16,11 +16,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::admission::{PerIp, PerIpLimit};
 use crate::checksum::ChecksumAlgo;
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, TableFormat};
 use crate::protocol::{names, RejectReason};
-use crate::server::{PerIp, PerIpLimit, ServerError};
+use crate::server::ServerError;
 use crate::snapshot::{AcquireError, SnapshotLease, SnapshotManager};
 use crate::tls::{self, AllowList, Identity};
 
