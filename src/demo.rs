@@ -18,7 +18,7 @@ use crate::partition::{self, PartitionId, SeedSummary, StorageError, TableFormat
 use crate::peers::Peer;
 use crate::server::{Server, ServerConfig, ServerError};
 use crate::snapshot::DataDir;
-use crate::tls::{self, AllowList, TlsError};
+use crate::tls::{AllowList, TlsError};
 
 /// What the demo does; the defaults are the demo.
 #[derive(Clone, Debug)]
@@ -169,7 +169,7 @@ pub enum DemoError {
 /// The demo's peer and client identities: the development PKI, when this build has it.
 fn dev_identities() -> Result<(crate::tls::Identity, crate::tls::Identity), DemoError> {
     #[cfg(feature = "dev-pki")]
-    return Ok((tls::dev::server()?, tls::dev::client()?));
+    return Ok((crate::tls::dev::server()?, crate::tls::dev::client()?));
     #[cfg(not(feature = "dev-pki"))]
     Err(DemoError::NoDevPki)
 }

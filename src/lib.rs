@@ -13,6 +13,9 @@
 //! * [`checksum`] — MD5 / BLAKE3, computed while bytes arrive.
 //! * [`tls`] — mutual TLS 1.3 and the allow list of who may fetch.
 //! * [`transport`] — QUIC endpoints tuned for long fat pipes.
+//! * [`congestion`] — the default controller: BBR, guarded against real congestion.
+//! * [`budget`] — how much transfer data a process buffers: windows sized to each path,
+//!   all of them under one cap.
 //! * [`wire`] — frames over QUIC streams.
 //! * [`pacing`] — the byte-rate limiter shared by every transfer of a process.
 //! * [`throttle`] — adaptive throttling of those limiters from signals of distress.
@@ -37,8 +40,10 @@
 pub(crate) mod admission;
 pub mod baseline;
 pub mod bootstrap;
+pub mod budget;
 pub mod checksum;
 pub mod client;
+pub mod congestion;
 pub mod demo;
 pub mod ingest;
 pub mod lock;

@@ -161,6 +161,11 @@ struct ServeArgs {
     /// Write-rate limit for all transfers of this process, bytes/s (0 = unlimited).
     #[arg(long, default_value_t = quicstrap::pacing::DEFAULT_RATE)]
     write_limit: u64,
+    /// Most bytes all QUIC transfers together may queue for sending (send windows plus file
+    /// reads), whatever the number of clients and their paths: each connection's share
+    /// follows its path, and file reads pause when it is full.
+    #[arg(long, default_value_t = quicstrap::budget::DEFAULT_CAP)]
+    max_send_buffer: u64,
     /// Kafka brokers (`host:port,...`): keep every partition under --data-dir following its
     /// topic while serving snapshots of it.
     #[arg(long)]
@@ -225,6 +230,10 @@ struct FetchArgs {
     /// Read-rate limit for this process, bytes/s (0 = unlimited).
     #[arg(long, default_value_t = quicstrap::pacing::DEFAULT_RATE)]
     read_limit: u64,
+    /// Most bytes received data may occupy before it is read, all transfers together:
+    /// each connection's receive window follows its path within this.
+    #[arg(long, default_value_t = quicstrap::budget::DEFAULT_CAP)]
+    max_recv_buffer: u64,
     /// Kafka brokers (`host:port,...`): do the whole bootstrap — transfer, then catch up from
     /// the snapshot's offset; Kafka alone when the lag is small or no peer can serve.
     #[arg(long)]
@@ -395,6 +404,7 @@ async fn serve(a: ServeArgs) -> ExitCode {
     cfg.tuning.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
     cfg.idle_timeout = cfg.tuning.idle_timeout;
     cfg.write_limiter = quicstrap::pacing::RateLimiter::new(a.write_limit);
+    cfg.max_send_buffer = a.max_send_buffer;
     a.quic.apply(&mut cfg.tuning);
     let source = Arc::new(DataDir::new(a.data_dir.clone(), a.format));
     if let Some(brokers) = &a.kafka {
@@ -490,6 +500,7 @@ async fn serve(a: ServeArgs) -> ExitCode {
         Some(addr) => {
             let registry = quicstrap::metrics::Registry::new();
             quicstrap::metrics::register_server(&registry, &server, throttler.as_ref());
+            quicstrap::metrics::register_process(&registry);
             for h in &https {
                 quicstrap::metrics::register_https(&registry, h);
             }
@@ -551,6 +562,7 @@ async fn fetch(mut a: FetchArgs) -> ExitCode {
     cfg.shuffle = !a.no_shuffle;
     cfg.tuning.idle_timeout = cfg.idle_timeout;
     cfg.read_limiter = quicstrap::pacing::RateLimiter::new(a.read_limit);
+    cfg.max_recv_buffer = a.max_recv_buffer;
     a.quic.apply(&mut cfg.tuning);
     if a.http {
         return fetch_http(&a, &id, cfg).await;
@@ -573,6 +585,7 @@ async fn fetch(mut a: FetchArgs) -> ExitCode {
         Some(addr) => {
             let registry = quicstrap::metrics::Registry::new();
             quicstrap::metrics::register_client(&registry, &fetcher, throttler.as_ref());
+            quicstrap::metrics::register_process(&registry);
             match quicstrap::metrics::serve(addr, registry).await {
                 Ok((bound, task)) => {
                     eprintln!("quicstrap: metrics on http://{bound}/metrics");

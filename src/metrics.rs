@@ -17,6 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::baseline::{HttpServer, HttpStats};
+use crate::budget::BufferBudget;
 use crate::client::{FetchStats, Fetcher};
 use crate::server::{Server, ServerStats};
 use crate::throttle::Throttler;
@@ -204,6 +205,52 @@ pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttl
         move || snaps.created() as f64,
     );
     register_throttle(r, "write", throttler);
+    register_budget(
+        r,
+        "quicstrap_send_buffer",
+        "queue for sending (send windows granted to connections with a transfer, plus \
+         their file reads)",
+        server.send_budget(),
+    );
+}
+
+/// The bound a [`BufferBudget`] keeps (`<prefix>_bytes`) and its cap (`<prefix>_limit_bytes`).
+fn register_budget(r: &Registry, prefix: &str, what: &str, budget: &Arc<BufferBudget>) {
+    let b = budget.clone();
+    r.register(
+        &format!("{prefix}_bytes"),
+        &format!("Most bytes the transfers of this process may {what} right now."),
+        Kind::Gauge,
+        &[],
+        move || b.granted() as f64,
+    );
+    let cap = budget.cap() as f64;
+    r.register(
+        &format!("{prefix}_limit_bytes"),
+        &format!("Process-wide cap on the bytes transfers may {what}."),
+        Kind::Gauge,
+        &[],
+        move || cap,
+    );
+}
+
+/// The process's resident memory and its peak, read at every scrape (Linux `/proc`); register
+/// once per registry.
+pub fn register_process(r: &Registry) {
+    r.register(
+        "quicstrap_process_resident_memory_bytes",
+        "Resident memory of this process (VmRSS), sampled at scrape time.",
+        Kind::Gauge,
+        &[],
+        || crate::budget::process_rss().map_or(f64::NAN, |(rss, _)| rss as f64),
+    );
+    r.register(
+        "quicstrap_process_peak_resident_memory_bytes",
+        "Peak resident memory of this process since it started (VmHWM).",
+        Kind::Gauge,
+        &[],
+        || crate::budget::process_rss().map_or(f64::NAN, |(_, peak)| peak as f64),
+    );
 }
 
 /// An HTTPS baseline listener's metrics, labelled with its address: a server may run one
@@ -268,6 +315,13 @@ pub fn register_client(r: &Registry, fetcher: &Arc<Fetcher>, throttler: Option<&
         move || f.connectivity_cache_len() as f64,
     );
     register_throttle(r, "read", throttler);
+    register_budget(
+        r,
+        "quicstrap_recv_buffer",
+        "hold received but unread (receive windows granted to connections with a \
+         transfer, plus their receive buffers)",
+        fetcher.recv_budget(),
+    );
 }
 
 /// Scrapes served at once; more connections are closed unserved.

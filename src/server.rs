@@ -18,6 +18,7 @@ use bytes::BytesMut;
 use tokio::sync::{watch, Semaphore};
 
 use crate::admission::{PerIp, PerIpLimit};
+use crate::budget::{BufferBudget, Direction};
 use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, TableFormat};
@@ -77,6 +78,11 @@ pub struct ServerConfig {
     /// Longest a handshake may take (default 10 s, well under the idle timeout), so a
     /// client that starts one and goes quiet frees its slot early.
     pub handshake_timeout: Duration,
+    /// Most bytes all transfers of this server (and those started with
+    /// [`Server::start_sharing`]) may queue for sending (default 256 MiB): the send windows
+    /// quinn holds plus the file reads waiting to be written. A storage node gives up no more
+    /// than this to serving, however many clients come and however slow their paths.
+    pub max_send_buffer: u64,
 }
 
 impl ServerConfig {
@@ -105,6 +111,7 @@ impl ServerConfig {
             max_handshakes_per_ip: 8,
             retry_above: 16,
             handshake_timeout: Duration::from_secs(10),
+            max_send_buffer: crate::budget::DEFAULT_CAP,
         }
     }
 }
@@ -163,6 +170,8 @@ struct Shared {
     transfers: Arc<()>,
     /// Live connections by `stable_id`, so shutdown can size its drain by their RTTs.
     conns: Mutex<std::collections::HashMap<usize, quinn::Connection>>,
+    /// Send windows and read buffers of every transfer, bounded together.
+    budget: Arc<BufferBudget>,
 }
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves its tasks running until the
@@ -188,13 +197,14 @@ impl Server {
     /// ignored.
     pub async fn start_sharing(cfg: ServerConfig, with: &Server) -> Result<Self, ServerError> {
         let source = with.shared.source.clone();
-        Self::start_inner(cfg, source, Some(with.shared.snapshots.clone())).await
+        let shared = (with.shared.snapshots.clone(), with.shared.budget.clone());
+        Self::start_inner(cfg, source, Some(shared)).await
     }
 
     async fn start_inner(
         cfg: ServerConfig,
         source: Arc<dyn PartitionSource>,
-        shared_snapshots: Option<SnapshotManager>,
+        shared_with: Option<(SnapshotManager, Arc<BufferBudget>)>,
     ) -> Result<Self, ServerError> {
         let rustls_cfg = tls::server_config(&cfg.identity, cfg.allow.clone())?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_cfg)
@@ -206,8 +216,8 @@ impl Server {
         qcfg.migration(true);
         let endpoint = transport::endpoint(cfg.listen, &cfg.tuning, Some(qcfg))?;
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let owns_snapshots = shared_snapshots.is_none();
-        let snapshots = match shared_snapshots {
+        let owns_snapshots = shared_with.is_none();
+        let (snapshots, budget) = match shared_with {
             Some(s) => s,
             None => {
                 let (snap_cfg, src) = (cfg.snapshots.clone(), source.clone());
@@ -216,7 +226,14 @@ impl Server {
                     .await
                     .map_err(|e| ServerError::Io(std::io::Error::other(e)))??;
                 s.spawn_cleanup(shutdown.clone());
-                s
+                let budget = BufferBudget::new(
+                    Direction::Send,
+                    cfg.max_send_buffer,
+                    transport::MIN_SEND_WINDOW,
+                    cfg.tuning.connection_window,
+                    transport::CONTROL_WINDOW,
+                );
+                (s, budget)
             }
         };
         let shared = Arc::new(Shared {
@@ -229,6 +246,7 @@ impl Server {
             tasks: Arc::new(()),
             transfers: Arc::new(()),
             conns: Mutex::default(),
+            budget,
         });
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         Ok(Self {
@@ -252,6 +270,12 @@ impl Server {
     /// The snapshot manager (for inspection and tests).
     pub fn snapshots(&self) -> &SnapshotManager {
         &self.shared.snapshots
+    }
+
+    /// The budget bounding what this server's transfers queue for sending (shared with the
+    /// servers started with [`Server::start_sharing`]), for metrics and tests.
+    pub fn send_budget(&self) -> &Arc<BufferBudget> {
+        &self.shared.budget
     }
 
     /// Graceful shutdown: stop accepting, end every transfer with a typed `SHUTTING_DOWN`
@@ -370,7 +394,6 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%remote, "connection up");
     lock(&shared.conns).insert(conn.stable_id(), conn.clone());
-    transport::spawn_send_window_sizer(conn.clone(), shared.cfg.tuning.connection_window);
     let ids: Arc<Mutex<HashSet<u64>>> = Arc::default();
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -660,6 +683,10 @@ async fn run_transfer(
         })
         .collect();
     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    // From here on this transfer sends: its connection's send window follows its path within
+    // the process's budget, and its file reads are reserved from that budget up front.
+    let reads = shared.cfg.files_in_flight.max(1) as u64 * CHUNK as u64;
+    let _budget = shared.budget.lease(conn, reads);
     write_frame(send, &ControlFrame::Accept(Accept { files })).await?;
 
     // Push the files while listening for an Abort (or a vanished client) on the control stream,
@@ -832,7 +859,8 @@ impl Drop for ResetOnDrop {
     }
 }
 
-const CHUNK: usize = 1 << 20;
+/// Bytes read from a file at a time: each file in flight holds one chunk outside quinn.
+const CHUNK: usize = 256 << 10;
 
 async fn send_file(
     stream: &mut quinn::SendStream,

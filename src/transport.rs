@@ -3,13 +3,17 @@
 //! quinn's defaults (1.25 MB stream window) cap one stream at ~100 Mbit/s over 100 ms. The
 //! defaults here cover 1 Gbit/s × 150 ms (≈ 19 MB in flight) for a single stream, with a
 //! larger connection window so several files can be in flight, and UDP socket buffers raised
-//! so a burst is not dropped by the kernel before quinn reads it.
+//! so a burst is not dropped by the kernel before quinn reads it. These are ceilings: the
+//! windows a connection actually gets follow its path and the process's memory budget
+//! ([`crate::budget`]).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+use quinn::congestion::{CubicConfig, NewRenoConfig};
+
+use crate::congestion::GuardedBbrConfig;
 use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 /// Congestion controller of a QUIC connection.
@@ -17,7 +21,9 @@ use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 pub enum Congestion {
     /// CUBIC (RFC 9438): quinn's default.
     Cubic,
-    /// BBR: model-based, does not treat random loss as congestion.
+    /// BBR: model-based, does not treat random loss as congestion; with a guard that backs
+    /// off when a round loses more than 15 % ([`crate::congestion`]), so many transfers on
+    /// one bottleneck do not drown it.
     Bbr,
     /// NewReno (RFC 9002's reference).
     NewReno,
@@ -51,7 +57,8 @@ pub enum Side {
 pub struct TransportTuning {
     /// Bytes a single stream may have in flight (default 24 MiB ≥ 1 Gbit/s × 150 ms).
     pub stream_window: u64,
-    /// Bytes all streams of a connection may have in flight (default 96 MiB).
+    /// Most bytes all streams of a connection may have in flight (default 96 MiB): the
+    /// ceiling of the windows [`crate::budget`] sizes to the path.
     pub connection_window: u64,
     /// Requested UDP send/receive buffer, bytes (default 8 MiB; forced past `rmem_max` when
     /// running as root).
@@ -99,11 +106,21 @@ impl TransportTuning {
     /// streams it never reads.
     pub fn transport_config(&self, side: Side) -> TransportConfig {
         let mut t = TransportConfig::default();
-        let stream = VarInt::from_u64(self.stream_window).unwrap_or(VarInt::MAX);
-        let conn = VarInt::from_u64(self.connection_window).unwrap_or(VarInt::MAX);
-        t.stream_receive_window(stream)
-            .receive_window(conn)
-            .send_window(self.connection_window)
+        // Only the direction that carries files gets large windows, and only once a transfer
+        // runs (`budget`): a connection starts at what control frames need, so a client or a
+        // server that merely connects holds the other side's memory to a few MiB.
+        let (stream_rx, conn_rx, send) = match side {
+            Side::Server => (CONTROL_WINDOW, CONTROL_WINDOW, CONTROL_WINDOW),
+            Side::Client => (
+                self.stream_window,
+                CONTROL_WINDOW.min(self.connection_window),
+                CONTROL_WINDOW,
+            ),
+        };
+        let varint = |v: u64| VarInt::from_u64(v).unwrap_or(VarInt::MAX);
+        t.stream_receive_window(varint(stream_rx))
+            .receive_window(varint(conn_rx))
+            .send_window(send)
             .max_concurrent_bidi_streams(VarInt::from_u32(match side {
                 Side::Server => self.max_control_streams,
                 Side::Client => 0,
@@ -124,7 +141,7 @@ impl TransportTuning {
                 t.congestion_controller_factory(Arc::new(CubicConfig::default()));
             }
             Congestion::Bbr => {
-                t.congestion_controller_factory(Arc::new(BbrConfig::default()));
+                t.congestion_controller_factory(Arc::new(GuardedBbrConfig::default()));
             }
             Congestion::NewReno => {
                 t.congestion_controller_factory(Arc::new(NewRenoConfig::default()));
@@ -181,57 +198,13 @@ pub fn endpoint(
     )
 }
 
-/// Send buffer of a connection: at least this much, whatever the path.
+/// A path's send window is at least this much (the floor of [`crate::budget`]'s send need):
+/// room for the congestion window to grow between two resizes even from its initial size.
 pub const MIN_SEND_WINDOW: u64 = 4 << 20;
-/// How many congestion windows of data may wait in a connection's send buffer.
-const SEND_WINDOW_CWNDS: u64 = 4;
-/// How often the send buffer is resized to the path.
-const SEND_WINDOW_EVERY: Duration = Duration::from_millis(200);
-
-/// The send buffer a path warrants: a few congestion windows (bbr's is about twice the
-/// bandwidth-delay product), between [`MIN_SEND_WINDOW`] and `max`.
-pub fn send_window_for(cwnd: u64, max: u64) -> u64 {
-    cwnd.saturating_mul(SEND_WINDOW_CWNDS)
-        .clamp(MIN_SEND_WINDOW.min(max), max)
-}
-
-/// Keeps `conn`'s send buffer sized to its path until the connection ends.
-///
-/// A fixed buffer as large as a fast long path needs (96 MiB) means that on an 8 Mbit/s
-/// path up to 96 MiB wait unacknowledged behind the last file: minutes of tail that no
-/// flow-control credit can speed up, with the server's memory held all along. Sized from
-/// the congestion window instead, the queue stays a few round trips deep on any path, and
-/// writes wait for the path instead of piling up.
-pub fn spawn_send_window_sizer(conn: quinn::Connection, max: u64) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut applied = 0;
-        loop {
-            let window = send_window_for(conn.stats().path.cwnd, max);
-            if window != applied {
-                conn.set_send_window(window);
-                applied = window;
-            }
-            tokio::select! {
-                _ = conn.closed() => return,
-                _ = tokio::time::sleep(SEND_WINDOW_EVERY) => {}
-            }
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn send_window_follows_the_path_within_bounds() {
-        let max = 96 << 20;
-        // 8 Mbit/s x 50 ms: a BDP of 50 kB, bbr cwnd ~100 kB: the floor.
-        assert_eq!(send_window_for(100_000, max), MIN_SEND_WINDOW);
-        // 200 Mbit/s x 150 ms: a cwnd of ~7.5 MB gets four of them.
-        assert_eq!(send_window_for(7_500_000, max), 30_000_000);
-        // Never past the configured window, even for a huge cwnd or a tiny max.
-        assert_eq!(send_window_for(u64::MAX, max), max);
-        assert_eq!(send_window_for(10, 1 << 20), 1 << 20);
-    }
-}
+/// A path's receive window is at least this much: the first round trips of a transfer, before
+/// its rate is measured, are not held back.
+pub const MIN_RECV_WINDOW: u64 = 8 << 20;
+/// Windows of a direction that carries control frames only (a server's receive side, a
+/// client's send side; a request is at most 64 KiB), and of a connection between transfers.
+/// The budget grants more to a connection once a transfer runs on it.
+pub const CONTROL_WINDOW: u64 = 1 << 20;

@@ -244,3 +244,51 @@ async fn a_corrupt_database_with_valid_checksums_never_appears() {
     .await;
     expect_rejection(addr, "protocol_violation").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_trickling_in_below_one_buffer_per_idle_timeout_is_not_idle() {
+    // 16 KiB at 1 KiB per 250 ms: progress every quarter second, but the whole file is far
+    // less than one receive buffer, so a client that counted progress per buffer written would
+    // see nothing for 4 s and give up at its 2 s idle timeout. (A slow share of a slow path
+    // looks like this: 20 clients on 20 Mbit/s, eight files each in flight.)
+    const SLICE: usize = 1024;
+    const SLICES: usize = 16;
+    let sst = [7u8; SLICE * SLICES];
+    let (_ep, addr) = hostile(move |mut s| async move {
+        let files = vec![entry("CURRENT", CURRENT), entry("000007.sst", &sst)];
+        accept(&mut s, files).await;
+        send_file(&s, 0, CURRENT, true).await;
+        let mut st = send_file(&s, 1, &[], false).await;
+        for slice in sst.chunks(SLICE) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            st.write_all(slice).await.unwrap();
+        }
+        st.finish().unwrap();
+        let _ = st.stopped().await;
+        write_frame(
+            &mut s.send,
+            &ControlFrame::Metadata(PartitionMeta::default()),
+        )
+        .await
+        .unwrap();
+        write_frame(&mut s.send, &ControlFrame::Complete)
+            .await
+            .unwrap();
+        s
+    })
+    .await;
+    let dst = tempfile::tempdir().unwrap();
+    let f = fetcher(|c| c.idle_timeout = Duration::from_secs(2));
+    let err = f
+        .fetch(&id(0), &[quicstrap::Peer::new(addr)], dst.path())
+        .await
+        .unwrap_err();
+    let FetchError::AllPeersFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    // Both files arrived whole and matched their digests; only the commit's check that they
+    // form a database refused them (they do not).
+    assert_eq!(attempts[0].outcome, "protocol_violation", "{attempts:?}");
+    assert_eq!(attempts[0].bytes, (CURRENT.len() + sst.len()) as u64);
+    assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");
+}

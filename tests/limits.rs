@@ -88,7 +88,6 @@ async fn the_server_write_limit_holds_for_one_transfer_and_for_two_connections()
     seed(src.path(), &a, 12_000, 1000, 4_000);
     seed(src.path(), &b, 12_000, 1000, 4_000);
     let quic = server(src.path(), |c| c.write_limiter = RateLimiter::new(RATE)).await;
-    let sent = |q: &quicstrap::server::Server| q.stats().bytes_sent.load(Ordering::Relaxed);
 
     // One transfer.
     let dst = tempfile::tempdir().unwrap();
@@ -165,4 +164,140 @@ async fn the_client_receives_at_most_max_partitions_at_once() {
         assert_same(&id.dir(src.path()), &id.dir(dst.path()));
     }
     quic.shutdown().await;
+}
+
+type Run = (
+    tokio::task::JoinHandle<Result<quicstrap::FetchReport, quicstrap::FetchError>>,
+    Arc<quicstrap::client::Progress>,
+);
+
+/// File payload bytes a server has written to its streams.
+fn sent(quic: &quicstrap::Server) -> u64 {
+    quic.stats().bytes_sent.load(Ordering::Relaxed)
+}
+
+/// Until every run is done, samples what the server has written to its streams and the
+/// clients have not yet received: the server's send queue plus the clients' unread data.
+/// Returns the most of that, of `budget`'s grant, and of its connections at once.
+async fn sample_queue(
+    servers: &[&quicstrap::Server],
+    budget: &quicstrap::budget::BufferBudget,
+    runs: &[Run],
+) -> (u64, u64, usize) {
+    let (mut queued, mut granted, mut conns) = (0, 0, 0);
+    while runs.iter().any(|(t, _)| !t.is_finished()) {
+        let received: u64 = runs
+            .iter()
+            .map(|(_, p)| p.received.load(Ordering::Relaxed))
+            .sum();
+        let written: u64 = servers.iter().map(|s| sent(s)).sum();
+        queued = queued.max(written.saturating_sub(received));
+        granted = granted.max(budget.granted());
+        conns = conns.max(budget.connections());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (queued, granted, conns)
+}
+
+/// Four clients at once split a send budget too small for all of them: the server never
+/// grants more than its cap, every client is served to the end (a fair share each, nobody
+/// starved into a timeout), and the budget is whole again afterwards. (That a slow path
+/// queues no more than its share is the emulated-link check of `benches/memory.rs`: on
+/// loopback nothing waits for the path.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_clients_share_the_servers_send_budget_and_none_starves() {
+    const CAP: u64 = 12 << 20;
+    let src = tempfile::tempdir().unwrap();
+    let ids: Vec<_> = (0..4).map(|p| id(80 + p)).collect();
+    for id in &ids {
+        seed(src.path(), id, 10_000, 1000, 2_500);
+    }
+    let quic = server(src.path(), |c| {
+        c.max_send_buffer = CAP;
+        c.write_limiter = RateLimiter::new(0);
+    })
+    .await;
+    let dst = tempfile::tempdir().unwrap();
+    // One fetcher each (four connections, each with its own window), reading 4 MB/s so the
+    // transfers overlap.
+    let runs: Vec<Run> = ids
+        .iter()
+        .map(|id| {
+            spawn_fetch(
+                &slow_fetcher(4_000_000, |_| {}),
+                id,
+                vec![peer(&quic)],
+                dst.path(),
+            )
+        })
+        .collect();
+    let budget = quic.send_budget().clone();
+    let (_, granted, conns) = sample_queue(&[&quic], &budget, &runs).await;
+    assert!(granted <= CAP, "{granted} bytes granted, cap {CAP}");
+    assert_eq!(
+        conns, 4,
+        "the transfers never overlapped: the test measured nothing"
+    );
+    for (t, _) in runs {
+        t.await.unwrap().expect("every client is served");
+    }
+    for id in &ids {
+        assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    }
+    assert_eq!((budget.granted(), budget.connections()), (0, 0));
+    quic.shutdown().await;
+}
+
+/// A client that reads slowly from two peers holds no more unread data than its receive
+/// budget: flow control lets a server write only as far as the client's window, and without
+/// path-sized windows each connection would let 96 MiB pile up unread. The cap here fits both
+/// connections' loopback windows (the 8 MiB floor) and the four transfers' receive buffers,
+/// so no window is ever shrunk below credit already granted (QUIC cannot take credit back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_no_more_unread_data_than_its_receive_budget() {
+    const CAP: u64 = 2 * quicstrap::transport::MIN_RECV_WINDOW + 4 * (2 << 20);
+    let src = tempfile::tempdir().unwrap();
+    let ids: Vec<_> = (0..4).map(|p| id(90 + p)).collect();
+    for id in &ids {
+        seed(src.path(), id, 20_000, 1000, 5_000);
+    }
+    let quick = |c: &mut quicstrap::ServerConfig| c.write_limiter = RateLimiter::new(0);
+    let (a, b) = (
+        server(src.path(), quick).await,
+        server(src.path(), quick).await,
+    );
+    let dst = tempfile::tempdir().unwrap();
+    // One fetcher reading 10 MB/s in all; two connections (one per peer), two partitions
+    // on each.
+    let f = slow_fetcher(10_000_000, |c| c.max_recv_buffer = CAP);
+    let runs: Vec<Run> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let p = if i % 2 == 0 { peer(&a) } else { peer(&b) };
+            spawn_fetch(&f, id, vec![p], dst.path())
+        })
+        .collect();
+    let (queued, granted, conns) = sample_queue(&[&a, &b], f.recv_budget(), &runs).await;
+    assert!(granted <= CAP, "{granted} bytes granted, cap {CAP}");
+    assert_eq!(
+        conns, 2,
+        "the transfers never overlapped: the test measured nothing"
+    );
+    assert!(
+        queued <= CAP,
+        "{queued} bytes written and not yet received, cap {CAP}"
+    );
+    for (t, _) in runs {
+        t.await.unwrap().expect("every partition arrives");
+    }
+    for id in &ids {
+        assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    }
+    assert_eq!(
+        (f.recv_budget().granted(), f.recv_budget().connections()),
+        (0, 0)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

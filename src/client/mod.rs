@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::budget::{BudgetLease, BufferBudget, Direction};
 use crate::checksum::ChecksumAlgo;
 use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
@@ -86,6 +87,10 @@ pub struct FetchConfig {
     pub check_timeout: Duration,
     /// How long a connectivity verdict (good or bad) is trusted (30 s).
     pub check_freshness: Duration,
+    /// Most bytes all partitions this fetcher receives at once may hold unread (default
+    /// 256 MiB): the receive windows quinn grants plus the receive buffers. Each connection's
+    /// window follows its path within that (`budget`).
+    pub max_recv_buffer: u64,
 }
 
 impl FetchConfig {
@@ -106,6 +111,7 @@ impl FetchConfig {
             check_concurrency: 16,
             check_timeout: Duration::from_secs(60),
             check_freshness: Duration::from_secs(30),
+            max_recv_buffer: crate::budget::DEFAULT_CAP,
         }
     }
 }
@@ -277,6 +283,8 @@ pub struct Fetcher {
     /// Recent handshake verdicts per peer.
     connectivity: connectivity::ConnectivityCache,
     stats: Arc<FetchStats>,
+    /// Receive windows and buffers of every transfer, bounded together.
+    budget: Arc<BufferBudget>,
 }
 
 impl Fetcher {
@@ -293,6 +301,13 @@ impl Fetcher {
             transport::endpoint(cfg.bind, &cfg.tuning, None).map_err(SetupError::Bind)?;
         let cfg_partitions = cfg.max_partitions.max(1);
         let freshness = cfg.check_freshness;
+        let budget = BufferBudget::new(
+            Direction::Receive,
+            cfg.max_recv_buffer,
+            transport::MIN_RECV_WINDOW,
+            cfg.tuning.connection_window,
+            transport::CONTROL_WINDOW,
+        );
         Ok(Self {
             endpoint,
             client_cfg,
@@ -303,6 +318,7 @@ impl Fetcher {
             partitions: Arc::new(tokio::sync::Semaphore::new(cfg_partitions)),
             connectivity: connectivity::ConnectivityCache::new(freshness),
             stats: Arc::default(),
+            budget,
         })
     }
 
@@ -398,6 +414,11 @@ impl Fetcher {
         self.stats.clone()
     }
 
+    /// The budget bounding what this fetcher's transfers hold unread, for metrics and tests.
+    pub fn recv_budget(&self) -> &Arc<BufferBudget> {
+        &self.budget
+    }
+
     /// Peers with a cached connectivity verdict (for metrics).
     pub fn connectivity_cache_len(&self) -> usize {
         self.connectivity.len()
@@ -488,6 +509,9 @@ impl Fetcher {
     /// rejection. `Preparing` heartbeats keep the wait alive while the server digests.
     async fn request(&self, id: &PartitionId, peer: &Peer) -> Result<Accepted, AttemptError> {
         let pc = self.connection(peer).await?;
+        // From the request on, files may arrive: the connection's receive window follows its
+        // path within the budget, and this transfer's receive buffers are reserved from it.
+        let budget = self.budget.lease(&pc.conn, receive::RESERVED);
         let transfer_id = self.next_transfer.fetch_add(1, Ordering::Relaxed);
         let (tx, streams) = mpsc::unbounded_channel();
         lock(&pc.routes).insert(transfer_id, tx);
@@ -542,6 +566,7 @@ impl Fetcher {
         };
         check_manifest(&files)?;
         Ok(Accepted {
+            _budget: budget,
             _route: route,
             streams,
             send,
@@ -571,6 +596,7 @@ impl Fetcher {
             }
         };
         let Accepted {
+            _budget,
             _route,
             mut streams,
             mut send,
@@ -670,6 +696,8 @@ pub(crate) fn temp_tag() -> String {
 
 /// What an accepted request leaves for the receive phase.
 struct Accepted {
+    /// Counts this transfer against the receive budget until the attempt ends.
+    _budget: BudgetLease,
     /// Keeps this transfer's file streams routed here until the attempt ends.
     _route: RouteGuard,
     streams: mpsc::UnboundedReceiver<(FileHeader, quinn::RecvStream)>,

@@ -16,6 +16,9 @@ use crate::protocol::{codes, FileEntry};
 use super::error::AttemptError;
 
 const BUF: usize = 256 * 1024;
+/// Receive buffers one transfer holds outside quinn: one per file in flight, for the eight
+/// files a server sends at once by default.
+pub(crate) const RESERVED: u64 = 8 * BUF as u64;
 
 /// Files one attempt has open for receiving. The attempt's cleanup waits for this to drop to
 /// zero before deleting or committing its temp dir, so no handle outlives its directory; only
@@ -94,7 +97,13 @@ pub(crate) async fn receive_file(
         let mut eof = false;
         while filled < buf.len() {
             match stream.read_some(&mut buf[filled..]).await? {
-                Some(n) => filled += n,
+                Some(n) => {
+                    filled += n;
+                    // Progress is every byte as it arrives, not per buffer written: on a
+                    // slow share of a slow path, filling one buffer per file can take longer
+                    // than the idle timeout, and a transfer that moves must never look idle.
+                    progress.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 None => {
                     eof = true;
                     break;
@@ -116,7 +125,6 @@ pub(crate) async fn receive_file(
                 .write_all(&buf[..filled])
                 .map_err(AttemptError::local)?;
             total += filled as u64;
-            progress.fetch_add(filled as u64, Ordering::Relaxed);
             // Pay for these bytes before reading more: with reads paused, QUIC flow control
             // holds the sender back instead of buffers filling up here.
             limiter.acquire(filled as u64).await;
