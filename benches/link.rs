@@ -21,7 +21,8 @@
 //! `bench-results/`). Options: `--reps N` (3), `--rtts 2,50,150`, `--losses 0,0.1,1,3,b1`,
 //! `--rate-mbit 200`, `--cap-secs 30` (a run that has not finished by then is stopped and
 //! reported with the bytes it had received over its time), `--records N` (262144 × 1000 B ≈ 268 MB),
-//! `--variants quic-cubic,...`, `--no-loopback`, `--no-link`.
+//! `--variants quic-cubic,...`, `--no-loopback`, `--no-link`. `QUICSTRAP_BIN=path` runs another
+//! build of `quicstrap` (e.g. an older commit's, for a before/after comparison).
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a one-cell smoke version as root and
 //! skips with a message otherwise.
@@ -356,8 +357,13 @@ fn proc_cpu_secs(pid: i32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// This build's `quicstrap`, or `QUICSTRAP_BIN` when set (another build, for a before/after
+/// comparison in one sitting).
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_quicstrap")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("QUICSTRAP_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quicstrap").into())
+    })
 }
 
 fn netns_command(ns: Option<&str>, program: &str) -> Command {

@@ -142,9 +142,13 @@ pub fn largest_sst(dir: &Path) -> PathBuf {
         .path()
 }
 
-/// Path of the `quicstrap` binary and of the dev certificates, for process tests.
+/// Path of the `quicstrap` binary (this build's, or `QUICSTRAP_BIN` when set: a benchmark
+/// can run an older build for a before/after comparison), for process tests.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_quicstrap")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("QUICSTRAP_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quicstrap").into())
+    })
 }
 
 pub fn certs() -> PathBuf {
