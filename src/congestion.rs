@@ -32,7 +32,7 @@ pub const MIN_ROUND_PACKETS: u64 = 100;
 /// On a congested round the window is capped at this share of the bytes in flight.
 pub const BACKOFF: f64 = 0.75;
 /// Each clean round raises the cap by this share.
-pub const REGROW: f64 = 0.0625;
+pub const REGROW: f64 = 0.25;
 
 /// The loss guard's state, apart from any controller: what a round saw, and the cap.
 #[derive(Clone, Debug)]
