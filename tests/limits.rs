@@ -142,11 +142,13 @@ async fn the_client_receives_at_most_max_partitions_at_once() {
         .iter()
         .map(|id| spawn_fetch(&f, id, vec![peer(&quic)], dst.path()))
         .collect();
-    // Sample how many are receiving (a temp dir each) until all are done.
+    // Sample how many are receiving (a temp dir each) until all are done. (Not the server's
+    // snapshot users: a partition's turn ends when its commit does, and the server counts
+    // the transfer until the client's Done reaches it, so under load the next request can
+    // arrive first.)
     let mut most = 0;
     while runs.iter().any(|(t, _)| !t.is_finished()) {
         most = most.max(temp_dirs(dst.path()).len());
-        assert!(quic.snapshots().users() <= MAX);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(

@@ -25,10 +25,25 @@ fn metrics_count_transfers_bytes_and_snapshots() {
     seed(src.path(), &id, 5_000, 200, 1_000);
     let mut serve = ServeProcess::start(
         src.path(),
-        &["--metrics-listen", "127.0.0.1:0", "--adaptive-throttle"],
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--adaptive-throttle",
+            "--max-send-buffer",
+            "67108864",
+        ],
     );
     let url = serve.next_line("metrics on ");
     let before = scrape(&url);
+    // Memory: the cap in force, nothing granted while idle, the process's RSS and its peak.
+    assert_eq!(
+        value(&before, "quicstrap_send_buffer_limit_bytes"),
+        67108864.0
+    );
+    assert_eq!(value(&before, "quicstrap_send_buffer_bytes"), 0.0);
+    let rss = value(&before, "quicstrap_process_resident_memory_bytes");
+    let peak = value(&before, "quicstrap_process_peak_resident_memory_bytes");
+    assert!(rss > 1e6 && peak >= rss, "rss {rss}, peak {peak}");
     assert_eq!(
         value(
             &before,
@@ -73,6 +88,8 @@ fn metrics_count_transfers_bytes_and_snapshots() {
     );
     assert_eq!(value(&after, "quicstrap_snapshots_created_total"), 1.0);
     assert_eq!(value(&after, "quicstrap_snapshot_users"), 0.0);
+    // The finished transfer gave its share of the send budget back.
+    assert_eq!(value(&after, "quicstrap_send_buffer_bytes"), 0.0);
     assert!(after.contains("# TYPE quicstrap_bytes_sent_total counter"));
 }
 
