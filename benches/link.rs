@@ -820,11 +820,19 @@ fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_bytes: u64) {
                 .iter()
                 .filter_map(|v| g(v))
                 .fold(f64::NAN, f64::max);
+            // A ratio against a variant this run did not measure is "—", not NaN.
+            let ratio = |r: f64, digits: usize| {
+                if r.is_finite() {
+                    format!("{r:.digits$}×")
+                } else {
+                    "—".to_string()
+                }
+            };
             md.push_str(&format!(
-                "{:.0} % | {:.1}× | {:.2}× |\n",
+                "{:.0} % | {} | {} |\n",
                 100.0 * quic / cap,
-                quic / g("tcp-cubic").unwrap_or(f64::NAN),
-                quic / best_tcp
+                ratio(quic / g("tcp-cubic").unwrap_or(f64::NAN), 1),
+                ratio(quic / best_tcp, 2)
             ));
         }
         md.push_str("\nCPU seconds (client / server) and peak RSS MiB (client / server), medians per variant:\n\n| RTT | loss | ");
