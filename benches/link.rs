@@ -312,16 +312,8 @@ impl Serve {
     }
 
     fn peak_rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
+        quicstrap::budget::process_rss(Some(self.child.id()))
+            .map_or(f64::NAN, |(_, peak)| peak as f64 / 1048576.0)
     }
 }
 

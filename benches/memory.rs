@@ -265,15 +265,8 @@ fn wait_measured(mut child: Child) -> (bool, serde_json::Value, i64) {
 }
 
 fn peak_rss_mib(pid: i32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    quicstrap::budget::process_rss(Some(pid as u32))
+        .map_or(f64::NAN, |(_, peak)| peak as f64 / 1048576.0)
 }
 
 fn machine() -> String {

@@ -274,10 +274,14 @@ impl Drop for BudgetLease {
     }
 }
 
-/// This process's resident memory and its peak (`VmRSS`, `VmHWM`), bytes; `None` where
-/// `/proc` does not tell.
-pub fn process_rss() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// Resident memory and its peak (`VmRSS`, `VmHWM`), bytes, of this process (`None`) or of
+/// process `pid`; `None` where `/proc` does not tell.
+pub fn process_rss(pid: Option<u32>) -> Option<(u64, u64)> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
     let field = |name: &str| {
         status
             .lines()
@@ -337,7 +341,9 @@ mod tests {
 
     #[test]
     fn process_rss_reads_proc() {
-        let (rss, peak) = process_rss().expect("/proc/self/status");
+        let (rss, peak) = process_rss(None).expect("/proc/self/status");
+        let (_, of_pid) = process_rss(Some(std::process::id())).expect("/proc/<pid>/status");
+        assert!(of_pid > 0);
         assert!(rss > 0 && peak >= rss, "rss {rss} peak {peak}");
     }
 }

@@ -242,14 +242,14 @@ pub fn register_process(r: &Registry) {
         "Resident memory of this process (VmRSS), sampled at scrape time.",
         Kind::Gauge,
         &[],
-        || crate::budget::process_rss().map_or(f64::NAN, |(rss, _)| rss as f64),
+        || crate::budget::process_rss(None).map_or(f64::NAN, |(rss, _)| rss as f64),
     );
     r.register(
         "quicstrap_process_peak_resident_memory_bytes",
         "Peak resident memory of this process since it started (VmHWM).",
         Kind::Gauge,
         &[],
-        || crate::budget::process_rss().map_or(f64::NAN, |(_, peak)| peak as f64),
+        || crate::budget::process_rss(None).map_or(f64::NAN, |(_, peak)| peak as f64),
     );
 }
 

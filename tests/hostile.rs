@@ -80,6 +80,19 @@ async fn accept(s: &mut Session, files: Vec<FileEntry>) {
         .unwrap();
 }
 
+/// Ends the transfer as a server does: `Metadata` (empty), then `Complete`.
+async fn metadata_then_complete(s: &mut Session) {
+    write_frame(
+        &mut s.send,
+        &ControlFrame::Metadata(PartitionMeta::default()),
+    )
+    .await
+    .unwrap();
+    write_frame(&mut s.send, &ControlFrame::Complete)
+        .await
+        .unwrap();
+}
+
 async fn send_file(s: &Session, index: u32, bytes: &[u8], finish: bool) -> quinn::SendStream {
     let mut st = s.conn.open_uni().await.unwrap();
     write_frame(
@@ -138,15 +151,7 @@ async fn complete_before_every_file_is_rejected() {
         let files = vec![entry("CURRENT", CURRENT), entry("000007.sst", &[7u8; 4096])];
         accept(&mut s, files).await;
         send_file(&s, 0, CURRENT, true).await;
-        write_frame(
-            &mut s.send,
-            &ControlFrame::Metadata(PartitionMeta::default()),
-        )
-        .await
-        .unwrap();
-        write_frame(&mut s.send, &ControlFrame::Complete)
-            .await
-            .unwrap();
+        metadata_then_complete(&mut s).await;
         s
     })
     .await;
@@ -267,15 +272,7 @@ async fn a_file_trickling_in_below_one_buffer_per_idle_timeout_is_not_idle() {
         }
         st.finish().unwrap();
         let _ = st.stopped().await;
-        write_frame(
-            &mut s.send,
-            &ControlFrame::Metadata(PartitionMeta::default()),
-        )
-        .await
-        .unwrap();
-        write_frame(&mut s.send, &ControlFrame::Complete)
-            .await
-            .unwrap();
+        metadata_then_complete(&mut s).await;
         s
     })
     .await;
