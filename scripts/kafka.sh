@@ -99,7 +99,12 @@ start() { # start [keep]: "keep" restarts on the existing data (a broker coming 
   else
     rm -rf "$DATA" "$LOGS" && mkdir -p "$DATA" "$LOGS"
     write_config
-    local cluster_id; cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    # A random base64url id; never one starting with '-', which the tool's argument parser
+    # takes for an option (1 start in 64 failed with "expected one argument").
+    local cluster_id=-
+    while [ "${cluster_id#-}" != "$cluster_id" ]; do
+      cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    done
     "${java[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$HOME_DIR/server.properties" >"$LOGS/format.log" 2>&1 \
       || { cat "$LOGS/format.log" >&2; die "storage format failed"; }
   fi
