@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Runs a real single-node Apache Kafka broker (KRaft, broker+controller in one JVM) on 127.0.0.1
-# for integration tests.
+# for integration tests. Listeners: PLAINTEXT on $QUICSTRAP_KAFKA_PORT (default 19092, also the
+# inter-broker listener), CONTROLLER on PORT+1, and SSL (TLS, no client certificates) on
+# $QUICSTRAP_KAFKA_TLS_PORT (default PORT+2) serving certs-dev/server.crt (SAN localhost,
+# 127.0.0.1; trust certs-dev/ca.crt). The server key+cert are copied into a PEM keystore in
+# $QUICSTRAP_KAFKA_HOME at every start/resume; nothing is written into the clone.
 #   scripts/kafka.sh start   fetch jars if needed (Maven Central via mvn), format a fresh data dir,
 #                            start in the background, wait until ready
 #   scripts/kafka.sh resume  start again on the data of the last run (a broker coming back)
 #   scripts/kafka.sh stop    SIGTERM, SIGKILL after a bounded wait; exit 0 if not running
 #   scripts/kafka.sh status  exit 0 if running
-# Everything lives outside the clone in $QUICSTRAP_KAFKA_HOME (libs/ cache, data/, logs/).
+# Everything lives outside the clone in $QUICSTRAP_KAFKA_HOME (libs/ cache, data/, logs/,
+# server.properties, server.pem).
 set -euo pipefail
 
 KAFKA_VERSION=4.2.0
 HOME_DIR="${QUICSTRAP_KAFKA_HOME:-/var/tmp/quicstrap-kafka}"
 PORT="${QUICSTRAP_KAFKA_PORT:-19092}"
 CONTROLLER_PORT="${QUICSTRAP_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+TLS_PORT="${QUICSTRAP_KAFKA_TLS_PORT:-$((PORT + 2))}"
+CERTS="$(cd "$(dirname "$0")/.." && pwd)/certs-dev"
 LIBS="$HOME_DIR/libs" DATA="$HOME_DIR/data" LOGS="$HOME_DIR/logs" PIDFILE="$HOME_DIR/kafka.pid"
+KEYSTORE="$HOME_DIR/server.pem"
+LISTENERS="PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SSL://127.0.0.1:$TLS_PORT"
 WAIT_SECS=90
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
@@ -45,16 +54,26 @@ EOF
   touch "$LIBS/.complete-$KAFKA_VERSION"
 }
 
+write_keystore() { # the PEM keystore of the SSL listener: PKCS#8 key + certificate, from certs-dev
+  local f
+  for f in server.key server.crt; do [[ -r "$CERTS/$f" ]] || die "missing $CERTS/$f"; done
+  # Unencrypted key, so no ssl.key.password: Kafka only decrypts when a key password is set.
+  (umask 077 && cat "$CERTS/server.key" "$CERTS/server.crt" >"$KEYSTORE.tmp") && mv "$KEYSTORE.tmp" "$KEYSTORE"
+}
+
 write_config() {
   cat >"$HOME_DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=$LISTENERS
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SSL://127.0.0.1:$TLS_PORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
+ssl.keystore.type=PEM
+ssl.keystore.location=$KEYSTORE
+ssl.client.auth=none
 log.dirs=$DATA
 num.partitions=1
 auto.create.topics.enable=true
@@ -89,15 +108,22 @@ fail() {
 start() { # start [keep]: "keep" restarts on the existing data (a broker coming back)
   if p=$(pid); then echo "kafka already running on 127.0.0.1:$PORT (pid $p)"; return; fi
   local keep=${1:-}
-  for p in "$PORT" "$CONTROLLER_PORT"; do
+  for p in "$PORT" "$CONTROLLER_PORT" "$TLS_PORT"; do
     port_open "$p" && die "127.0.0.1:$p is already in use by another process"
   done
   fetch
   local t0=$SECONDS java=(java -Xms256m -Xmx512m -Dlog4j2.configurationFile="$HOME_DIR/log4j2.properties" -cp "$LIBS/*")
   if [[ "$keep" == keep && -f "$DATA/meta.properties" ]]; then
     mkdir -p "$LOGS" && : >"$LOGS/server.log"
+    write_keystore # certs-dev may have been remade since the first start
+    # A home from before the SSL listener (or with other ports): the config is a function of the
+    # ports and paths only (the cluster id is in data/meta.properties), so write it again.
+    grep -qsxF "listeners=$LISTENERS" "$HOME_DIR/server.properties" \
+      && grep -qsxF "ssl.keystore.location=$KEYSTORE" "$HOME_DIR/server.properties" \
+      || { echo "kafka.sh: rewriting $HOME_DIR/server.properties for resume"; write_config; }
   else
     rm -rf "$DATA" "$LOGS" && mkdir -p "$DATA" "$LOGS"
+    write_keystore
     write_config
     # A random base64url id; never one starting with '-', which the tool's argument parser
     # takes for an option (1 start in 64 failed with "expected one argument").
@@ -110,12 +136,12 @@ start() { # start [keep]: "keep" restarts on the existing data (a broker coming 
   fi
   nohup "${java[@]}" kafka.Kafka "$HOME_DIR/server.properties" >"$LOGS/stdout.log" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
-  until port_open "$PORT" && grep -qs 'Kafka Server started' "$LOGS/server.log"; do
+  until port_open "$PORT" && port_open "$TLS_PORT" && grep -qs 'Kafka Server started' "$LOGS/server.log"; do
     pid >/dev/null || fail "broker exited during startup"
     (( SECONDS - t0 < WAIT_SECS )) || fail "broker not ready after ${WAIT_SECS}s"
     sleep 0.5
   done
-  echo "kafka ready on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"), $((SECONDS - t0))s)"
+  echo "kafka ready on 127.0.0.1:$PORT (tls 127.0.0.1:$TLS_PORT) (pid $(cat "$PIDFILE"), $((SECONDS - t0))s)"
 }
 
 stop() {
@@ -134,6 +160,6 @@ case "${1:-}" in
   start) start ;;
   resume) start keep ;;
   stop) stop ;;
-  status) if p=$(pid); then echo "kafka running on 127.0.0.1:$PORT (pid $p)"; else echo "kafka not running"; exit 1; fi ;;
+  status) if p=$(pid); then echo "kafka running on 127.0.0.1:$PORT (tls 127.0.0.1:$TLS_PORT) (pid $p)"; else echo "kafka not running"; exit 1; fi ;;
   *) die "usage: $0 start|resume|stop|status" ;;
 esac

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing quicstrap needs on a fresh Debian/Ubuntu machine:
-# libclang for RocksDB's bindings, a C/C++ toolchain, Java and Maven for the test Kafka broker,
+# libclang for RocksDB's bindings, a C/C++ toolchain, OpenSSL headers (librdkafka's TLS to brokers),
+# Java and Maven for the test Kafka broker,
 # curl (the HTTPS baseline is tested with it), iproute2 (namespaces of the link emulator) and
 # dnsmasq (the DNS server the SRV discovery tests ask); python3 (scripts/chaos.sh tabulates with it).
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 
 need=()
-for pkg in libclang-dev clang g++ make pkg-config openssl zlib1g-dev curl iproute2 dnsmasq-base python3; do
+for pkg in libclang-dev clang g++ make pkg-config openssl libssl-dev zlib1g-dev curl iproute2 dnsmasq-base python3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # The test broker is Apache Kafka, run from its Maven Central jars: Java 17+ and Maven.

@@ -30,6 +30,7 @@ step "cargo clippy" cargo clippy --release --locked --workspace --all-targets --
 trap './scripts/kafka.sh stop >/dev/null; rm -f "$log"' EXIT
 step "kafka start" ./scripts/kafka.sh start
 export QUICSTRAP_KAFKA="127.0.0.1:${QUICSTRAP_KAFKA_PORT:-19092}"
+export QUICSTRAP_KAFKA_TLS="127.0.0.1:${QUICSTRAP_KAFKA_TLS_PORT:-$(( ${QUICSTRAP_KAFKA_PORT:-19092} + 2 ))}"
 step "cargo test" cargo test --release --locked --workspace --all-targets --no-fail-fast
 step "cargo test --doc" cargo test --release --locked --workspace --doc --no-fail-fast
 
