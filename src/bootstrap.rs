@@ -3,16 +3,27 @@
 //! The path is chosen, and reported with its reason: a partition already on disk resumes from
 //! its own offset; a lag below the threshold is cheaper to replay than to transfer; otherwise
 //! peers are tried and the result caught up from the snapshot's offset to the high watermark;
-//! with no peers, or when every peer fails, the partition is built from Kafka from the start.
+//! with no peers, or when every peer fails, the partition is built from Kafka.
+//!
+//! Kafka is asked once, without retries, before choosing: a broker that is down must not keep
+//! a node from its peers. Without an answer the lag shortcut is skipped (it needs the
+//! watermark) and peers are tried first; catch-up then retries until its deadline. Records
+//! that retention has removed (a partition here, or an empty start, behind the log's first
+//! offset) cannot be replayed: a peer's newer snapshot replaces the partition, or with no
+//! peer it is rebuilt from the earliest offset the log still holds, and the path says so.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::client::{commit, Attempt, Fallback, FetchError, FetchReport, Fetcher, Progress};
-use crate::ingest::{self, CatchUpConfig, CatchUpError, CatchUpReport, LogSource, Until};
-use crate::partition::{self, PartitionId, StorageError, TableFormat};
+use crate::client::commit::{self, TEMP_PREFIX};
+use crate::client::{Attempt, Fallback, FetchError, FetchReport, Fetcher, Progress};
+use crate::ingest::{
+    self, CatchUpConfig, CatchUpError, CatchUpReport, LogSource, Until, Watermarks,
+};
+use crate::partition::{self, PartitionId, StorageError, TableFormat, VersionState};
 use crate::peers::Peer;
 
 /// Knobs of a bootstrap.
@@ -54,6 +65,22 @@ pub enum BootstrapPath {
     KafkaNoPeers,
     /// Every peer failed: built from Kafka from the beginning.
     KafkaAllPeersFailed,
+    /// The partition here was behind the log's first offset (retention removed records it
+    /// never applied): replaced by a peer's snapshot.
+    PeerTransferAfterGap {
+        /// Offset the old partition held.
+        have: Option<u64>,
+        /// First offset the log still held.
+        earliest: u64,
+    },
+    /// Records before `earliest` are gone from the log and no peer could serve: built from
+    /// `earliest`. The partition lacks whatever only those records wrote.
+    KafkaFromEarliest {
+        /// Offset the partition held before (`None`: it was not here).
+        have: Option<u64>,
+        /// First offset the log held, where the rebuild started.
+        earliest: u64,
+    },
 }
 
 /// What a bootstrap did.
@@ -67,10 +94,11 @@ pub struct BootstrapReport {
     pub transfer: Option<FetchReport>,
     /// Every peer attempt (also the failed ones that led to a Kafka bootstrap).
     pub attempts: Vec<Attempt>,
-    /// The Kafka catch-up.
+    /// The Kafka catch-up (what it did before failing, when it failed).
     pub catch_up: CatchUpReport,
-    /// High watermark seen when the bootstrap decided its path.
-    pub high_watermark: u64,
+    /// High watermark seen when the bootstrap decided its path; `None` when Kafka did not
+    /// answer then (peers were tried first).
+    pub high_watermark: Option<u64>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -78,15 +106,41 @@ pub struct BootstrapReport {
 /// Why a bootstrap did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    /// The fetch failed in a way that calls for no fallback (cancelled).
+    /// The fetch failed in a way that calls for no fallback (cancelled, partition exists).
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    /// Catch-up stopped short; the partition is valid at its last offset and a rerun resumes.
-    #[error("catch-up: {0}")]
-    CatchUp(#[from] CatchUpError),
+    /// Catch-up stopped short; the partition is valid at its last offset, `report` says how
+    /// it got there, and a rerun resumes (after a broker outage) or needs a fix (the error
+    /// says which).
+    #[error("catch-up: {error}")]
+    CatchUp {
+        /// What stopped it.
+        error: CatchUpError,
+        /// The bootstrap so far: the path, the transfer, the records applied.
+        report: Box<BootstrapReport>,
+    },
     /// Local storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl BootstrapError {
+    /// Short stable label for reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Fetch(e) => e.label(),
+            Self::CatchUp { error, .. } => error.label(),
+            Self::Storage(_) => "storage",
+        }
+    }
+
+    /// The bootstrap so far, when it got as far as choosing a path.
+    pub fn report(&self) -> Option<&BootstrapReport> {
+        match self {
+            Self::CatchUp { report, .. } => Some(report),
+            _ => None,
+        }
+    }
 }
 
 /// Bootstraps `id` under `root` from `peers` and `log`.
@@ -103,43 +157,89 @@ pub async fn bootstrap<L: LogSource>(
     let dir = id.dir(root);
     let present = dir.join("CURRENT").is_file();
     let local_offset = if present {
-        let db = partition::open(&dir, cfg.table_format)?;
-        partition::read_meta(&db)?.offset
+        let (d, format) = (dir.clone(), cfg.table_format);
+        ingest::blocking(move || partition::read_meta(&partition::open(&d, format)?))
+            .await?
+            .offset
     } else {
         None
     };
-    let local_next = local_offset.map_or(0, |o| o + 1);
-    let hw = ingest::high_watermark(log, &cfg.catch_up, local_offset).await?;
-    let lag = hw.saturating_sub(local_next);
+    let local_next = ingest::next_offset(local_offset)
+        .map_err(|error| failed(id, BootstrapPath::LocalResume, None, error, started))?;
+    // One question, no retries: with the broker down, peers come first.
+    let wm = match log.watermarks().await {
+        Ok(wm) => Some(wm),
+        Err(e) => {
+            tracing::warn!(partition = %id, error = %e, "Kafka does not answer; trying peers first");
+            None
+        }
+    };
+    let gap = match wm.map(|wm| ingest::check_position(local_offset, wm)) {
+        Some(Err(CatchUpError::OffsetOutOfRange { earliest, .. })) => Some(earliest),
+        Some(Err(error)) => {
+            return Err(failed(id, BootstrapPath::LocalResume, wm, error, started));
+        }
+        _ => None,
+    };
+    let lag = wm.map(|wm| wm.high.saturating_sub(local_next));
     let mut attempts = Vec::new();
     let mut transfer = None;
-    let path = if present {
+    let from_earliest = |earliest| BootstrapPath::KafkaFromEarliest {
+        have: local_offset,
+        earliest,
+    };
+    let mut path = if present && gap.is_none() {
         BootstrapPath::LocalResume
-    } else if lag < cfg.lag_threshold {
+    } else if let (Some(lag), None) = (lag.filter(|&l| l < cfg.lag_threshold), gap) {
         BootstrapPath::KafkaLagBelowThreshold { lag }
     } else if peers.is_empty() {
-        BootstrapPath::KafkaNoPeers
+        gap.map_or(BootstrapPath::KafkaNoPeers, from_earliest)
     } else {
+        // A partition here that the log can no longer catch up is moved aside (a temp dir
+        // the sweep removes if this process dies) and deleted once it is replaced.
+        let aside = match (present, gap) {
+            (true, Some(_)) => Some(move_aside(&dir, id)?),
+            _ => None,
+        };
         match fetcher.fetch_with_progress(id, peers, root, progress).await {
             Ok(report) => {
                 attempts = report.attempts.clone();
                 transfer = Some(report);
-                BootstrapPath::PeerTransfer
+                if let Some(a) = aside {
+                    remove_quietly(&a);
+                }
+                match (present, gap) {
+                    (true, Some(earliest)) => BootstrapPath::PeerTransferAfterGap {
+                        have: local_offset,
+                        earliest,
+                    },
+                    _ => BootstrapPath::PeerTransfer,
+                }
             }
             Err(e) if e.fallback() == Fallback::KafkaFromStart => {
                 tracing::warn!(partition = %id, error = %e, "no peer could serve; bootstrapping from Kafka");
-                if let FetchError::AllPeersFailed { attempts: a }
-                | FetchError::GaveUp { attempts: a, .. } = &e
-                {
-                    attempts = a.clone();
+                attempts = e.attempts().to_vec();
+                if let Some(a) = aside {
+                    remove_quietly(&a);
                 }
-                BootstrapPath::KafkaAllPeersFailed
+                gap.map_or(BootstrapPath::KafkaAllPeersFailed, from_earliest)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if let Some(a) = aside {
+                    // Nothing replaced it: put it back as it was.
+                    let _ = std::fs::rename(&a, &dir);
+                }
+                return Err(e.into());
+            }
         }
     };
-    tracing::info!(partition = %id, ?path, lag, "bootstrap path chosen");
-    if !dir.join("CURRENT").is_file() {
+    tracing::info!(partition = %id, ?path, ?lag, "bootstrap path chosen");
+    if matches!(path, BootstrapPath::KafkaFromEarliest { .. }) && dir.join("CURRENT").is_file() {
+        // No peer replaced the partition the log cannot catch up: rebuilt from scratch.
+        remove_quietly(&move_aside(&dir, id)?);
+    }
+    let fresh = !dir.join("CURRENT").is_file();
+    if fresh {
         // Building from Kafka: a fresh DB. A leftover empty directory is fine; anything else
         // is a partition and was handled above.
         if dir.exists() && !commit::is_empty_dir(&dir).map_err(StorageError::Io)? {
@@ -147,15 +247,112 @@ pub async fn bootstrap<L: LogSource>(
         }
         std::fs::create_dir_all(&dir).map_err(StorageError::Io)?;
     }
-    let db = partition::open(&dir, cfg.table_format)?;
-    let catch_up = ingest::catch_up(&db, log, Until::HighWatermark, &cfg.catch_up).await?;
-    Ok(BootstrapReport {
+    let (d, format) = (dir.clone(), cfg.table_format);
+    let db = Arc::new(ingest::blocking(move || partition::open(&d, format)).await?);
+    if fresh {
+        // Recorded like a transferred partition's, so a peer serving this format can serve it.
+        let state = VersionState {
+            table_format: cfg.table_format,
+            producer: "quicstrap (built from Kafka)".into(),
+        };
+        let w = db.clone();
+        ingest::blocking(move || partition::write_version_state(&w, &state)).await?;
+        if let BootstrapPath::KafkaFromEarliest { earliest, .. } = path {
+            set_base(&db, earliest).await?;
+        }
+    }
+    let mut report = BootstrapReport {
         partition: id.to_string(),
-        path,
+        path: path.clone(),
         transfer,
         attempts,
-        catch_up,
-        high_watermark: hw,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        catch_up: CatchUpReport::default(),
+        high_watermark: wm.map(|w| w.high),
+        seconds: 0.0,
+    };
+    let mut result = ingest::catch_up_into(
+        &db,
+        log,
+        Until::HighWatermark,
+        &cfg.catch_up,
+        &mut report.catch_up,
+    )
+    .await;
+    if let (true, Err(CatchUpError::OffsetOutOfRange { earliest, .. })) =
+        (fresh && report.transfer.is_none(), &result)
+    {
+        // Kafka was down when the path was chosen and its head turns out to be gone: the
+        // fresh partition starts at the earliest offset instead.
+        let earliest = *earliest;
+        path = BootstrapPath::KafkaFromEarliest {
+            have: None,
+            earliest,
+        };
+        report.path = path;
+        set_base(&db, earliest).await?;
+        result = ingest::catch_up_into(
+            &db,
+            log,
+            Until::HighWatermark,
+            &cfg.catch_up,
+            &mut report.catch_up,
+        )
+        .await;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => Ok(report),
+        Err(error) => Err(BootstrapError::CatchUp {
+            error,
+            report: Box::new(report),
+        }),
+    }
+}
+
+/// A bootstrap that failed while choosing its path.
+fn failed(
+    id: &PartitionId,
+    path: BootstrapPath,
+    wm: Option<Watermarks>,
+    error: CatchUpError,
+    started: Instant,
+) -> BootstrapError {
+    BootstrapError::CatchUp {
+        error,
+        report: Box::new(BootstrapReport {
+            partition: id.to_string(),
+            path,
+            transfer: None,
+            attempts: Vec::new(),
+            catch_up: CatchUpReport::default(),
+            high_watermark: wm.map(|w| w.high),
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+    }
+}
+
+/// Makes a fresh partition start right before `earliest`: the records before it are gone.
+async fn set_base(db: &Arc<rocksdb::DB>, earliest: u64) -> Result<(), StorageError> {
+    if let Some(base) = earliest.checked_sub(1) {
+        let db = db.clone();
+        ingest::blocking(move || partition::apply_batch(&db, [], base)).await?;
+    }
+    Ok(())
+}
+
+/// Renames a partition the log can no longer catch up to a temp dir of this process.
+fn move_aside(dir: &Path, id: &PartitionId) -> Result<std::path::PathBuf, StorageError> {
+    let aside = dir.with_file_name(format!(
+        "{TEMP_PREFIX}{}-{}-behind-retention",
+        id.partition,
+        std::process::id()
+    ));
+    std::fs::rename(dir, &aside)?;
+    Ok(aside)
+}
+
+fn remove_quietly(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the replaced partition");
+    }
 }

@@ -98,7 +98,7 @@ async fn catch_up_tail(
             (partition::seed_key(i * 13), value)
         })
         .collect();
-    let db = partition::open(&report.dir, TableFormat::Block)?;
+    let db = std::sync::Arc::new(partition::open(&report.dir, TableFormat::Block)?);
     let cfg = CatchUpConfig::default();
     let kafka_err = |e: crate::ingest::LogError| DemoError::Verify(format!("kafka: {e}"));
     let caught = match kafka {
@@ -334,7 +334,7 @@ async fn seed_from_kafka(
     }
     std::fs::create_dir_all(dir)?;
     {
-        let db = partition::open(dir, TableFormat::Block)?;
+        let db = std::sync::Arc::new(partition::open(dir, TableFormat::Block)?);
         partition::write_version_state(
             &db,
             &crate::partition::VersionState {

@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use quicstrap::baseline::{HttpFetchConfig, HttpFetcher, HttpServer, HttpServerConfig};
 use quicstrap::checksum::ChecksumAlgo;
 use quicstrap::client::{FetchConfig, Fetcher, Progress};
+use quicstrap::ingest::kafka::KafkaConfig;
+use quicstrap::ingest::{BadRecordPolicy, CatchUpConfig, TopicTemplate};
 use quicstrap::partition::{self, PartitionId, TableFormat};
 use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
@@ -84,6 +86,50 @@ impl QuicArgs {
         t.connection_window = self.connection_window;
         t.socket_buffer = self.socket_buffer;
         t.initial_mtu = self.initial_mtu;
+    }
+}
+
+#[derive(Args)]
+struct KafkaOpts {
+    /// librdkafka property of the change-log client, `KEY=VALUE` (repeatable): what a real
+    /// cluster needs, such as security.protocol, ssl.ca.location, sasl.*, client.id or fetch
+    /// sizes. Applied after quicstrap's own settings, so these win.
+    #[arg(long = "kafka-config", value_parser = KafkaConfig::parse_property)]
+    kafka_config: Vec<(String, String)>,
+    /// Change-log topic of a store version; `{store}` and `{version}` are substituted, and
+    /// the Kafka partition is the partition number.
+    #[arg(long, default_value = "{store}_v{version}")]
+    topic: TopicTemplate,
+    /// A change-log record without a key: `skip` counts it
+    /// (quicstrap_ingest_bad_records_total), logs where it is and goes on; `fail` stops
+    /// ingestion right before it.
+    #[arg(long, default_value = "skip")]
+    on_bad_record: BadRecordPolicy,
+    /// Following with no progress for this many seconds while records wait, or with the broker
+    /// unreachable that long, is reported as stalled (logged once at WARN, and in metrics).
+    #[arg(long, default_value_t = 30)]
+    kafka_stall_secs: u64,
+    /// serve --kafka: a partition whose following stopped (it does not open, a bad record
+    /// under --on-bad-record fail, a retention gap) is tried again after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    kafka_retry_secs: u64,
+}
+
+impl KafkaOpts {
+    fn config(&self, brokers: &str) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.to_owned(),
+            properties: self.kafka_config.clone(),
+            topics: self.topic.clone(),
+        }
+    }
+
+    fn catch_up(&self) -> CatchUpConfig {
+        CatchUpConfig {
+            on_bad_record: self.on_bad_record,
+            stall_after: Duration::from_secs(self.kafka_stall_secs.max(1)),
+            ..Default::default()
+        }
     }
 }
 
@@ -167,9 +213,13 @@ struct ServeArgs {
     #[arg(long, default_value_t = quicstrap::budget::DEFAULT_CAP)]
     max_send_buffer: u64,
     /// Kafka brokers (`host:port,...`): keep every partition under --data-dir following its
-    /// topic while serving snapshots of it.
+    /// topic while serving snapshots of it. A partition whose following stops (it cannot
+    /// open, a bad record under --on-bad-record fail, a retention gap) is refused to peers as
+    /// `stale` and retried every minute; the others are served meanwhile.
     #[arg(long)]
     kafka: Option<String>,
+    #[command(flatten)]
+    kafka_opts: KafkaOpts,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -244,9 +294,12 @@ struct FetchArgs {
     /// With --kafka: replay instead of transferring below this lag, in offsets.
     #[arg(long, default_value_t = 100_000)]
     lag_threshold: u64,
-    /// With --kafka: give up catch-up after the broker is unreachable this long, seconds.
+    /// With --kafka: give up catch-up after the broker is unreachable this long, seconds
+    /// (--follow waits an outage out instead, reporting it as a stall).
     #[arg(long, default_value_t = 120)]
     catchup_deadline_secs: u64,
+    #[command(flatten)]
+    kafka_opts: KafkaOpts,
     /// With --kafka: records per WriteBatch during catch-up.
     #[arg(long, default_value_t = 5_000)]
     catchup_batch: usize,
@@ -324,6 +377,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
@@ -407,9 +462,25 @@ async fn serve(a: ServeArgs) -> ExitCode {
     cfg.max_send_buffer = a.max_send_buffer;
     a.quic.apply(&mut cfg.tuning);
     let source = Arc::new(DataDir::new(a.data_dir.clone(), a.format));
+    let mut followed = Vec::new();
     if let Some(brokers) = &a.kafka {
-        if let Err(e) = follow_all(&a.data_dir, a.format, brokers, &source) {
-            return fail(2, &e);
+        let mut fc = quicstrap::ingest::follow::FollowConfig::new(a.kafka_opts.config(brokers));
+        fc.catch_up = a.kafka_opts.catch_up();
+        fc.catch_up.deadline = Duration::MAX;
+        fc.retry_stopped = Duration::from_secs(a.kafka_opts.kafka_retry_secs.max(1));
+        match quicstrap::ingest::follow::follow_all(&a.data_dir, a.format, &fc, &source).await {
+            Ok(f) => followed = f,
+            Err(e) => return fail(2, &format!("data dir {}: {e}", a.data_dir.display())),
+        }
+        for f in &followed {
+            if let Some(e) = &f.open_error {
+                // Serving the others beats serving none; this one is refused as `stale` and
+                // retried.
+                eprintln!(
+                    "quicstrap: partition {} does not open, not served until it does: {e}",
+                    f.id
+                );
+            }
         }
     }
     let http_cfg = |spec: &ListenSpec| -> Result<HttpServerConfig, String> {
@@ -501,6 +572,11 @@ async fn serve(a: ServeArgs) -> ExitCode {
             let registry = quicstrap::metrics::Registry::new();
             quicstrap::metrics::register_server(&registry, &server, throttler.as_ref());
             quicstrap::metrics::register_process(&registry);
+            let ingest: Vec<_> = followed
+                .iter()
+                .map(|f| (f.id.to_string(), f.stats.clone()))
+                .collect();
+            quicstrap::metrics::register_ingest(&registry, &ingest);
             for h in &https {
                 quicstrap::metrics::register_https(&registry, h);
             }
@@ -534,12 +610,12 @@ async fn serve(a: ServeArgs) -> ExitCode {
 }
 
 async fn fetch(mut a: FetchArgs) -> ExitCode {
+    // Under --json every outcome prints a report, also a failure before any attempt.
+    let fail_early = |a: &FetchArgs, msg: String| fetch_failed(a, 2, &msg, "usage", None);
     if let Some(name) = &a.server_name {
         if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
-            return fail(
-                2,
-                &format!("--server-name {name:?} is not a DNS name or address"),
-            );
+            let msg = format!("--server-name {name:?} is not a DNS name or address");
+            return fail_early(&a, msg);
         }
         for p in &mut a.peers {
             p.server_name = name.clone();
@@ -547,11 +623,11 @@ async fn fetch(mut a: FetchArgs) -> ExitCode {
     }
     let id = match PartitionId::new(&a.store, a.version, a.partition) {
         Ok(id) => id,
-        Err(e) => return fail(2, &format!("store name: {e}")),
+        Err(e) => return fail_early(&a, format!("store name: {e}")),
     };
     let identity = match Identity::load(&a.tls.cert, &a.tls.key, &a.tls.ca) {
         Ok(i) => i,
-        Err(e) => return fail(2, &e.to_string()),
+        Err(e) => return fail_early(&a, e.to_string()),
     };
     let mut cfg = FetchConfig::new(identity);
     cfg.table_format = a.format;
@@ -570,7 +646,7 @@ async fn fetch(mut a: FetchArgs) -> ExitCode {
     let read_limiter = cfg.read_limiter.clone();
     let fetcher = match Fetcher::new(cfg) {
         Ok(f) => Arc::new(f),
-        Err(e) => return fail(2, &e.to_string()),
+        Err(e) => return fail_early(&a, e.to_string()),
     };
     let throttler = a.adaptive_throttle.then(|| {
         quicstrap::throttle::Throttler::spawn(
@@ -581,17 +657,24 @@ async fn fetch(mut a: FetchArgs) -> ExitCode {
             10,
         )
     });
+    let ingest_stats = Arc::new(quicstrap::ingest::IngestStats::default());
     let _metrics = match a.metrics_listen {
         Some(addr) => {
             let registry = quicstrap::metrics::Registry::new();
             quicstrap::metrics::register_client(&registry, &fetcher, throttler.as_ref());
             quicstrap::metrics::register_process(&registry);
+            if a.kafka.is_some() {
+                quicstrap::metrics::register_ingest(
+                    &registry,
+                    &[(id.to_string(), ingest_stats.clone())],
+                );
+            }
             match quicstrap::metrics::serve(addr, registry).await {
                 Ok((bound, task)) => {
                     eprintln!("quicstrap: metrics on http://{bound}/metrics");
                     Some(AbortOnDrop(task))
                 }
-                Err(e) => return fail(2, &format!("metrics listener {addr}: {e}")),
+                Err(e) => return fail_early(&a, format!("metrics listener {addr}: {e}")),
             }
         }
         None => None,
@@ -600,24 +683,59 @@ async fn fetch(mut a: FetchArgs) -> ExitCode {
     let bar = std::io::stderr()
         .is_terminal()
         .then(|| quicstrap::demo::progress_bar(progress.clone()));
-    if let Some(brokers) = a.kafka.clone() {
-        let code = bootstrap(&a, &id, &fetcher, &progress, &brokers).await;
+    let stop_bar = || async {
         if let Some((stop, handle)) = bar {
             let _ = stop.send(());
             let _ = handle.await;
         }
+    };
+    if let Some(brokers) = a.kafka.clone() {
+        let code = bootstrap(
+            &a,
+            &id,
+            &fetcher,
+            &progress,
+            &brokers,
+            ingest_stats,
+            stop_bar(),
+        )
+        .await;
         fetcher.close().await;
         return code;
     }
     let result = fetcher
         .fetch_with_progress(&id, &a.peers, &a.data_dir, &progress)
         .await;
-    if let Some((stop, handle)) = bar {
-        let _ = stop.send(());
-        let _ = handle.await;
-    }
+    stop_bar().await;
     fetcher.close().await;
-    report_fetch(&a, &id, result)
+    report_fetch(&a, result)
+}
+
+/// A fetch that failed: the message on stderr, exit `code`, and under --json a report on
+/// stdout that says what failed (`error_kind`) and carries `details` (attempts, the
+/// bootstrap so far).
+fn fetch_failed(
+    a: &FetchArgs,
+    code: u8,
+    error: &str,
+    kind: &str,
+    details: Option<serde_json::Value>,
+) -> ExitCode {
+    if a.json {
+        let mut v = serde_json::json!({
+            "partition": format!("{}_v{}/{}", a.store, a.version, a.partition),
+            "ok": false,
+            "error": error,
+            "error_kind": kind,
+        });
+        if let (Some(serde_json::Value::Object(d)), Some(obj)) = (details, v.as_object_mut()) {
+            for (k, val) in d {
+                obj.entry(k).or_insert(val);
+            }
+        }
+        println!("{v:#}");
+    }
+    fail(code, error)
 }
 
 /// Aborts a background task when dropped.
@@ -660,13 +778,12 @@ async fn fetch_http(a: &FetchArgs, id: &PartitionId, quic: FetchConfig) -> ExitC
         let _ = stop.send(());
         let _ = handle.await;
     }
-    report_fetch(a, id, result)
+    report_fetch(a, result)
 }
 
 /// Prints the outcome of a fetch (human or JSON) and picks the exit code.
 fn report_fetch(
     a: &FetchArgs,
-    id: &PartitionId,
     result: Result<quicstrap::FetchReport, quicstrap::FetchError>,
 ) -> ExitCode {
     match result {
@@ -682,23 +799,16 @@ fn report_fetch(
                 report.attempts.len()
             )
         }),
-        Err(e) => {
-            if a.json {
-                let attempts = match &e {
-                    quicstrap::FetchError::AllPeersFailed { attempts }
-                    | quicstrap::FetchError::GaveUp { attempts, .. } => attempts.clone(),
-                    _ => Vec::new(),
-                };
-                let v = serde_json::json!({
-                    "partition": id.to_string(),
-                    "error": e.to_string(),
-                    "fallback": format!("{:?}", e.fallback()),
-                    "attempts": attempts,
-                });
-                println!("{v:#}");
-            }
-            fail(1, &e.to_string())
-        }
+        Err(e) => fetch_failed(
+            a,
+            1,
+            &e.to_string(),
+            e.label(),
+            Some(serde_json::json!({
+                "fallback": format!("{:?}", e.fallback()),
+                "attempts": e.attempts(),
+            })),
+        ),
     }
 }
 
@@ -709,26 +819,44 @@ async fn bootstrap(
     fetcher: &Fetcher,
     progress: &Progress,
     brokers: &str,
+    stats: Arc<quicstrap::ingest::IngestStats>,
+    stop_bar: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
     use quicstrap::bootstrap::{bootstrap, BootstrapConfig};
-    use quicstrap::ingest::{self, kafka::KafkaLog, CatchUpConfig, Until};
-    let mut log = match KafkaLog::new(brokers, &ingest::topic(id), id.partition) {
+    use quicstrap::ingest::{self, Until};
+    let kafka = a.kafka_opts.config(brokers);
+    let mut log = match kafka.log(id) {
         Ok(l) => l,
-        Err(e) => return fail(2, &e.to_string()),
+        Err(e) => {
+            stop_bar.await;
+            return fetch_failed(a, 2, &format!("kafka: {e}"), "log_config", None);
+        }
     };
+    let mut catch_up = a.kafka_opts.catch_up();
+    catch_up.deadline = Duration::from_secs(a.catchup_deadline_secs);
+    catch_up.batch = a.catchup_batch.max(1);
+    catch_up.stats = stats;
     let cfg = BootstrapConfig {
         lag_threshold: a.lag_threshold,
-        catch_up: CatchUpConfig {
-            deadline: Duration::from_secs(a.catchup_deadline_secs),
-            batch: a.catchup_batch.max(1),
-            ..Default::default()
-        },
+        catch_up,
         table_format: a.format,
     };
-    let report = match bootstrap(fetcher, &a.peers, &a.data_dir, id, &mut log, &cfg, progress).await
-    {
+    let result = bootstrap(fetcher, &a.peers, &a.data_dir, id, &mut log, &cfg, progress).await;
+    stop_bar.await;
+    let report = match result {
         Ok(r) => r,
-        Err(e) => return fail(1, &e.to_string()),
+        Err(e) => {
+            let details = e
+                .report()
+                .and_then(|r| serde_json::to_value(r).ok())
+                .or_else(|| match &e {
+                    quicstrap::bootstrap::BootstrapError::Fetch(f) => {
+                        Some(serde_json::json!({ "attempts": f.attempts() }))
+                    }
+                    _ => None,
+                });
+            return fetch_failed(a, 1, &e.to_string(), e.label(), details);
+        }
     };
     let printed = print_report(a.json, &report, || {
         format!(
@@ -744,8 +872,9 @@ async fn bootstrap(
         return printed;
     }
     if a.follow {
-        let db = match partition::open(&id.dir(&a.data_dir), a.format) {
-            Ok(db) => db,
+        let (dir, format) = (id.dir(&a.data_dir), a.format);
+        let db = match ingest::blocking(move || partition::open(&dir, format)).await {
+            Ok(db) => Arc::new(db),
             Err(e) => return fail(1, &e.to_string()),
         };
         let follow = ingest::catch_up(&db, &mut log, Until::Follow, &cfg.catch_up);
@@ -755,57 +884,6 @@ async fn bootstrap(
         }
     }
     ExitCode::SUCCESS
-}
-
-/// Opens every partition under `root`, registers it with the server's source, and keeps it
-/// following its Kafka topic in the background.
-fn follow_all(
-    root: &std::path::Path,
-    format: TableFormat,
-    brokers: &str,
-    source: &DataDir,
-) -> Result<(), String> {
-    use quicstrap::ingest::{self, kafka::KafkaLog, CatchUpConfig, Until};
-    let mut ids = Vec::new();
-    for store in std::fs::read_dir(root)
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        let name = store.file_name().to_string_lossy().into_owned();
-        let Some((s, v)) = name.rsplit_once("_v") else {
-            continue;
-        };
-        let Ok(version) = v.parse::<u32>() else {
-            continue;
-        };
-        for p in std::fs::read_dir(store.path())
-            .map_err(|e| e.to_string())?
-            .flatten()
-        {
-            let Ok(partition) = p.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if let Ok(id) = PartitionId::new(s, version, partition) {
-                ids.push(id);
-            }
-        }
-    }
-    for id in ids {
-        let db = Arc::new(partition::open(&id.dir(root), format).map_err(|e| e.to_string())?);
-        source.insert(id.clone(), db.clone());
-        let mut log =
-            KafkaLog::new(brokers, &ingest::topic(&id), id.partition).map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let cfg = CatchUpConfig {
-                deadline: Duration::from_secs(u64::MAX / 4),
-                ..Default::default()
-            };
-            if let Err(e) = ingest::catch_up(&db, &mut log, Until::Follow, &cfg).await {
-                tracing::error!(partition = %id, error = %e, "ingestion stopped");
-            }
-        });
-    }
-    Ok(())
 }
 
 fn seed(a: SeedArgs) -> ExitCode {

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use crate::baseline::{HttpServer, HttpStats};
 use crate::budget::BufferBudget;
 use crate::client::{FetchStats, Fetcher};
+use crate::ingest::{IngestState, IngestStats};
 use crate::server::{Server, ServerStats};
 use crate::throttle::Throttler;
 
@@ -251,6 +252,56 @@ pub fn register_process(r: &Registry) {
         &[],
         || crate::budget::process_rss(None).map_or(f64::NAN, |(_, peak)| peak as f64),
     );
+}
+
+/// Ingestion health of each followed partition, labelled with it: a follower that stops
+/// making progress must show on a dashboard, not only in a log line.
+pub fn register_ingest(r: &Registry, partitions: &[(String, Arc<IngestStats>)]) {
+    for (id, stats) in partitions {
+        let l = [("partition", id.as_str())];
+        let s = stats.clone();
+        r.register(
+            "quicstrap_ingest_lag_records",
+            "Records between the applied offset and the high watermark at the last probe.",
+            Kind::Gauge,
+            &l,
+            move || s.lag() as f64,
+        );
+        let s = stats.clone();
+        r.register(
+            "quicstrap_ingest_offset",
+            "Last offset applied to the partition (NaN: none yet).",
+            Kind::Gauge,
+            &l,
+            move || s.offset().map_or(f64::NAN, |o| o as f64),
+        );
+        let s = stats.clone();
+        r.register(
+            "quicstrap_ingest_last_progress_timestamp_seconds",
+            "Unix time ingestion last applied records or was found caught up.",
+            Kind::Gauge,
+            &l,
+            move || s.last_progress_secs(),
+        );
+        let s = stats.clone();
+        r.register(
+            "quicstrap_ingest_bad_records_total",
+            "Records skipped because they cannot become a RocksDB entry (no key).",
+            Kind::Counter,
+            &l,
+            move || s.bad_records() as f64,
+        );
+        for state in IngestState::ALL {
+            let s = stats.clone();
+            r.register(
+                "quicstrap_ingest_state",
+                "1 for the state ingestion is in: following, stalled, or stopped (not offered to peers).",
+                Kind::Gauge,
+                &[("partition", id.as_str()), ("state", state.name())],
+                move || f64::from(u8::from(s.state() == state)),
+            );
+        }
+    }
 }
 
 /// An HTTPS baseline listener's metrics, labelled with its address: a server may run one

@@ -109,7 +109,23 @@ pub fn db_options(format: TableFormat) -> Options {
 
 /// Opens (creating if needed) a partition DB for writing, with the meta column family.
 pub fn open(dir: &Path, format: TableFormat) -> Result<DB, StorageError> {
-    let opts = db_options(format);
+    open_with(dir, format, |_| {})
+}
+
+/// [`open`] with every column family's options adjusted by `tune`: an embedding node's own
+/// tuning (write buffers, background threads), or a test forcing RocksDB into a corner such
+/// as a write stall.
+pub fn open_with(
+    dir: &Path,
+    format: TableFormat,
+    tune: impl Fn(&mut Options),
+) -> Result<DB, StorageError> {
+    let options = || {
+        let mut o = db_options(format);
+        tune(&mut o);
+        o
+    };
+    let opts = options();
     let mut cfs: Vec<String> = DB::list_cf(&opts, dir).unwrap_or_default();
     if !cfs.iter().any(|c| c == "default") {
         cfs.push("default".into());
@@ -119,7 +135,7 @@ pub fn open(dir: &Path, format: TableFormat) -> Result<DB, StorageError> {
     }
     let descs = cfs
         .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, db_options(format)));
+        .map(|name| ColumnFamilyDescriptor::new(name, options()));
     Ok(DB::open_cf_descriptors(&opts, dir, descs)?)
 }
 

@@ -27,9 +27,7 @@ use crate::protocol::{
     codes, names, Accept, ControlFrame, DecodeError, FileEntry, FileHeader, Reject, RejectReason,
     Request, PROTOCOL_VERSION,
 };
-use crate::snapshot::{
-    AcquireError, PartitionSource, SnapshotConfig, SnapshotLease, SnapshotManager,
-};
+use crate::snapshot::{PartitionSource, SnapshotConfig, SnapshotLease, SnapshotManager};
 use crate::tls::{self, AllowList, Identity};
 use crate::transport::{self, TransportTuning};
 use crate::wire::{write_frame, FrameReader, WireError};
@@ -602,14 +600,10 @@ async fn serve_partition(
     let lease = match shared.snapshots.acquire(id, Instant::now()).await {
         Ok(l) => l,
         Err(e) => {
-            let reason = match &e {
-                AcquireError::NotFound => RejectReason::NotFound,
-                AcquireError::Busy => {
-                    stats.busy.fetch_add(1, Ordering::Relaxed);
-                    RejectReason::Busy
-                }
-                AcquireError::Storage(_) => RejectReason::ServerError,
-            };
+            let reason = e.reason();
+            if reason == RejectReason::Busy {
+                stats.busy.fetch_add(1, Ordering::Relaxed);
+            }
             reject(send, stats, reason, format!("{id}: {e}")).await;
             return;
         }

@@ -16,10 +16,12 @@ use rocksdb::DB;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::checksum::{digest_file_unless, ChecksumAlgo};
+use crate::ingest::{IngestState, IngestStats};
 use crate::lock::unpoisoned as lock;
 use crate::lock::{DirLock, LockError};
 use crate::partition::{self, PartitionId, PartitionMeta, StorageError, TableFormat};
 use crate::protocol::names;
+use crate::protocol::RejectReason;
 
 /// Marker file in a snapshot root: proof the directory is ours to wipe.
 const SNAPSHOT_MARKER: &str = ".quicstrap-snapshots";
@@ -87,6 +89,12 @@ pub enum RootError {
 pub trait PartitionSource: Send + Sync + 'static {
     /// The open DB of `id`, or `None` when this host does not hold it.
     fn get(&self, id: &PartitionId) -> Result<Option<Arc<DB>>, StorageError>;
+
+    /// Why `id` must not be offered to peers although it is here (its ingestion stopped), or
+    /// `None` when it may be.
+    fn stale(&self, _id: &PartitionId) -> Option<String> {
+        None
+    }
 }
 
 /// Partitions under a data root (`<root>/<store>_v<version>/<partition>/`), opened on first use
@@ -95,6 +103,7 @@ pub struct DataDir {
     root: PathBuf,
     format: TableFormat,
     open: Mutex<HashMap<PartitionId, Arc<DB>>>,
+    health: Mutex<HashMap<PartitionId, Arc<IngestStats>>>,
 }
 
 impl DataDir {
@@ -104,7 +113,14 @@ impl DataDir {
             root: root.into(),
             format,
             open: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Ties `id`'s offer to its ingestion: while `stats` says stopped, `id` is refused as
+    /// stale.
+    pub fn watch(&self, id: PartitionId, stats: Arc<IngestStats>) {
+        lock(&self.health).insert(id, stats);
     }
 
     /// Registers a DB the node already has open (it cannot be opened twice).
@@ -114,6 +130,14 @@ impl DataDir {
 }
 
 impl PartitionSource for DataDir {
+    fn stale(&self, id: &PartitionId) -> Option<String> {
+        let stats = lock(&self.health).get(id)?.clone();
+        (stats.state() == IngestState::Stopped).then(|| match stats.offset() {
+            Some(o) => format!("{id} stopped following its change log at offset {o}"),
+            None => format!("{id} stopped following its change log"),
+        })
+    }
+
     fn get(&self, id: &PartitionId) -> Result<Option<Arc<DB>>, StorageError> {
         let mut open = lock(&self.open);
         if let Some(db) = open.get(id) {
@@ -342,6 +366,21 @@ pub enum AcquireError {
     /// Making the checkpoint failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The partition is here but its ingestion has stopped: its data no longer moves.
+    #[error("ingestion stopped: {0}")]
+    Stale(String),
+}
+
+impl AcquireError {
+    /// The typed refusal a client gets for it.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Self::NotFound => RejectReason::NotFound,
+            Self::Busy => RejectReason::Busy,
+            Self::Storage(_) => RejectReason::ServerError,
+            Self::Stale(_) => RejectReason::Stale,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -463,6 +502,9 @@ impl SnapshotManager {
         id: &PartitionId,
         now: Instant,
     ) -> Result<SnapshotLease, AcquireError> {
+        if let Some(why) = self.inner.source.stale(id) {
+            return Err(AcquireError::Stale(why));
+        }
         let permit = self
             .inner
             .permits

@@ -1,6 +1,8 @@
 //! Bootstrap against a real Apache Kafka broker (started by `scripts/kafka.sh`, address in
-//! `QUICSTRAP_KAFKA`): peer transfer + catch-up, Kafka alone when peers fail or the lag is
-//! small, and crash-safe resumption of ingestion.
+//! `QUICSTRAP_KAFKA`, its TLS listener in `QUICSTRAP_KAFKA_TLS`): peer transfer + catch-up,
+//! Kafka alone when peers fail or the lag is small, crash-safe resumption of ingestion, and
+//! the faults around it: retention gaps, bad records, impossible offsets, Kafka down while
+//! peers are up, a serving node whose following stops, TLS to the broker.
 
 mod common;
 
@@ -10,10 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use quicstrap::bootstrap::BootstrapError;
 use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
 use quicstrap::client::Progress;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
-use quicstrap::ingest::{self, CatchUpConfig, Until};
+use quicstrap::ingest::{
+    self, BadRecordPolicy, CatchUpConfig, CatchUpError, IngestState, IngestStats, LogError,
+    LogSource, Until,
+};
 use quicstrap::partition::{self, PartitionId, TableFormat};
 
 /// The broker under test; these tests need a real one and say so loudly.
@@ -35,22 +41,33 @@ fn unique_store(tag: &str) -> String {
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// Produces `n` records: puts over a key space smaller than `n` (so keys are overwritten) and
-/// a delete every 7th record; applies the same to `model`.
-async fn produce(w: &KafkaWriter, id: &PartitionId, start: u64, n: u64, model: &mut Model) -> u64 {
+/// Records `start..start + n`: puts over a key space smaller than `n` (so keys are
+/// overwritten) and a delete every 7th record.
+fn records(start: u64, n: u64) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let keys = 50_000u64;
-    let mut batch = Vec::with_capacity(n as usize);
-    for i in start..start + n {
-        let key = format!("k{:08}", (i * 7919) % keys).into_bytes();
-        if i % 7 == 3 {
-            model.remove(&key);
-            batch.push((key, None));
-        } else {
-            let value = partition::seed_value(i, 100);
-            model.insert(key.clone(), value.clone());
-            batch.push((key, Some(value)));
-        }
+    (start..start + n)
+        .map(|i| {
+            let key = format!("k{:08}", (i * 7919) % keys).into_bytes();
+            (key, (i % 7 != 3).then(|| partition::seed_value(i, 100)))
+        })
+        .collect()
+}
+
+/// Applies `batch` to `model` as ingestion would.
+fn apply(model: &mut Model, batch: &[(Vec<u8>, Option<Vec<u8>>)]) {
+    for (k, v) in batch {
+        match v {
+            Some(v) => model.insert(k.clone(), v.clone()),
+            None => model.remove(k),
+        };
     }
+}
+
+/// Produces [`records`]`(start, n)` to `id`'s topic and applies them to `model`; returns the
+/// last offset.
+async fn produce(w: &KafkaWriter, id: &PartitionId, start: u64, n: u64, model: &mut Model) -> u64 {
+    let batch = records(start, n);
+    apply(model, &batch);
     w.send_all(&ingest::topic(id), id.partition, &batch)
         .await
         .unwrap()
@@ -59,7 +76,12 @@ async fn produce(w: &KafkaWriter, id: &PartitionId, start: u64, n: u64, model: &
 
 /// The partition's content (default column family) as a map.
 fn content(dir: &std::path::Path) -> Model {
-    let db = partition::open_read_only(dir, TableFormat::Block).unwrap();
+    content_in(dir, TableFormat::Block)
+}
+
+/// [`content`] of a partition of `format`.
+fn content_in(dir: &std::path::Path, format: TableFormat) -> Model {
+    let db = partition::open_read_only(dir, format).unwrap();
     db.iterator(rocksdb::IteratorMode::Start)
         .map(|kv| {
             let (k, v) = kv.unwrap();
@@ -167,7 +189,7 @@ async fn a_peer_transfer_is_caught_up_to_the_high_watermark() {
     assert_eq!(r.catch_up.from_offset, Some(snap_offset));
     assert_eq!(r.catch_up.to_offset, Some(219_999));
     assert_eq!(r.catch_up.records, 219_999 - snap_offset);
-    assert_eq!(r.high_watermark, 220_000);
+    assert_eq!(r.high_watermark, Some(220_000));
     let b_dir = id.dir(b_root.path());
     assert_eq!(offset(&b_dir), Some(219_999));
     assert_eq!(content(&b_dir), model, "B differs from the expected model");
@@ -315,4 +337,555 @@ fn the_demo_runs_the_real_kafka_path() {
         .unwrap()
         .clone();
     assert_eq!(last["outcome"], "ok");
+}
+
+/// The broker's TLS listener (certificate from `certs-dev/`).
+fn tls_brokers() -> String {
+    std::env::var("QUICSTRAP_KAFKA_TLS").unwrap_or_else(|_| "127.0.0.1:19094".into())
+}
+
+/// Deletes the records of `id`'s topic before `offset`, as retention would.
+async fn delete_before(id: &PartitionId, offset: u64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(
+        &ingest::topic(id),
+        id.partition as i32,
+        rdkafka::Offset::Offset(offset as i64),
+    )
+    .unwrap();
+    let done = admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .unwrap();
+    for e in done.elements() {
+        assert!(e.error().is_ok(), "delete records: {:?}", e.error());
+    }
+    let mut log = KafkaLog::new(&brokers(), &ingest::topic(id), id.partition).unwrap();
+    assert_eq!(log.watermarks().await.unwrap().low, offset);
+}
+
+/// A partition under `root` holding exactly `batch`, at offset `last`, as a node that
+/// ingested them would.
+fn partition_with(
+    root: &std::path::Path,
+    id: &PartitionId,
+    batch: &[(Vec<u8>, Option<Vec<u8>>)],
+    last: u64,
+) {
+    let db = partition::open(&id.dir(root), TableFormat::Block).unwrap();
+    partition::apply_batch(
+        &db,
+        batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+        last,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_gap_is_reported_at_once_not_after_the_deadline() {
+    let (id, b, _, _) = topic_with("gap", 1, 1_000).await;
+    delete_before(&id, 500).await;
+    let root = tempfile::tempdir().unwrap();
+    partition_with(root.path(), &id, &records(0, 100), 99);
+    let db = Arc::new(partition::open(&id.dir(root.path()), TableFormat::Block).unwrap());
+    // A deadline far past the test's patience: only a gap detected up front ends in time.
+    for until in [Until::HighWatermark, Until::Follow] {
+        let stats = Arc::new(IngestStats::default());
+        let cfg = CatchUpConfig {
+            deadline: Duration::from_secs(3_600),
+            stats: stats.clone(),
+            ..Default::default()
+        };
+        let mut log = KafkaLog::new(&b, &ingest::topic(&id), 0).unwrap();
+        let err = tokio::time::timeout(
+            Duration::from_secs(120),
+            ingest::catch_up(&db, &mut log, until, &cfg),
+        )
+        .await
+        .expect("a retention gap is reported at once, not retried")
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CatchUpError::OffsetOutOfRange {
+                    have: Some(99),
+                    earliest: 500
+                }
+            ),
+            "{until:?}: {err}"
+        );
+        assert_eq!(stats.state(), IngestState::Stopped, "{until:?}");
+    }
+    assert_eq!(partition::read_meta(&db).unwrap().offset, Some(99));
+    // A reader sent to a removed offset gets the typed error too, with the log's start.
+    let mut log = KafkaLog::new(&b, &ingest::topic(&id), 0).unwrap();
+    let fetched = log.read(100, 10, Duration::from_secs(30)).await;
+    assert!(fetched.records.is_empty());
+    assert!(
+        matches!(
+            fetched.error,
+            Some(LogError::OffsetOutOfRange {
+                from: 100,
+                earliest: 500
+            })
+        ),
+        "{:?}",
+        fetched.error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_behind_retention_is_replaced_by_a_peer_or_rebuilt_from_the_earliest() {
+    let b = brokers();
+    let id = PartitionId::new(&unique_store("behind"), 1, 0).unwrap();
+    let w = KafkaWriter::new(&b).unwrap();
+    let (mut all, mut tail) = (Model::new(), Model::new());
+    produce(&w, &id, 0, 2_000, &mut all).await;
+    let last = produce(&w, &id, 2_000, 1_000, &mut all).await;
+    assert_eq!(last, 2_999);
+    apply(&mut tail, &records(2_000, 1_000));
+    // Node A follows the whole log and serves it.
+    let a_root = tempfile::tempdir().unwrap();
+    let f = fetcher(|_| {});
+    assert_eq!(
+        boot(&f, &[], a_root.path(), &id, 0).await.path,
+        BootstrapPath::KafkaNoPeers
+    );
+    let a = server(a_root.path(), |_| {}).await;
+    // Retention removes everything before 2 000; nodes B and C stopped at 99 long ago.
+    delete_before(&id, 2_000).await;
+    let (b_root, c_root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for root in [&b_root, &c_root] {
+        partition_with(root.path(), &id, &records(0, 100), 99);
+    }
+
+    let started = std::time::Instant::now();
+    let r = boot(&f, &[peer(&a)], b_root.path(), &id, 100_000).await;
+    let recovered = started.elapsed();
+    assert_eq!(
+        r.path,
+        BootstrapPath::PeerTransferAfterGap {
+            have: Some(99),
+            earliest: 2_000
+        }
+    );
+    assert_eq!(content(&id.dir(b_root.path())), all);
+    assert_eq!(offset(&id.dir(b_root.path())), Some(2_999));
+    assert!(
+        temp_dirs(b_root.path()).is_empty(),
+        "the old partition is gone"
+    );
+    // For CHAOS.md: from the bootstrap's start to a complete partition past the gap.
+    chaos_outcome("kafka_retention_gap", true, recovered, 0);
+
+    let r = boot(&f, &[], c_root.path(), &id, 100_000).await;
+    assert_eq!(
+        r.path,
+        BootstrapPath::KafkaFromEarliest {
+            have: Some(99),
+            earliest: 2_000
+        }
+    );
+    assert_eq!(r.catch_up.from_offset, Some(1_999));
+    assert_eq!(
+        content(&id.dir(c_root.path())),
+        tail,
+        "exactly the records the log kept"
+    );
+    assert!(temp_dirs(c_root.path()).is_empty());
+
+    // A fresh node: with a peer it is the usual transfer; without, a rebuild from 2 000.
+    let (d_root, e_root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r = boot(&f, &[peer(&a)], d_root.path(), &id, 100_000).await;
+    assert_eq!(r.path, BootstrapPath::PeerTransfer);
+    assert_eq!(content(&id.dir(d_root.path())), all);
+    let r = boot(&f, &[], e_root.path(), &id, 100_000).await;
+    assert_eq!(
+        r.path,
+        BootstrapPath::KafkaFromEarliest {
+            have: None,
+            earliest: 2_000
+        }
+    );
+    assert_eq!(content(&id.dir(e_root.path())), tail);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_skipped_and_counted_or_stop_ingestion_by_policy() {
+    let b = brokers();
+    let id = PartitionId::new(&unique_store("bad"), 1, 0).unwrap();
+    let topic = ingest::topic(&id);
+    let w = KafkaWriter::new(&b).unwrap();
+    let mut model = Model::new();
+    produce(&w, &id, 0, 10, &mut model).await;
+    assert_eq!(w.send_without_key(&topic, 0, b"no key").await.unwrap(), 10);
+    let batch = records(11, 10);
+    apply(&mut model, &batch);
+    assert_eq!(w.send_all(&topic, 0, &batch).await.unwrap(), Some(20));
+
+    for policy in [BadRecordPolicy::Skip, BadRecordPolicy::Fail] {
+        let root = tempfile::tempdir().unwrap();
+        let db = Arc::new(partition::open(&id.dir(root.path()), TableFormat::Block).unwrap());
+        let stats = Arc::new(IngestStats::default());
+        let cfg = CatchUpConfig {
+            on_bad_record: policy,
+            stats: stats.clone(),
+            deadline: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let mut log = KafkaLog::new(&b, &topic, 0).unwrap();
+        let started = std::time::Instant::now();
+        let r = ingest::catch_up(&db, &mut log, Until::HighWatermark, &cfg).await;
+        match policy {
+            BadRecordPolicy::Skip => {
+                let r = r.unwrap();
+                assert_eq!((r.to_offset, r.records, r.bad_records), (Some(20), 20, 1));
+                assert_eq!(stats.bad_records(), 1);
+                assert_eq!(stats.state(), IngestState::Following);
+                drop(db);
+                assert_eq!(content(&id.dir(root.path())), model);
+                chaos_outcome("kafka_bad_record_skipped", true, started.elapsed(), 0);
+            }
+            BadRecordPolicy::Fail => {
+                let err = r.unwrap_err();
+                assert!(
+                    matches!(err, CatchUpError::BadRecord { offset: 10, .. }),
+                    "{err}"
+                );
+                assert_eq!(partition::read_meta(&db).unwrap().offset, Some(9));
+                assert_eq!(stats.state(), IngestState::Stopped);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_no_log_can_reach_are_typed_errors() {
+    let (id, b, _, _) = topic_with("ahead", 1, 10).await;
+    // A peer whose partition claims offset 999 of a log that ends at 9.
+    let src = tempfile::tempdir().unwrap();
+    seed(src.path(), &id, 1_000, 10, 1_000);
+    let s = server(src.path(), |_| {}).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut log = KafkaLog::new(&b, &ingest::topic(&id), 0).unwrap();
+    let err = bootstrap(
+        &fetcher(|_| {}),
+        &[peer(&s)],
+        root.path(),
+        &id,
+        &mut log,
+        &cfg(0),
+        &Progress::default(),
+    )
+    .await
+    .unwrap_err();
+    let BootstrapError::CatchUp { error, report } = &err else {
+        panic!("unexpected {err}");
+    };
+    assert!(
+        matches!(
+            error,
+            CatchUpError::ImpossibleOffset {
+                have: 999,
+                high_watermark: Some(10)
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(report.path, BootstrapPath::PeerTransfer);
+    assert!(report.transfer.is_some());
+    s.shutdown().await;
+
+    // A stored offset no Kafka offset can follow: checked, not wrapped.
+    let other = tempfile::tempdir().unwrap();
+    partition_with(other.path(), &id, &[], u64::MAX);
+    let db = Arc::new(partition::open(&id.dir(other.path()), TableFormat::Block).unwrap());
+    let err = ingest::catch_up(
+        &db,
+        &mut log,
+        Until::HighWatermark,
+        &CatchUpConfig::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, CatchUpError::ImpossibleOffset { have: u64::MAX, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn with_kafka_down_a_peer_still_bootstraps_and_the_json_reports_both_steps() {
+    let src = tempfile::tempdir().unwrap();
+    let store = unique_store("down");
+    let id = PartitionId::new(&store, 1, 0).unwrap();
+    seed(src.path(), &id, 2_000, 100, 500);
+    let server = ServeProcess::start(src.path(), &[]);
+    let root = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: the broker is down.
+    let started = std::time::Instant::now();
+    let out = fetch_command(root.path(), &store, 1, 0)
+        .args(["--peer", &server.addr.to_string(), "--kafka", "127.0.0.1:1"])
+        .args(["--catchup-deadline-secs", "3", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in a log file: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error_kind"], "log_unavailable", "{v:#}");
+    assert_eq!(v["path"]["path"], "peer_transfer", "{v:#}");
+    assert_eq!(v["transfer"]["meta"]["offset"], 1_999, "{v:#}");
+    assert!(v["high_watermark"].is_null(), "{v:#}");
+    assert_eq!(v["catch_up"]["from_offset"], 1_999, "{v:#}");
+    // The partition is there, valid at the snapshot's offset.
+    assert_eq!(offset(&id.dir(root.path())), Some(1_999));
+    assert_same(&id.dir(src.path()), &id.dir(root.path()));
+    chaos_outcome("kafka_down_peers_up", true, started.elapsed(), 0);
+
+    // A failure before any attempt still prints a report.
+    let other = tempfile::tempdir().unwrap();
+    let out = fetch_command(other.path(), &store, 1, 0)
+        .args([
+            "--kafka",
+            &brokers(),
+            "--kafka-config",
+            "no.such.property=1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error_kind"], "log_config", "{v:#}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no.such.property"),
+        "{v:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_built_from_kafka_in_plain_format_is_served_by_a_plain_peer() {
+    let (id, b, _, model) = topic_with("plain", 1, 3_000).await;
+    let a_root = tempfile::tempdir().unwrap();
+    let out = output_ok(
+        fetch_command(a_root.path(), &id.store, 1, 0)
+            .args(["--kafka", &b, "--format", "plain", "--json"]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["path"]["path"], "kafka_lag_below_threshold");
+    let server = ServeProcess::start(a_root.path(), &["--format", "plain"]);
+    let b_root = tempfile::tempdir().unwrap();
+    let out = output_ok(fetch_command(b_root.path(), &id.store, 1, 0).args([
+        "--peer",
+        &server.addr.to_string(),
+        "--format",
+        "plain",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["meta"]["version_state"]["table_format"], "Plain", "{v:#}");
+    assert_eq!(
+        content_in(&id.dir(b_root.path()), TableFormat::Plain),
+        model
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_runs_over_tls_with_passed_through_properties_and_a_topic_template() {
+    let b = brokers();
+    let store = unique_store("tls");
+    let id = PartitionId::new(&store, 4, 0).unwrap();
+    let mut model = Model::new();
+    let batch = records(0, 2_000);
+    apply(&mut model, &batch);
+    let w = KafkaWriter::new(&b).unwrap();
+    w.send_all(&format!("changes.{store}.v4"), 0, &batch)
+        .await
+        .unwrap();
+    let ca = |dir: &str| {
+        format!(
+            "ssl.ca.location={}",
+            certs().join(dir).join("ca.crt").display()
+        )
+    };
+    let run = |root: &std::path::Path, ca: String| {
+        fetch_command(root, &store, 4, 0)
+            .args([
+                "--kafka",
+                &tls_brokers(),
+                "--topic",
+                "changes.{store}.v{version}",
+            ])
+            .args([
+                "--kafka-config",
+                "security.protocol=ssl",
+                "--kafka-config",
+                &ca,
+            ])
+            .args(["--catchup-deadline-secs", "5", "--json"])
+            .output()
+            .unwrap()
+    };
+    let root = tempfile::tempdir().unwrap();
+    let out = run(root.path(), ca(""));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["catch_up"]["to_offset"], 1_999, "{v:#}");
+    assert_eq!(content(&id.dir(root.path())), model);
+    // The broker's certificate is verified: a CA it does not chain to gets nothing.
+    let other = tempfile::tempdir().unwrap();
+    let out = run(other.path(), ca("other-ca"));
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error_kind"], "log_unavailable", "{v:#}");
+}
+
+/// The value of the metric line starting with `series` (name and labels) in `text`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_node_refuses_a_partition_whose_following_stopped_and_serves_the_rest() {
+    let (id, b, w, _) = topic_with("stale", 1, 1_000).await;
+    let (good, _, _, _) = topic_with("stale_other", 1, 1_000).await;
+    // Node A holds both partitions, built from Kafka; `good` is broken before A starts.
+    let a_root = tempfile::tempdir().unwrap();
+    for p in [&id, &good] {
+        output_ok(fetch_command(a_root.path(), &p.store, 1, 0).args(["--kafka", &b]));
+    }
+    let good_dir = good.dir(a_root.path());
+    let kept = a_root.path().join("kept");
+    std::fs::rename(&good_dir, &kept).unwrap();
+    std::fs::create_dir_all(&good_dir).unwrap();
+    std::fs::write(good_dir.join("CURRENT"), "MANIFEST-999999\n").unwrap();
+    // A record without a key reaches `id`'s topic.
+    w.send_without_key(&ingest::topic(&id), 0, b"no key")
+        .await
+        .unwrap();
+    let stderr = a_root.path().join("serve.log");
+    let mut cmd = serve_command_in(None, a_root.path(), "127.0.0.1:0");
+    cmd.args([
+        "--kafka",
+        &b,
+        "--on-bad-record",
+        "fail",
+        "--kafka-retry-secs",
+        "1",
+    ])
+    .args(["--metrics-listen", "127.0.0.1:0"])
+    .stderr(std::fs::File::create(&stderr).unwrap());
+    let mut a = ServeProcess::spawn(cmd);
+    let metrics_url = a.next_line("metrics on ");
+    let scrape = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &metrics_url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stopped =
+        |p: &PartitionId| format!("quicstrap_ingest_state{{partition=\"{p}\",state=\"stopped\"}}");
+    wait_for("both partitions stopped", Duration::from_secs(60), || {
+        let m = scrape();
+        metric(&m, &stopped(&id)) == Some(1.0) && metric(&m, &stopped(&good)) == Some(1.0)
+    })
+    .await;
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        log.contains(&format!("partition {good} does not open")),
+        "{log}"
+    );
+
+    // Node B is another peer of `id`.
+    let b_root = tempfile::tempdir().unwrap();
+    output_ok(fetch_command(b_root.path(), &id.store, 1, 0).args(["--kafka", &b]));
+    let other = ServeProcess::start(b_root.path(), &[]);
+    let dst = tempfile::tempdir().unwrap();
+    let out = output_ok(
+        fetch_command(dst.path(), &id.store, 1, 0)
+            .args([
+                "--peer",
+                &a.addr.to_string(),
+                "--peer",
+                &other.addr.to_string(),
+            ])
+            .args(["--no-shuffle", "--json"]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["attempts"][0]["outcome"], "stale", "{v:#}");
+    assert_eq!(v["peer"], other.addr.to_string(), "{v:#}");
+
+    // The partition that did not open is refused too, until it opens.
+    let fetch_good = |dst: &std::path::Path| {
+        fetch_command(dst, &good.store, 1, 0)
+            .args(["--peer", &a.addr.to_string(), "--json"])
+            .output()
+            .unwrap()
+    };
+    let dst = tempfile::tempdir().unwrap();
+    let out = fetch_good(dst.path());
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["attempts"][0]["outcome"], "stale", "{v:#}");
+    // Repaired, it opens on the next retry, follows, and is offered again.
+    std::fs::remove_dir_all(&good_dir).unwrap();
+    std::fs::rename(&kept, &good_dir).unwrap();
+    wait_for(
+        "the repaired partition follows",
+        Duration::from_secs(60),
+        || {
+            let m = scrape();
+            metric(
+                &m,
+                &format!("quicstrap_ingest_state{{partition=\"{good}\",state=\"following\"}}"),
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let dst = tempfile::tempdir().unwrap();
+    let out = fetch_good(dst.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let m = scrape();
+    assert_eq!(
+        metric(
+            &m,
+            &format!("quicstrap_ingest_offset{{partition=\"{good}\"}}")
+        ),
+        Some(999.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!("quicstrap_ingest_lag_records{{partition=\"{id}\"}}")
+        ),
+        Some(1.0),
+        "the bad record waits"
+    );
 }

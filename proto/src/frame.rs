@@ -96,6 +96,44 @@ pub enum RejectReason {
     ShuttingDown,
     /// The snapshot could not be made (disk trouble on the server).
     ServerError,
+    /// The server holds the partition but its ingestion has stopped (storage error, bad
+    /// record, retention gap): its data no longer moves, so another peer is a better source.
+    /// Added in protocol version 1 without a bump: an older client cannot decode it and moves
+    /// to the next peer, which is what the reason asks for anyway.
+    Stale,
+}
+
+impl RejectReason {
+    /// Every reason.
+    pub const ALL: [RejectReason; 8] = [
+        Self::NotFound,
+        Self::Busy,
+        Self::FormatMismatch,
+        Self::UnsupportedVersion,
+        Self::BadRequest,
+        Self::ShuttingDown,
+        Self::ServerError,
+        Self::Stale,
+    ];
+
+    /// The stable lowercase name, used in reports, metrics and the HTTPS baseline's header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::Busy => "busy",
+            Self::FormatMismatch => "format_mismatch",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::BadRequest => "bad_request",
+            Self::ShuttingDown => "shutting_down",
+            Self::ServerError => "server_error",
+            Self::Stale => "stale",
+        }
+    }
+
+    /// The inverse of [`Self::name`]; an unknown name is `None`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == s)
+    }
 }
 
 /// First frame of a file stream: which transfer and which manifest entry the bytes belong to.

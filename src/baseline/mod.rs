@@ -60,28 +60,12 @@ pub struct ManifestFile {
 
 /// The stable lowercase name of a refusal reason, as sent in [`REJECT_HEADER`].
 pub fn reason_name(r: RejectReason) -> &'static str {
-    match r {
-        RejectReason::NotFound => "not_found",
-        RejectReason::Busy => "busy",
-        RejectReason::FormatMismatch => "format_mismatch",
-        RejectReason::UnsupportedVersion => "unsupported_version",
-        RejectReason::BadRequest => "bad_request",
-        RejectReason::ShuttingDown => "shutting_down",
-        RejectReason::ServerError => "server_error",
-    }
+    r.name()
 }
 
 /// The inverse of [`reason_name`]; unknown names are a server error.
 pub fn reason_from_name(s: &str) -> RejectReason {
-    match s {
-        "not_found" => RejectReason::NotFound,
-        "busy" => RejectReason::Busy,
-        "format_mismatch" => RejectReason::FormatMismatch,
-        "unsupported_version" => RejectReason::UnsupportedVersion,
-        "bad_request" => RejectReason::BadRequest,
-        "shutting_down" => RejectReason::ShuttingDown,
-        _ => RejectReason::ServerError,
-    }
+    RejectReason::from_name(s).unwrap_or(RejectReason::ServerError)
 }
 
 /// A TCP congestion controller known to the kernel (`cubic`, `bbr`, ...), set per socket.
@@ -144,15 +128,7 @@ mod tests {
 
     #[test]
     fn reason_names_round_trip() {
-        for r in [
-            RejectReason::NotFound,
-            RejectReason::Busy,
-            RejectReason::FormatMismatch,
-            RejectReason::UnsupportedVersion,
-            RejectReason::BadRequest,
-            RejectReason::ShuttingDown,
-            RejectReason::ServerError,
-        ] {
+        for r in RejectReason::ALL {
             assert_eq!(reason_from_name(reason_name(r)), r);
         }
         assert_eq!(reason_from_name("nonsense"), RejectReason::ServerError);

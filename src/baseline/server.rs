@@ -22,7 +22,7 @@ use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, TableFormat};
 use crate::protocol::{names, RejectReason};
 use crate::server::ServerError;
-use crate::snapshot::{AcquireError, SnapshotLease, SnapshotManager};
+use crate::snapshot::{SnapshotLease, SnapshotManager};
 use crate::tls::{self, AllowList, Identity};
 
 use super::{query_pairs, reason_name, Manifest, ManifestFile, TcpCongestion, REJECT_HEADER};
@@ -402,6 +402,7 @@ fn refuse(reason: RejectReason, msg: String) -> Response<Body> {
         RejectReason::FormatMismatch => StatusCode::CONFLICT,
         RejectReason::UnsupportedVersion | RejectReason::BadRequest => StatusCode::BAD_REQUEST,
         RejectReason::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        RejectReason::Stale => StatusCode::SERVICE_UNAVAILABLE,
     };
     tracing::info!(?reason, message = %msg, "http request refused");
     let mut resp = Response::new(full(Bytes::from(msg + "\n")));
@@ -527,12 +528,7 @@ async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Respo
     let lease = match state.snapshots.acquire(id, Instant::now()).await {
         Ok(l) => l,
         Err(e) => {
-            let reason = match &e {
-                AcquireError::NotFound => RejectReason::NotFound,
-                AcquireError::Busy => RejectReason::Busy,
-                AcquireError::Storage(_) => RejectReason::ServerError,
-            };
-            return refuse(reason, format!("{id}: {e}"));
+            return refuse(e.reason(), format!("{id}: {e}"));
         }
     };
     let snap = lease.snapshot().clone();

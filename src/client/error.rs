@@ -105,15 +105,7 @@ impl AttemptError {
         match self {
             Self::Connect(_) => "connect_failed",
             Self::ConnectTimeout => "connect_timeout",
-            Self::Rejected { reason, .. } => match reason {
-                RejectReason::NotFound => "not_found",
-                RejectReason::Busy => "busy",
-                RejectReason::FormatMismatch => "format_mismatch",
-                RejectReason::UnsupportedVersion => "unsupported_version",
-                RejectReason::BadRequest => "bad_request",
-                RejectReason::ShuttingDown => "shutting_down",
-                RejectReason::ServerError => "server_error",
-            },
+            Self::Rejected { reason, .. } => reason.name(),
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
             Self::SizeMismatch { .. } => "size_mismatch",
             Self::Protocol(_) => "protocol_violation",
@@ -234,6 +226,17 @@ impl FetchError {
         match self {
             Self::AllPeersFailed { attempts } | Self::GaveUp { attempts, .. } => attempts,
             Self::PartitionExists(_) | Self::NoPeers | Self::Local(_) => &[],
+        }
+    }
+
+    /// Short stable label for reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::PartitionExists(_) => "partition_exists",
+            Self::NoPeers => "no_peers",
+            Self::AllPeersFailed { .. } => "all_peers_failed",
+            Self::GaveUp { error, .. } => error.label(),
+            Self::Local(_) => "local_io",
         }
     }
 

@@ -15,21 +15,71 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{LogError, LogRecord, LogSource};
+use super::{Fetched, LogError, LogRecord, LogSource, TopicTemplate, Watermarks};
+use crate::partition::PartitionId;
 
 /// Timeout of one metadata or watermark request to the broker.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Queued transient errors one read drains at most.
+const MAX_ERRORS_PER_READ: usize = 10_000;
+
+/// Where and how to reach a Kafka cluster: the brokers, the librdkafka properties a real
+/// cluster needs (`security.protocol`, `ssl.*`, `sasl.*`, `client.id`, fetch sizes), and how
+/// topics are named.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port,...`.
+    pub brokers: String,
+    /// librdkafka properties set after quicstrap's own defaults, so they win.
+    pub properties: Vec<(String, String)>,
+    /// Topic name of a store version.
+    pub topics: TopicTemplate,
+}
+
+impl KafkaConfig {
+    /// Plaintext brokers, default topic names.
+    pub fn new(brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            properties: Vec::new(),
+            topics: TopicTemplate::default(),
+        }
+    }
+
+    /// Parses `KEY=VALUE` into a property.
+    pub fn parse_property(s: &str) -> Result<(String, String), String> {
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => Err(format!("{s:?}: expected KEY=VALUE")),
+        }
+    }
+
+    /// A reader of `id`'s partition of its topic.
+    pub fn log(&self, id: &PartitionId) -> Result<KafkaLog, LogError> {
+        KafkaLog::with_config(self, &self.topics.topic(id), id.partition)
+    }
+
+    /// Whether a broker answers a metadata request, with these properties (TLS, SASL).
+    pub fn reachable(&self) -> bool {
+        let consumer: Result<BaseConsumer, _> = consumer_config(self, "quicstrap-probe").create();
+        consumer
+            .map(|c| c.fetch_metadata(None, REQUEST_TIMEOUT).is_ok())
+            .unwrap_or(false)
+    }
+}
 
 /// Reads one partition of one topic.
 pub struct KafkaLog {
     /// Always `Some` while the log is alive; taken on drop to close the client off the async
     /// workers.
     consumer: Option<Arc<StreamConsumer>>,
-    brokers: String,
+    cfg: KafkaConfig,
     topic: String,
     partition: i32,
     /// Offset the consumer is positioned at (next record it will return), if assigned.
     position: Option<u64>,
+    reconnects: u64,
 }
 
 fn unavailable(e: KafkaError) -> LogError {
@@ -37,10 +87,10 @@ fn unavailable(e: KafkaError) -> LogError {
 }
 
 /// Consumer settings shared by readers: no group commits (offsets live in the DB), quick
-/// reconnects, fail fast on a missing broker so retries are ours.
-fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+/// reconnects, fail fast on a missing broker so retries are ours; then the user's properties.
+fn consumer_config(cfg: &KafkaConfig, group: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
+    c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -53,37 +103,54 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("reconnect.backoff.max.ms", "1000")
         .set("fetch.wait.max.ms", "100")
         .set("log_level", "3");
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
     c
 }
 
 impl KafkaLog {
-    /// A reader of `topic`/`partition` on `brokers` (comma-separated `host:port`).
+    /// A reader of `topic`/`partition` on plaintext `brokers` (comma-separated `host:port`).
     pub fn new(brokers: &str, topic: &str, partition: u32) -> Result<Self, LogError> {
+        Self::with_config(&KafkaConfig::new(brokers), topic, partition)
+    }
+
+    /// A reader of `topic`/`partition` with `cfg`'s brokers and properties.
+    pub fn with_config(cfg: &KafkaConfig, topic: &str, partition: u32) -> Result<Self, LogError> {
         Ok(Self {
-            consumer: Some(Arc::new(Self::consumer(brokers, topic)?)),
-            brokers: brokers.to_owned(),
+            consumer: Some(Arc::new(Self::consumer(cfg, topic)?)),
+            cfg: cfg.clone(),
             topic: topic.to_owned(),
-            partition: i32::try_from(partition).map_err(|_| {
-                LogError::Unavailable(format!("partition {partition} out of range"))
-            })?,
+            partition: i32::try_from(partition)
+                .map_err(|_| LogError::Config(format!("partition {partition} out of range")))?,
             position: None,
+            reconnects: 0,
         })
     }
 
-    fn consumer(brokers: &str, topic: &str) -> Result<StreamConsumer, LogError> {
-        consumer_config(brokers, &format!("quicstrap-{topic}"))
+    fn consumer(cfg: &KafkaConfig, topic: &str) -> Result<StreamConsumer, LogError> {
+        // A client that cannot be made is a configuration fault (unknown property, bad
+        // value): nothing a retry changes.
+        consumer_config(cfg, &format!("quicstrap-{topic}"))
             .create()
-            .map_err(unavailable)
+            .map_err(|e| LogError::Config(e.to_string()))
     }
 
-    /// Starts over with a fresh client: after an outage librdkafka can keep handing out the
-    /// errors it queued meanwhile, and a new client reconnects cleanly.
+    /// How many times the client was replaced after a fatal error.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Starts over with a fresh client: a fatal error leaves librdkafka's client unusable.
+    /// Transient errors (broker down, timeouts) never come here: the same client reconnects
+    /// on its own and keeps its position.
     fn reconnect(&mut self) {
-        match Self::consumer(&self.brokers, &self.topic) {
+        match Self::consumer(&self.cfg, &self.topic) {
             Ok(c) => {
                 let old = self.consumer.replace(Arc::new(c));
                 // Closing a librdkafka client blocks (it drains its queues): not on a worker.
                 tokio::task::spawn_blocking(move || drop(old));
+                self.reconnects += 1;
             }
             Err(e) => tracing::warn!(error = %e, "cannot recreate the Kafka client"),
         }
@@ -98,13 +165,41 @@ impl KafkaLog {
 
     fn seek(&mut self, from: u64) -> Result<(), LogError> {
         let offset = i64::try_from(from)
-            .map_err(|_| LogError::Unavailable(format!("offset {from} out of range")))?;
+            .map_err(|_| LogError::Config(format!("offset {from} out of range")))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
             .map_err(unavailable)?;
         self.client()?.assign(&tpl).map_err(unavailable)?;
         self.position = Some(from);
         Ok(())
+    }
+
+    /// Classifies a consumer error: fatal ones replace the client, a removed offset becomes
+    /// [`LogError::OffsetOutOfRange`] with the log's first offset, the rest are transient.
+    async fn classify(&mut self, e: KafkaError, from: u64) -> LogError {
+        match &e {
+            KafkaError::MessageConsumptionFatal(_) => {
+                self.reconnect();
+                LogError::Fatal(e.to_string())
+            }
+            _ if matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset)
+            ) =>
+            {
+                // The consumer stops fetching this partition: position it again next time.
+                self.position = None;
+                match self.watermarks().await {
+                    Ok(wm) if wm.low > from => LogError::OffsetOutOfRange {
+                        from,
+                        earliest: wm.low,
+                    },
+                    Ok(_) => LogError::Unavailable(e.to_string()),
+                    Err(w) => w,
+                }
+            }
+            _ => unavailable(e),
+        }
     }
 }
 
@@ -128,56 +223,75 @@ impl LogSource for KafkaLog {
         }
     }
 
-    async fn high_watermark(&mut self) -> Result<u64, LogError> {
+    fn describe(&self) -> String {
+        format!("{}/{}", self.topic, self.partition)
+    }
+
+    async fn watermarks(&mut self) -> Result<Watermarks, LogError> {
         let consumer = self.client()?.clone();
         let (topic, partition) = (self.topic.clone(), self.partition);
         // A blocking call into librdkafka: off the async workers.
-        let (_, high) = tokio::task::spawn_blocking(move || {
+        let (low, high) = tokio::task::spawn_blocking(move || {
             consumer.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
         })
         .await
         .map_err(|e| LogError::Unavailable(e.to_string()))?
         .map_err(unavailable)?;
-        Ok(high.max(0) as u64)
+        Ok(Watermarks {
+            low: low.max(0) as u64,
+            high: high.max(0) as u64,
+        })
     }
 
-    async fn read(
-        &mut self,
-        from: u64,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<LogRecord>, LogError> {
+    async fn read(&mut self, from: u64, max: usize, wait: Duration) -> Fetched {
         if self.position != Some(from) {
-            self.seek(from)?;
+            if let Err(e) = self.seek(from) {
+                return Err(e).into();
+            }
         }
-        let mut out = Vec::new();
+        let mut out = Fetched::default();
         let mut budget = wait;
-        while out.len() < max {
-            let consumer = self.client()?.clone();
+        let mut errors = 0;
+        while out.records.len() < max {
+            let consumer = match self.client() {
+                Ok(c) => c.clone(),
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            };
             let msg = match tokio::time::timeout(budget, consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) => {
-                    // Position is unknown after an error: reconnect and seek next time.
-                    self.reconnect();
-                    if out.is_empty() {
-                        return Err(unavailable(e));
+                    let at = self.position.unwrap_or(from);
+                    let e = self.classify(e, at).await;
+                    let transient = matches!(e, LogError::Unavailable(_));
+                    out.error = Some(e);
+                    // librdkafka queues an error per failed reconnect while the broker is
+                    // down and hands them out after it is back: drain what is queued now,
+                    // or a reader pacing itself by backoff would never get past them.
+                    errors += 1;
+                    if !transient || errors >= MAX_ERRORS_PER_READ {
+                        break;
                     }
-                    break;
+                    budget = Duration::from_millis(5);
+                    continue;
                 }
                 Ok(Ok(m)) => m,
             };
-            let offset = msg.offset().max(0) as u64;
-            let key = msg.key().ok_or(LogError::NoKey(offset))?.to_vec();
-            out.push(LogRecord {
+            let Ok(offset) = u64::try_from(msg.offset()) else {
+                continue;
+            };
+            out.records.push(LogRecord {
                 offset,
-                key,
+                key: msg.key().map(<[u8]>::to_vec),
                 value: msg.payload().map(<[u8]>::to_vec),
             });
-            self.position = Some(offset + 1);
+            self.position = Some(offset.saturating_add(1));
             // After the first record, take only what is already there.
             budget = Duration::from_millis(5);
         }
-        Ok(out)
+        out
     }
 }
 
@@ -215,6 +329,25 @@ impl KafkaWriter {
         if let Some(v) = value {
             rec = rec.payload(v);
         }
+        let delivery = self
+            .producer
+            .send(rec, Duration::from_secs(60))
+            .await
+            .map_err(|(e, _)| unavailable(e))?;
+        Ok(delivery.offset.max(0) as u64)
+    }
+
+    /// Sends a record without a key: what a misbehaving producer writes, which ingestion
+    /// must skip (or stop at) rather than apply.
+    pub async fn send_without_key(
+        &self,
+        topic: &str,
+        partition: u32,
+        value: &[u8],
+    ) -> Result<u64, LogError> {
+        let rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .partition(partition as i32)
+            .payload(value);
         let delivery = self
             .producer
             .send(rec, Duration::from_secs(60))
@@ -277,8 +410,5 @@ fn settle<E>(r: Result<OwnedDeliveryResult, E>, last: &mut Option<u64>) -> Resul
 
 /// Asks the broker for its metadata: is it there at all.
 pub fn broker_reachable(brokers: &str) -> bool {
-    let consumer: Result<BaseConsumer, _> = consumer_config(brokers, "quicstrap-probe").create();
-    consumer
-        .map(|c| c.fetch_metadata(None, REQUEST_TIMEOUT).is_ok())
-        .unwrap_or(false)
+    KafkaConfig::new(brokers).reachable()
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{LogError, LogRecord, LogSource};
+use super::{Fetched, LogError, LogRecord, LogSource, Watermarks};
 
 /// An append-only log shared between a writer and any number of readers.
 #[derive(Clone, Debug, Default)]
@@ -35,7 +35,7 @@ impl LocalLog {
         let offset = self.base + r.len() as u64;
         r.push(LogRecord {
             offset,
-            key: key.to_vec(),
+            key: Some(key.to_vec()),
             value: value.map(<[u8]>::to_vec),
         });
         offset
@@ -43,28 +43,28 @@ impl LocalLog {
 }
 
 impl LogSource for LocalLog {
-    async fn high_watermark(&mut self) -> Result<u64, LogError> {
-        Ok(self.base + self.records.lock().unwrap_or_else(|e| e.into_inner()).len() as u64)
+    async fn watermarks(&mut self) -> Result<Watermarks, LogError> {
+        Ok(Watermarks {
+            low: self.base,
+            high: self.base + self.records.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
+        })
     }
 
-    async fn read(
-        &mut self,
-        from: u64,
-        max: usize,
-        _wait: Duration,
-    ) -> Result<Vec<LogRecord>, LogError> {
+    async fn read(&mut self, from: u64, max: usize, _wait: Duration) -> Fetched {
         if from < self.base {
-            return Err(LogError::Unavailable(format!(
-                "offset {from} is before the log start {}",
-                self.base
-            )));
+            // Like Kafka after retention: the head is gone.
+            return Err(LogError::OffsetOutOfRange {
+                from,
+                earliest: self.base,
+            })
+            .into();
         }
         let r = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let start = usize::try_from(from - self.base)
             .unwrap_or(usize::MAX)
             .min(r.len());
         let end = start.saturating_add(max).min(r.len());
-        Ok(r[start..end].to_vec())
+        Ok(r[start..end].to_vec()).into()
     }
 }
 
@@ -77,7 +77,7 @@ mod tests {
     #[tokio::test]
     async fn catch_up_applies_puts_and_deletes_and_resumes_from_the_stored_offset() {
         let tmp = tempfile::tempdir().unwrap();
-        let db = partition::open(tmp.path(), TableFormat::Block).unwrap();
+        let db = std::sync::Arc::new(partition::open(tmp.path(), TableFormat::Block).unwrap());
         let mut log = LocalLog::new();
         for i in 0..10u32 {
             log.append(&i.to_be_bytes(), Some(b"v1"));
