@@ -188,7 +188,7 @@ pub async fn bootstrap<L: LogSource>(
         have: local_offset,
         earliest,
     };
-    let mut path = if present && gap.is_none() {
+    let path = if present && gap.is_none() {
         BootstrapPath::LocalResume
     } else if let (Some(lag), None) = (lag.filter(|&l| l < cfg.lag_threshold), gap) {
         BootstrapPath::KafkaLagBelowThreshold { lag }
@@ -263,34 +263,15 @@ pub async fn bootstrap<L: LogSource>(
     }
     let mut report = BootstrapReport {
         partition: id.to_string(),
-        path: path.clone(),
+        path,
         transfer,
         attempts,
         catch_up: CatchUpReport::default(),
         high_watermark: wm.map(|w| w.high),
         seconds: 0.0,
     };
-    let mut result = ingest::catch_up_into(
-        &db,
-        log,
-        Until::HighWatermark,
-        &cfg.catch_up,
-        &mut report.catch_up,
-    )
-    .await;
-    if let (true, Err(CatchUpError::OffsetOutOfRange { earliest, .. })) =
-        (fresh && report.transfer.is_none(), &result)
-    {
-        // Kafka was down when the path was chosen and its head turns out to be gone: the
-        // fresh partition starts at the earliest offset instead.
-        let earliest = *earliest;
-        path = BootstrapPath::KafkaFromEarliest {
-            have: None,
-            earliest,
-        };
-        report.path = path;
-        set_base(&db, earliest).await?;
-        result = ingest::catch_up_into(
+    let result = loop {
+        let result = ingest::catch_up_into(
             &db,
             log,
             Until::HighWatermark,
@@ -298,7 +279,23 @@ pub async fn bootstrap<L: LogSource>(
             &mut report.catch_up,
         )
         .await;
-    }
+        match &result {
+            Err(CatchUpError::OffsetOutOfRange { earliest, .. })
+                if fresh
+                    && report.transfer.is_none()
+                    && !matches!(report.path, BootstrapPath::KafkaFromEarliest { .. }) =>
+            {
+                // Kafka was down when the path was chosen and its head turns out to be
+                // gone: the fresh partition starts at the earliest offset instead.
+                report.path = BootstrapPath::KafkaFromEarliest {
+                    have: None,
+                    earliest: *earliest,
+                };
+                set_base(&db, *earliest).await?;
+            }
+            _ => break result,
+        }
+    };
     report.seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(()) => Ok(report),

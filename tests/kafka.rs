@@ -761,12 +761,6 @@ async fn catch_up_runs_over_tls_with_passed_through_properties_and_a_topic_templ
     assert_eq!(v["error_kind"], "log_unavailable", "{v:#}");
 }
 
-/// The value of the metric line starting with `series` (name and labels) in `text`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_node_refuses_a_partition_whose_following_stopped_and_serves_the_rest() {
     let (id, b, w, _) = topic_with("stale", 1, 1_000).await;
@@ -799,17 +793,11 @@ async fn a_serving_node_refuses_a_partition_whose_following_stopped_and_serves_t
     .stderr(std::fs::File::create(&stderr).unwrap());
     let mut a = ServeProcess::spawn(cmd);
     let metrics_url = a.next_line("metrics on ");
-    let scrape = || {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", &metrics_url])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let metrics = || scrape(&metrics_url);
     let stopped =
         |p: &PartitionId| format!("quicstrap_ingest_state{{partition=\"{p}\",state=\"stopped\"}}");
     wait_for("both partitions stopped", Duration::from_secs(60), || {
-        let m = scrape();
+        let m = metrics();
         metric(&m, &stopped(&id)) == Some(1.0) && metric(&m, &stopped(&good)) == Some(1.0)
     })
     .await;
@@ -857,7 +845,7 @@ async fn a_serving_node_refuses_a_partition_whose_following_stopped_and_serves_t
         "the repaired partition follows",
         Duration::from_secs(60),
         || {
-            let m = scrape();
+            let m = metrics();
             metric(
                 &m,
                 &format!("quicstrap_ingest_state{{partition=\"{good}\",state=\"following\"}}"),
@@ -872,7 +860,7 @@ async fn a_serving_node_refuses_a_partition_whose_following_stopped_and_serves_t
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let m = scrape();
+    let m = metrics();
     assert_eq!(
         metric(
             &m,

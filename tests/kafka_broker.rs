@@ -155,12 +155,6 @@ async fn log_read_some(db: &rocksdb::DB, log: &mut KafkaLog) -> u64 {
     last + 1
 }
 
-/// The value of the metric line starting with `series` (name and labels) in `text`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn following_reports_a_stopped_broker_as_a_stall_once_and_recovers() {
     let _turn = SERIAL.lock().await;
@@ -199,13 +193,7 @@ async fn following_reports_a_stopped_broker_as_a_stall_once_and_recovers() {
         !url.is_empty()
     })
     .await;
-    let scrape = || {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", &url])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let metrics = || scrape(&url);
     let series = |name: &str, state: Option<&str>| match state {
         Some(s) => format!("{name}{{partition=\"{id}\",state=\"{s}\"}}"),
         None => format!("{name}{{partition=\"{id}\"}}"),
@@ -215,7 +203,7 @@ async fn following_reports_a_stopped_broker_as_a_stall_once_and_recovers() {
     let state_is =
         |m: &str, s: &str| metric(m, &series("quicstrap_ingest_state", Some(s))) == Some(1.0);
     wait_for("caught up and following", Duration::from_secs(60), || {
-        let m = scrape();
+        let m = metrics();
         offset_is(&m, 999.0) && state_is(&m, "following")
     })
     .await;
@@ -223,7 +211,7 @@ async fn following_reports_a_stopped_broker_as_a_stall_once_and_recovers() {
     let _back = ResumeOnDrop;
     kafka("stop");
     wait_for("the stall is reported", Duration::from_secs(60), || {
-        state_is(&scrape(), "stalled")
+        state_is(&metrics(), "stalled")
     })
     .await;
     let stalled_log = log();
@@ -240,7 +228,7 @@ async fn following_reports_a_stopped_broker_as_a_stall_once_and_recovers() {
         "following again after the outage",
         Duration::from_secs(90),
         || {
-            let m = scrape();
+            let m = metrics();
             offset_is(&m, 1_999.0) && state_is(&m, "following")
         },
     )

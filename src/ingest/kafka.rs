@@ -329,12 +329,7 @@ impl KafkaWriter {
         if let Some(v) = value {
             rec = rec.payload(v);
         }
-        let delivery = self
-            .producer
-            .send(rec, Duration::from_secs(60))
-            .await
-            .map_err(|(e, _)| unavailable(e))?;
-        Ok(delivery.offset.max(0) as u64)
+        self.deliver(rec).await
     }
 
     /// Sends a record without a key: what a misbehaving producer writes, which ingestion
@@ -348,6 +343,10 @@ impl KafkaWriter {
         let rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
             .partition(partition as i32)
             .payload(value);
+        self.deliver(rec).await
+    }
+
+    async fn deliver(&self, rec: FutureRecord<'_, [u8], [u8]>) -> Result<u64, LogError> {
         let delivery = self
             .producer
             .send(rec, Duration::from_secs(60))

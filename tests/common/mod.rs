@@ -413,3 +413,18 @@ pub fn chaos_outcome(scenario: &str, ok: bool, recover: Duration, bytes_lost: u6
         recover.as_millis()
     );
 }
+
+/// The Prometheus text at `url` (empty when it does not answer).
+pub fn scrape(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the metric line starting with `series` (name and labels) in `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
