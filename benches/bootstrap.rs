@@ -13,6 +13,7 @@ use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
 use quicstrap::client::{FetchConfig, Fetcher, Progress};
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
 use quicstrap::ingest::{self, CatchUpConfig};
+use quicstrap::pacing::RateLimiter;
 use quicstrap::partition::{self, PartitionId, TableFormat};
 use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
@@ -86,6 +87,9 @@ async fn main() {
         table_format: TableFormat::Block,
     };
     let mut fetch_cfg = FetchConfig::new(tls::dev::client().expect("cert"));
+    // The default 150 MB/s rate limits protect a live node's traffic; Kafka replay has no
+    // such limit, so the engines are compared without them.
+    fetch_cfg.read_limiter = RateLimiter::new(0);
     if let Ok(algo) = std::env::var("QUICSTRAP_BENCH_CHECKSUM") {
         fetch_cfg.checksum = algo.parse().expect("md5 or blake3");
     }
@@ -127,18 +131,15 @@ async fn main() {
     let a_db = Arc::new(partition::open(&id.dir(&a_root), TableFormat::Block).expect("open A"));
     let source = Arc::new(DataDir::new(&a_root, TableFormat::Block));
     source.insert(id.clone(), a_db);
-    let server = Server::start(
-        ServerConfig::new(
-            "127.0.0.1:0".parse().expect("addr"),
-            tls::dev::server().expect("cert"),
-            AllowList::parse(tls::dev::ALLOW),
-            TableFormat::Block,
-            work.path().join("snapshots"),
-        ),
-        source,
-    )
-    .await
-    .expect("server");
+    let mut server_cfg = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        tls::dev::server().expect("cert"),
+        AllowList::parse(tls::dev::ALLOW),
+        TableFormat::Block,
+        work.path().join("snapshots"),
+    );
+    server_cfg.write_limiter = RateLimiter::new(0);
+    let server = Server::start(server_cfg, source).await.expect("server");
     let peer = Peer::new(server.local_addr().expect("addr"));
     let b_root = work.path().join("b");
     let mut log = KafkaLog::new(&brokers, &topic, 0).expect("consumer");
