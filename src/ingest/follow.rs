@@ -172,7 +172,9 @@ impl Task {
                 Some(db)
             }
             Err(e) => {
-                tracing::error!(partition = %self.id, error = %e, "cannot open partition");
+                // Reported when it first failed (at start); retries that fail alike are quiet.
+                tracing::debug!(partition = %self.id, error = %e, "partition still does not open");
+                self.stats.set_state(IngestState::Stopped);
                 None
             }
         }

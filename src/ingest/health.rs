@@ -207,7 +207,12 @@ impl Tracker {
     /// Catch-up ended with an error that no retry fixes.
     pub(super) fn stopped(&mut self, e: &dyn std::fmt::Display) {
         self.stats.set_state(IngestState::Stopped);
-        tracing::error!(log = %self.log, error = %e, "ingestion stopped");
+        if self.was_stopped {
+            // A retry that stopped where the last one did: already reported.
+            tracing::debug!(log = %self.log, error = %e, "ingestion still stopped");
+        } else {
+            tracing::error!(log = %self.log, error = %e, "ingestion stopped");
+        }
     }
 
     fn update(&mut self) {
