@@ -123,11 +123,12 @@ pub(super) struct Tracker {
     stats: Arc<IngestStats>,
     stall_after: Duration,
     log: String,
-    last_progress: Instant,
     /// When the broker started failing, and why.
     failing: Option<(Instant, String)>,
     /// Lag at the last good probe.
     lag: u64,
+    /// Since when records are known to wait (a probe saw them after the last progress).
+    waiting_since: Option<Instant>,
     last_probe: Option<Instant>,
     warned: bool,
     /// Stopped when this run began: stays so until it applies records or is caught up, so a
@@ -142,9 +143,9 @@ impl Tracker {
             stats,
             stall_after,
             log,
-            last_progress: Instant::now(),
             failing: None,
             lag: 0,
+            waiting_since: None,
             last_probe: None,
             warned: false,
             was_stopped,
@@ -169,12 +170,12 @@ impl Tracker {
         self.stats.offset.store(offset, Ordering::Relaxed);
         self.was_stopped = false;
         self.stats.bad_records.fetch_add(bad, Ordering::Relaxed);
-        self.last_progress = Instant::now();
         self.stats
             .last_progress_ms
             .store(unix_ms(), Ordering::Relaxed);
         self.failing = None;
         self.lag = self.lag.saturating_sub(1);
+        self.waiting_since = None;
         self.update();
     }
 
@@ -184,10 +185,12 @@ impl Tracker {
         self.failing = None;
         self.lag = wm.high.saturating_sub(next);
         self.stats.lag.store(self.lag, Ordering::Relaxed);
-        if self.lag == 0 {
+        if self.lag > 0 {
+            self.waiting_since.get_or_insert_with(Instant::now);
+        } else {
+            self.waiting_since = None;
             self.was_stopped = false;
             // Caught up: waiting for records is not a stall.
-            self.last_progress = Instant::now();
             self.stats
                 .last_progress_ms
                 .store(unix_ms(), Ordering::Relaxed);
@@ -224,12 +227,18 @@ impl Tracker {
                 "broker unreachable for {:?}: {why}",
                 since.elapsed()
             )),
-            _ if self.lag > 0 && self.last_progress.elapsed() >= self.stall_after => Some(format!(
-                "no progress for {:?} while {} records are waiting",
-                self.last_progress.elapsed(),
-                self.lag
-            )),
-            _ => None,
+            // Measured from when records were seen waiting, not from the last progress: a
+            // follower idle at the end of its log is not stalled the moment records arrive.
+            _ => match self.waiting_since {
+                Some(since) if self.lag > 0 && since.elapsed() >= self.stall_after => {
+                    Some(format!(
+                        "no progress for {:?} while {} records are waiting",
+                        since.elapsed(),
+                        self.lag
+                    ))
+                }
+                _ => None,
+            },
         };
         match cause {
             Some(cause) => {
