@@ -89,40 +89,28 @@ pub async fn follow_all(
     for id in partitions_under(root)? {
         let stats = Arc::new(IngestStats::default());
         source.watch(id.clone(), stats.clone());
-        let dir = id.dir(root);
-        let db = match super::blocking(move || partition::open(&dir, format)).await {
-            Ok(db) => {
-                let db = Arc::new(db);
-                source.insert(id.clone(), db.clone());
-                Some(db)
-            }
-            Err(e) => {
-                stats.set_state(IngestState::Stopped);
-                tracing::error!(partition = %id, error = %e, "cannot open partition; serving the others");
-                out.push(Followed {
-                    id: id.clone(),
-                    stats: stats.clone(),
-                    open_error: Some(e.to_string()),
-                });
-                None
-            }
-        };
-        if db.is_some() {
-            out.push(Followed {
-                id: id.clone(),
-                stats: stats.clone(),
-                open_error: None,
-            });
-        }
         let task = Task {
-            id,
+            id: id.clone(),
             root: root.to_owned(),
             format,
             cfg: cfg.clone(),
             source: source.clone(),
-            stats,
+            stats: stats.clone(),
         };
-        tokio::spawn(task.run(db));
+        let db = task.open().await;
+        let open_error = match &db {
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(partition = %id, error = %e, "cannot open partition; serving the others");
+                Some(e.to_string())
+            }
+        };
+        out.push(Followed {
+            id,
+            stats,
+            open_error,
+        });
+        tokio::spawn(task.run(db.ok()));
     }
     Ok(out)
 }
@@ -144,7 +132,12 @@ impl Task {
         };
         loop {
             if db.is_none() {
-                db = self.open().await;
+                // Reported when it first failed (at start); retries that fail alike are quiet.
+                db = self
+                    .open()
+                    .await
+                    .inspect_err(|e| tracing::debug!(partition = %self.id, error = %e, "partition still does not open"))
+                    .ok();
             }
             if let Some(db) = &db {
                 match self.cfg.kafka.log(&self.id) {
@@ -163,19 +156,18 @@ impl Task {
         }
     }
 
-    async fn open(&self) -> Option<Arc<rocksdb::DB>> {
+    /// Opens the partition and registers it with the source; a failure marks it stopped.
+    async fn open(&self) -> Result<Arc<rocksdb::DB>, crate::partition::StorageError> {
         let (dir, format) = (self.id.dir(&self.root), self.format);
         match super::blocking(move || partition::open(&dir, format)).await {
             Ok(db) => {
                 let db = Arc::new(db);
                 self.source.insert(self.id.clone(), db.clone());
-                Some(db)
+                Ok(db)
             }
             Err(e) => {
-                // Reported when it first failed (at start); retries that fail alike are quiet.
-                tracing::debug!(partition = %self.id, error = %e, "partition still does not open");
                 self.stats.set_state(IngestState::Stopped);
-                None
+                Err(e)
             }
         }
     }

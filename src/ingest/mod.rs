@@ -491,13 +491,6 @@ impl Run<'_> {
                     earliest: *earliest,
                 });
             }
-            if let Some(LogError::Config(_)) = &fetched.error {
-                return Err(CatchUpError::Config(
-                    fetched
-                        .error
-                        .unwrap_or_else(|| LogError::Config("unknown".into())),
-                ));
-            }
             let got_records = !fetched.records.is_empty();
             if got_records {
                 self.apply(db, log, fetched.records, report).await?;
@@ -634,23 +627,6 @@ impl Run<'_> {
             }),
         }
     }
-}
-
-/// Applies the log to `db` up to the high watermark, retrying the watermark read until the
-/// deadline: the bootstrap's and the demo's catch-up.
-pub async fn high_watermark<S: LogSource>(
-    log: &mut S,
-    cfg: &CatchUpConfig,
-    applied: Option<u64>,
-) -> Result<Watermarks, CatchUpError> {
-    let mut run = Run {
-        cfg,
-        health: health::Tracker::new(cfg.stats.clone(), cfg.stall_after, log.describe()),
-        backoff: Backoff::new(cfg.backoff, cfg.max_backoff),
-        next: next_offset(applied)?,
-        until: Until::HighWatermark,
-    };
-    run.watermarks_until_deadline(log, applied).await
 }
 
 /// How change-log topics are named: a template over `{store}` and `{version}`; the Kafka
