@@ -31,6 +31,22 @@ pub enum ControlFrame {
     Preparing,
 }
 
+impl ControlFrame {
+    /// The variant's name, for logs and refusals (without the payload, which may be large).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Request(_) => "Request",
+            Self::Accept(_) => "Accept",
+            Self::Reject(_) => "Reject",
+            Self::Metadata(_) => "Metadata",
+            Self::Complete => "Complete",
+            Self::Done => "Done",
+            Self::Abort { .. } => "Abort",
+            Self::Preparing => "Preparing",
+        }
+    }
+}
+
 /// The client's ask. `version` comes first so a future layout can still be recognised.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -105,7 +121,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [Self; 8] = [
         Self::NotFound,
         Self::Busy,
         Self::FormatMismatch,
@@ -117,7 +133,7 @@ impl RejectReason {
     ];
 
     /// The stable lowercase name, used in reports, metrics and the HTTPS baseline's header.
-    pub fn name(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::NotFound => "not_found",
             Self::Busy => "busy",
@@ -129,10 +145,26 @@ impl RejectReason {
             Self::Stale => "stale",
         }
     }
+}
 
-    /// The inverse of [`Self::name`]; an unknown name is `None`.
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.name() == s)
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not one of [`RejectReason::as_str`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reject reason {0:?}")]
+pub struct UnknownReason(pub String);
+
+impl std::str::FromStr for RejectReason {
+    type Err = UnknownReason;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownReason(s.to_owned()))
     }
 }
 

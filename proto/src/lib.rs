@@ -1,9 +1,12 @@
 //! quicstrap's wire protocol, sans-IO: typed frames and their encoding, with no sockets in
 //! sight.
 //!
-//! Like `quinn-proto`, this crate only turns bytes into frames and frames into bytes, so it
-//! can be fuzzed and unit-tested without a network (and without RocksDB). The QUIC glue that
-//! moves these bytes lives in `quicstrap::wire`.
+//! Like `quinn-proto`, this crate holds the protocol without any I/O: the frames and their
+//! encoding, and the rules of a transfer as two deterministic state machines
+//! ([`transfer::ClientTransfer`], [`transfer::ServerTransfer`]) that take events and `now` in
+//! and hand actions out. It can be fuzzed and unit-tested without a network, a clock or
+//! RocksDB. The drivers that feed the machines from QUIC streams live in `quicstrap::client`
+//! and `quicstrap::server`; the frame I/O over streams in `quicstrap::wire`.
 //!
 //! # Streams of one partition transfer
 //!
@@ -17,10 +20,14 @@
 //! decoder refuses lengths over a hard limit before buffering them.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
+#![warn(clippy::use_self)]
+#![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod frame;
 pub mod names;
+pub mod transfer;
 pub mod types;
 
 pub use codec::{encode, DecodeError, FrameDecoder};

@@ -1,0 +1,375 @@
+//! The receiving side of one transfer.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::frame::{Accept, ControlFrame, FileEntry, FileHeader, RejectReason, Request};
+use crate::types::PartitionMeta;
+
+use super::manifest::check_manifest;
+
+/// The client's time limits and bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientLimits {
+    /// Give up after this long without any progress: no frame, no file stream, no byte.
+    pub idle: Duration,
+    /// How long file streams may trail `Complete`. The server sends `Complete` only after
+    /// every file byte was acknowledged, so each file stream has arrived by then, give or take
+    /// the routing of its header; one still missing after this long was never sent.
+    pub complete_grace: Duration,
+    /// How long a transfer may sit without progress once its connection is closed: received
+    /// bytes may still drain, but nothing new will come, so waiting out `idle` would only
+    /// delay the next peer.
+    pub closed_grace: Duration,
+    /// Most files a manifest may list.
+    pub max_files: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            complete_grace: Duration::from_secs(2),
+            closed_grace: Duration::from_secs(1),
+            max_files: 1_000_000,
+        }
+    }
+}
+
+/// Why the machine ended a transfer. The driver turns it into its own error type, adding what
+/// only it knows (the connection's close reason).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientFailure {
+    /// The server refused: try the next peer.
+    Rejected {
+        /// Typed reason.
+        reason: RejectReason,
+        /// The server's detail.
+        message: String,
+    },
+    /// The server broke the protocol.
+    Protocol(String),
+    /// No progress for the idle limit, with the connection open.
+    Idle(Duration),
+    /// No progress since the connection closed: its close reason says why.
+    ConnectionClosed,
+}
+
+/// What the driver does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Write this frame on the control stream.
+    Send(ControlFrame),
+    /// The manifest was accepted ([`ClientTransfer::files`]): make room for the files.
+    Accepted,
+    /// Receive the file stream just handed in into manifest entry `index`, checking its size
+    /// and digest against `entry`; report the outcome with [`ClientTransfer::handle_file_done`].
+    ReceiveFile {
+        /// Manifest index.
+        index: u32,
+        /// What the file must be.
+        entry: FileEntry,
+    },
+    /// Every file has validated and the server has sent `Metadata` and `Complete`: commit,
+    /// then report with [`ClientTransfer::handle_committed`].
+    Commit(PartitionMeta),
+    /// The transfer failed: end every file task, clean up, then call
+    /// [`ClientTransfer::abort`] so the server learns why.
+    Fail(ClientFailure),
+    /// Finish the control stream: nothing more will be sent.
+    FinishSend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Request sent; waiting for `Accept` or `Reject`.
+    Requested,
+    /// Manifest accepted; files and closing frames arriving.
+    Receiving,
+    /// `Commit` handed out; waiting for its outcome.
+    Committing,
+    /// Over (committed, failed or aborted): every later event is ignored.
+    Ended,
+}
+
+/// One transfer, seen from the client. Created with the request; see the module header of
+/// [`crate::transfer`] for the driving loop.
+#[derive(Debug)]
+pub struct ClientTransfer {
+    limits: ClientLimits,
+    phase: Phase,
+    actions: VecDeque<ClientAction>,
+    files: Vec<FileEntry>,
+    started: Vec<bool>,
+    done: Vec<bool>,
+    validated: usize,
+    bytes: u64,
+    meta: Option<PartitionMeta>,
+    complete_at: Option<Instant>,
+    control_open: bool,
+    last_progress: Instant,
+    closed: bool,
+    /// `Done` or `Abort` was queued: the last frame this side sends.
+    said_goodbye: bool,
+}
+
+impl ClientTransfer {
+    /// A transfer asking for `request`; the first action sends it.
+    pub fn new(request: Request, limits: ClientLimits, now: Instant) -> Self {
+        Self {
+            limits,
+            phase: Phase::Requested,
+            actions: VecDeque::from([ClientAction::Send(ControlFrame::Request(request))]),
+            files: Vec::new(),
+            started: Vec::new(),
+            done: Vec::new(),
+            validated: 0,
+            bytes: 0,
+            meta: None,
+            complete_at: None,
+            control_open: true,
+            last_progress: now,
+            closed: false,
+            said_goodbye: false,
+        }
+    }
+
+    /// The accepted manifest (empty before `Accept`).
+    pub fn files(&self) -> &[FileEntry] {
+        &self.files
+    }
+
+    /// Payload bytes of the files validated so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// True once the transfer is over, whichever way.
+    pub fn is_ended(&self) -> bool {
+        self.phase == Phase::Ended
+    }
+
+    /// True while the control stream may still bring frames.
+    pub fn wants_control(&self) -> bool {
+        self.control_open && matches!(self.phase, Phase::Requested | Phase::Receiving)
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_action(&mut self) -> Option<ClientAction> {
+        self.actions.pop_front()
+    }
+
+    /// When to call [`Self::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Requested | Phase::Receiving => {}
+            Phase::Committing | Phase::Ended => return None,
+        }
+        let idle = self.last_progress + self.idle_limit();
+        let grace = self
+            .complete_at
+            .filter(|_| self.started.iter().any(|s| !s))
+            .map(|at| at + self.limits.complete_grace);
+        Some(grace.map_or(idle, |g| g.min(idle)))
+    }
+
+    fn idle_limit(&self) -> Duration {
+        if self.closed {
+            self.limits.idle.min(self.limits.closed_grace)
+        } else {
+            self.limits.idle
+        }
+    }
+
+    /// A frame arrived on the control stream.
+    pub fn handle_frame(&mut self, frame: ControlFrame, now: Instant) {
+        self.last_progress = now;
+        match (self.phase, frame) {
+            // "Still working": the server is making and digesting the snapshot.
+            (Phase::Requested, ControlFrame::Preparing) => {}
+            (Phase::Requested, ControlFrame::Accept(Accept { files })) => {
+                if let Err(e) = check_manifest(&files, self.limits.max_files) {
+                    return self.fail(ClientFailure::Protocol(e.to_string()));
+                }
+                self.started = vec![false; files.len()];
+                self.done = vec![false; files.len()];
+                self.files = files;
+                self.phase = Phase::Receiving;
+                self.actions.push_back(ClientAction::Accepted);
+                self.check_finished();
+            }
+            (Phase::Requested, ControlFrame::Reject(r)) => self.fail(ClientFailure::Rejected {
+                reason: r.reason,
+                message: r.message,
+            }),
+            (Phase::Requested, other) => self.fail(ClientFailure::Protocol(format!(
+                "expected Accept or Reject, got {other:?}"
+            ))),
+            (Phase::Receiving, ControlFrame::Metadata(m))
+                if self.meta.is_none() && self.complete_at.is_none() =>
+            {
+                self.meta = Some(m);
+            }
+            (Phase::Receiving, ControlFrame::Complete) if self.complete_at.is_none() => {
+                self.complete_at = Some(now);
+                self.check_finished();
+            }
+            (Phase::Receiving, other) => self.fail(ClientFailure::Protocol(format!(
+                "unexpected frame {other:?}"
+            ))),
+            (Phase::Committing | Phase::Ended, _) => {}
+        }
+    }
+
+    /// The control stream ended cleanly.
+    pub fn handle_control_end(&mut self, now: Instant) {
+        self.last_progress = now;
+        self.control_open = false;
+        match self.phase {
+            Phase::Requested => self.fail(ClientFailure::Protocol("control stream ended".into())),
+            Phase::Receiving if self.complete_at.is_none() => self.fail(ClientFailure::Protocol(
+                "control stream ended before Complete".into(),
+            )),
+            _ => {}
+        }
+    }
+
+    /// A file stream for this transfer arrived with `header`. On success the next action is
+    /// [`ClientAction::ReceiveFile`]; a stream that is not in the manifest, or comes twice,
+    /// fails the transfer (the driver then drops the stream).
+    pub fn handle_file_stream(&mut self, header: FileHeader, now: Instant) {
+        self.last_progress = now;
+        if self.phase != Phase::Receiving {
+            // Before Accept no index can be checked; after the end nothing is wanted.
+            if self.phase == Phase::Requested {
+                self.fail(ClientFailure::Protocol(format!(
+                    "file stream for index {} before Accept",
+                    header.index
+                )));
+            }
+            return;
+        }
+        let i = header.index as usize;
+        if i >= self.files.len() || self.started[i] {
+            return self.fail(ClientFailure::Protocol(format!(
+                "file stream for index {i} not in the manifest or sent twice"
+            )));
+        }
+        self.started[i] = true;
+        self.actions.push_back(ClientAction::ReceiveFile {
+            index: header.index,
+            entry: self.files[i].clone(),
+        });
+    }
+
+    /// File bytes arrived (on any stream of this transfer).
+    pub fn handle_file_progress(&mut self, now: Instant) {
+        self.last_progress = now;
+    }
+
+    /// File `index` arrived whole and matched its manifest entry (`bytes` long). Only an
+    /// index handed out by [`ClientAction::ReceiveFile`] counts, and only once.
+    pub fn handle_file_done(&mut self, index: u32, bytes: u64, now: Instant) {
+        self.last_progress = now;
+        let i = index as usize;
+        if self.phase != Phase::Receiving || !self.started.get(i).copied().unwrap_or(false) {
+            return;
+        }
+        if std::mem::replace(&mut self.done[i], true) {
+            return;
+        }
+        self.validated += 1;
+        self.bytes += bytes;
+        self.check_finished();
+    }
+
+    /// The connection closed: nothing new will arrive, so stop waiting sooner. Received bytes
+    /// may still drain; once they stop for the shorter limit, the transfer fails.
+    pub fn handle_connection_closed(&mut self) {
+        self.closed = true;
+    }
+
+    /// Time passed; call at [`Self::poll_timeout`] or later.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Requested | Phase::Receiving) {
+            return;
+        }
+        if let Some(at) = self.complete_at {
+            if self.started.iter().any(|s| !s)
+                && now.saturating_duration_since(at) >= self.limits.complete_grace
+            {
+                return self.fail(ClientFailure::Protocol(
+                    "Complete before every file was sent".into(),
+                ));
+            }
+        }
+        if now.saturating_duration_since(self.last_progress) >= self.idle_limit() {
+            let failure = if self.closed {
+                ClientFailure::ConnectionClosed
+            } else {
+                ClientFailure::Idle(self.limits.idle)
+            };
+            self.fail(failure);
+        }
+    }
+
+    /// The commit finished: `Ok` tells the server `Done`, `Err` carries the reason of the
+    /// `Abort` it gets instead.
+    pub fn handle_committed(&mut self, outcome: Result<(), String>) {
+        if self.phase != Phase::Committing {
+            return;
+        }
+        self.phase = Phase::Ended;
+        self.said_goodbye = true;
+        let frame = match outcome {
+            Ok(()) => ControlFrame::Done,
+            Err(reason) => ControlFrame::Abort { reason },
+        };
+        self.actions.push_back(ClientAction::Send(frame));
+        self.actions.push_back(ClientAction::FinishSend);
+    }
+
+    /// Ends the transfer from this side (a failure the driver found: a bad file, a deadline, a
+    /// cancel, or a [`ClientAction::Fail`] it has cleaned up after): the server gets `Abort`.
+    /// Nothing is sent once `Done` or `Abort` was.
+    pub fn abort(&mut self, reason: String) {
+        if self.phase == Phase::Committing {
+            return self.handle_committed(Err(reason));
+        }
+        if self.said_goodbye {
+            return;
+        }
+        self.phase = Phase::Ended;
+        self.said_goodbye = true;
+        self.actions.clear();
+        self.actions
+            .push_back(ClientAction::Send(ControlFrame::Abort { reason }));
+        self.actions.push_back(ClientAction::FinishSend);
+    }
+
+    fn fail(&mut self, failure: ClientFailure) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        self.phase = Phase::Ended;
+        // Whatever was asked before the failure is moot: no more files to receive, no commit.
+        self.actions.clear();
+        self.actions.push_back(ClientAction::Fail(failure));
+    }
+
+    fn check_finished(&mut self) {
+        if self.phase != Phase::Receiving
+            || self.complete_at.is_none()
+            || self.validated != self.files.len()
+        {
+            return;
+        }
+        match self.meta.take() {
+            Some(meta) => {
+                self.phase = Phase::Committing;
+                self.actions.push_back(ClientAction::Commit(meta));
+            }
+            None => self.fail(ClientFailure::Protocol("Complete without Metadata".into())),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The checks both ends apply to what the other sent before acting on it: a manifest a client
+//! will write files from, a request a server will lease a snapshot for. Shared by the QUIC
+//! machines and the HTTPS baseline, so the rules exist once.
+
+use std::collections::HashSet;
+
+use crate::frame::{FileEntry, RejectReason, Request};
+use crate::names;
+use crate::types::TableFormat;
+
+/// The file a receiver writes beside the data to record where a partition came from. A
+/// manifest naming it would overwrite that record, so no manifest may.
+pub const RECEIPT_FILE: &str = "QUICSTRAP-RECEIPT.json";
+
+/// Why a manifest is refused. Each one is a protocol violation by the sender.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// More files than a receiver will track.
+    #[error("manifest lists {0} files")]
+    TooManyFiles(usize),
+    /// A name that could escape the directory, hide, or is otherwise unsafe.
+    #[error("manifest file name: {0}")]
+    BadName(names::NameError),
+    /// The receiver's own file.
+    #[error("manifest names {RECEIPT_FILE}")]
+    Reserved,
+    /// The same name twice: the second would overwrite the first.
+    #[error("{0} listed twice")]
+    Duplicate(String),
+    /// Sizes that add up past `u64`: no real partition, and progress would overflow.
+    #[error("manifest sizes overflow")]
+    SizeOverflow,
+    /// No `CURRENT`: RocksDB could not open the result.
+    #[error("manifest has no CURRENT file")]
+    NoCurrent,
+}
+
+/// A manifest a receiver will act on: at most `max_files` files, safe unique names, sizes
+/// that add up, and a `CURRENT` file.
+pub fn check_manifest(files: &[FileEntry], max_files: usize) -> Result<(), ManifestError> {
+    if files.len() > max_files {
+        return Err(ManifestError::TooManyFiles(files.len()));
+    }
+    let mut seen = HashSet::new();
+    for f in files {
+        names::validate_file_name(&f.name).map_err(ManifestError::BadName)?;
+        if f.name == RECEIPT_FILE {
+            return Err(ManifestError::Reserved);
+        }
+        if !seen.insert(f.name.as_str()) {
+            return Err(ManifestError::Duplicate(f.name.clone()));
+        }
+    }
+    if files
+        .iter()
+        .try_fold(0u64, |a, f| a.checked_add(f.size))
+        .is_none()
+    {
+        return Err(ManifestError::SizeOverflow);
+    }
+    if !files.iter().any(|f| f.name == "CURRENT") {
+        return Err(ManifestError::NoCurrent);
+    }
+    Ok(())
+}
+
+/// A decoded request a server will lease a snapshot for: this protocol version, a safe store
+/// name, the table format served here. `Err` is the typed refusal to send.
+pub fn check_request(req: &Request, serves: TableFormat) -> Result<(), (RejectReason, String)> {
+    if req.version != crate::PROTOCOL_VERSION {
+        return Err(unsupported(req.version));
+    }
+    check_partition(&req.store, req.table_format, serves)
+}
+
+/// The part of [`check_request`] that does not depend on the wire: a store name a path can be
+/// made of, and the table format served here. The HTTPS baseline, whose requests are URLs,
+/// applies it too.
+pub fn check_partition(
+    store: &str,
+    format: TableFormat,
+    serves: TableFormat,
+) -> Result<(), (RejectReason, String)> {
+    if let Err(e) = names::validate_store(store) {
+        return Err((RejectReason::BadRequest, format!("store name: {e}")));
+    }
+    if format != serves {
+        return Err((
+            RejectReason::FormatMismatch,
+            format!("requested {format} but this peer serves {serves}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of a request in another protocol version.
+pub(crate) fn unsupported(version: u16) -> (RejectReason, String) {
+    (
+        RejectReason::UnsupportedVersion,
+        format!(
+            "protocol version {version} not supported (this peer speaks {})",
+            crate::PROTOCOL_VERSION
+        ),
+    )
+}
