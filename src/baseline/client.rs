@@ -26,7 +26,8 @@ use crate::peers::Peer;
 use crate::protocol::FileEntry;
 use crate::tls::{self, Identity};
 
-use super::{reason_from_name, Manifest, TcpCongestion, REJECT_HEADER};
+use super::{Manifest, TcpCongestion, REJECT_HEADER};
+use crate::protocol::RejectReason;
 
 /// Largest manifest or metadata body read (a manifest of a million files fits).
 const MAX_JSON_BODY: usize = 100 * 1024 * 1024;
@@ -219,7 +220,7 @@ impl Conn {
             .headers()
             .get(REJECT_HEADER)
             .and_then(|v| v.to_str().ok())
-            .map(reason_from_name);
+            .map(|s| s.parse().unwrap_or(RejectReason::ServerError));
         let body = read_json_body(resp, idle).await.unwrap_or_default();
         let message = String::from_utf8_lossy(&body).trim().to_owned();
         Err(match reason {

@@ -30,8 +30,6 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::RejectReason;
-
 pub use client::{HttpFetchConfig, HttpFetcher};
 pub use server::{HttpServer, HttpServerConfig, HttpStats};
 
@@ -56,16 +54,6 @@ pub struct ManifestFile {
     pub size: u64,
     /// Hex digest in the requested algorithm.
     pub digest: String,
-}
-
-/// The stable lowercase name of a refusal reason, as sent in [`REJECT_HEADER`].
-pub fn reason_name(r: RejectReason) -> &'static str {
-    r.name()
-}
-
-/// The inverse of [`reason_name`]; unknown names are a server error.
-pub fn reason_from_name(s: &str) -> RejectReason {
-    RejectReason::from_name(s).unwrap_or(RejectReason::ServerError)
 }
 
 /// A TCP congestion controller known to the kernel (`cubic`, `bbr`, ...), set per socket.
@@ -125,14 +113,6 @@ pub(crate) fn query_pairs(q: Option<&str>) -> impl Iterator<Item = (&str, &str)>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reason_names_round_trip() {
-        for r in RejectReason::ALL {
-            assert_eq!(reason_from_name(reason_name(r)), r);
-        }
-        assert_eq!(reason_from_name("nonsense"), RejectReason::ServerError);
-    }
 
     #[test]
     fn congestion_names_are_checked() {

@@ -25,7 +25,7 @@ use crate::server::ServerError;
 use crate::snapshot::{SnapshotLease, SnapshotManager};
 use crate::tls::{self, AllowList, Identity};
 
-use super::{query_pairs, reason_name, Manifest, ManifestFile, TcpCongestion, REJECT_HEADER};
+use super::{query_pairs, Manifest, ManifestFile, TcpCongestion, REJECT_HEADER};
 use crate::lock::unpoisoned as lock;
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -407,7 +407,7 @@ fn refuse(reason: RejectReason, msg: String) -> Response<Body> {
     tracing::info!(?reason, message = %msg, "http request refused");
     let mut resp = Response::new(full(Bytes::from(msg + "\n")));
     *resp.status_mut() = status;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(reason_name(reason)) {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(reason.as_str()) {
         resp.headers_mut().insert(REJECT_HEADER, v);
     }
     resp

@@ -14,8 +14,9 @@ use crate::partition::{self, PartitionMeta, TableFormat};
 
 use super::error::AttemptError;
 
-/// Name of the record of what was received, written into the partition at commit.
-pub const RECEIPT_FILE: &str = "QUICSTRAP-RECEIPT.json";
+/// Name of the record of what was received, written into the partition at commit; no
+/// manifest may name it (the protocol's rule).
+pub use crate::protocol::transfer::RECEIPT_FILE;
 
 /// Prefix of temp dirs, so leftovers of a crashed process can be recognised and removed.
 pub const TEMP_PREFIX: &str = ".quicstrap-tmp-";

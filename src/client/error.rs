@@ -105,7 +105,7 @@ impl AttemptError {
         match self {
             Self::Connect(_) => "connect_failed",
             Self::ConnectTimeout => "connect_timeout",
-            Self::Rejected { reason, .. } => reason.name(),
+            Self::Rejected { reason, .. } => reason.as_str(),
             Self::ChecksumMismatch { .. } => "checksum_mismatch",
             Self::SizeMismatch { .. } => "size_mismatch",
             Self::Protocol(_) => "protocol_violation",

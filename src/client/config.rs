@@ -1,0 +1,171 @@
+//! What a fetch is told and what it tells back: its configuration, its live progress (and
+//! cancel switch), its counters and its report.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::checksum::ChecksumAlgo;
+use crate::pacing::RateLimiter;
+use crate::partition::{PartitionMeta, TableFormat};
+use crate::tls::Identity;
+use crate::transport::TransportTuning;
+
+use super::error::NextStep;
+
+/// Knobs of the fetching side.
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// This node's certificate, key and trusted CA.
+    pub identity: Identity,
+    /// QUIC knobs.
+    pub tuning: TransportTuning,
+    /// Local UDP address (port 0 picks one).
+    pub bind: SocketAddr,
+    /// Table format this node opens.
+    pub table_format: TableFormat,
+    /// Digest asked for in manifests.
+    pub checksum: ChecksumAlgo,
+    /// Connect + handshake timeout (10 s).
+    pub connect_timeout: Duration,
+    /// Give up on a peer after this long without a byte (60 s).
+    pub idle_timeout: Duration,
+    /// Give up on a peer after this long for one partition (20 min).
+    pub partition_timeout: Duration,
+    /// Shuffle peers before trying them (on by default; tests turn it off for a fixed order).
+    pub shuffle: bool,
+    /// Read-rate limit shared by every transfer of this process (unlimited by default).
+    pub read_limiter: Arc<RateLimiter>,
+    /// Partitions received at once (20); further fetches wait their turn, so a node
+    /// recovering hundreds of partitions neither opens hundreds of temp dirs nor asks every
+    /// peer at once.
+    pub max_partitions: usize,
+    /// Handshakes of the connectivity check running at once (16).
+    pub check_concurrency: usize,
+    /// Longest the whole connectivity check may take (60 s); peers not checked by then count
+    /// as unreachable for this fetch.
+    pub check_timeout: Duration,
+    /// How long a connectivity verdict (good or bad) is trusted (30 s).
+    pub check_freshness: Duration,
+    /// Most bytes all partitions this fetcher receives at once may hold unread (default
+    /// 256 MiB): the receive windows quinn grants plus the receive buffers. Each connection's
+    /// window follows its path within that (`budget`).
+    pub max_recv_buffer: u64,
+}
+
+impl FetchConfig {
+    /// Defaults around an identity.
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            tuning: TransportTuning::default(),
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            table_format: TableFormat::Block,
+            checksum: ChecksumAlgo::Md5,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            partition_timeout: Duration::from_secs(20 * 60),
+            shuffle: true,
+            read_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
+            max_partitions: 20,
+            check_concurrency: 16,
+            check_timeout: Duration::from_secs(60),
+            check_freshness: Duration::from_secs(30),
+            max_recv_buffer: crate::budget::DEFAULT_CAP,
+        }
+    }
+}
+
+/// The outcome of one attempt at one peer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    /// The peer.
+    pub peer: String,
+    /// `ok` or the error label.
+    pub outcome: String,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// What the loop did next.
+    pub next_step: Option<NextStep>,
+    /// Payload bytes received in this attempt.
+    pub bytes: u64,
+    /// Wall time of the attempt.
+    pub seconds: f64,
+}
+
+/// A successful fetch.
+#[derive(Clone, Debug, Serialize)]
+pub struct FetchReport {
+    /// The partition.
+    pub partition: String,
+    /// Where it now is.
+    pub dir: PathBuf,
+    /// The peer it came from.
+    pub peer: String,
+    /// Every attempt, in order (the last one succeeded).
+    pub attempts: Vec<Attempt>,
+    /// Files received.
+    pub files: usize,
+    /// Payload bytes received in the successful attempt.
+    pub bytes: u64,
+    /// Wall time from the first request to the rename.
+    pub seconds: f64,
+    /// Offset and version state of the snapshot (Kafka catch-up starts after `offset`).
+    pub meta: PartitionMeta,
+}
+
+/// Live progress of a fetch, and its cancel switch: poll it from another task for a progress
+/// bar; call [`Progress::cancel`] to stop the fetch with a full cleanup (dropping the fetch
+/// future also cancels, but cannot wait for file handles to close).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of the current attempt's manifest.
+    pub total: AtomicU64,
+    /// Bytes received in the current attempt.
+    pub received: Arc<AtomicU64>,
+    /// Attempts started so far.
+    pub attempts: AtomicU64,
+    cancelled: AtomicBool,
+    cancel_notify: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// Asks the fetch to stop: the attempt in flight cleans up and the fetch ends with
+    /// [`super::AttemptError::Cancelled`] (no Kafka fallback).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel_notify.notify_waiters();
+    }
+
+    /// True once [`Self::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let notified = self.cancel_notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counters of a [`super::Fetcher`], for metrics.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// File payload bytes received, in every attempt.
+    pub bytes_received: AtomicU64,
+    /// Fetches that ended with the partition in place.
+    pub fetched: AtomicU64,
+    /// Fetches that ended without it.
+    pub failed: AtomicU64,
+    /// Attempts that failed (each moved on to the next peer or gave up).
+    pub attempts_failed: AtomicU64,
+}

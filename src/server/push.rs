@@ -1,0 +1,170 @@
+//! Sending a snapshot's files: one stream per file, a bounded number at once, each read in
+//! chunks on the blocking pool and paced by the shared write limiter; a stream cut off before
+//! its last byte was acknowledged is reset, never finished short.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::sync::{watch, Semaphore};
+
+use crate::pacing::RateLimiter;
+use crate::protocol::{codes, FileHeader};
+use crate::wire::write_frame;
+
+use super::request::TransferEnd;
+use super::{ServerStats, Shared};
+
+/// Sends every file on its own stream, at most `files_in_flight` at once, and returns once the
+/// client has acknowledged every byte of every file.
+pub(super) async fn push_files(
+    conn: &quinn::Connection,
+    transfer_id: u64,
+    snap: &Arc<crate::snapshot::Snapshot>,
+    shared: &Shared,
+    sent: Arc<AtomicU64>,
+) -> Result<(), TransferEnd> {
+    let slots = Arc::new(Semaphore::new(shared.cfg.files_in_flight.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, file) in snap.files.iter().enumerate() {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| TransferEnd::Stream("slots closed".into()))?;
+        // Surface a failure of an earlier file before opening more streams.
+        while let Some(done) = tasks.try_join_next() {
+            done.map_err(|e| TransferEnd::Stream(e.to_string()))??;
+        }
+        let conn = conn.clone();
+        let path = snap.dir.join(&file.name);
+        let size = file.size;
+        let stats = shared.stats.clone();
+        let limiter = shared.cfg.write_limiter.clone();
+        let sent = sent.clone();
+        let shutdown = shared.shutdown.clone();
+        tasks.spawn(async move {
+            let stream = conn
+                .open_uni()
+                .await
+                .map_err(|e| TransferEnd::Stream(e.to_string()))?;
+            let mut guard = ResetOnDrop {
+                stream: Some(stream),
+                shutdown,
+            };
+            let stream = guard.stream();
+            write_frame(
+                stream,
+                &FileHeader {
+                    transfer_id,
+                    index: index as u32,
+                },
+            )
+            .await?;
+            send_file(stream, path, size, &stats, &limiter, &sent).await?;
+            stream
+                .finish()
+                .map_err(|e| TransferEnd::Stream(e.to_string()))?;
+            drop(permit);
+            // Every byte acknowledged by the client (or the client stopped the stream).
+            // Still guarded: a transfer ended meanwhile (shutdown, another file failed)
+            // resets this stream too, so none of its data stays queued.
+            let stopped = guard.stream().stopped().await;
+            guard.disarm();
+            match stopped {
+                Ok(None) => Ok(()),
+                Ok(Some(code)) => Err(TransferEnd::ClientAborted(format!(
+                    "file stream stopped with code {code}"
+                ))),
+                Err(e) => Err(TransferEnd::Stream(e.to_string())),
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| TransferEnd::Stream(e.to_string()))??;
+    }
+    Ok(())
+}
+
+/// A file stream that is reset, not finished, when dropped before the client acknowledged its
+/// last byte: quinn finishes dropped streams, and a cut-off file must look cut off to the
+/// client, never like a short but complete one. The reset says `SHUTTING_DOWN` when the
+/// server is stopping (the client then moves on at once, typed), `ABORTED` otherwise.
+struct ResetOnDrop {
+    stream: Option<quinn::SendStream>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ResetOnDrop {
+    fn stream(&mut self) -> &mut quinn::SendStream {
+        self.stream.as_mut().expect("stream present until disarmed")
+    }
+
+    /// The stream is done with (acknowledged or failed on its own): nothing to reset.
+    fn disarm(mut self) {
+        self.stream.take();
+    }
+}
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = self.stream.as_mut() {
+            let code = if *self.shutdown.borrow() {
+                codes::SHUTTING_DOWN
+            } else {
+                codes::ABORTED
+            };
+            let _ = s.reset(code.into());
+        }
+    }
+}
+
+/// Bytes read from a file at a time: each file in flight holds one chunk outside quinn.
+pub(super) const CHUNK: usize = 256 << 10;
+
+async fn send_file(
+    stream: &mut quinn::SendStream,
+    path: std::path::PathBuf,
+    size: u64,
+    stats: &ServerStats,
+    limiter: &RateLimiter,
+    sent_total: &AtomicU64,
+) -> Result<(), TransferEnd> {
+    let mut file = Some(std::fs::File::open(&path)?);
+    let mut sent = 0u64;
+    while sent < size {
+        let f = file
+            .take()
+            .ok_or_else(|| TransferEnd::Stream("file lost".into()))?;
+        let want = CHUNK.min((size - sent) as usize);
+        let (f, chunk) = tokio::task::spawn_blocking(move || {
+            let mut f = f;
+            let mut buf = BytesMut::zeroed(want);
+            let n = f.read(&mut buf)?;
+            buf.truncate(n);
+            Ok::<_, std::io::Error>((f, buf.freeze()))
+        })
+        .await
+        .map_err(|e| TransferEnd::Stream(e.to_string()))??;
+        file = Some(f);
+        if chunk.is_empty() {
+            // The snapshot file shrank under us: never send fewer bytes than announced
+            // silently; the client will see the short file and reject it.
+            return Err(TransferEnd::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} shorter than its manifest size", path.display()),
+            )));
+        }
+        let n = chunk.len() as u64;
+        limiter.acquire(n).await;
+        stream
+            .write_chunk(chunk)
+            .await
+            .map_err(|e| TransferEnd::Stream(e.to_string()))?;
+        sent += n;
+        sent_total.fetch_add(n, Ordering::Relaxed);
+        stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(())
+}

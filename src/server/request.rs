@@ -1,0 +1,335 @@
+//! One transfer on the server: the QUIC driver of [`ServerTransfer`].
+//!
+//! The machine holds the rules (what the request must be, when heartbeats go out, the order of
+//! `Accept`, `Metadata` and `Complete`, how long a silent client is waited for); this driver
+//! reads the control stream, leases the snapshot, computes the manifest, pushes the files, and
+//! carries out what the machine asks.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::lock::unpoisoned as lock;
+use crate::partition::PartitionId;
+use crate::protocol::transfer::{
+    heartbeat_interval, ServerAction, ServerEnd, ServerLimits, ServerTransfer,
+};
+use crate::protocol::{codes, ControlFrame, FileEntry, RejectReason, Request};
+use crate::snapshot::SnapshotLease;
+use crate::wire::{write_frame, FrameReader, WireError};
+
+use super::push::{push_files, CHUNK};
+use super::Shared;
+
+/// Largest request frame a server reads: a request is a few dozen bytes.
+pub const MAX_REQUEST_FRAME: usize = 64 * 1024;
+
+/// Why a transfer ended early on the server side (logged; the client learns by stream state).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TransferEnd {
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("client aborted: {0}")]
+    ClientAborted(String),
+    #[error("protocol violation by client: {0}")]
+    Protocol(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("server shutting down")]
+    ShuttingDown,
+}
+
+/// How a transfer ended, as the machine or the driver saw it.
+enum Outcome {
+    Rejected,
+    Done,
+    Failed(TransferEnd),
+}
+
+impl From<ServerEnd> for Outcome {
+    fn from(end: ServerEnd) -> Self {
+        match end {
+            ServerEnd::Rejected(_) => Self::Rejected,
+            ServerEnd::Done => Self::Done,
+            ServerEnd::ClientAborted(m) => Self::Failed(TransferEnd::ClientAborted(m)),
+            ServerEnd::Protocol(m) => Self::Failed(TransferEnd::Protocol(m)),
+            ServerEnd::Timeout => Self::Failed(TransferEnd::Timeout),
+        }
+    }
+}
+
+/// A boxed future the driver polls alongside the control stream.
+type Step<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The control stream of one transfer and its machine.
+struct Control {
+    machine: ServerTransfer,
+    send: quinn::SendStream,
+    reader: FrameReader,
+    /// Why a frame could not be written, which ends the transfer.
+    wire_error: Option<WireError>,
+}
+
+impl Control {
+    /// Writes what the machine wants written; returns the first action for the driver.
+    async fn next_action(&mut self, shared: &Shared) -> Option<ServerAction> {
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                ServerAction::Send(frame) => {
+                    if let ControlFrame::Reject(r) = &frame {
+                        shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(reason = ?r.reason, message = %r.message, "request rejected");
+                    }
+                    if let Err(e) = write_frame(&mut self.send, &frame).await {
+                        // The stream is gone: no later frame can be sent either.
+                        let rejected = matches!(frame, ControlFrame::Reject(_));
+                        if !rejected {
+                            self.machine.fail(ServerEnd::ClientAborted(e.to_string()));
+                            self.wire_error = Some(e);
+                        }
+                    }
+                }
+                ServerAction::FinishSend => {
+                    let _ = self.send.finish();
+                }
+                ServerAction::StopReading => {
+                    let _ = self.reader.recv.stop(codes::PROTOCOL.into());
+                }
+                other => return Some(other),
+            }
+        }
+        None
+    }
+}
+
+fn limits(shared: &Shared) -> ServerLimits {
+    let cfg = &shared.cfg;
+    ServerLimits {
+        table_format: cfg.table_format,
+        request_timeout: cfg.request_timeout,
+        idle: cfg.idle_timeout,
+        partition_timeout: cfg.partition_timeout,
+    }
+}
+
+fn sleep_until(at: Option<Instant>) -> tokio::time::Sleep {
+    let at = at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+    tokio::time::sleep_until(at.into())
+}
+
+/// Serves one control stream: read the request, then serve or refuse it.
+pub(super) async fn serve_control(
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+    ids: Arc<Mutex<HashSet<u64>>>,
+) {
+    let mut control = Control {
+        machine: ServerTransfer::new(limits(&shared), Instant::now()),
+        send,
+        reader: FrameReader::new(recv, MAX_REQUEST_FRAME),
+        wire_error: None,
+    };
+    tokio::select! {
+        raw = control.reader.next_raw() => match raw {
+            Ok(raw) => control.machine.handle_request(raw.as_deref()),
+            Err(e) => {
+                let decode = match &e {
+                    WireError::Decode(d) => Some(d.clone()),
+                    _ => None,
+                };
+                control.machine.handle_request_error(decode.as_ref(), e.to_string())
+            }
+        },
+        _ = sleep_until(control.machine.poll_timeout()) => {
+            control.machine.handle_timeout(Instant::now())
+        }
+    }
+    let Some(ServerAction::Lease(req)) = control.next_action(&shared).await else {
+        // Refused: the Reject is out.
+        return;
+    };
+    if *shared.shutdown.borrow() {
+        control
+            .machine
+            .handle_refused(RejectReason::ShuttingDown, "shutting down".into());
+        control.next_action(&shared).await;
+        return;
+    }
+    if !lock(&ids).insert(req.transfer_id) {
+        let msg = format!("transfer id {} already in use", req.transfer_id);
+        control
+            .machine
+            .handle_refused(RejectReason::BadRequest, msg);
+        control.next_action(&shared).await;
+        return;
+    }
+    let id = PartitionId {
+        store: req.store.clone(),
+        version: req.store_version,
+        partition: req.partition,
+    };
+    let span = tracing::info_span!(
+        "serve",
+        store = %id.store,
+        version = id.version,
+        partition = id.partition,
+        peer = %conn.remote_address(),
+        transfer = req.transfer_id
+    );
+    tracing::Instrument::instrument(
+        serve_partition(&conn, &mut control, &req, &id, &shared),
+        span,
+    )
+    .await;
+    lock(&ids).remove(&req.transfer_id);
+}
+
+/// Leases the snapshot and runs the transfer; a refusal to lease becomes a typed `Reject`.
+async fn serve_partition(
+    conn: &quinn::Connection,
+    control: &mut Control,
+    req: &Request,
+    id: &PartitionId,
+    shared: &Shared,
+) {
+    let stats = &shared.stats;
+    let lease = match shared.snapshots.acquire(id, Instant::now()).await {
+        Ok(l) => l,
+        Err(e) => {
+            let reason = e.reason();
+            if reason == RejectReason::Busy {
+                stats.busy.fetch_add(1, Ordering::Relaxed);
+            }
+            control.machine.handle_refused(reason, format!("{id}: {e}"));
+            control.next_action(shared).await;
+            return;
+        }
+    };
+    control.machine.handle_leased(Instant::now());
+    match run_transfer(conn, control, req, &lease, shared).await {
+        Outcome::Rejected => {}
+        Outcome::Done => {
+            stats.completed.fetch_add(1, Ordering::Relaxed);
+            let path = conn.stats().path;
+            tracing::info!(
+                rtt_ms = path.rtt.as_secs_f64() * 1e3,
+                mtu = path.current_mtu,
+                cwnd = path.cwnd,
+                lost_packets = path.lost_packets,
+                sent_packets = path.sent_packets,
+                "transfer done"
+            );
+        }
+        Outcome::Failed(e) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(error = %e, "transfer ended early");
+            let code = match e {
+                TransferEnd::ShuttingDown => codes::SHUTTING_DOWN,
+                _ => codes::ABORTED,
+            };
+            let _ = control.send.reset(code.into());
+            let _ = control.reader.recv.stop(code.into());
+        }
+    }
+    drop(lease);
+}
+
+/// Digests, accepts, pushes and closes, as the machine directs, while watching the control
+/// stream (an `Abort` or a vanished client ends it), the clock, progress and shutdown.
+async fn run_transfer(
+    conn: &quinn::Connection,
+    control: &mut Control,
+    req: &Request,
+    lease: &SnapshotLease,
+    shared: &Shared,
+) -> Outcome {
+    let snap = lease.snapshot();
+    let mut digesting: Option<Step<'_, _>> = Some(Box::pin(snap.digests(req.checksum)));
+    let mut pushing: Option<Step<'_, Result<(), TransferEnd>>> = None;
+    // From `Accept` on this transfer sends: its connection's send window follows its path
+    // within the process's budget, and its file reads are reserved from that budget up front.
+    let mut _budget = None;
+    let sent = Arc::new(AtomicU64::new(0));
+    let progress = || (sent.load(Ordering::Relaxed), conn.stats().frame_tx.stream);
+    let mut last = progress();
+    let mut tick = tokio::time::interval(heartbeat_interval(shared.cfg.idle_timeout));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        match control.next_action(shared).await {
+            Some(ServerAction::PushFiles) => {
+                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let reads = shared.cfg.files_in_flight.max(1) as u64 * CHUNK as u64;
+                _budget = Some(shared.budget.lease(conn, reads));
+                let push = push_files(conn, req.transfer_id, snap, shared, sent.clone());
+                pushing = Some(Box::pin(push));
+                continue;
+            }
+            Some(ServerAction::End(end)) => {
+                return match control.wire_error.take() {
+                    Some(e) => Outcome::Failed(TransferEnd::Wire(e)),
+                    None => end.into(),
+                };
+            }
+            Some(other) => {
+                return Outcome::Failed(TransferEnd::Protocol(format!("unexpected step {other:?}")))
+            }
+            None => {}
+        }
+        let wants_control = control.machine.wants_control();
+        tokio::select! {
+            d = async { digesting.as_mut().expect("guarded").await }, if digesting.is_some() => {
+                digesting = None;
+                let digests = match d {
+                    Ok(d) => d,
+                    Err(e) => return Outcome::Failed(TransferEnd::Io(std::io::Error::other(e))),
+                };
+                let files: Vec<FileEntry> = snap
+                    .files
+                    .iter()
+                    .zip(digests.iter())
+                    .map(|(f, d)| FileEntry {
+                        name: f.name.clone(),
+                        size: f.size,
+                        digest: d.clone(),
+                    })
+                    .collect();
+                control.machine.handle_manifest(files, Instant::now());
+            }
+            r = async { pushing.as_mut().expect("guarded").await }, if pushing.is_some() => {
+                pushing = None;
+                if let Err(e) = r {
+                    return Outcome::Failed(e);
+                }
+                control.machine.handle_files_acked(snap.meta.clone(), Instant::now());
+            }
+            frame = control.reader.next_frame::<ControlFrame>(), if wants_control => match frame {
+                Ok(Some(f)) => control.machine.handle_frame(f),
+                Ok(None) => control.machine.handle_control_end(),
+                Err(e) => return Outcome::Failed(e.into()),
+            },
+            // Dropping `pushing` resets every file stream with SHUTTING_DOWN (`ResetOnDrop`).
+            _ = shutdown.wait_for(|down| *down), if pushing.is_some() => {
+                return Outcome::Failed(TransferEnd::ShuttingDown);
+            }
+            _ = tick.tick() => {
+                let now = progress();
+                if now != last {
+                    last = now;
+                    control.machine.handle_send_progress(Instant::now());
+                }
+            }
+            _ = sleep_until(control.machine.poll_timeout()) => {
+                control.machine.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
