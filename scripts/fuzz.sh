@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every decoder for a fixed budget per target (default 60 s) with cargo-fuzz (nightly):
 #   frame_decoder — the wire protocol's frames, headers and version peek (quicstrap-proto);
+#   transfer_machines — the client and server transfer state machines, with arbitrary events;
 #   netem_input   — the link emulator's parsers of user input and its link model.
 # Not part of CI. Usage: scripts/fuzz.sh [seconds-per-target]
 # Prints one line per target: `FUZZ <target> runs=<n> secs=<s> crashes=<n>`.
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 secs="${1:-60}"
 cd fuzz
-for target in frame_decoder netem_input; do
+for target in frame_decoder transfer_machines netem_input; do
   # New inputs go to a scratch corpus; the committed seed corpus stays as it is.
   work=$(mktemp -d)
   seeds=()

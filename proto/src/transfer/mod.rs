@@ -19,6 +19,7 @@
 
 mod client;
 mod manifest;
+pub mod script;
 mod server;
 
 pub use client::{ClientAction, ClientFailure, ClientLimits, ClientTransfer};

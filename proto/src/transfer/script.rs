@@ -1,0 +1,308 @@
+//! Drives both machines with an event sequence read from arbitrary bytes and checks, after
+//! every step, that nothing invalid came out: no commit without a valid manifest, every file
+//! validated, `Metadata` and `Complete`; no file received twice or outside the manifest; no
+//! server `Metadata` before every file was acknowledged; nothing after the end. Used by the
+//! fuzz target `transfer_machines` and by a randomized unit test, so both check the same
+//! things. Panics on a broken rule; that is the point.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::frame::*;
+use crate::types::{ChecksumAlgo, PartitionMeta, TableFormat};
+
+use super::*;
+
+/// Reads the script's bytes one at a time; zeros once they run out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn next(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A frame: one of a few meaningful ones, or whatever the next bytes decode to.
+    fn frame(&mut self) -> ControlFrame {
+        match self.next() % 10 {
+            0 => ControlFrame::Preparing,
+            1 => ControlFrame::Accept(Accept {
+                files: manifest(self.next()),
+            }),
+            2 => ControlFrame::Reject(Reject {
+                reason: RejectReason::ALL[self.next() as usize % RejectReason::ALL.len()],
+                message: "no".into(),
+            }),
+            3 => ControlFrame::Metadata(PartitionMeta {
+                offset: Some(u64::from(self.next())),
+                version_state: None,
+            }),
+            4 => ControlFrame::Complete,
+            5 => ControlFrame::Done,
+            6 => ControlFrame::Abort {
+                reason: "bye".into(),
+            },
+            7 => ControlFrame::Request(request(u16::from(self.next() % 3))),
+            _ => {
+                let n = (self.next() % 16) as usize;
+                let raw: Vec<u8> = (0..n).map(|_| self.next()).collect();
+                postcard::from_bytes(&raw).unwrap_or(ControlFrame::Complete)
+            }
+        }
+    }
+
+    fn delay(&mut self) -> Duration {
+        Duration::from_millis(u64::from(self.next()) * 50)
+    }
+}
+
+fn entry(name: &str) -> FileEntry {
+    FileEntry {
+        name: name.into(),
+        size: 10,
+        digest: vec![0; 16],
+    }
+}
+
+/// A manifest: valid ones of 1 to 4 files, or one of several invalid ones.
+fn manifest(pick: u8) -> Vec<FileEntry> {
+    let valid = ["CURRENT", "MANIFEST-000001", "000001.sst", "OPTIONS-000002"];
+    match pick % 8 {
+        n @ 0..=3 => valid[..=n as usize].iter().map(|n| entry(n)).collect(),
+        4 => vec![entry("CURRENT"), entry("CURRENT")],
+        5 => vec![entry("../CURRENT")],
+        6 => vec![entry("000001.sst")],
+        _ => vec![entry("CURRENT"), entry(RECEIPT_FILE)],
+    }
+}
+
+fn request(version: u16) -> Request {
+    Request {
+        version,
+        transfer_id: 1,
+        store: "s".into(),
+        store_version: 1,
+        partition: 0,
+        table_format: TableFormat::Block,
+        checksum: ChecksumAlgo::Md5,
+    }
+}
+
+/// What the client has been told, to judge what it does.
+#[derive(Default)]
+struct Seen {
+    manifest: Option<Vec<FileEntry>>,
+    meta: Option<PartitionMeta>,
+    complete: bool,
+    handed_out: HashSet<u32>,
+    reported_done: HashSet<u32>,
+    ended: bool,
+}
+
+/// Runs `data` as a client script; panics if the client does something the protocol forbids.
+pub fn run_client(data: &[u8]) {
+    let limits = ClientLimits {
+        max_files: 3,
+        ..ClientLimits::default()
+    };
+    let mut now = Instant::now();
+    let mut c = ClientTransfer::new(request(crate::PROTOCOL_VERSION), limits, now);
+    let mut seen = Seen::default();
+    let mut bytes = Bytes(data);
+    while !bytes.is_empty() {
+        match bytes.next() % 12 {
+            0 | 1 => {
+                let frame = bytes.frame();
+                if !c.is_ended() {
+                    match &frame {
+                        ControlFrame::Accept(a) if seen.manifest.is_none() => {
+                            seen.manifest = Some(a.files.clone())
+                        }
+                        ControlFrame::Metadata(m) if seen.meta.is_none() && !seen.complete => {
+                            seen.meta = Some(m.clone())
+                        }
+                        ControlFrame::Complete => seen.complete = true,
+                        _ => {}
+                    }
+                }
+                c.handle_frame(frame, now);
+            }
+            2 | 3 => {
+                let index = u32::from(bytes.next() % 5);
+                c.handle_file_stream(
+                    FileHeader {
+                        transfer_id: 1,
+                        index,
+                    },
+                    now,
+                );
+            }
+            4 | 5 => {
+                let index = u32::from(bytes.next() % 5);
+                if seen.handed_out.contains(&index) {
+                    seen.reported_done.insert(index);
+                }
+                c.handle_file_done(index, 10, now);
+            }
+            6 => c.handle_file_progress(now),
+            7 => c.handle_connection_closed(),
+            8 => c.handle_control_end(now),
+            9 => {
+                now += bytes.delay();
+                c.handle_timeout(now);
+            }
+            10 => c.handle_committed(if bytes.next() % 2 == 0 {
+                Ok(())
+            } else {
+                Err("disk".into())
+            }),
+            _ => c.abort("cancel".into()),
+        }
+        while let Some(action) = c.poll_action() {
+            check_client_action(&action, &mut seen);
+        }
+        if let Some(t) = c.poll_timeout() {
+            assert!(
+                t >= now - Duration::from_secs(3600),
+                "a timeout far in the past"
+            );
+        }
+    }
+}
+
+fn check_client_action(action: &ClientAction, seen: &mut Seen) {
+    match action {
+        ClientAction::ReceiveFile { index, entry } => {
+            assert!(!seen.ended, "file asked for after the end");
+            let files = seen.manifest.as_ref().expect("file before a manifest");
+            assert!(
+                check_manifest(files, 3).is_ok(),
+                "file of an invalid manifest"
+            );
+            assert_eq!(
+                files.get(*index as usize),
+                Some(entry),
+                "file outside the manifest"
+            );
+            assert!(
+                seen.handed_out.insert(*index),
+                "file {index} handed out twice"
+            );
+        }
+        ClientAction::Commit(meta) => {
+            assert!(!seen.ended, "commit after the end");
+            let files = seen.manifest.as_ref().expect("commit without a manifest");
+            assert!(
+                check_manifest(files, 3).is_ok(),
+                "commit of an invalid manifest"
+            );
+            assert!(seen.complete, "commit before Complete");
+            assert_eq!(seen.meta.as_ref(), Some(meta), "commit with other metadata");
+            let all: HashSet<u32> = (0..files.len() as u32).collect();
+            assert_eq!(
+                seen.reported_done, all,
+                "commit before every file validated"
+            );
+        }
+        ClientAction::Fail(_) => seen.ended = true,
+        ClientAction::Accepted => {
+            let files = seen.manifest.as_ref().expect("accepted without a manifest");
+            assert!(
+                check_manifest(files, 3).is_ok(),
+                "accepted an invalid manifest"
+            );
+        }
+        ClientAction::Send(_) | ClientAction::FinishSend => {}
+    }
+}
+
+/// Runs `data` as a server script; panics if the server does something the protocol forbids.
+pub fn run_server(data: &[u8]) {
+    let limits = ServerLimits {
+        table_format: TableFormat::Block,
+        request_timeout: Duration::from_secs(10),
+        idle: Duration::from_secs(8),
+        partition_timeout: Duration::from_secs(60),
+    };
+    let mut now = Instant::now();
+    let mut s = ServerTransfer::new(limits, now);
+    let (mut leased, mut accepted, mut acked, mut ended) = (false, false, false, false);
+    let mut lease_asked = false;
+    let mut bytes = Bytes(data);
+    while !bytes.is_empty() {
+        match bytes.next() % 11 {
+            0 => {
+                let frame = bytes.frame();
+                s.handle_request(Some(
+                    &crate::codec::encode(&frame)[crate::codec::LEN_PREFIX..],
+                ));
+            }
+            1 => {
+                let n = (bytes.next() % 16) as usize;
+                let raw: Vec<u8> = (0..n).map(|_| bytes.next()).collect();
+                s.handle_request(Some(&raw));
+            }
+            2 => s.handle_request_error(None, "read".into()),
+            3 => {
+                if lease_asked && !leased {
+                    leased = true;
+                }
+                s.handle_leased(now);
+            }
+            4 => s.handle_refused(RejectReason::Busy, "busy".into()),
+            5 => s.handle_manifest(manifest(0), now),
+            6 => s.handle_send_progress(now),
+            7 => {
+                if accepted {
+                    acked = true;
+                }
+                s.handle_files_acked(PartitionMeta::default(), now);
+            }
+            8 => s.handle_frame(bytes.frame()),
+            9 => s.handle_control_end(),
+            _ => {
+                now += bytes.delay() * 20;
+                s.handle_timeout(now);
+            }
+        }
+        while let Some(action) = s.poll_action() {
+            assert!(!ended, "{action:?} after the end");
+            match action {
+                ServerAction::Lease(req) => {
+                    assert!(!lease_asked, "lease asked twice");
+                    assert!(check_request(&req, TableFormat::Block).is_ok());
+                    lease_asked = true;
+                }
+                ServerAction::Send(ControlFrame::Accept(_)) => {
+                    assert!(leased, "Accept without a lease");
+                    accepted = true;
+                }
+                ServerAction::Send(ControlFrame::Metadata(_) | ControlFrame::Complete) => {
+                    assert!(
+                        acked,
+                        "Metadata or Complete before every file was acknowledged"
+                    )
+                }
+                ServerAction::Send(ControlFrame::Preparing) => {
+                    assert!(leased && !accepted, "heartbeat outside the preparation")
+                }
+                ServerAction::PushFiles => assert!(accepted, "files pushed before Accept"),
+                ServerAction::End(ServerEnd::Done) => {
+                    assert!(acked, "Done accepted before Complete");
+                    ended = true;
+                }
+                ServerAction::End(_) => ended = true,
+                ServerAction::Send(_) | ServerAction::FinishSend | ServerAction::StopReading => {}
+            }
+        }
+    }
+}
