@@ -20,6 +20,7 @@ use crate::client::commit;
 use crate::client::error::{AttemptError, SetupError};
 use crate::client::receive::{self, ByteSource, OpenFiles};
 use crate::client::{check_manifest, temp_tag, FetchError, FetchReport, FetchStats, Progress};
+use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, PartitionMeta, TableFormat};
 use crate::peers::Peer;
@@ -453,7 +454,7 @@ async fn worker(
 ) -> Result<(Conn, u64), AttemptError> {
     let mut total = 0;
     loop {
-        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let next = lock(&queue).pop_front();
         let Some(entry) = next else {
             return Ok((conn, total));
         };

@@ -20,6 +20,7 @@ use crate::admission::{PerIp, PerIpLimit};
 use crate::checksum::ChecksumAlgo;
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, TableFormat};
+use crate::protocol::transfer::check_partition;
 use crate::protocol::{names, RejectReason};
 use crate::server::ServerError;
 use crate::snapshot::{SnapshotLease, SnapshotManager};
@@ -516,14 +517,9 @@ async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Respo
             _ => {}
         }
     }
-    if format != state.cfg.table_format {
-        return refuse(
-            RejectReason::FormatMismatch,
-            format!(
-                "requested {format} but this peer serves {}",
-                state.cfg.table_format
-            ),
-        );
+    // The QUIC server's rule for what may be served, applied to the URL's request.
+    if let Err((reason, msg)) = check_partition(&id.store, format, state.cfg.table_format) {
+        return refuse(reason, msg);
     }
     let lease = match state.snapshots.acquire(id, Instant::now()).await {
         Ok(l) => l,

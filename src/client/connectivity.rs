@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::error::AttemptError;
+use crate::lock::unpoisoned as lock;
 use crate::peers::Peer;
 
 type Key = (SocketAddr, String);
@@ -39,25 +40,21 @@ impl ConnectivityCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The fresh verdict on `peer` at `now`, if any.
     pub fn get(&self, peer: &Peer, now: Instant) -> Option<Result<(), AttemptError>> {
-        let entries = self.lock();
+        let entries = lock(&self.entries);
         let (at, verdict) = entries.get(&key(peer))?;
         (now.saturating_duration_since(*at) < self.freshness).then(|| verdict.clone())
     }
 
     /// Records a verdict made at `at`.
     pub fn record(&self, peer: &Peer, verdict: Result<(), AttemptError>, at: Instant) {
-        self.lock().insert(key(peer), (at, verdict));
+        lock(&self.entries).insert(key(peer), (at, verdict));
     }
 
     /// Drops every verdict older than the freshness window at `now`; returns how many.
     pub fn purge(&self, now: Instant) -> usize {
-        let mut entries = self.lock();
+        let mut entries = lock(&self.entries);
         let before = entries.len();
         let freshness = self.freshness;
         entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < freshness);
@@ -66,7 +63,7 @@ impl ConnectivityCache {
 
     /// Peers with a verdict (good or bad) in the cache.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.entries).len()
     }
 
     /// True when no verdict is cached.
@@ -77,7 +74,7 @@ impl ConnectivityCache {
     /// Forgets `peer`: its next check handshakes again (after a transfer from it failed on
     /// the connection, say).
     pub fn forget(&self, peer: &Peer) {
-        self.lock().remove(&key(peer));
+        lock(&self.entries).remove(&key(peer));
     }
 }
 

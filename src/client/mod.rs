@@ -147,7 +147,7 @@ impl Fetcher {
             .into_iter()
             .map(|v| {
                 v.into_inner()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .unwrap_or(Err(AttemptError::ConnectTimeout))
             })
             .collect()
