@@ -54,7 +54,8 @@ pub struct HttpFetchConfig {
     pub idle_timeout: Duration,
     /// Give up on a peer after this long for one partition (20 min).
     pub partition_timeout: Duration,
-    /// Read-rate limit shared by every transfer of this process (unlimited by default).
+    /// Read-rate limit shared by every transfer of this process (default
+    /// [`crate::pacing::DEFAULT_RATE`]).
     pub read_limiter: Arc<RateLimiter>,
 }
 

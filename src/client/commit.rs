@@ -3,8 +3,9 @@
 //! Files land in a temp dir beside the target. Only when every file has validated and the
 //! peer has said `Complete` does [`commit`] cross-check the shipped metadata against the offset
 //! inside the received DB, record it, fsync, and rename the temp dir into place (then fsync the
-//! parent), so the partition appears whole or not at all (invariant 2). A [`TempDir`] deletes
-//! itself when dropped unless committed, so a failed or cancelled attempt leaves nothing.
+//! parent), so the partition appears whole or not at all (docs/design.md, invariant *metadata
+//! after files*). A [`TempDir`] deletes itself when dropped unless committed, so a failed or
+//! cancelled attempt leaves nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -97,7 +98,8 @@ pub fn commit(
     format: TableFormat,
     receipt: &Receipt,
 ) -> Result<(), AttemptError> {
-    // Invariant 3: the shipped offset must be the one inside the data.
+    // The shipped offset must be the one inside the data (docs/design.md, invariant *offset
+    // never ahead of data*).
     let inside = {
         let db = partition::open_read_only(tmp.path(), format)
             .map_err(|e| AttemptError::Protocol(format!("received DB does not open: {e}")))?;

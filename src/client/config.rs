@@ -38,7 +38,8 @@ pub struct FetchConfig {
     pub partition_timeout: Duration,
     /// Shuffle peers before trying them (on by default; tests turn it off for a fixed order).
     pub shuffle: bool,
-    /// Read-rate limit shared by every transfer of this process (unlimited by default).
+    /// Read-rate limit shared by every transfer of this process (default
+    /// [`crate::pacing::DEFAULT_RATE`]).
     pub read_limiter: Arc<RateLimiter>,
     /// Partitions received at once (20); further fetches wait their turn, so a node
     /// recovering hundreds of partitions neither opens hundreds of temp dirs nor asks every

@@ -1,8 +1,9 @@
 //! What can go wrong while fetching, typed by what the caller does next.
 //!
-//! The table of DESIGN.md, in code: every [`AttemptError`] says through [`AttemptError::next_step`]
-//! whether to move on to the next peer (after cleanup or not) or to stop, and a [`FetchError`]
-//! says through [`FetchError::fallback`] whether a Kafka bootstrap from the beginning follows.
+//! The error table of docs/design.md ("Errors and what happens next"), in code: every
+//! [`AttemptError`] says through [`AttemptError::next_step`] whether to move on to the next
+//! peer (after cleanup or not) or to stop, and a [`FetchError`] says through
+//! [`FetchError::fallback`] whether a Kafka bootstrap from the beginning follows.
 
 use std::path::PathBuf;
 
@@ -240,7 +241,7 @@ impl FetchError {
         }
     }
 
-    /// The fallback this failure calls for (DESIGN.md's table).
+    /// The fallback this failure calls for (docs/design.md, "Errors and what happens next").
     pub fn fallback(&self) -> Fallback {
         match self {
             Self::NoPeers | Self::AllPeersFailed { .. } => Fallback::KafkaFromStart,

@@ -52,7 +52,8 @@ pub struct ServerConfig {
     pub partition_timeout: Duration,
     /// Longest a client may take to send its request once the stream is open (10 s).
     pub request_timeout: Duration,
-    /// Write-rate limit shared by every transfer of this process (unlimited by default).
+    /// Write-rate limit shared by every transfer of this process (default
+    /// [`crate::pacing::DEFAULT_RATE`]).
     pub write_limiter: Arc<RateLimiter>,
     /// Give up on a client that reads nothing, or does not answer `Complete`, for this long
     /// (60 s), so a stalled client cannot hold a snapshot slot for the whole partition timeout.
