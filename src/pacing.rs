@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::lock::unpoisoned as lock;
+
 /// Default limit of each direction, bytes/s (150 MB/s ≈ 1.2 Gbit/s): a recovering node
 /// must not take its NIC, its disk or its peers away from live traffic. 0 lifts it.
 pub const DEFAULT_RATE: u64 = 150_000_000;
@@ -88,7 +90,7 @@ impl RateLimiter {
         // Up to 100 ms worth of credit: smooth, yet not one wake-up per packet.
         let burst = (rate / 10).max(n);
         let wait = {
-            let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = lock(&self.bucket);
             b.take(n, rate, burst, Instant::now())
         };
         if !wait.is_zero() {

@@ -3,7 +3,8 @@
 //! A partition is one RocksDB instance at `<root>/<store>_v<version>/<partition>/`. Its
 //! ingestion offset and store-version state live in the same DB, in the column family
 //! [`META_CF`], written in the same `WriteBatch` as the data. A checkpoint of the DB therefore
-//! carries exactly the offset of the data it holds (invariant 3), with no side file to race.
+//! carries exactly the offset of the data it holds, with no side file to race
+//! (docs/design.md, invariant *offset never ahead of data*).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

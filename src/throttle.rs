@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
 
 /// Step of the factor, in percent of the base rate.
@@ -164,7 +165,7 @@ impl Signal for CounterRatioSignal {
 
     fn overloaded(&self) -> bool {
         let now = ((self.bad)(), (self.total)());
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = lock(&self.last);
         let bad = now.0.saturating_sub(last.0);
         let total = now.1.saturating_sub(last.1);
         *last = now;

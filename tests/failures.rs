@@ -1,5 +1,6 @@
 //! Failure paths: every rejection moves on, every broken transfer is cleaned up, and the
-//! partition directory never appears unless everything validated (invariants 1 and 2).
+//! partition directory never appears unless everything validated (docs/design.md,
+//! invariants *zero partial state* and *metadata after files*).
 
 mod common;
 

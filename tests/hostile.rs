@@ -1,6 +1,7 @@
 //! A hostile serving peer: it speaks the protocol over real QUIC and TLS but lies. The client
 //! must reject every lie, clean up, apply no metadata and never let the partition appear
-//! (invariants 1, 2 and 5, seen from the client side).
+//! (docs/design.md, invariants *zero partial state*, *metadata after files* and *bad input
+//! never crashes a peer*, seen from the client side).
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Who may connect, and what bad input does: typed refusals, and the server keeps serving
-//! everyone else (invariant 5).
+//! everyone else (docs/design.md, invariant *bad input never crashes a peer*).
 
 mod common;
 

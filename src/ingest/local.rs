@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Fetched, LogError, LogRecord, LogSource, Watermarks};
+use crate::lock::unpoisoned as lock;
 
 /// An append-only log shared between a writer and any number of readers.
 #[derive(Clone, Debug, Default)]
@@ -31,7 +32,7 @@ impl LocalLog {
 
     /// Appends a put (`Some`) or a delete (`None`); returns its offset.
     pub fn append(&self, key: &[u8], value: Option<&[u8]>) -> u64 {
-        let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&self.records);
         let offset = self.base + r.len() as u64;
         r.push(LogRecord {
             offset,
@@ -46,7 +47,7 @@ impl LogSource for LocalLog {
     async fn watermarks(&mut self) -> Result<Watermarks, LogError> {
         Ok(Watermarks {
             low: self.base,
-            high: self.base + self.records.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
+            high: self.base + lock(&self.records).len() as u64,
         })
     }
 
@@ -59,7 +60,7 @@ impl LogSource for LocalLog {
             })
             .into();
         }
-        let r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let r = lock(&self.records);
         let start = usize::try_from(from - self.base)
             .unwrap_or(usize::MAX)
             .min(r.len());

@@ -1,0 +1,205 @@
+//! The metrics of transfers: the serving side, the fetching side and the HTTPS baseline, each
+//! by outcome, with the throttle factor and the buffer budget of its direction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{Kind, Registry};
+use crate::baseline::{HttpServer, HttpStats};
+use crate::budget::BufferBudget;
+use crate::client::{FetchStats, Fetcher};
+use crate::server::{Server, ServerStats};
+use crate::throttle::Throttler;
+
+/// Picks one counter out of a stats struct.
+type Pick<S> = fn(&S) -> &AtomicU64;
+
+/// Reads one counter of a shared stats struct: the reading of a counter metric.
+fn counter<S: Send + Sync + 'static>(
+    stats: &Arc<S>,
+    pick: Pick<S>,
+) -> impl Fn() -> f64 + Send + Sync + 'static {
+    let stats = stats.clone();
+    move || pick(&stats).load(Ordering::Relaxed) as f64
+}
+
+/// One series of counter `name` per outcome, each with `labels` plus its `outcome` label.
+fn register_outcomes<S: Send + Sync + 'static>(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[(&str, &str)],
+    stats: &Arc<S>,
+    outcomes: &[(&str, Pick<S>)],
+) {
+    for &(outcome, pick) in outcomes {
+        let mut l = labels.to_vec();
+        l.push(("outcome", outcome));
+        r.register(name, help, Kind::Counter, &l, counter(stats, pick));
+    }
+}
+
+/// The adaptive throttle factor of one direction (100 when there is no throttler).
+fn register_throttle(r: &Registry, direction: &str, throttler: Option<&Throttler>) {
+    let factor = throttler.map(|t| t.percent_cell());
+    r.register(
+        "quicstrap_throttle_factor_percent",
+        "Adaptive throttle factor in percent of the base rate (100 without throttling).",
+        Kind::Gauge,
+        &[("direction", direction)],
+        move || {
+            factor
+                .as_ref()
+                .map_or(100.0, |f| f.load(Ordering::Relaxed) as f64)
+        },
+    );
+}
+
+/// The serving side's metrics: bytes, transfers by outcome, snapshots, the throttle factor.
+pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttler>) {
+    let stats = server.stats();
+    r.register(
+        "quicstrap_bytes_sent_total",
+        "File payload bytes written to QUIC streams.",
+        Kind::Counter,
+        &[],
+        counter(&stats, |s| &s.bytes_sent),
+    );
+    let outcomes: &[(&str, Pick<ServerStats>)] = &[
+        ("accepted", |s| &s.accepted),
+        ("completed", |s| &s.completed),
+        ("failed", |s| &s.failed),
+        ("rejected", |s| &s.rejected),
+        ("busy", |s| &s.busy),
+    ];
+    register_outcomes(
+        r,
+        "quicstrap_server_transfers_total",
+        "Requests served, by outcome (busy is also counted in rejected).",
+        &[],
+        &stats,
+        outcomes,
+    );
+    r.register(
+        "quicstrap_connections_total",
+        "QUIC connections that completed the handshake.",
+        Kind::Counter,
+        &[],
+        counter(&stats, |s| &s.connections),
+    );
+    let snaps = server.snapshots().clone();
+    r.register(
+        "quicstrap_snapshot_users",
+        "Transfers holding a snapshot right now.",
+        Kind::Gauge,
+        &[],
+        move || snaps.users() as f64,
+    );
+    let snaps = server.snapshots().clone();
+    r.register(
+        "quicstrap_snapshots_created_total",
+        "Checkpoints made.",
+        Kind::Counter,
+        &[],
+        move || snaps.created() as f64,
+    );
+    register_throttle(r, "write", throttler);
+    register_budget(
+        r,
+        "quicstrap_send_buffer",
+        "queue for sending (send windows granted to connections with a transfer, plus \
+         their file reads)",
+        server.send_budget(),
+    );
+}
+
+/// The bound a [`BufferBudget`] keeps (`<prefix>_bytes`) and its cap (`<prefix>_limit_bytes`).
+fn register_budget(r: &Registry, prefix: &str, what: &str, budget: &Arc<BufferBudget>) {
+    let b = budget.clone();
+    r.register(
+        &format!("{prefix}_bytes"),
+        &format!("Most bytes the transfers of this process may {what} right now."),
+        Kind::Gauge,
+        &[],
+        move || b.granted() as f64,
+    );
+    let cap = budget.cap() as f64;
+    r.register(
+        &format!("{prefix}_limit_bytes"),
+        &format!("Process-wide cap on the bytes transfers may {what}."),
+        Kind::Gauge,
+        &[],
+        move || cap,
+    );
+}
+
+/// An HTTPS baseline listener's metrics, labelled with its address: a server may run one
+/// listener per TCP congestion controller, and comparing transports needs each apart.
+pub fn register_https(r: &Registry, server: &HttpServer) {
+    let stats = server.stats();
+    let addr = server.local_addr().to_string();
+    r.register(
+        "quicstrap_https_bytes_sent_total",
+        "File payload bytes written into HTTPS response bodies.",
+        Kind::Counter,
+        &[("listener", &addr)],
+        counter(&stats, |s| &s.bytes_sent),
+    );
+    let outcomes: &[(&str, Pick<HttpStats>)] = &[
+        ("started", |s| &s.started),
+        ("completed", |s| &s.completed),
+        ("rejected", |s| &s.rejected),
+        ("handshake_refused", |s| &s.handshakes_refused),
+    ];
+    register_outcomes(
+        r,
+        "quicstrap_https_transfers_total",
+        "HTTPS baseline transfers by outcome (started: manifest served; completed: \
+             metadata served; rejected: requests refused).",
+        &[("listener", &addr)],
+        &stats,
+        outcomes,
+    );
+}
+
+/// The fetching side's metrics: bytes received, fetches and attempts by outcome, the
+/// connectivity cache, the read throttle factor.
+pub fn register_client(r: &Registry, fetcher: &Arc<Fetcher>, throttler: Option<&Throttler>) {
+    let stats = fetcher.stats();
+    r.register(
+        "quicstrap_bytes_received_total",
+        "File payload bytes received (validated or not).",
+        Kind::Counter,
+        &[],
+        counter(&stats, |s| &s.bytes_received),
+    );
+    let outcomes: &[(&str, Pick<FetchStats>)] = &[
+        ("fetched", |s| &s.fetched),
+        ("failed", |s| &s.failed),
+        ("attempt_failed", |s| &s.attempts_failed),
+    ];
+    register_outcomes(
+        r,
+        "quicstrap_client_transfers_total",
+        "Fetches by outcome, and failed attempts (each moved on to the next peer or gave up).",
+        &[],
+        &stats,
+        outcomes,
+    );
+    let f = fetcher.clone();
+    r.register(
+        "quicstrap_connectivity_cache_size",
+        "Peers with a fresh connectivity verdict.",
+        Kind::Gauge,
+        &[],
+        move || f.connectivity_cache_len() as f64,
+    );
+    register_throttle(r, "read", throttler);
+    register_budget(
+        r,
+        "quicstrap_recv_buffer",
+        "hold received but unread (receive windows granted to connections with a \
+         transfer, plus their receive buffers)",
+        fetcher.recv_budget(),
+    );
+}

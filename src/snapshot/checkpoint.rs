@@ -1,0 +1,102 @@
+//! One snapshot: a RocksDB checkpoint (hard links) in its own directory, its files listed and
+//! its offset read from the checkpoint itself, so the offset shipped is never ahead of the
+//! data shipped.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rocksdb::DB;
+
+use super::cleanup::remove_snapshot_dir;
+use super::digest::DigestJob;
+use crate::partition::{self, PartitionId, PartitionMeta, StorageError, TableFormat};
+use crate::protocol::names;
+
+/// One file of a snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotFile {
+    /// File name inside the snapshot directory.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A checkpoint of one partition, with lazily computed, cached digests.
+pub struct Snapshot {
+    /// The partition it is a checkpoint of.
+    pub id: PartitionId,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// When it was made.
+    pub created: Instant,
+    /// Its files, sorted by name.
+    pub files: Vec<SnapshotFile>,
+    /// Offset and version state read from the checkpoint itself (so never ahead of its data).
+    pub meta: PartitionMeta,
+    /// Digests per algorithm, once computed ([`Snapshot::digests`]).
+    pub(super) md5: tokio::sync::OnceCell<Arc<Vec<Vec<u8>>>>,
+    pub(super) blake3: tokio::sync::OnceCell<Arc<Vec<Vec<u8>>>>,
+    /// The digest computation running per algorithm (md5, blake3), shared by every request
+    /// waiting for it.
+    pub(super) jobs: Mutex<[Option<DigestJob>; 2]>,
+    /// Leases held on it.
+    pub(super) users: AtomicUsize,
+    /// Retired: deleted when its last user leaves.
+    pub(super) stale: AtomicBool,
+    pub(super) digest_runs: AtomicUsize,
+    pub(super) digest_bytes: Arc<AtomicU64>,
+}
+
+impl Snapshot {
+    /// Current number of users.
+    pub fn users(&self) -> usize {
+        self.users.load(Ordering::Acquire)
+    }
+}
+
+/// Makes a checkpoint of `db` in `dir` and lists it; a failed one leaves no directory behind.
+pub(super) fn make_checkpoint(
+    db: &DB,
+    dir: &Path,
+    format: TableFormat,
+) -> Result<(Vec<SnapshotFile>, PartitionMeta), StorageError> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let made = list_checkpoint(db, dir, format);
+    if made.is_err() {
+        remove_snapshot_dir(dir);
+    }
+    made
+}
+
+fn list_checkpoint(
+    db: &DB,
+    dir: &Path,
+    format: TableFormat,
+) -> Result<(Vec<SnapshotFile>, PartitionMeta), StorageError> {
+    rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(dir)?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !meta.is_file() || names::validate_file_name(&name).is_err() {
+            return Err(StorageError::CorruptMeta(format!(
+                "checkpoint holds an entry that cannot be shipped: {name:?}"
+            )));
+        }
+        files.push(SnapshotFile {
+            name,
+            size: meta.len(),
+        });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    let meta = {
+        let ro = partition::open_read_only(dir, format)?;
+        partition::read_meta(&ro)?
+    };
+    Ok((files, meta))
+}

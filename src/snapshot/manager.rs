@@ -1,0 +1,255 @@
+//! The snapshot manager: one current snapshot per partition, leased to each transfer. A fresh
+//! snapshot (younger than the TTL) is shared by every request; concurrent first requests wait
+//! for one checkpoint. Leases count users, and the number of users on the host is capped.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rocksdb::DB;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::checkpoint::make_checkpoint;
+use super::cleanup::{remove_snapshot_dir, retire, take_root};
+use super::{policy, PartitionSource, RootError, Snapshot};
+use crate::lock::unpoisoned as lock;
+use crate::lock::DirLock;
+use crate::partition::{self, PartitionId, StorageError, TableFormat};
+use crate::protocol::RejectReason;
+
+/// Knobs of the snapshot manager (Venice's defaults).
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    /// Where checkpoints are made; wiped at start (leftovers of a crashed process).
+    pub root: PathBuf,
+    /// Reuse a snapshot younger than this (60 min).
+    pub ttl: Duration,
+    /// Sweep interval for stale snapshots (120 min).
+    pub cleanup_interval: Duration,
+    /// Concurrent snapshot users (transfers) on this host before `Busy` (30).
+    pub max_users: usize,
+    /// How long to wait for another process to release the root (0: refuse at once). A
+    /// rolling restart starts the new process with a wait, so it takes over the root the
+    /// moment the old one exits.
+    pub lock_wait: Duration,
+}
+
+impl SnapshotConfig {
+    /// Defaults with checkpoints under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            ttl: Duration::from_secs(60 * 60),
+            cleanup_interval: Duration::from_secs(120 * 60),
+            max_users: 30,
+            lock_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Why a snapshot could not be leased.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// This host does not hold the partition.
+    #[error("partition not found")]
+    NotFound,
+    /// Every user slot is taken.
+    #[error("too many concurrent snapshot users")]
+    Busy,
+    /// Making the checkpoint failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The partition is here but its ingestion has stopped: its data no longer moves.
+    #[error("ingestion stopped: {0}")]
+    Stale(String),
+}
+
+impl AcquireError {
+    /// The typed refusal a client gets for it.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Self::NotFound => RejectReason::NotFound,
+            Self::Busy => RejectReason::Busy,
+            Self::Storage(_) => RejectReason::ServerError,
+            Self::Stale(_) => RejectReason::Stale,
+        }
+    }
+}
+
+/// A partition's current snapshot, behind an async lock: concurrent first requests wait for
+/// one checkpoint.
+#[derive(Default)]
+pub(super) struct Slot {
+    pub(super) current: Option<Arc<Snapshot>>,
+}
+
+pub(super) struct Inner {
+    pub(super) cfg: SnapshotConfig,
+    /// Held for the manager's life: no other process wipes or sweeps this root meanwhile.
+    _lock: DirLock,
+    source: Arc<dyn PartitionSource>,
+    pub(super) slots: Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<Slot>>>>,
+    permits: Arc<Semaphore>,
+    seq: AtomicU64,
+    created: AtomicU64,
+}
+
+/// Makes, shares and deletes snapshots. Cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotManager {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// A user's hold on a snapshot; dropping it releases the user slot and, if the snapshot went
+/// stale meanwhile and this was its last user, deletes it.
+pub struct SnapshotLease {
+    snapshot: Arc<Snapshot>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SnapshotLease {
+    /// The leased snapshot.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+}
+
+impl Drop for SnapshotLease {
+    fn drop(&mut self) {
+        // SeqCst pairs with `retire`: whichever of the two runs last sees the other's write,
+        // so a stale snapshot is deleted exactly when both "stale" and "unused" hold.
+        let left = self.snapshot.users.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && self.snapshot.stale.load(Ordering::SeqCst) {
+            remove_snapshot_dir(&self.snapshot.dir);
+        }
+    }
+}
+
+impl SnapshotManager {
+    /// A manager over `source`. Takes the root's lock first (waiting up to `cfg.lock_wait`),
+    /// so two processes never share a root: a second one would delete the first one's live
+    /// snapshots. Then wipes `cfg.root` of a previous run's leftovers — but only a directory
+    /// this manager made (it carries a marker file) or an empty one, so a mistyped
+    /// `--snapshot-dir` can never delete data. Blocking: call it off the async workers.
+    pub fn new(cfg: SnapshotConfig, source: Arc<dyn PartitionSource>) -> Result<Self, RootError> {
+        let lock = take_root(&cfg)?;
+        let permits = Arc::new(Semaphore::new(cfg.max_users));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                _lock: lock,
+                source,
+                slots: Mutex::new(HashMap::new()),
+                permits,
+                seq: AtomicU64::new(0),
+                created: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SnapshotConfig {
+        &self.inner.cfg
+    }
+
+    /// Leases a snapshot of `id` at time `now`: reuses a fresh one, else makes a new
+    /// checkpoint. Concurrent first requests wait for one checkpoint and share it.
+    pub async fn acquire(
+        &self,
+        id: &PartitionId,
+        now: Instant,
+    ) -> Result<SnapshotLease, AcquireError> {
+        if let Some(why) = self.inner.source.stale(id) {
+            return Err(AcquireError::Stale(why));
+        }
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AcquireError::Busy)?;
+        let slot = lock(&self.inner.slots)
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(snap) = &slot.current {
+            if policy::reusable(snap.created, now, self.inner.cfg.ttl) {
+                snap.users.fetch_add(1, Ordering::SeqCst);
+                return Ok(SnapshotLease {
+                    snapshot: snap.clone(),
+                    _permit: permit,
+                });
+            }
+        }
+        let source = self.inner.source.clone();
+        let lookup = id.clone();
+        let db = tokio::task::spawn_blocking(move || source.get(&lookup))
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))??
+            .ok_or(AcquireError::NotFound)?;
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .inner
+            .cfg
+            .root
+            .join(id.store_version_dir())
+            .join(id.partition.to_string())
+            .join(seq.to_string());
+        let make_dir = dir.clone();
+        let format = self.table_format_hint(&db);
+        let (files, meta) =
+            tokio::task::spawn_blocking(move || make_checkpoint(&db, &make_dir, format))
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+        self.inner.created.fetch_add(1, Ordering::Relaxed);
+        let snap = Arc::new(Snapshot {
+            id: id.clone(),
+            dir,
+            created: now,
+            files,
+            meta,
+            md5: Default::default(),
+            blake3: Default::default(),
+            users: AtomicUsize::new(1),
+            stale: AtomicBool::new(false),
+            digest_runs: AtomicUsize::new(0),
+            digest_bytes: Arc::default(),
+            jobs: Mutex::default(),
+        });
+        if let Some(old) = slot.current.replace(snap.clone()) {
+            retire(&old);
+        }
+        Ok(SnapshotLease {
+            snapshot: snap,
+            _permit: permit,
+        })
+    }
+
+    fn table_format_hint(&self, db: &DB) -> TableFormat {
+        partition::read_meta(db)
+            .ok()
+            .and_then(|m| m.version_state)
+            .map(|v| v.table_format)
+            .unwrap_or(TableFormat::Block)
+    }
+
+    /// Checkpoints made since start: a second request within the TTL must not add one.
+    pub fn created(&self) -> u64 {
+        self.inner.created.load(Ordering::Relaxed)
+    }
+
+    /// The current snapshot of `id`, if any (for inspection and tests).
+    pub async fn current(&self, id: &PartitionId) -> Option<Arc<Snapshot>> {
+        let slot = lock(&self.inner.slots).get(id).cloned()?;
+        let slot = slot.lock().await;
+        slot.current.clone()
+    }
+
+    /// Snapshot users right now, across partitions.
+    pub fn users(&self) -> usize {
+        self.inner.cfg.max_users - self.inner.permits.available_permits()
+    }
+}
