@@ -31,7 +31,8 @@
 //! * [`bootstrap`] — the whole job: peer transfer + catch-up, or Kafka alone, with the reason.
 //! * [`node`] — a serving node assembled: data dir claimed, partitions following Kafka, QUIC
 //!   and HTTPS listeners, adaptive throttle, metrics — what `quicstrap serve` runs.
-//! * [`demo`] — the end-to-end demonstration behind `quicstrap demo`.
+//! * [`demo`] — the end-to-end demonstration behind `quicstrap demo`, and the seed generator
+//!   of test and benchmark partitions ([`demo::seed`]).
 //! * [`progress_bar`] — a fetch's progress drawn on a terminal.
 //!
 //! # Example

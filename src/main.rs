@@ -682,11 +682,10 @@ async fn fetch(mut a: FetchArgs) -> ExitCode {
     let progress = Arc::new(Progress::default());
     let bar = std::io::stderr()
         .is_terminal()
-        .then(|| quicstrap::demo::progress_bar(progress.clone()));
+        .then(|| quicstrap::progress_bar::ProgressBar::spawn(progress.clone()));
     let stop_bar = || async {
-        if let Some((stop, handle)) = bar {
-            let _ = stop.send(());
-            let _ = handle.await;
+        if let Some(bar) = bar {
+            bar.finish().await;
         }
     };
     if let Some(brokers) = a.kafka.clone() {
@@ -772,11 +771,10 @@ async fn fetch_http(a: &FetchArgs, id: &PartitionId, quic: FetchConfig) -> ExitC
     let progress = Arc::new(Progress::default());
     let bar = std::io::stderr()
         .is_terminal()
-        .then(|| quicstrap::demo::progress_bar(progress.clone()));
+        .then(|| quicstrap::progress_bar::ProgressBar::spawn(progress.clone()));
     let result = fetcher.fetch(id, &a.peers, &a.data_dir, &progress).await;
-    if let Some((stop, handle)) = bar {
-        let _ = stop.send(());
-        let _ = handle.await;
+    if let Some(bar) = bar {
+        bar.finish().await;
     }
     report_fetch(a, result)
 }
@@ -895,7 +893,7 @@ fn seed(a: SeedArgs) -> ExitCode {
     if dir.exists() {
         return fail(2, &format!("{} already exists", dir.display()));
     }
-    match partition::seed(&dir, a.format, a.records, a.value_size, a.records_per_sst) {
+    match quicstrap::demo::seed::seed(&dir, a.format, a.records, a.value_size, a.records_per_sst) {
         Ok(s) => {
             println!(
                 "seeded {} at {}: {} records, {} SST files, {} bytes, last offset {}",
