@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
 use quicstrap::client::{FetchConfig, Fetcher, Progress};
+use quicstrap::demo::seed;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
 use quicstrap::ingest::{self, CatchUpConfig};
 use quicstrap::pacing::RateLimiter;
@@ -65,12 +66,7 @@ async fn main() {
     while i < records {
         let end = (i + chunk).min(records);
         let batch: Vec<_> = (i..end)
-            .map(|n| {
-                (
-                    partition::seed_key(n),
-                    Some(partition::seed_value(n, value)),
-                )
-            })
+            .map(|n| (seed::seed_key(n), Some(seed::seed_value(n, value))))
             .collect();
         writer.send_all(&topic, 0, &batch).await.expect("produce");
         i = end;
@@ -115,12 +111,7 @@ async fn main() {
 
     // More records arrive after A's snapshot will be taken.
     let batch: Vec<_> = (records..records + tail)
-        .map(|n| {
-            (
-                partition::seed_key(n),
-                Some(partition::seed_value(n, value)),
-            )
-        })
+        .map(|n| (seed::seed_key(n), Some(seed::seed_value(n, value))))
         .collect();
     writer
         .send_all(&topic, 0, &batch)

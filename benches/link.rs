@@ -507,7 +507,7 @@ fn seed_source(data: &Path, records: u64) {
     let _ = std::fs::remove_dir_all(data);
     std::fs::create_dir_all(data).expect("source dir");
     eprintln!("seeding {records} records of 1000 B ...");
-    quicstrap::partition::seed(&dir, quicstrap::TableFormat::Block, records, 1000, 8192)
+    quicstrap::demo::seed::seed(&dir, quicstrap::TableFormat::Block, records, 1000, 8192)
         .expect("seed");
     std::fs::write(&marker, b"").expect("marker");
 }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quicstrap::client::{FetchConfig, Fetcher};
+use quicstrap::demo::seed;
 use quicstrap::pacing::RateLimiter;
-use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::partition::{PartitionId, TableFormat};
 use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
@@ -97,11 +98,11 @@ fn main() {
         let total_records = total_mb * 1_000_000 / VALUE as u64;
         let per = total_records / 64;
         eprintln!("seeding 1 × {total_mb} MB and 64 × {} MB ...", per * VALUE as u64 / 1_000_000);
-        partition::seed(&id(1000).dir(big_root.path()), TableFormat::Block, total_records, VALUE, 8192)
+        seed::seed(&id(1000).dir(big_root.path()), TableFormat::Block, total_records, VALUE, 8192)
             .expect("seed");
         for p in 0..64u32 {
             let root = roots[p as usize % 3].path();
-            partition::seed(&id(p).dir(root), TableFormat::Block, per, VALUE, 8192).expect("seed");
+            seed::seed(&id(p).dir(root), TableFormat::Block, per, VALUE, 8192).expect("seed");
         }
         let big = start(big_root.path(), 0).await;
         let mut servers = Vec::new();

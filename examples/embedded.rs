@@ -21,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The node that holds the partition keeps its DB open and registers it with the server.
     let dir = id.dir(&source_root);
-    partition::seed(&dir, TableFormat::Block, 20_000, 256, 5_000)?;
+    quicstrap::demo::seed::seed(&dir, TableFormat::Block, 20_000, 256, 5_000)?;
     let db = Arc::new(partition::open(&dir, TableFormat::Block)?);
     let source = Arc::new(DataDir::new(&source_root, TableFormat::Block));
     source.insert(id.clone(), db);

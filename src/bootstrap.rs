@@ -306,6 +306,22 @@ pub async fn bootstrap<L: LogSource>(
     }
 }
 
+/// After a bootstrap, keeps `id` under `root` applying `log` as it grows: the steady state of
+/// a node that serves reads from it. Returns only when following stops (a bad record under
+/// policy `fail`, a retention gap, a broker gone past the deadline); dropping the future is
+/// how a caller ends it.
+pub async fn follow<L: LogSource>(
+    root: &Path,
+    id: &PartitionId,
+    format: TableFormat,
+    log: &mut L,
+    cfg: &CatchUpConfig,
+) -> Result<CatchUpReport, CatchUpError> {
+    let dir = id.dir(root);
+    let db = Arc::new(ingest::blocking(move || partition::open(&dir, format)).await?);
+    ingest::catch_up(&db, log, Until::Follow, cfg).await
+}
+
 /// A bootstrap that failed while choosing its path.
 fn failed(
     id: &PartitionId,

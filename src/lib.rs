@@ -29,7 +29,11 @@
 //! * [`baseline`] — the HTTP/TCP baseline the benchmark compares against: the same snapshots
 //!   and validation over HTTPS.
 //! * [`bootstrap`] — the whole job: peer transfer + catch-up, or Kafka alone, with the reason.
-//! * [`demo`] — the end-to-end demonstration behind `quicstrap demo`.
+//! * [`node`] — a serving node assembled: data dir claimed, partitions following Kafka, QUIC
+//!   and HTTPS listeners, adaptive throttle, metrics — what `quicstrap serve` runs.
+//! * [`demo`] — the end-to-end demonstration behind `quicstrap demo`, and the seed generator
+//!   of test and benchmark partitions ([`demo::seed`]).
+//! * [`progress_bar`] — a fetch's progress drawn on a terminal.
 //!
 //! # Example
 //!
@@ -48,9 +52,11 @@ pub mod demo;
 pub mod ingest;
 pub mod lock;
 pub mod metrics;
+pub mod node;
 pub mod pacing;
 pub mod partition;
 pub mod peers;
+pub mod progress_bar;
 pub mod server;
 pub mod snapshot;
 pub mod throttle;

@@ -216,19 +216,6 @@ pub fn write_version_state(db: &DB, state: &VersionState) -> Result<(), StorageE
     Ok(())
 }
 
-/// Summary of a seeded partition, for the CLI and the demo.
-#[derive(Clone, Debug, Serialize)]
-pub struct SeedSummary {
-    /// Records written.
-    pub records: u64,
-    /// Last offset written (records are numbered from 0).
-    pub last_offset: u64,
-    /// SST files in the partition after the flushes.
-    pub sst_files: usize,
-    /// Bytes of all files in the partition directory.
-    pub bytes: u64,
-}
-
 /// SST files and total bytes of the files in a partition directory.
 pub fn dir_summary(dir: &Path) -> Result<(usize, u64), StorageError> {
     let mut sst_files = 0;
@@ -246,105 +233,60 @@ pub fn dir_summary(dir: &Path) -> Result<(usize, u64), StorageError> {
     Ok((sst_files, bytes))
 }
 
-/// Deterministic value for record `i`: incompressible-looking bytes derived from `i` so a
-/// receiver can check every key without keeping a copy of the source.
-pub fn seed_value(i: u64, value_size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value_size);
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    while out.len() < value_size {
-        // xorshift64*: cheap and good enough to defeat block compression.
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.truncate(value_size);
-    out
+/// Why two partitions are not the same, or could not be compared.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// Either side could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The data differs, first at this key (lossy UTF-8).
+    #[error("first difference at key {0}")]
+    Key(String),
+    /// One side has more keys than the other.
+    #[error("different key counts")]
+    KeyCount,
+    /// The offsets or version states differ.
+    #[error("metadata differs: {0:?} vs {1:?}")]
+    Meta(PartitionMeta, PartitionMeta),
 }
 
-/// Key of record `i` in a seeded partition.
-pub fn seed_key(i: u64) -> Vec<u8> {
-    format!("key-{i:012}").into_bytes()
-}
-
-/// Creates a source partition of `records` records of `value_size` bytes, flushed every
-/// `records_per_sst` records so it spans several SST files, like a real ingested partition.
-pub fn seed(
-    dir: &Path,
-    format: TableFormat,
-    records: u64,
-    value_size: usize,
-    records_per_sst: u64,
-) -> Result<SeedSummary, StorageError> {
-    std::fs::create_dir_all(dir)?;
-    // Seeding writes with background compaction off, then compacts once at the end into SST
-    // files of about `records_per_sst` records each: the partition looks like a settled one
-    // (several SSTs, empty L0), so a server that opens it has no compaction to run meanwhile.
-    let target = (records_per_sst.max(1) * (value_size as u64 + 24)).max(64 << 10);
-    let tune = |o: &mut Options| {
-        // Random values do not compress: spare the CPU (and keep the seeded bytes what the
-        // benchmarks have always moved).
-        o.set_compression_type(rocksdb::DBCompressionType::None);
-        o.set_disable_auto_compactions(true);
-        o.set_target_file_size_base(target);
-        o.set_max_bytes_for_level_base(target * 10);
-    };
-    let mut opts = db_options(format);
-    tune(&mut opts);
-    let descs = ["default", META_CF].map(|n| {
-        let mut o = db_options(format);
-        tune(&mut o);
-        ColumnFamilyDescriptor::new(n, o)
-    });
-    let db = DB::open_cf_descriptors(&opts, dir, descs)?;
-    write_version_state(
-        &db,
-        &VersionState {
-            table_format: format,
-            producer: "quicstrap seed".into(),
-        },
-    )?;
-    const BATCH: u64 = 1_000;
-    let per_sst = records_per_sst.max(1);
-    let mut i = 0;
-    while i < records {
-        let end = (i + BATCH).min(records);
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (i..end)
-            .map(|n| (seed_key(n), seed_value(n, value_size)))
-            .collect();
-        apply_batch(
-            &db,
-            pairs
-                .iter()
-                .map(|(k, v)| (k.as_slice(), Some(v.as_slice()))),
-            end - 1,
-        )?;
-        if end / per_sst != i / per_sst || end == records {
-            db.flush()?;
-            if let Some(cf) = db.cf_handle(META_CF) {
-                db.flush_cf(cf)?;
+/// Compares two partitions (or checkpoints) key by key, then their metadata: the proof that a
+/// fetched partition is its source. Returns the keys compared.
+pub fn verify_equal(a: &Path, b: &Path) -> Result<u64, CompareError> {
+    let da = open_read_only(a, TableFormat::Block)?;
+    let db = open_read_only(b, TableFormat::Block)?;
+    let mut n = 0u64;
+    let mut ia = da.iterator(rocksdb::IteratorMode::Start);
+    let mut ib = db.iterator(rocksdb::IteratorMode::Start);
+    loop {
+        match (ia.next(), ib.next()) {
+            (None, None) => break,
+            (Some(x), Some(y)) => {
+                let (ka, va) = x.map_err(StorageError::from)?;
+                let (kb, vb) = y.map_err(StorageError::from)?;
+                if ka != kb || va != vb {
+                    return Err(CompareError::Key(String::from_utf8_lossy(&ka).into_owned()));
+                }
+                n += 1;
             }
+            _ => return Err(CompareError::KeyCount),
         }
-        i = end;
     }
-    db.compact_range::<&[u8], &[u8]>(None, None);
-    if let Some(cf) = db.cf_handle(META_CF) {
-        db.compact_range_cf::<&[u8], &[u8]>(cf, None, None);
+    let (ma, mb) = (read_meta(&da)?, read_meta(&db)?);
+    if ma != mb {
+        return Err(CompareError::Meta(ma, mb));
     }
-    drop(db);
-    let (sst_files, bytes) = dir_summary(dir)?;
-    Ok(SeedSummary {
-        records,
-        last_offset: records.saturating_sub(1),
-        sst_files,
-        bytes,
-    })
+    Ok(n)
 }
+
+/// The seed generator, for this crate's own unit tests that need a real partition.
+#[cfg(test)]
+pub(crate) use crate::demo::seed::seed;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::demo::seed::{seed_key, seed_value};
 
     #[test]
     fn offset_travels_with_the_data_in_one_batch() {
@@ -378,13 +320,6 @@ mod tests {
         }
         let db = open_read_only(tmp.path(), TableFormat::Block).unwrap();
         assert_eq!(read_meta(&db).unwrap(), PartitionMeta::default());
-    }
-
-    #[test]
-    fn seeded_values_are_deterministic_and_sized() {
-        assert_eq!(seed_value(3, 100), seed_value(3, 100));
-        assert_ne!(seed_value(3, 100), seed_value(4, 100));
-        assert_eq!(seed_value(5, 1001).len(), 1001);
     }
 
     #[test]

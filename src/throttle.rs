@@ -20,6 +20,11 @@ pub const STEP_PERCENT: u32 = 20;
 pub const MIN_PERCENT: u32 = 20;
 /// Highest factor, in percent of the base rate.
 pub const MAX_PERCENT: u32 = 200;
+/// Cycle of [`Throttler::adaptive`]: short enough to react within seconds, long enough for a
+/// signal's window to hold a few events.
+pub const CYCLE: Duration = Duration::from_secs(1);
+/// Quiet cycles before [`Throttler::adaptive`] steps back up.
+pub const IDLE_CYCLES: u32 = 10;
 
 /// A source of "slow down" advice, polled once per cycle.
 pub trait Signal: Send + Sync {
@@ -257,6 +262,12 @@ impl Throttler {
             }
         });
         Self { percent, task }
+    }
+
+    /// [`Throttler::spawn`] on the schedule `--adaptive-throttle` documents: one cycle a
+    /// second, a step back up after [`IDLE_CYCLES`] quiet cycles.
+    pub fn adaptive(limiter: Arc<RateLimiter>, base: u64, signals: Vec<Arc<dyn Signal>>) -> Self {
+        Self::spawn(limiter, base, signals, CYCLE, IDLE_CYCLES)
     }
 
     /// The current factor in percent of the base.

@@ -15,6 +15,7 @@ use common::*;
 use quicstrap::bootstrap::BootstrapError;
 use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
 use quicstrap::client::Progress;
+use quicstrap::demo::seed;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
 use quicstrap::ingest::{
     self, BadRecordPolicy, CatchUpConfig, CatchUpError, IngestState, IngestStats, LogError,
@@ -48,7 +49,7 @@ fn records(start: u64, n: u64) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     (start..start + n)
         .map(|i| {
             let key = format!("k{:08}", (i * 7919) % keys).into_bytes();
-            (key, (i % 7 != 3).then(|| partition::seed_value(i, 100)))
+            (key, (i % 7 != 3).then(|| seed::seed_value(i, 100)))
         })
         .collect()
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 
+use quicstrap::demo::seed;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
 use quicstrap::ingest::{self, CatchUpConfig, CatchUpError, Until};
 use quicstrap::partition::{self, PartitionId, TableFormat};
@@ -37,7 +38,7 @@ async fn catch_up_waits_out_a_broker_outage_and_resumes_after_giving_up() {
     let topic = ingest::topic(&id);
     let w = KafkaWriter::new(&b).unwrap();
     let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..50_000u64)
-        .map(|i| (partition::seed_key(i), Some(partition::seed_value(i, 64))))
+        .map(|i| (seed::seed_key(i), Some(seed::seed_value(i, 64))))
         .collect();
     assert_eq!(w.send_all(&topic, 0, &records).await.unwrap(), Some(49_999));
     drop(w);
@@ -114,8 +115,8 @@ async fn catch_up_waits_out_a_broker_outage_and_resumes_after_giving_up() {
     assert_eq!(report.records, 50_000 - first);
     for i in [0u64, first, 49_999] {
         assert_eq!(
-            db.get(partition::seed_key(i)).unwrap(),
-            Some(partition::seed_value(i, 64))
+            db.get(seed::seed_key(i)).unwrap(),
+            Some(seed::seed_value(i, 64))
         );
     }
     // For CHAOS.md (`scripts/chaos.sh`): from the broker's restart to caught up.
@@ -164,7 +165,7 @@ async fn following_reports_a_stopped_broker_as_a_stall_once_and_recovers() {
     let topic = ingest::topic(&id);
     let batch = |from: u64| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         (from..from + 1_000)
-            .map(|i| (partition::seed_key(i), Some(partition::seed_value(i, 64))))
+            .map(|i| (seed::seed_key(i), Some(seed::seed_value(i, 64))))
             .collect()
     };
     KafkaWriter::new(&b)
@@ -264,12 +265,7 @@ async fn a_write_stall_in_ingestion_does_not_hold_up_serving() {
     let topic = ingest::topic(&id);
     let batch = |from: u64| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         (from..from + 20_000)
-            .map(|i| {
-                (
-                    partition::seed_key(i),
-                    Some(partition::seed_value(i, 1_000)),
-                )
-            })
+            .map(|i| (seed::seed_key(i), Some(seed::seed_value(i, 1_000))))
             .collect()
     };
     let w = KafkaWriter::new(&b).unwrap();

@@ -159,7 +159,7 @@ fn format_versions(dir: &Path) -> Vec<u8> {
 fn sst_files_quicstrap_writes_stay_readable_by_rocksdb_8() {
     let dir = tempfile::tempdir().unwrap();
     // Seeded (the benchmarks' and demo's partitions) ...
-    partition::seed(dir.path(), TableFormat::Block, 20_000, 100, 5_000).unwrap();
+    quicstrap::demo::seed::seed(dir.path(), TableFormat::Block, 20_000, 100, 5_000).unwrap();
     let seeded = format_versions(dir.path());
     assert!(seeded.len() >= 3);
     // ... and written by ingestion into a partition the node opened.

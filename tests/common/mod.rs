@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quicstrap::client::{FetchConfig, Fetcher};
-use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::demo::seed;
+use quicstrap::partition::{PartitionId, TableFormat};
 use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
@@ -20,7 +21,7 @@ pub fn id(partition: u32) -> PartitionId {
 
 /// Seeds `id` under `root`.
 pub fn seed(root: &Path, id: &PartitionId, records: u64, value_size: usize, per_sst: u64) {
-    partition::seed(
+    seed::seed(
         &id.dir(root),
         TableFormat::Block,
         records,
@@ -109,7 +110,7 @@ pub fn open_fds_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Asserts the fetched partition equals the source key by key, metadata included.
 pub fn assert_same(src: &Path, dst: &Path) -> u64 {
-    quicstrap::demo::verify_equal(src, dst).unwrap()
+    quicstrap::partition::verify_equal(src, dst).unwrap()
 }
 
 /// Flips one byte in the middle of `path` (same size, different content).

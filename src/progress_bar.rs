@@ -1,0 +1,50 @@
+//! A terminal progress bar over a fetch's [`Progress`]: what a person watching a fetch (the
+//! command line's, the demo's) sees on stderr, drawn from the counters the fetch keeps anyway.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::Progress;
+
+/// A bar being drawn; [`ProgressBar::finish`] clears it. Dropped unfinished, it clears itself
+/// in the background.
+pub struct ProgressBar {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressBar {
+    /// Starts redrawing the bar from `progress` every 100 ms: the attempt, bytes of the
+    /// partition received so far, and the rate.
+    pub fn spawn(progress: Arc<Progress>) -> Self {
+        let (stop, mut rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} attempt {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            loop {
+                bar.set_length(progress.total.load(Ordering::Relaxed));
+                bar.set_position(progress.received.load(Ordering::Relaxed));
+                bar.set_message(progress.attempts.load(Ordering::Relaxed).to_string());
+                tokio::select! {
+                    _ = &mut rx => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            bar.finish_and_clear();
+        });
+        Self { stop, task }
+    }
+
+    /// Clears the bar and waits until it is gone, so whatever is printed next is not drawn
+    /// over.
+    pub async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
