@@ -279,14 +279,10 @@ pub fn verify_equal(a: &Path, b: &Path) -> Result<u64, CompareError> {
     Ok(n)
 }
 
-/// The seed generator, for this crate's own unit tests that need a real partition.
-#[cfg(test)]
-pub(crate) use crate::demo::seed::seed;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::seed::{seed_key, seed_value};
+    use crate::demo::seed::{seed, seed_key, seed_value};
 
     #[test]
     fn offset_travels_with_the_data_in_one_batch() {

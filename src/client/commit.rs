@@ -208,7 +208,7 @@ mod tests {
     fn commit_refuses_metadata_that_disagrees_with_the_data() {
         let root = tempfile::tempdir().unwrap();
         let t = TempDir::create(root.path(), 0, "y").unwrap();
-        partition::seed(t.path(), TableFormat::Block, 10, 8, 10).unwrap();
+        crate::demo::seed::seed(t.path(), TableFormat::Block, 10, 8, 10).unwrap();
         let tmp_path = t.path().to_owned();
         let target = root.path().join("0");
         let receipt = Receipt {

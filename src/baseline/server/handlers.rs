@@ -318,7 +318,7 @@ fn metadata(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Bo
 
 #[cfg(test)]
 mod tests {
-    use super::accept::{drained, Wire};
+
     use super::*;
 
     #[test]
