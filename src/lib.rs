@@ -4,36 +4,48 @@
 //!
 //! # Layout
 //!
-//! The modules follow the pipeline a fetch runs, bottom to top:
+//! The rules of a transfer live in [`protocol`] (the `quicstrap-proto` crate, sans-IO): typed
+//! frames and their codec, and the transfer as two deterministic state machines
+//! ([`protocol::transfer::ClientTransfer`], [`protocol::transfer::ServerTransfer`]) that take
+//! events and `now` in and hand actions out. This crate drives them over QUIC and RocksDB.
 //!
-//! * [`protocol`] — the wire format, sans-IO (its own crate, `quicstrap-proto`, so it can be
-//!   fuzzed without the rest): typed frames, length-prefixed postcard, versioned.
-//! * [`partition`] — a partition on disk; its offset lives inside the DB, in the same batch as
-//!   the data, so a checkpoint carries exactly its own offset.
-//! * [`checksum`] — MD5 / BLAKE3, computed while bytes arrive.
-//! * [`tls`] — mutual TLS 1.3 and the allow list of who may fetch.
-//! * [`transport`] — QUIC endpoints tuned for long fat pipes.
-//! * [`congestion`] — the default controller: BBR, guarded against real congestion.
-//! * [`budget`] — how much transfer data a process buffers: windows sized to each path,
-//!   all of them under one cap.
-//! * [`wire`] — frames over QUIC streams.
-//! * [`pacing`] — the byte-rate limiter shared by every transfer of a process.
-//! * [`throttle`] — adaptive throttling of those limiters from signals of distress.
-//! * [`metrics`] — the Prometheus endpoint.
-//! * [`snapshot`] — server-side checkpoints: shared, reused within a TTL, digests cached.
-//! * [`server`] — the serving peer.
-//! * [`peers`] — who to ask, in which order (discovery → selection).
-//! * [`client`] — request → receive → validate → commit, peer after peer.
-//! * [`ingest`] — catch-up from the partition's change log (Kafka) after a transfer, or from
-//!   the beginning when no peer could serve.
-//! * [`baseline`] — the HTTP/TCP baseline the benchmark compares against: the same snapshots
-//!   and validation over HTTPS.
-//! * [`bootstrap`] — the whole job: peer transfer + catch-up, or Kafka alone, with the reason.
-//! * [`node`] — a serving node assembled: data dir claimed, partitions following Kafka, QUIC
-//!   and HTTPS listeners, adaptive throttle, metrics — what `quicstrap serve` runs.
-//! * [`demo`] — the end-to-end demonstration behind `quicstrap demo`, and the seed generator
-//!   of test and benchmark partitions ([`demo::seed`]).
-//! * [`progress_bar`] — a fetch's progress drawn on a terminal.
+//! A fetch runs, in order:
+//!
+//! * discovery — [`peers`] (who to ask: static lists or DNS, shuffled);
+//! * connectivity — [`client::connectivity`] (a handshake with every candidate at once, cached);
+//! * request — [`client`]'s `transfer` module (the client machine's driver) over [`wire`]
+//!   (frames on QUIC streams), on connections of [`transport`] tuned for long fat pipes with
+//!   [`congestion`] control and [`tls`] (mutual TLS 1.3, the allow list);
+//! * receive — [`client::receive`] (one task per file stream, digest while writing, paced by
+//!   [`pacing`], buffered within [`budget`]);
+//! * validate — sizes and [`checksum`]s against the manifest, the manifest against the
+//!   protocol's rules;
+//! * commit — [`client::commit`] (fsync, receipt, one atomic rename) of a [`partition`], whose
+//!   offset lives inside the DB in the same batch as the data;
+//! * catch-up — [`ingest`] (the partition's change log, Kafka, from the snapshot's offset).
+//!
+//! [`bootstrap`] runs the whole job: peer transfer + catch-up, or Kafka alone, with the reason.
+//!
+//! The serving side: [`server`] (accept, request, push: the server machine's driver),
+//! [`snapshot`] (checkpoints shared within a TTL, digests cached), [`throttle`] (adaptive rate
+//! limits from signals of distress), [`metrics`] (Prometheus), and [`node`] (a serving node
+//! assembled, what `quicstrap serve` runs). [`baseline`] is the HTTP/TCP baseline the
+//! benchmarks compare against: the same snapshots and the same rules over HTTPS. [`demo`] is
+//! `quicstrap demo` and the seed generator of test partitions; [`progress_bar`] draws a
+//! fetch's progress; [`lock`] owns directories and takes mutexes.
+//!
+//! # Invariants
+//!
+//! `docs/design.md` states each with the tests that guard it; the code cites them by name:
+//!
+//! * *zero partial state* — a failed or cancelled fetch leaves no temp dir, no open handle,
+//!   and an existing partition is never touched;
+//! * *metadata after files* — the offset is applied only after every manifest file arrived
+//!   and passed its digest, and the partition appears by one rename or not at all;
+//! * *offset never ahead of data* — the offset shipped with a snapshot is the one inside it;
+//! * *catch-up always follows* — after a transfer, catch-up runs from the snapshot's offset;
+//! * *bad input never crashes a peer* — malformed frames, wrong versions, oversize or hostile
+//!   manifests get a typed refusal or error, never a panic.
 //!
 //! # Example
 //!
