@@ -16,7 +16,7 @@
 //! * request — [`client`]'s `transfer` module (the client machine's driver) over [`wire`]
 //!   (frames on QUIC streams), on connections of [`transport`] tuned for long fat pipes with
 //!   [`congestion`] control and [`tls`] (mutual TLS 1.3, the allow list);
-//! * receive — [`client::receive`] (one task per file stream, digest while writing, paced by
+//! * receive — `client::receive` (one task per file stream, digest while writing, paced by
 //!   [`pacing`], buffered within [`budget`]);
 //! * validate — sizes and [`checksum`]s against the manifest, the manifest against the
 //!   protocol's rules;

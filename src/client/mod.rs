@@ -1,10 +1,10 @@
 //! The fetching side: try peers one by one, receive, validate, commit.
 //!
-//! A [`Fetcher`] owns one QUIC endpoint and keeps one connection per peer ([`pool`]), reused
+//! A [`Fetcher`] owns one QUIC endpoint and keeps one connection per peer (`pool`), reused
 //! by every partition fetched from it. Before a fetch it checks every candidate at once
-//! ([`connectivity`]); then it tries them in order ([`attempts`]), each attempt driven by
-//! [`transfer`]: the protocol's client state machine fed from QUIC streams, files received
-//! into a temp dir ([`receive`]) and committed atomically ([`commit`]). Every failure says
+//! ([`connectivity`]); then it tries them in order (`attempts`), each attempt driven by
+//! `transfer`: the protocol's client state machine fed from QUIC streams, files received
+//! into a temp dir (`receive`) and committed atomically ([`commit`]). Every failure says
 //! through [`AttemptError::next_step`] what the loop does next.
 
 pub(crate) mod attempts;

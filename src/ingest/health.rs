@@ -1,7 +1,7 @@
 //! Health of a partition's ingestion: is it keeping up, stalled, or stopped for good.
 //!
 //! A follower that silently stops making progress is the worst failure a node can have: it
-//! keeps serving data that grows older by the minute. [`Tracker`] turns what catch-up sees
+//! keeps serving data that grows older by the minute. `Tracker` turns what catch-up sees
 //! (records applied, watermark probes, broker errors) into a state, a lag and a time of last
 //! progress, shared with metrics through [`IngestStats`], and logs each stall once at WARN
 //! with its cause.

@@ -1,8 +1,8 @@
 //! The HTTPS side of the baseline: leases snapshots from the shared manager and streams their
 //! files, one request per file, with the kernel's congestion control chosen per listener.
 //!
-//! [`accept`] admits TCP connections (limits before TLS) and watches each response drain;
-//! [`handlers`] answers the manifest, file and metadata requests.
+//! `accept` admits TCP connections (limits before TLS) and watches each response drain;
+//! `handlers` answers the manifest, file and metadata requests.
 
 mod accept;
 mod handlers;
@@ -66,7 +66,7 @@ pub struct HttpServerConfig {
     /// Longest a client may take to send a request's headers once the connection is ready
     /// for them (default 30 s): a slowloris client cannot hold a connection. The clock
     /// starts only after the previous response has drained from the socket (see
-    /// [`drained`]), so a keep-alive client on a slow link is never cut while it is still
+    /// `drained`), so a keep-alive client on a slow link is never cut while it is still
     /// receiving the last body.
     pub header_timeout: Duration,
     /// A response whose bytes stop leaving for this long (default 60 s) ends its
