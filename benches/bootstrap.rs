@@ -85,11 +85,11 @@ async fn main() {
     let mut fetch_cfg = FetchConfig::new(tls::dev::client().expect("cert"));
     // The default 150 MB/s rate limits protect a live node's traffic; Kafka replay has no
     // such limit, so the engines are compared without them.
-    fetch_cfg.read_limiter = RateLimiter::new(0);
+    fetch_cfg.policy.read_limiter = RateLimiter::new(0);
     if let Ok(algo) = std::env::var("QUICSTRAP_BENCH_CHECKSUM") {
-        fetch_cfg.checksum = algo.parse().expect("md5 or blake3");
+        fetch_cfg.policy.checksum = algo.parse().expect("md5 or blake3");
     }
-    let checksum = fetch_cfg.checksum;
+    let checksum = fetch_cfg.policy.checksum;
     let fetcher = Fetcher::new(fetch_cfg).expect("client");
 
     // Kafka replay alone: node A builds the partition from offset 0.
@@ -129,7 +129,7 @@ async fn main() {
         TableFormat::Block,
         work.path().join("snapshots"),
     );
-    server_cfg.write_limiter = RateLimiter::new(0);
+    server_cfg.policy.write_limiter = RateLimiter::new(0);
     let server = Server::start(server_cfg, source).await.expect("server");
     let peer = Peer::new(server.local_addr().expect("addr"));
     let b_root = work.path().join("b");

@@ -35,7 +35,7 @@ async fn start(root: &Path, n: usize) -> Server {
         TableFormat::Block,
         root.join(format!(".snapshots-{n}")),
     );
-    cfg.write_limiter = RateLimiter::unlimited();
+    cfg.policy.write_limiter = RateLimiter::unlimited();
     cfg.snapshots.max_users = 128;
     Server::start(
         cfg,
@@ -47,7 +47,7 @@ async fn start(root: &Path, n: usize) -> Server {
 
 fn fetcher() -> Arc<Fetcher> {
     let mut cfg = FetchConfig::new(tls::dev::client().expect("dev identity"));
-    cfg.read_limiter = RateLimiter::unlimited();
+    cfg.policy.read_limiter = RateLimiter::unlimited();
     cfg.shuffle = false;
     cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     Arc::new(Fetcher::new(cfg).expect("fetcher"))

@@ -113,7 +113,7 @@ impl Node {
             Ok::<_, NodeError>(DirLock::acquire(&data_dir.join(DATA_DIR_LOCK), wait)?)
         })
         .await??;
-        let format = cfg.server.table_format;
+        let format = cfg.server.policy.table_format;
         let source = Arc::new(DataDir::new(cfg.data_dir.clone(), format));
         let followed = match &cfg.follow {
             Some(fc) => follow::follow_all(&cfg.data_dir, format, fc, &source)
@@ -211,15 +211,8 @@ impl Prepared {
             .http_listen
             .iter()
             .map(|(addr, congestion)| {
-                let mut h = HttpServerConfig::new(
-                    *addr,
-                    main.identity.clone(),
-                    main.allow.clone(),
-                    main.table_format,
-                );
+                let mut h = HttpServerConfig::with_policy(*addr, main.policy.clone());
                 h.congestion = congestion.clone();
-                h.idle_timeout = main.idle_timeout;
-                h.write_limiter = main.write_limiter.clone();
                 h
             })
             .collect();
@@ -235,7 +228,7 @@ impl Prepared {
                 c
             })
             .collect();
-        let write_limiter = main.write_limiter.clone();
+        let write_limiter = main.policy.write_limiter.clone();
         let base = write_limiter.rate();
         let server = Server::start(main, source).await?;
         let throttler = cfg.adaptive_throttle.then(|| {

@@ -66,7 +66,7 @@ async fn flooded_server(
     let id = id(partition);
     seed(src.path(), &id, 20_000, 1000, 5_000);
     let quic = server(src.path(), |c| {
-        c.handshake_timeout = Duration::from_secs(2);
+        c.policy.handshake_timeout = Duration::from_secs(2);
         tweak(c);
     })
     .await;
@@ -191,7 +191,7 @@ async fn a_tcp_connect_flood_is_capped_per_host_and_allowed_clients_still_fetch(
     let quic = server(src.path(), |_| {}).await;
     let https = https_server(&quic, |c| {
         c.max_connections_per_ip = 8;
-        c.handshake_timeout = Duration::from_secs(2);
+        c.policy.handshake_timeout = Duration::from_secs(2);
     })
     .await;
     let addr = https.local_addr();
@@ -235,7 +235,7 @@ async fn slowloris_clients_are_cut_and_allowed_clients_still_fetch() {
     seed(src.path(), &id, 20_000, 1000, 5_000);
     let quic = server(src.path(), |_| {}).await;
     let https = https_server(&quic, |c| {
-        c.handshake_timeout = Duration::from_secs(2);
+        c.policy.handshake_timeout = Duration::from_secs(2);
         c.header_timeout = Duration::from_secs(2);
     })
     .await;
@@ -318,7 +318,7 @@ async fn a_client_that_stops_reading_a_body_releases_its_snapshot() {
     let quic = server(src.path(), |_| {}).await;
     let https = https_server(&quic, |c| {
         c.write_timeout = Duration::from_secs(2);
-        c.idle_timeout = Duration::from_secs(2);
+        c.policy.idle_timeout = Duration::from_secs(2);
     })
     .await;
     let mut s = https_client(https.local_addr()).await;

@@ -58,8 +58,8 @@ async fn https_refusals_are_the_same_typed_rejections_and_move_on() {
     let busy = https_server(&busy_q, |_| {}).await;
     let missing_q = server(empty.path(), |_| {}).await;
     let missing = https_server(&missing_q, |_| {}).await;
-    let plain_q = server(empty.path(), |c| c.table_format = TableFormat::Plain).await;
-    let plain = https_server(&plain_q, |c| c.table_format = TableFormat::Plain).await;
+    let plain_q = server(empty.path(), |c| c.policy.table_format = TableFormat::Plain).await;
+    let plain = https_server(&plain_q, |c| c.policy.table_format = TableFormat::Plain).await;
     let good_q = server(src.path(), |_| {}).await;
     let good = https_server(&good_q, |_| {}).await;
     let report = https_fetcher(|_| {})
@@ -134,7 +134,7 @@ async fn https_client_not_on_the_allow_list_is_refused() {
     let https = https_server(&quic, |_| {}).await;
     let mut cfg =
         quicstrap::baseline::HttpFetchConfig::new(quicstrap::tls::dev::intruder().unwrap());
-    cfg.connect_timeout = Duration::from_secs(5);
+    cfg.policy.connect_timeout = Duration::from_secs(5);
     let f = quicstrap::baseline::HttpFetcher::new(cfg).unwrap();
     let err = f
         .fetch(&id, &[https_peer(&https)], dst.path(), &Progress::default())
@@ -165,7 +165,10 @@ async fn a_stalled_https_client_is_hung_up_on() {
     use tokio::io::AsyncReadExt;
     let src = tempfile::tempdir().unwrap();
     let quic = server(src.path(), |_| {}).await;
-    let https = https_server(&quic, |c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let https = https_server(&quic, |c| {
+        c.policy.handshake_timeout = Duration::from_millis(300)
+    })
+    .await;
     let mut silent = tokio::net::TcpStream::connect(https.local_addr())
         .await
         .unwrap();

@@ -24,7 +24,7 @@ async fn dead_peers_are_checked_once_and_the_good_connection_is_reused() {
         .collect();
     let mut peers = dead.clone();
     peers.push(peer(&good));
-    let f = fetcher(|c| c.connect_timeout = Duration::from_millis(800));
+    let f = fetcher(|c| c.policy.connect_timeout = Duration::from_millis(800));
 
     let first = f.fetch(&a, &peers, dst.path()).await.unwrap();
     let outcomes: Vec<_> = first.attempts.iter().map(|x| x.outcome.as_str()).collect();

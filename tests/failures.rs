@@ -24,7 +24,7 @@ async fn busy_not_found_and_format_mismatch_each_move_on() {
     seed(src.path(), &id, 3_000, 200, 1_000);
     let busy = server(src.path(), |c| c.snapshots.max_users = 0).await;
     let missing = server(empty.path(), |_| {}).await;
-    let plain = server(empty.path(), |c| c.table_format = TableFormat::Plain).await;
+    let plain = server(empty.path(), |c| c.policy.table_format = TableFormat::Plain).await;
     let good = server(src.path(), |_| {}).await;
     let f = fetcher(|_| {});
     let report = f
@@ -55,7 +55,7 @@ async fn all_peers_failing_is_a_clear_error_calling_for_kafka() {
     let missing = server(empty.path(), |_| {}).await;
     // A port nobody listens on: connection fails (times out).
     let dead = quicstrap::Peer::new("127.0.0.1:9".parse().unwrap());
-    let f = fetcher(|c| c.connect_timeout = Duration::from_millis(500));
+    let f = fetcher(|c| c.policy.connect_timeout = Duration::from_millis(500));
     let err = f
         .fetch(&id, &[peer(&missing), dead], dst.path())
         .await
@@ -266,7 +266,7 @@ async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
     let victim = ServeProcess::start(src.path(), &[]);
     let good = server(good_src.path(), |_| {}).await;
     let f = slow_fetcher(30_000_000, |c| {
-        c.idle_timeout = Duration::from_secs(2);
+        c.policy.idle_timeout = Duration::from_secs(2);
         c.tuning.idle_timeout = Duration::from_secs(2);
     });
     let peers = vec![quicstrap::Peer::new(victim.addr), peer(&good)];
@@ -301,7 +301,7 @@ async fn sigterm_mid_transfer_gives_a_prompt_typed_error_and_releases_snapshots(
     let good = server(good_src.path(), |_| {}).await;
     // Long timeouts: only the server's typed close can end the attempt quickly.
     let f = slow_fetcher(30_000_000, |c| {
-        c.idle_timeout = Duration::from_secs(60);
+        c.policy.idle_timeout = Duration::from_secs(60);
         c.tuning.idle_timeout = Duration::from_secs(60);
     });
     let peers = vec![quicstrap::Peer::new(stopping.addr), peer(&good)];
@@ -341,7 +341,7 @@ async fn sigterm_mid_transfer_gives_a_prompt_typed_error_and_releases_snapshots(
     assert!(left.is_empty(), "snapshot files left: {left:?}");
     // New requests to it are refused.
     let dst2 = tempfile::tempdir().unwrap();
-    let f2 = fetcher(|c| c.connect_timeout = Duration::from_millis(500));
+    let f2 = fetcher(|c| c.policy.connect_timeout = Duration::from_millis(500));
     let err = f2
         .fetch(&id, &[quicstrap::Peer::new(stopping.addr)], dst2.path())
         .await
@@ -377,7 +377,7 @@ async fn a_failed_attempt_does_not_wait_for_other_partitions_files() {
     seed(slow_src.path(), &busy_id, 40_000, 1000, 40_000);
     seed(bad_src.path(), &bad_id, 5_000, 500, 5_000);
     let slow = server(slow_src.path(), |c| {
-        c.write_limiter = quicstrap::pacing::RateLimiter::new(2_000_000)
+        c.policy.write_limiter = quicstrap::pacing::RateLimiter::new(2_000_000)
     })
     .await;
     let bad = server(bad_src.path(), |_| {}).await;

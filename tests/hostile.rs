@@ -118,7 +118,7 @@ async fn expect_rejection(addr: SocketAddr, outcome: &str) -> Vec<quicstrap::cli
     let dst = tempfile::tempdir().unwrap();
     let id = id(0);
     let f = fetcher(|c| {
-        c.idle_timeout = Duration::from_secs(2);
+        c.policy.idle_timeout = Duration::from_secs(2);
     });
     let err = tokio::time::timeout(
         Duration::from_secs(30),

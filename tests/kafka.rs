@@ -217,7 +217,7 @@ async fn when_every_peer_fails_kafka_alone_builds_the_partition() {
     let missing = server(empty.path(), |_| {}).await;
     let dead = quicstrap::Peer::new("127.0.0.1:9".parse().unwrap());
     let root = tempfile::tempdir().unwrap();
-    let f = fetcher(|c| c.connect_timeout = Duration::from_millis(500));
+    let f = fetcher(|c| c.policy.connect_timeout = Duration::from_millis(500));
     let r = boot(&f, &[peer(&missing), dead], root.path(), &id, 1_000).await;
     assert_eq!(r.path, BootstrapPath::KafkaAllPeersFailed);
     assert_eq!(r.attempts.len(), 2);

@@ -30,7 +30,7 @@ async fn the_server_gives_up_a_transfer_past_its_partition_timeout() {
     // server: with everything already delivered, a server giving up changes nothing for
     // the client (a reset after the last byte is ignored), only for its own resources.
     let f = slow_fetcher(2_000_000, |c| {
-        c.idle_timeout = Duration::from_secs(30);
+        c.policy.idle_timeout = Duration::from_secs(30);
         c.tuning.idle_timeout = Duration::from_secs(30);
         c.tuning.stream_window = 1 << 20;
         c.tuning.connection_window = 2 << 20;
@@ -68,7 +68,7 @@ async fn the_connectivity_check_is_capped_as_a_whole() {
         .map(|s| Peer::new(s.local_addr().unwrap()))
         .collect();
     let f = fetcher(|c| {
-        c.connect_timeout = Duration::from_secs(60);
+        c.policy.connect_timeout = Duration::from_secs(60);
         c.check_concurrency = 4;
         c.check_timeout = Duration::from_secs(2);
     });
@@ -87,7 +87,10 @@ async fn the_server_write_limit_holds_for_one_transfer_and_for_two_connections()
     let (a, b) = (id(61), id(62));
     seed(src.path(), &a, 12_000, 1000, 4_000);
     seed(src.path(), &b, 12_000, 1000, 4_000);
-    let quic = server(src.path(), |c| c.write_limiter = RateLimiter::new(RATE)).await;
+    let quic = server(src.path(), |c| {
+        c.policy.write_limiter = RateLimiter::new(RATE)
+    })
+    .await;
 
     // One transfer.
     let dst = tempfile::tempdir().unwrap();
@@ -134,7 +137,7 @@ async fn the_client_receives_at_most_max_partitions_at_once() {
         seed(src.path(), id, 3_000, 1000, 1_000);
     }
     let quic = server(src.path(), |c| {
-        c.write_limiter = RateLimiter::new(6_000_000)
+        c.policy.write_limiter = RateLimiter::new(6_000_000)
     })
     .await;
     let f = Arc::new(fetcher(|c| c.max_partitions = MAX));
@@ -216,7 +219,7 @@ async fn four_clients_share_the_servers_send_budget_and_none_starves() {
     }
     let quic = server(src.path(), |c| {
         c.max_send_buffer = CAP;
-        c.write_limiter = RateLimiter::new(0);
+        c.policy.write_limiter = RateLimiter::new(0);
     })
     .await;
     let dst = tempfile::tempdir().unwrap();
@@ -263,7 +266,7 @@ async fn a_slow_reader_holds_no_more_unread_data_than_its_receive_budget() {
     for id in &ids {
         seed(src.path(), id, 20_000, 1000, 5_000);
     }
-    let quick = |c: &mut quicstrap::ServerConfig| c.write_limiter = RateLimiter::new(0);
+    let quick = |c: &mut quicstrap::ServerConfig| c.policy.write_limiter = RateLimiter::new(0);
     let (a, b) = (
         server(src.path(), quick).await,
         server(src.path(), quick).await,

@@ -113,7 +113,7 @@ async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
     let https = https_server(&quic, |_| {}).await;
     let addr = https.local_addr();
     let f = https_fetcher(|c| {
-        c.read_limiter = quicstrap::pacing::RateLimiter::new(8_000_000);
+        c.policy.read_limiter = quicstrap::pacing::RateLimiter::new(8_000_000);
     });
     let progress = std::sync::Arc::new(quicstrap::client::Progress::default());
     let fetch = {
@@ -186,13 +186,13 @@ async fn a_wildcard_certificate_does_not_pass_for_an_allowed_name() {
     let id = id(44);
     seed(src.path(), &id, 1_000, 100, 500);
     let quic = server(src.path(), |c| {
-        c.allow = AllowList::parse("client.quicstrap.test");
+        c.policy.allow = AllowList::parse("client.quicstrap.test");
     })
     .await;
     // *.quicstrap.test from the same CA: valid for client.quicstrap.test as a hostname,
     // but not that node's identity.
     let dst = tempfile::tempdir().unwrap();
-    let f = fetcher(|c| c.identity = tls::dev::wildcard().unwrap());
+    let f = fetcher(|c| c.policy.identity = tls::dev::wildcard().unwrap());
     let err = f
         .fetch(&id, &[peer(&quic)], dst.path())
         .await

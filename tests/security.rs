@@ -22,7 +22,7 @@ async fn refused_with(identity: tls::Identity) {
     seed(src.path(), &id, 1_000, 100, 1_000);
     let server = server(src.path(), |_| {}).await;
     let mut cfg = FetchConfig::new(identity);
-    cfg.connect_timeout = Duration::from_secs(3);
+    cfg.policy.connect_timeout = Duration::from_secs(3);
     cfg.bind = "127.0.0.1:0".parse().unwrap();
     let f = Fetcher::new(cfg).unwrap();
     let err = f
@@ -264,7 +264,7 @@ async fn a_client_that_stops_reading_loses_its_snapshot_slot() {
     let id = id(0);
     seed(src.path(), &id, 20_000, 1000, 5_000);
     let server = server(src.path(), |c| {
-        c.idle_timeout = Duration::from_secs(1);
+        c.policy.idle_timeout = Duration::from_secs(1);
         c.snapshots.max_users = 1;
     })
     .await;

@@ -70,7 +70,7 @@ async fn blake3_validation_works_too() {
     let id = id(1);
     seed(src.path(), &id, 5_000, 200, 1_000);
     let server = server(src.path(), |_| {}).await;
-    let f = fetcher(|c| c.checksum = ChecksumAlgo::Blake3);
+    let f = fetcher(|c| c.policy.checksum = ChecksumAlgo::Blake3);
     f.fetch(&id, &[peer(&server)], dst.path()).await.unwrap();
     assert_eq!(assert_same(&id.dir(src.path()), &id.dir(dst.path())), 5_000);
     server.shutdown().await;

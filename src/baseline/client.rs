@@ -19,10 +19,12 @@ use crate::client::attempts;
 use crate::client::commit;
 use crate::client::error::{AttemptError, SetupError};
 use crate::client::receive::{self, ByteSource, OpenFiles};
-use crate::client::{check_manifest, temp_tag, FetchError, FetchReport, FetchStats, Progress};
+use crate::client::{
+    check_manifest, temp_tag, FetchError, FetchPolicy, FetchReport, FetchStats, Progress,
+};
 use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
-use crate::partition::{PartitionId, PartitionMeta, TableFormat};
+use crate::partition::{PartitionId, PartitionMeta};
 use crate::peers::Peer;
 use crate::protocol::FileEntry;
 use crate::tls::{self, Identity};
@@ -36,42 +38,28 @@ const MAX_JSON_BODY: usize = 100 * 1024 * 1024;
 /// Knobs of the baseline's fetching side.
 #[derive(Clone, Debug)]
 pub struct HttpFetchConfig {
-    /// This node's certificate, key and trusted CA.
-    pub identity: Identity,
-    /// Table format this node opens.
-    pub table_format: TableFormat,
-    /// Digest asked for in the manifest.
-    pub checksum: ChecksumAlgo,
+    /// What to ask for, how long to wait, how fast to read: the QUIC fetcher's terms.
+    pub policy: FetchPolicy,
     /// TCP connections pulling files from one queue (1: Venice's way, files one after
     /// another on one keep-alive connection).
     pub connections: usize,
     /// Congestion controller of this side's sockets (only matters for what the client sends;
     /// the server's listener decides for the file bytes).
     pub congestion: Option<TcpCongestion>,
-    /// Connect + handshake timeout (10 s).
-    pub connect_timeout: Duration,
-    /// Give up on a peer after this long without a byte (60 s).
-    pub idle_timeout: Duration,
-    /// Give up on a peer after this long for one partition (20 min).
-    pub partition_timeout: Duration,
-    /// Read-rate limit shared by every transfer of this process (default
-    /// [`crate::pacing::DEFAULT_RATE`]).
-    pub read_limiter: Arc<RateLimiter>,
 }
 
 impl HttpFetchConfig {
     /// Defaults around an identity.
     pub fn new(identity: Identity) -> Self {
+        Self::with_policy(FetchPolicy::new(identity))
+    }
+
+    /// The baseline on the same terms as a QUIC fetcher's `policy`.
+    pub fn with_policy(policy: FetchPolicy) -> Self {
         Self {
-            identity,
-            table_format: TableFormat::Block,
-            checksum: ChecksumAlgo::Md5,
+            policy,
             connections: 1,
             congestion: None,
-            connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            partition_timeout: Duration::from_secs(20 * 60),
-            read_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
         }
     }
 }
@@ -86,7 +74,7 @@ pub struct HttpFetcher {
 impl HttpFetcher {
     /// Checks the TLS material once, so a bad certificate is a setup error, not a failed peer.
     pub fn new(cfg: HttpFetchConfig) -> Result<Self, SetupError> {
-        let mut tls = tls::client_config(&cfg.identity)?;
+        let mut tls = tls::client_config(&cfg.policy.identity)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             cfg,
@@ -186,7 +174,7 @@ async fn connect(
             host: peer.server_name.clone(),
         })
     };
-    tokio::time::timeout(cfg.connect_timeout, setup)
+    tokio::time::timeout(cfg.policy.connect_timeout, setup)
         .await
         .map_err(|_| AttemptError::ConnectTimeout)?
 }
@@ -286,8 +274,8 @@ async fn attempt(
     target: &Path,
     progress: &Progress,
 ) -> Result<(usize, PartitionMeta), AttemptError> {
-    let deadline = tokio::time::Instant::now() + cfg.partition_timeout;
-    let idle = cfg.idle_timeout;
+    let deadline = tokio::time::Instant::now() + cfg.policy.partition_timeout;
+    let idle = cfg.policy.idle_timeout;
     let base = base(id);
     // Until files arrive nothing is on disk: dropping this on a deadline or cancel is clean.
     let setup = async {
@@ -296,7 +284,7 @@ async fn attempt(
             .get(
                 &format!(
                     "{base}/manifest?checksum={}&format={}",
-                    cfg.checksum, cfg.table_format
+                    cfg.policy.checksum, cfg.policy.table_format
                 ),
                 idle,
             )
@@ -322,7 +310,7 @@ async fn attempt(
     };
     let (conn, session, files) = tokio::select! {
         r = setup => r?,
-        _ = tokio::time::sleep_until(deadline) => return Err(AttemptError::PartitionTimeout(cfg.partition_timeout)),
+        _ = tokio::time::sleep_until(deadline) => return Err(AttemptError::PartitionTimeout(cfg.policy.partition_timeout)),
         _ = progress.cancelled() => return Err(AttemptError::Cancelled),
     };
     progress.total.store(
@@ -334,7 +322,7 @@ async fn attempt(
     let mut tasks = tokio::task::JoinSet::new();
     let received = tokio::select! {
         r = receive_all(cfg, tls, peer, conn, &base, &session, &files, (tmp.path(), &open), progress, &mut tasks) => r,
-        _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(cfg.partition_timeout)),
+        _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(cfg.policy.partition_timeout)),
         _ = progress.cancelled() => Err(AttemptError::Cancelled),
     };
     // Every worker ends and every file handle closes before anyone deletes the directory.
@@ -350,7 +338,7 @@ async fn attempt(
     attempts::commit_received(
         tmp,
         target,
-        cfg.table_format,
+        cfg.policy.table_format,
         peer,
         files.len(),
         bytes,
@@ -412,10 +400,10 @@ async fn receive_all(
             format!("{base}/files"),
             session.to_owned(),
             dir.to_owned(),
-            cfg.checksum,
-            cfg.idle_timeout,
+            cfg.policy.checksum,
+            cfg.policy.idle_timeout,
             progress.received.clone(),
-            cfg.read_limiter.clone(),
+            cfg.policy.read_limiter.clone(),
             open.clone(),
         ));
     }
@@ -430,10 +418,10 @@ async fn receive_all(
     let resp = conn
         .get(
             &format!("{base}/metadata?session={session}"),
-            cfg.idle_timeout,
+            cfg.policy.idle_timeout,
         )
         .await?;
-    let body = read_json_body(resp, cfg.idle_timeout).await?;
+    let body = read_json_body(resp, cfg.policy.idle_timeout).await?;
     let meta: PartitionMeta = serde_json::from_slice(&body)
         .map_err(|e| AttemptError::Protocol(format!("metadata: {e}")))?;
     Ok((meta, bytes))

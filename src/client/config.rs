@@ -17,15 +17,13 @@ use crate::transport::TransportTuning;
 
 use super::error::NextStep;
 
-/// Knobs of the fetching side.
+/// What a fetch asks for and how patiently it waits, whatever the transport: the QUIC
+/// [`FetchConfig`] and the HTTPS baseline's config both hold one, so the two transports are
+/// set up — and compared — on the same terms.
 #[derive(Clone, Debug)]
-pub struct FetchConfig {
+pub struct FetchPolicy {
     /// This node's certificate, key and trusted CA.
     pub identity: Identity,
-    /// QUIC knobs.
-    pub tuning: TransportTuning,
-    /// Local UDP address (port 0 picks one).
-    pub bind: SocketAddr,
     /// Table format this node opens.
     pub table_format: TableFormat,
     /// Digest asked for in manifests.
@@ -36,11 +34,37 @@ pub struct FetchConfig {
     pub idle_timeout: Duration,
     /// Give up on a peer after this long for one partition (20 min).
     pub partition_timeout: Duration,
-    /// Shuffle peers before trying them (on by default; tests turn it off for a fixed order).
-    pub shuffle: bool,
     /// Read-rate limit shared by every transfer of this process (default
     /// [`crate::pacing::DEFAULT_RATE`]).
     pub read_limiter: Arc<RateLimiter>,
+}
+
+impl FetchPolicy {
+    /// Defaults around an identity.
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            table_format: TableFormat::Block,
+            checksum: ChecksumAlgo::Md5,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            partition_timeout: Duration::from_secs(20 * 60),
+            read_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
+        }
+    }
+}
+
+/// Knobs of the fetching side.
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// What to ask for, how long to wait, how fast to read.
+    pub policy: FetchPolicy,
+    /// QUIC knobs.
+    pub tuning: TransportTuning,
+    /// Local UDP address (port 0 picks one).
+    pub bind: SocketAddr,
+    /// Shuffle peers before trying them (on by default; tests turn it off for a fixed order).
+    pub shuffle: bool,
     /// Partitions received at once (20); further fetches wait their turn, so a node
     /// recovering hundreds of partitions neither opens hundreds of temp dirs nor asks every
     /// peer at once.
@@ -62,16 +86,10 @@ impl FetchConfig {
     /// Defaults around an identity.
     pub fn new(identity: Identity) -> Self {
         Self {
-            identity,
+            policy: FetchPolicy::new(identity),
             tuning: TransportTuning::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
-            table_format: TableFormat::Block,
-            checksum: ChecksumAlgo::Md5,
-            connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            partition_timeout: Duration::from_secs(20 * 60),
             shuffle: true,
-            read_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
             max_partitions: 20,
             check_concurrency: 16,
             check_timeout: Duration::from_secs(60),

@@ -33,7 +33,7 @@ use crate::tls;
 use crate::transport;
 
 pub use commit::{Receipt, RECEIPT_FILE};
-pub use config::{Attempt, FetchConfig, FetchReport, FetchStats, Progress};
+pub use config::{Attempt, FetchConfig, FetchPolicy, FetchReport, FetchStats, Progress};
 pub use error::{AttemptError, Fallback, FetchError, NextStep, SetupError};
 pub use transfer::MAX_CONTROL_FRAME;
 
@@ -60,7 +60,7 @@ pub struct Fetcher {
 impl Fetcher {
     /// Binds the client endpoint.
     pub fn new(cfg: FetchConfig) -> Result<Self, SetupError> {
-        let rustls_cfg = tls::client_config(&cfg.identity)?;
+        let rustls_cfg = tls::client_config(&cfg.policy.identity)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg)
             .map_err(|e| tls::TlsError::Verifier(e.to_string()))?;
         let mut client_cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -79,7 +79,7 @@ impl Fetcher {
             transport::CONTROL_WINDOW,
         );
         Ok(Self {
-            pool: pool::Pool::new(endpoint, client_cfg, cfg.connect_timeout),
+            pool: pool::Pool::new(endpoint, client_cfg, cfg.policy.connect_timeout),
             cfg,
             next_transfer: AtomicU64::new(1),
             lingering: Mutex::default(),
@@ -232,7 +232,7 @@ impl Fetcher {
                     partition = id.partition,
                     peer = %peer
                 );
-                let deadline = tokio::time::Instant::now() + self.cfg.partition_timeout;
+                let deadline = tokio::time::Instant::now() + self.cfg.policy.partition_timeout;
                 let result = tracing::Instrument::instrument(
                     self.attempt(id, &peer, parent, target_dir, progress, deadline),
                     span,

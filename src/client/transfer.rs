@@ -116,7 +116,7 @@ impl Fetcher {
         progress: &Progress,
         deadline: tokio::time::Instant,
     ) -> Result<(usize, PartitionMeta), AttemptError> {
-        let limit = self.cfg.partition_timeout;
+        let limit = self.cfg.policy.partition_timeout;
         // Until files arrive nothing is on disk: dropping the work on a deadline or a cancel is
         // a complete cleanup.
         let setup = async {
@@ -167,7 +167,7 @@ impl Fetcher {
         let committed = attempts::commit_received(
             tmp,
             target,
-            self.cfg.table_format,
+            self.cfg.policy.table_format,
             peer,
             files,
             control.machine.bytes(),
@@ -191,7 +191,7 @@ impl Fetcher {
         let budget = self.budget.lease(&pc.conn, receive::RESERVED);
         let transfer_id = self.next_transfer.fetch_add(1, Ordering::Relaxed);
         let (route, streams) = pc.route(transfer_id);
-        let idle = self.cfg.idle_timeout;
+        let idle = self.cfg.policy.idle_timeout;
         let (send, recv) = tokio::time::timeout(idle, pc.conn.open_bi())
             .await
             .map_err(|_| AttemptError::Idle(idle))?
@@ -202,8 +202,8 @@ impl Fetcher {
             store: id.store.clone(),
             store_version: id.version,
             partition: id.partition,
-            table_format: self.cfg.table_format,
-            checksum: self.cfg.checksum,
+            table_format: self.cfg.policy.table_format,
+            checksum: self.cfg.policy.checksum,
         };
         let limits = ClientLimits {
             idle,
@@ -271,7 +271,7 @@ impl Receiving<'_> {
         let mut pending: Option<quinn::RecvStream> = None;
         let mut closed = false;
         let mut last_bytes = self.progress.load(Ordering::Relaxed);
-        let idle = self.fetcher.cfg.idle_timeout;
+        let idle = self.fetcher.cfg.policy.idle_timeout;
         let mut tick =
             tokio::time::interval(PROGRESS_TICK.min(idle).max(Duration::from_millis(10)));
         loop {
@@ -284,9 +284,9 @@ impl Receiving<'_> {
                         stream,
                         self.dir.join(&entry.name),
                         entry,
-                        self.fetcher.cfg.checksum,
+                        self.fetcher.cfg.policy.checksum,
                         self.progress.clone(),
-                        self.fetcher.cfg.read_limiter.clone(),
+                        self.fetcher.cfg.policy.read_limiter.clone(),
                         self.open.clone(),
                     );
                     self.tasks.spawn(async move { (index, fut.await) });

@@ -53,7 +53,7 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
             let _token = token;
             let _conn_slot = conn_slot;
             let remote = incoming.remote_address();
-            let handshake = tokio::time::timeout(shared.cfg.handshake_timeout, async {
+            let handshake = tokio::time::timeout(shared.cfg.policy.handshake_timeout, async {
                 incoming.accept()?.await
             })
             .await;

@@ -31,17 +31,49 @@ use crate::transport::{self, TransportTuning};
 
 pub use request::MAX_REQUEST_FRAME;
 
-/// Everything a server needs.
+/// Who may fetch what, and how patiently and fast it is served, whatever the transport: the
+/// QUIC [`ServerConfig`] and the HTTPS baseline's listener both hold one, so the two serve on
+/// the same terms.
 #[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// UDP address to listen on.
-    pub listen: SocketAddr,
+pub struct ServePolicy {
     /// This server's certificate, key and trusted CA.
     pub identity: Identity,
     /// Clients allowed to fetch.
     pub allow: AllowList,
     /// Table format of every partition served here.
     pub table_format: TableFormat,
+    /// Give up on a client that reads nothing, or does not answer `Complete`, for this long
+    /// (60 s), so a stalled client cannot hold a snapshot slot for the whole partition timeout.
+    pub idle_timeout: Duration,
+    /// Write-rate limit shared by every transfer of this process (default
+    /// [`crate::pacing::DEFAULT_RATE`]).
+    pub write_limiter: Arc<RateLimiter>,
+    /// Longest a handshake may take (default 10 s, well under the idle timeout), so a
+    /// client that starts one and goes quiet frees its slot early.
+    pub handshake_timeout: Duration,
+}
+
+impl ServePolicy {
+    /// Defaults around the required parts.
+    pub fn new(identity: Identity, allow: AllowList, table_format: TableFormat) -> Self {
+        Self {
+            identity,
+            allow,
+            table_format,
+            idle_timeout: Duration::from_secs(60),
+            write_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a server needs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Who may fetch what, how patiently and how fast.
+    pub policy: ServePolicy,
     /// Snapshot knobs.
     pub snapshots: SnapshotConfig,
     /// QUIC knobs.
@@ -52,12 +84,6 @@ pub struct ServerConfig {
     pub partition_timeout: Duration,
     /// Longest a client may take to send its request once the stream is open (10 s).
     pub request_timeout: Duration,
-    /// Write-rate limit shared by every transfer of this process (default
-    /// [`crate::pacing::DEFAULT_RATE`]).
-    pub write_limiter: Arc<RateLimiter>,
-    /// Give up on a client that reads nothing, or does not answer `Complete`, for this long
-    /// (60 s), so a stalled client cannot hold a snapshot slot for the whole partition timeout.
-    pub idle_timeout: Duration,
     /// Admission before authentication: connections held at once, handshakes included
     /// (default 1024); more are refused before any cryptography.
     pub max_connections: usize,
@@ -70,9 +96,6 @@ pub struct ServerConfig {
     /// owns its address (a QUIC Retry round trip), so a spoofed-source flood costs the
     /// server no handshake state.
     pub retry_above: usize,
-    /// Longest a handshake may take (default 10 s, well under the idle timeout), so a
-    /// client that starts one and goes quiet frees its slot early.
-    pub handshake_timeout: Duration,
     /// Most bytes all transfers of this server (and those started with
     /// [`Server::start_sharing`]) may queue for sending (default 256 MiB): the send windows
     /// quinn holds plus the file reads waiting to be written. A storage node gives up no more
@@ -91,21 +114,16 @@ impl ServerConfig {
     ) -> Self {
         Self {
             listen,
-            identity,
-            allow,
-            table_format,
+            policy: ServePolicy::new(identity, allow, table_format),
             snapshots: SnapshotConfig::new(snapshot_root),
             tuning: TransportTuning::default(),
             files_in_flight: 8,
             partition_timeout: Duration::from_secs(60 * 60),
             request_timeout: Duration::from_secs(10),
-            write_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
-            idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_handshakes: 64,
             max_handshakes_per_ip: 8,
             retry_above: 16,
-            handshake_timeout: Duration::from_secs(10),
             max_send_buffer: crate::budget::DEFAULT_CAP,
         }
     }
@@ -201,7 +219,7 @@ impl Server {
         source: Arc<dyn PartitionSource>,
         shared_with: Option<(SnapshotManager, Arc<BufferBudget>)>,
     ) -> Result<Self, ServerError> {
-        let rustls_cfg = tls::server_config(&cfg.identity, cfg.allow.clone())?;
+        let rustls_cfg = tls::server_config(&cfg.policy.identity, cfg.policy.allow.clone())?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_cfg)
             .map_err(|e| ServerError::Tls(tls::TlsError::Verifier(e.to_string())))?;
         let mut qcfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));

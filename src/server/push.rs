@@ -41,7 +41,7 @@ pub(super) async fn push_files(
         let path = snap.dir.join(&file.name);
         let size = file.size;
         let stats = shared.stats.clone();
-        let limiter = shared.cfg.write_limiter.clone();
+        let limiter = shared.cfg.policy.write_limiter.clone();
         let sent = sent.clone();
         let shutdown = shared.shutdown.clone();
         tasks.spawn(async move {

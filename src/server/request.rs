@@ -112,9 +112,9 @@ impl Control {
 fn limits(shared: &Shared) -> ServerLimits {
     let cfg = &shared.cfg;
     ServerLimits {
-        table_format: cfg.table_format,
+        table_format: cfg.policy.table_format,
         request_timeout: cfg.request_timeout,
-        idle: cfg.idle_timeout,
+        idle: cfg.policy.idle_timeout,
         partition_timeout: cfg.partition_timeout,
     }
 }
@@ -261,7 +261,7 @@ async fn run_transfer(
     let sent = Arc::new(AtomicU64::new(0));
     let progress = || (sent.load(Ordering::Relaxed), conn.stats().frame_tx.stream);
     let mut last = progress();
-    let mut tick = tokio::time::interval(heartbeat_interval(shared.cfg.idle_timeout));
+    let mut tick = tokio::time::interval(heartbeat_interval(shared.cfg.policy.idle_timeout));
     let mut shutdown = shared.shutdown.clone();
     loop {
         match control.next_action(shared).await {

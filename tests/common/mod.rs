@@ -50,7 +50,7 @@ pub async fn server(root: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Serve
     let snaps = root.join(format!(".snapshots-{n}"));
     let mut cfg = server_config(root, &snaps, TableFormat::Block);
     tweak(&mut cfg);
-    let format = cfg.table_format;
+    let format = cfg.policy.table_format;
     Server::start(cfg, Arc::new(DataDir::new(root.to_owned(), format)))
         .await
         .unwrap()
@@ -65,9 +65,9 @@ pub fn fetcher(tweak: impl FnOnce(&mut FetchConfig)) -> Fetcher {
     let mut cfg = FetchConfig::new(tls::dev::client().unwrap());
     cfg.shuffle = false;
     cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg.idle_timeout = Duration::from_secs(5);
+    cfg.policy.idle_timeout = Duration::from_secs(5);
     cfg.tuning.idle_timeout = Duration::from_secs(5);
-    cfg.connect_timeout = Duration::from_secs(5);
+    cfg.policy.connect_timeout = Duration::from_secs(5);
     tweak(&mut cfg);
     Fetcher::new(cfg).unwrap()
 }
@@ -333,7 +333,7 @@ pub async fn wait_bytes(progress: &quicstrap::client::Progress, bytes: u64) {
 /// A fetcher whose reads are limited to `rate` bytes/s, so a test can act mid-transfer.
 pub fn slow_fetcher(rate: u64, tweak: impl FnOnce(&mut FetchConfig)) -> Arc<Fetcher> {
     Arc::new(fetcher(|c| {
-        c.read_limiter = quicstrap::pacing::RateLimiter::new(rate);
+        c.policy.read_limiter = quicstrap::pacing::RateLimiter::new(rate);
         tweak(c);
     }))
 }
@@ -387,8 +387,8 @@ pub fn https_fetcher(
     tweak: impl FnOnce(&mut quicstrap::baseline::HttpFetchConfig),
 ) -> quicstrap::baseline::HttpFetcher {
     let mut cfg = quicstrap::baseline::HttpFetchConfig::new(tls::dev::client().unwrap());
-    cfg.idle_timeout = Duration::from_secs(5);
-    cfg.connect_timeout = Duration::from_secs(5);
+    cfg.policy.idle_timeout = Duration::from_secs(5);
+    cfg.policy.connect_timeout = Duration::from_secs(5);
     tweak(&mut cfg);
     quicstrap::baseline::HttpFetcher::new(cfg).unwrap()
 }

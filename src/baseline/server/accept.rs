@@ -72,7 +72,7 @@ pub(super) async fn accept_loop(
         state.connections.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let _open = (Counted(state.clone()), per_ip);
-            let limit = state.cfg.handshake_timeout;
+            let limit = state.cfg.policy.handshake_timeout;
             let tls = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {

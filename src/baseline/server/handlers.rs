@@ -25,7 +25,7 @@ use super::accept::{drained, Wire};
 use super::*;
 
 pub(super) fn expire_sessions(state: &State, now: Instant) {
-    let idle = state.cfg.idle_timeout;
+    let idle = state.cfg.policy.idle_timeout;
     lock(&state.sessions).retain(|_, s| {
         s.active.load(Ordering::SeqCst) > 0
             || now.saturating_duration_since(*lock(&s.last_used)) < idle
@@ -140,7 +140,7 @@ async fn answer<'r>(
 
 async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Body> {
     let mut algo = ChecksumAlgo::Md5;
-    let mut format = state.cfg.table_format;
+    let mut format = state.cfg.policy.table_format;
     for (k, v) in query_pairs(query) {
         match k {
             "checksum" => match v.parse() {
@@ -155,7 +155,7 @@ async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Respo
         }
     }
     // The QUIC server's rule for what may be served, applied to the URL's request.
-    if let Err((reason, msg)) = check_partition(&id.store, format, state.cfg.table_format) {
+    if let Err((reason, msg)) = check_partition(&id.store, format, state.cfg.policy.table_format) {
         return refuse(reason, msg);
     }
     let lease = match state.snapshots.acquire(id, Instant::now()).await {
@@ -274,7 +274,7 @@ async fn file(
         last_used,
         _lease: lease.clone(),
     });
-    let limiter = state.cfg.write_limiter.clone();
+    let limiter = state.cfg.policy.write_limiter.clone();
     let stats = state.stats.clone();
     let counted = wire.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(f, CHUNK).then(move |chunk| {

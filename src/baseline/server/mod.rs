@@ -18,9 +18,8 @@ use http_body_util::combinators::BoxBody;
 use tokio::sync::watch;
 
 use crate::admission::PerIpLimit;
-use crate::pacing::RateLimiter;
 use crate::partition::TableFormat;
-use crate::server::ServerError;
+use crate::server::{ServePolicy, ServerError};
 use crate::snapshot::{SnapshotLease, SnapshotManager};
 use crate::tls::{self, AllowList, Identity};
 
@@ -39,24 +38,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub struct HttpServerConfig {
     /// TCP address to listen on.
     pub listen: SocketAddr,
-    /// This server's certificate, key and trusted CA (the QUIC server's).
-    pub identity: Identity,
-    /// Clients allowed to fetch.
-    pub allow: AllowList,
-    /// Table format of every partition served here.
-    pub table_format: TableFormat,
+    /// Who may fetch what, how patiently and how fast: the QUIC server's terms. Its idle
+    /// timeout ends a session nobody used for that long, releasing its snapshot; its
+    /// handshake timeout bounds the TLS handshake, so a client that connects and stalls
+    /// cannot hold a task and a socket forever. (There is deliberately no limit on the wait
+    /// for the next request of a keep-alive connection: hyper counts a response as done once
+    /// it is in the socket buffer, and on a slow link the client may take minutes to drain it
+    /// before it asks for the next file.)
+    pub policy: ServePolicy,
     /// Congestion controller set on every accepted socket (`None`: the kernel default).
     pub congestion: Option<TcpCongestion>,
-    /// A session nobody used for this long is ended and its snapshot released (60 s).
-    pub idle_timeout: Duration,
-    /// Write-rate limit shared with the QUIC server of the process.
-    pub write_limiter: Arc<RateLimiter>,
-    /// Longest a TLS handshake may take (10 s): a client that connects and stalls must not
-    /// hold a task and a socket forever. (There is deliberately no limit on the wait for the
-    /// next request of a keep-alive connection: hyper counts a response as done once it is in
-    /// the socket buffer, and on a slow link the client may take minutes to drain it before
-    /// it asks for the next file.)
-    pub handshake_timeout: Duration,
     /// Connections held at once (default 256), counted from `accept`, before TLS: more are
     /// closed at once.
     pub max_connections: usize,
@@ -82,15 +73,15 @@ impl HttpServerConfig {
         allow: AllowList,
         table_format: TableFormat,
     ) -> Self {
+        Self::with_policy(listen, ServePolicy::new(identity, allow, table_format))
+    }
+
+    /// A listener on the same terms as a QUIC server's `policy`.
+    pub fn with_policy(listen: SocketAddr, policy: ServePolicy) -> Self {
         Self {
             listen,
-            identity,
-            allow,
-            table_format,
+            policy,
             congestion: None,
-            idle_timeout: Duration::from_secs(60),
-            write_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
-            handshake_timeout: Duration::from_secs(10),
             max_connections: 256,
             max_connections_per_ip: 32,
             header_timeout: Duration::from_secs(30),
@@ -157,7 +148,7 @@ impl HttpServer {
         cfg: HttpServerConfig,
         snapshots: SnapshotManager,
     ) -> Result<Self, ServerError> {
-        let mut rustls_cfg = tls::server_config(&cfg.identity, cfg.allow.clone())?;
+        let mut rustls_cfg = tls::server_config(&cfg.policy.identity, cfg.policy.allow.clone())?;
         rustls_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_cfg));
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;

@@ -186,7 +186,7 @@ async fn fetch(mut a: FetchArgs) -> Result<(), Failure> {
     if a.http {
         return fetch_http(&a, &id, cfg).await;
     }
-    let read_limiter = cfg.read_limiter.clone();
+    let read_limiter = cfg.policy.read_limiter.clone();
     let fetcher = Arc::new(Fetcher::new(cfg).map_err(usage)?);
     let throttler = a.adaptive_throttle.then(|| {
         let fsync = quicstrap::throttle::fsync_latency() as Arc<dyn Signal>;
@@ -227,14 +227,15 @@ async fn fetch(mut a: FetchArgs) -> Result<(), Failure> {
 /// The fetch the options describe.
 fn fetch_config(a: &FetchArgs, identity: quicstrap::tls::Identity) -> FetchConfig {
     let mut cfg = FetchConfig::new(identity);
-    cfg.table_format = a.format;
-    cfg.checksum = a.checksum;
-    cfg.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
-    cfg.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
-    cfg.partition_timeout = Duration::from_secs(a.partition_timeout_secs);
+    let policy = &mut cfg.policy;
+    policy.table_format = a.format;
+    policy.checksum = a.checksum;
+    policy.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
+    policy.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
+    policy.partition_timeout = Duration::from_secs(a.partition_timeout_secs);
+    policy.read_limiter = quicstrap::pacing::RateLimiter::new(a.read_limit);
     cfg.shuffle = !a.no_shuffle;
-    cfg.tuning.idle_timeout = cfg.idle_timeout;
-    cfg.read_limiter = quicstrap::pacing::RateLimiter::new(a.read_limit);
+    cfg.tuning.idle_timeout = cfg.policy.idle_timeout;
     cfg.max_recv_buffer = a.max_recv_buffer;
     a.quic.apply(&mut cfg.tuning);
     cfg
@@ -258,13 +259,7 @@ async fn fetch_http(a: &FetchArgs, id: &PartitionId, quic: FetchConfig) -> Resul
         )
         .into());
     }
-    let mut cfg = HttpFetchConfig::new(quic.identity);
-    cfg.table_format = quic.table_format;
-    cfg.checksum = quic.checksum;
-    cfg.connect_timeout = quic.connect_timeout;
-    cfg.idle_timeout = quic.idle_timeout;
-    cfg.partition_timeout = quic.partition_timeout;
-    cfg.read_limiter = quic.read_limiter;
+    let mut cfg = HttpFetchConfig::with_policy(quic.policy);
     cfg.connections = a.http_connections.max(1);
     cfg.congestion = a.tcp_congestion.clone();
     let fetcher = HttpFetcher::new(cfg).map_err(CliError::unusable)?;

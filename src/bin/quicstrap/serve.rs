@@ -163,8 +163,8 @@ fn node_config(a: &ServeArgs, identity: Identity) -> Result<NodeConfig, CliError
     server.files_in_flight = a.files_in_flight;
     server.partition_timeout = Duration::from_secs(a.partition_timeout_secs);
     server.tuning.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
-    server.idle_timeout = server.tuning.idle_timeout;
-    server.write_limiter = quicstrap::pacing::RateLimiter::new(a.write_limit);
+    server.policy.idle_timeout = server.tuning.idle_timeout;
+    server.policy.write_limiter = quicstrap::pacing::RateLimiter::new(a.write_limit);
     server.max_send_buffer = a.max_send_buffer;
     a.quic.apply(&mut server.tuning);
     let follow = a.kafka.as_deref().map(|brokers| {
