@@ -19,7 +19,7 @@
 //! server's peak RSS stays at most 384 MiB. It skips with a message where the emulator cannot
 //! run.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common.rs"]
 mod common;
 
 use std::path::Path;

@@ -1,10 +1,8 @@
 //! `serve --metrics-listen`: Prometheus text with what an operator needs to see, live.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn scrape(url: &str) -> String {
     let out = output_ok(Command::new("curl").args(["-sS", "--fail", url]));
@@ -19,6 +17,7 @@ fn value(text: &str, series: &str) -> f64 {
 
 #[test]
 fn metrics_count_transfers_bytes_and_snapshots() {
+    let _turn = turn_blocking(Needs::Nothing);
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(90);
@@ -95,6 +94,7 @@ fn metrics_count_transfers_bytes_and_snapshots() {
 
 #[test]
 fn https_listeners_are_counted_apart_from_quic() {
+    let _turn = turn_blocking(Needs::Nothing);
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(91);

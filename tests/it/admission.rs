@@ -2,14 +2,12 @@
 //! time, on loopback only. The flooders come from 127.0.0.2 (another host to the server),
 //! and while each flood runs an allowed client from 127.0.0.1 still completes a fetch.
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use quicstrap::tls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -98,6 +96,7 @@ async fn allowed_client_fetches(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_flood_is_capped_per_host_and_allowed_clients_still_fetch() {
+    let _turn = turn(Needs::Nothing).await;
     // 200 handshakes that will never finish, from one host: four get a slot.
     let (src, id, quic) = flooded_server(
         50,
@@ -124,6 +123,7 @@ async fn a_handshake_flood_is_capped_per_host_and_allowed_clients_still_fetch() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_a_threshold_unvalidated_clients_must_answer_a_retry_first() {
+    let _turn = turn(Needs::Nothing).await;
     // A spoofed-source flood never answers a Retry: past two half-open handshakes it costs
     // the server one stateless packet each.
     let (src, id, quic) = flooded_server(
@@ -185,6 +185,7 @@ async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_connect_flood_is_capped_per_host_and_allowed_clients_still_fetch() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(52);
     seed(src.path(), &id, 20_000, 1000, 5_000);
@@ -230,6 +231,7 @@ async fn https_client(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_clients_are_cut_and_allowed_clients_still_fetch() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(53);
     seed(src.path(), &id, 20_000, 1000, 5_000);
@@ -312,6 +314,7 @@ async fn read_head(s: &mut (impl AsyncReadExt + Unpin)) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_body_releases_its_snapshot() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(54);
     seed(src.path(), &id, 60_000, 1000, 60_000);
@@ -387,6 +390,7 @@ fn cpu_seconds(pid: i32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_listener_out_of_file_descriptors_backs_off_instead_of_spinning() {
+    let _turn = turn(Needs::Nothing).await;
     let root = tempfile::tempdir().unwrap();
     let mut serve = ServeProcess::start(root.path(), &["--metrics-listen", "127.0.0.1:0"]);
     let metrics: SocketAddr = serve

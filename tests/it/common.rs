@@ -1,5 +1,33 @@
 //! Shared helpers of the integration tests: real RocksDB partitions, real QUIC servers on
-//! loopback, real (dev) certificates.
+//! loopback, real (dev) certificates, and the turns the tests take in their shared process.
+//!
+//! # Turns
+//!
+//! Every test of this binary runs in one process, two or more at a time, whatever module it
+//! is in. Most only touch what they create (their own temp dirs, servers on port 0, child
+//! processes, fresh topics), but some change or measure something the whole process or the
+//! whole machine shares. So every test starts by taking a [`turn`] ([`turn_blocking`] in a
+//! test without a runtime) that says what it needs, and holds it to its end:
+//!
+//! * [`Needs::Nothing`]: only its own things. Runs beside any other such test.
+//! * [`Needs::Broker`]: the Kafka broker of `scripts/kafka.sh`, up. Runs beside the above
+//!   and other broker users, never while a test has the broker stopped.
+//! * [`Needs::BrokerToItself`]: stops and restarts the broker. No other broker user runs
+//!   meanwhile; tests that need nothing of Kafka still do.
+//! * [`Needs::Process`]: the whole process to itself — nothing else runs. For tests that
+//!   change something process-wide (RocksDB's default `Env` and its background threads),
+//!   measure rates or recovery times that neighbours' CPU use would distort, or drive the
+//!   emulated link, whose relay threads must get the CPU when they need it.
+//!
+//! A test that counts file descriptors, temp dirs or snapshot users looks only under its own
+//! directories and servers (e.g. [`open_fds_under`]), so those need no turn of their own.
+//! A new test that changes the process's environment, working directory or limits, counts
+//! what the whole process holds, or uses a fixed port outside a namespace of its own, takes
+//! [`Needs::Process`].
+//!
+//! The turns are `tokio` locks, held across `.await` without blocking a runtime; a test
+//! takes exactly one turn, first thing (the locks are fair: a second one taken while a
+//! whole-process turn waits would deadlock).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -13,6 +41,62 @@ use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
 use quicstrap::tls::{self, AllowList};
+
+/// Shared by every test; written by a test that needs the whole process.
+static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+/// Shared by the tests that use the Kafka broker; written by a test that stops it. Always
+/// taken after [`PROCESS`], so the two cannot wait for each other.
+static KAFKA: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// What a test needs of the process it shares with every other test (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Only what the test creates itself.
+    Nothing,
+    /// The Kafka broker, up.
+    Broker,
+    /// To stop and restart the Kafka broker.
+    BrokerToItself,
+    /// The whole process: no other test runs meanwhile.
+    Process,
+}
+
+/// A test's turn, held until it is dropped at the end of the test.
+pub struct Turn {
+    _held: Vec<Box<dyn Send + Sync>>,
+}
+
+/// Waits for a turn for a test that needs `needs`.
+pub async fn turn(needs: Needs) -> Turn {
+    let mut held: Vec<Box<dyn Send + Sync>> = Vec::with_capacity(2);
+    if needs == Needs::Process {
+        held.push(Box::new(PROCESS.write().await));
+    } else {
+        held.push(Box::new(PROCESS.read().await));
+    }
+    match needs {
+        Needs::Broker => held.push(Box::new(KAFKA.read().await)),
+        Needs::BrokerToItself => held.push(Box::new(KAFKA.write().await)),
+        Needs::Nothing | Needs::Process => {}
+    }
+    Turn { _held: held }
+}
+
+/// [`turn`] for a test that runs without an async runtime (a plain `#[test]`).
+pub fn turn_blocking(needs: Needs) -> Turn {
+    let mut held: Vec<Box<dyn Send + Sync>> = Vec::with_capacity(2);
+    if needs == Needs::Process {
+        held.push(Box::new(PROCESS.blocking_write()));
+    } else {
+        held.push(Box::new(PROCESS.blocking_read()));
+    }
+    match needs {
+        Needs::Broker => held.push(Box::new(KAFKA.blocking_read())),
+        Needs::BrokerToItself => held.push(Box::new(KAFKA.blocking_write())),
+        Needs::Nothing | Needs::Process => {}
+    }
+    Turn { _held: held }
+}
 
 pub fn id(partition: u32) -> PartitionId {
     PartitionId::new("it_store", 3, partition).unwrap()
