@@ -376,16 +376,9 @@ async fn a_client_that_stops_reading_a_body_releases_its_snapshot() {
     quic.shutdown().await;
 }
 
-/// CPU seconds (user + system) a process has used so far.
+/// CPU seconds (user + system) the serving process has used so far.
 fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf with a valid name.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    testkit::cpu_seconds(pid).expect("the server's CPU time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -511,22 +511,13 @@ fn slow_path(scenario: &str, subnet: u8, rate: u64, rtt_ms: u64, loss: Loss, rec
     let fetch = bed.fetch(&id, &[&serve.peer], dst.path(), &[]);
     let ok = completed_in_one_attempt(fetch, src.path(), dst.path(), &id);
     let secs = start.elapsed().as_secs_f64();
-    let bytes = dir_bytes(&id.dir(src.path()));
+    let bytes = testkit::dir_bytes(&id.dir(src.path()));
     println!(
         "{scenario}: {bytes} bytes in {secs:.1} s ({:.2} MB/s over a {:.2} MB/s link)",
         bytes as f64 / secs / 1e6,
         rate as f64 / 8e6
     );
     outcome(scenario, ok, start.elapsed(), 0);
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 #[test]

@@ -42,6 +42,12 @@ use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
 use quicstrap::tls::{self, AllowList};
 
+// Running the `quicstrap` binary is shared with the benchmarks.
+pub use testkit::{
+    bin, certs, fetch_command, fetch_command_in, metric, output_ok, scrape, serve_command_in,
+    ServeProcess,
+};
+
 /// Shared by every test; written by a test that needs the whole process.
 static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 /// Shared by the tests that use the Kafka broker; written by a test that stops it. Always
@@ -226,157 +232,6 @@ pub fn largest_sst(dir: &Path) -> PathBuf {
         .path()
 }
 
-/// Path of the `quicstrap` binary (this build's, or `QUICSTRAP_BIN` when set: a benchmark
-/// can run an older build for a before/after comparison), for process tests.
-pub fn bin() -> &'static str {
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        std::env::var("QUICSTRAP_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quicstrap").into())
-    })
-}
-
-pub fn certs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
-}
-
-/// The `quicstrap` binary, run in network namespace `netns` (via `ip netns exec`) if given.
-pub fn quicstrap_in(netns: Option<&str>) -> std::process::Command {
-    match netns {
-        None => std::process::Command::new(bin()),
-        Some(ns) => {
-            let mut cmd = std::process::Command::new("ip");
-            cmd.args(["netns", "exec", ns, bin()]);
-            cmd
-        }
-    }
-}
-
-/// `quicstrap fetch` with the dev client certificate, `data` as its data dir and the partition
-/// `store`/`version`/`partition`; callers add the rest.
-pub fn fetch_command(
-    data: &Path,
-    store: &str,
-    version: u32,
-    partition: u32,
-) -> std::process::Command {
-    fetch_command_in(None, data, store, version, partition)
-}
-
-/// [`fetch_command`] in network namespace `netns` (if given).
-pub fn fetch_command_in(
-    netns: Option<&str>,
-    data: &Path,
-    store: &str,
-    version: u32,
-    partition: u32,
-) -> std::process::Command {
-    let c = certs();
-    let mut cmd = quicstrap_in(netns);
-    cmd.args(["fetch", "--store", store])
-        .args(["--version", &version.to_string()])
-        .args(["--partition", &partition.to_string()])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--cert")
-        .arg(c.join("client.crt"))
-        .arg("--key")
-        .arg(c.join("client.key"))
-        .arg("--ca")
-        .arg(c.join("ca.crt"));
-    cmd
-}
-
-/// `quicstrap serve` of `root` on `listen` with the dev server certificate, in network
-/// namespace `netns` (if given); callers add the rest.
-pub fn serve_command_in(netns: Option<&str>, root: &Path, listen: &str) -> std::process::Command {
-    let c = certs();
-    let mut cmd = quicstrap_in(netns);
-    cmd.args(["serve", "--listen", listen, "--data-dir"])
-        .arg(root)
-        .arg("--cert")
-        .arg(c.join("server.crt"))
-        .arg("--key")
-        .arg(c.join("server.key"))
-        .arg("--ca")
-        .arg(c.join("ca.crt"))
-        .args(["--allow", tls::dev::ALLOW]);
-    cmd
-}
-
-/// A `quicstrap serve` child process; killed on drop.
-pub struct ServeProcess {
-    pub child: std::process::Child,
-    pub addr: SocketAddr,
-    /// The rest of its stdout (kept open: the server prints more lines).
-    pub stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl ServeProcess {
-    pub fn start(root: &Path, extra: &[&str]) -> Self {
-        let mut cmd = serve_command_in(None, root, "127.0.0.1:0");
-        cmd.args(extra).stderr(std::process::Stdio::inherit());
-        Self::spawn(cmd)
-    }
-
-    /// Spawns `cmd` (a `serve` command) and reads the address from its first line.
-    pub fn spawn(mut cmd: std::process::Command) -> Self {
-        use std::io::BufRead;
-        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            addr,
-            stdout,
-        }
-    }
-
-    /// The address on the next stdout line that starts with `prefix`.
-    pub fn next_addr(&mut self, prefix: &str) -> SocketAddr {
-        self.next_line(prefix).parse().unwrap()
-    }
-
-    /// The rest of the next stdout line that starts with `prefix`, trimmed.
-    pub fn next_line(&mut self, prefix: &str) -> String {
-        use std::io::BufRead;
-        loop {
-            let mut line = String::new();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "no {prefix:?} line"
-            );
-            if let Some(a) = line.trim().strip_prefix(prefix) {
-                return a.trim().to_owned();
-            }
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits (bounded) until `cond` holds, polling every millisecond.
 pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
@@ -476,18 +331,6 @@ pub fn https_fetcher(
     quicstrap::baseline::HttpFetcher::new(cfg).unwrap()
 }
 
-/// Runs `cmd` to the end and asserts it succeeded, showing its stderr otherwise.
-pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        cmd.get_program(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// The outcome line `scripts/chaos.sh` collects into CHAOS.md, for a scenario that ran: did
 /// it end as it must, how long the recovery (or the work under fault) took, and how many
 /// bytes of a completed partition differ from the source.
@@ -498,17 +341,15 @@ pub fn chaos_outcome(scenario: &str, ok: bool, recover: Duration, bytes_lost: u6
     );
 }
 
-/// The Prometheus text at `url` (empty when it does not answer).
-pub fn scrape(url: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sf", url])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of the metric line starting with `series` (name and labels) in `text`.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+/// The helpers run this build's binary (the one Cargo built for these tests) with the
+/// development PKI this build embeds.
+#[test]
+fn testkit_runs_this_build_with_its_dev_pki() {
+    let _turn = turn_blocking(Needs::Nothing);
+    if std::env::var_os("QUICSTRAP_BIN").is_none() {
+        let canonical = |p: &str| std::fs::canonicalize(p).unwrap();
+        assert_eq!(canonical(bin()), canonical(env!("CARGO_BIN_EXE_quicstrap")));
+    }
+    assert_eq!(testkit::DEV_ALLOW, tls::dev::ALLOW);
+    assert_eq!(std::fs::read(certs().join("ca.crt")).unwrap(), tls::dev::CA);
 }

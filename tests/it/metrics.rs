@@ -4,15 +4,15 @@ use std::process::Command;
 
 use crate::common::*;
 
+/// The metrics at `url`, which must answer (unlike `testkit::scrape`, for polls that may
+/// come before the listener is up).
 fn scrape(url: &str) -> String {
     let out = output_ok(Command::new("curl").args(["-sS", "--fail", url]));
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    metric(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 #[test]
