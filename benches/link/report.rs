@@ -47,8 +47,8 @@ impl Cell {
     fn spread(&self) -> (f64, f64) {
         let g: Vec<f64> = self.counted().map(|r| r.goodput_mbs).collect();
         (
-            g.iter().cloned().fold(f64::INFINITY, f64::min),
-            g.iter().cloned().fold(0.0, f64::max),
+            g.iter().copied().fold(f64::INFINITY, f64::min),
+            g.iter().copied().fold(0.0, f64::max),
         )
     }
     pub(crate) fn all_completed(&self) -> bool {

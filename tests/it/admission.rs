@@ -208,7 +208,7 @@ async fn a_tcp_connect_flood_is_capped_per_host_and_allowed_clients_still_fetch(
     allowed_https_client_fetches("tcp_connect_flood", src.path(), &id, addr).await;
     // The eight admitted ones sent nothing: closed at the handshake timeout.
     let mut closed = 0;
-    for s in held.iter_mut() {
+    for s in &mut held {
         if closed_within(s, Duration::from_secs(6)).await {
             closed += 1;
         }
@@ -265,7 +265,7 @@ async fn slowloris_clients_are_cut_and_allowed_clients_still_fetch() {
         let mut s = https_client(addr).await;
         let start = Instant::now();
         let mut cut = false;
-        for b in b"GET /v1/it_store/3/53/manifest HTTP/1.1\r\nHost: x\r\n".iter() {
+        for b in b"GET /v1/it_store/3/53/manifest HTTP/1.1\r\nHost: x\r\n" {
             if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
                 cut = true;
                 break;
