@@ -28,7 +28,6 @@
 //! The turns are `tokio` locks, held across `.await` without blocking a runtime; a test
 //! takes exactly one turn, first thing (the locks are fair: a second one taken while a
 //! whole-process turn waits would deadlock).
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
