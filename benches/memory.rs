@@ -19,14 +19,13 @@
 //! server's peak RSS stays at most 384 MiB. It skips with a message where the emulator cannot
 //! run.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use quicstrap::partition::{PartitionId, TableFormat};
 use quicstrap_netem::{Emulator, EmulatorConfig, LinkParams, Loss};
+use testkit::{fetch_command_in, serve_command_in, ServeProcess};
 
 /// The server's peak RSS a run may reach (the acceptance bound of a serving node).
 const SERVER_PEAK_MIB: f64 = 384.0;
@@ -113,7 +112,7 @@ fn main() {
         return;
     }
     let work = tempfile::tempdir().expect("work dir");
-    println!("binary: {}", common::bin());
+    println!("binary: {}", testkit::bin());
     println!("machine: {}", machine());
     println!();
     println!("| clients × link | server peak RSS | client peak RSS | goodput (all clients) | of the link | attempts |");
@@ -170,29 +169,30 @@ fn run_row(work: &Path, row: &Row) -> Measured {
     let emu = Emulator::start(EmulatorConfig::symmetric(prefix, [78, 40], params))
         .expect("start the link emulator");
 
-    let id = common::id(0);
+    let id = PartitionId::new("it_store", 3, 0).expect("store name");
     let src = work.join(format!("source-{}", row.records));
     if !id.dir(&src).exists() {
-        common::seed(&src, &id, row.records, 1000, 20_000);
+        quicstrap::demo::seed::seed(&id.dir(&src), TableFormat::Block, row.records, 1000, 20_000)
+            .expect("seed the source partition");
     }
     let listen = format!("{}:7400", emu.addr_b());
-    let mut cmd = common::serve_command_in(Some(emu.ns_b()), &src, &listen);
+    let mut cmd = serve_command_in(Some(emu.ns_b()), &src, &listen);
     cmd.arg("--snapshot-dir")
         .arg(work.join("snapshots"))
         // The link is the limit, not the pacer.
         .args(["--write-limit", "0"])
         .stderr(Stdio::null());
-    let serve = common::ServeProcess::spawn(cmd);
+    let serve = ServeProcess::spawn(cmd);
     // The checkpoint and its digests, made once before the clock starts.
     let warm = work.join("warm");
-    let out = common::fetch_command_in(Some(emu.ns_a()), &warm, &id.store, id.version, 0)
+    let out = fetch_command_in(Some(emu.ns_a()), &warm, &id.store, id.version, 0)
         .args(["--peer", &format!("localhost@{listen}")])
         .args(["--partition-timeout-secs", "3600"])
         .output()
         .expect("warm-up fetch");
     assert!(out.status.success(), "warm-up fetch failed: {out:?}");
     let _ = std::fs::remove_dir_all(&warm);
-    let _ = std::fs::write(format!("/proc/{}/clear_refs", serve.pid()), "5");
+    testkit::reset_peak_rss(serve.pid());
 
     let start = Instant::now();
     let clients: Vec<(Child, std::path::PathBuf)> = (0..row.clients)
@@ -202,7 +202,7 @@ fn run_row(work: &Path, row: &Row) -> Measured {
             }
             let dst = work.join(format!("dst-{i}"));
             let _ = std::fs::remove_dir_all(&dst);
-            let child = common::fetch_command_in(Some(emu.ns_a()), &dst, &id.store, id.version, 0)
+            let child = fetch_command_in(Some(emu.ns_a()), &dst, &id.store, id.version, 0)
                 .args(["--peer", &format!("localhost@{listen}")])
                 .args(["--json", "--read-limit", "0"])
                 .args(["--partition-timeout-secs", "3600"])
@@ -223,7 +223,8 @@ fn run_row(work: &Path, row: &Row) -> Measured {
         if ok {
             attempts.push(report["attempts"].as_array().map_or(0, Vec::len));
             bytes += report["bytes"].as_u64().unwrap_or(0);
-            common::assert_same(&id.dir(&src), &id.dir(&dst));
+            quicstrap::partition::verify_equal(&id.dir(&src), &id.dir(&dst))
+                .expect("the fetched partition equals the source");
         } else {
             failures.push(report["error"].as_str().unwrap_or("no report").to_owned());
         }
@@ -253,12 +254,7 @@ fn wait_measured(mut child: Child) -> (bool, serde_json::Value, i64) {
     if let Some(mut out) = child.stdout.take() {
         let _ = out.read_to_string(&mut stdout);
     }
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, with valid out-pointers.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(pid > 0, "wait4 failed");
+    let (status, usage) = testkit::wait_rusage(child.id() as i32);
     let report = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     (ok, report, usage.ru_maxrss)
@@ -270,14 +266,5 @@ fn peak_rss_mib(pid: i32) -> f64 {
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
+    format!("{}, {} cores", testkit::cpu_model(), testkit::cores())
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The chaos and security suite, rerun in one command; writes CHAOS.md.
-#   - chaos scenarios on the emulated link (tests/chaos.rs, as root), the lock and flood
-#     scenarios (tests/ownership.rs, tests/admission.rs), each run N times;
-#   - the hostile-peer, security and failure-path suites (tests/hostile.rs, security.rs,
+#   - chaos scenarios on the emulated link (tests/it/chaos.rs, as root), the lock and flood
+#     scenarios (tests/it/ownership.rs, tests/it/admission.rs), each run N times;
+#   - the hostile-peer, security and failure-path suites (tests/it/hostile.rs, security.rs,
 #     failures.rs, baseline.rs), N times;
 #   - every fuzz target for F seconds (scripts/fuzz.sh).
 # Usage: scripts/chaos.sh [runs=3] [fuzz-seconds-per-target=60]
@@ -26,17 +26,18 @@ for i in $(seq 1 "$runs"); do
   echo "chaos: run $i of $runs" >&2
   # One scenario at a time: they measure time to recover.
   for t in chaos migration kafka_broker ownership admission; do
-    if cargo test --release --locked --test "$t" -- --nocapture --test-threads 1 >>"$log" 2>&1; then :; else
+    if cargo test --release --locked --test it -- --nocapture --test-threads 1 "$t::" >>"$log" 2>&1; then :; else
       echo "chaos: run $i: $t had failures (see the table)" >&2
     fi
   done
   # The Kafka faults that need no broker restart: a retention gap, a bad record, Kafka down
   # with peers up.
-  if cargo test --release --locked --test kafka -- --nocapture --test-threads 1 \
-      retention bad_records kafka_down >>"$log" 2>&1; then :; else
+  if cargo test --release --locked --test it -- --nocapture --test-threads 1 \
+      kafka::a_retention_gap kafka::a_partition_behind_retention kafka::bad_records \
+      kafka::with_kafka_down >>"$log" 2>&1; then :; else
     echo "chaos: run $i: kafka had failures (see the table)" >&2
   fi
-  if cargo test --release --locked --test hostile --test security --test failures --test baseline \
+  if cargo test --release --locked --test it -- hostile:: security:: failures:: baseline:: \
       >>"$log" 2>&1; then suites_ok=$((suites_ok + 1)); fi
 done
 fuzz=$(./scripts/fuzz.sh "$fuzz_secs" 2>/dev/null | grep '^FUZZ' || true)
@@ -71,9 +72,9 @@ for name in sorted(rows):
   echo "Raw output of the run: \`/var/tmp/quicstrap-chaos.log\`."
   echo
   echo "A scenario missing from the table, or with fewer runs than the others, failed an"
-  echo "assertion before reporting (see \`cargo test --release --test chaos -- --nocapture\`)."
+  echo "assertion before reporting (see \`cargo test --release --test it -- --nocapture chaos::\`)."
   echo
-  echo "Hostile peers, handshake security and failure paths (\`tests/hostile.rs\`,"
+  echo "Hostile peers, handshake security and failure paths (\`tests/it/hostile.rs\`,"
   echo "\`security.rs\`, \`failures.rs\`, \`baseline.rs\`): $suites_ok of $runs runs fully green."
   echo
   echo "| fuzz target | executions | seconds | crashes |"

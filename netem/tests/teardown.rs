@@ -31,10 +31,8 @@ fn has_interface(ns: &File, name: &str) -> bool {
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on a valid namespace fd; affects only this thread.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             let cname = std::ffi::CString::new(name).unwrap();
             // SAFETY: valid NUL-terminated name.
             unsafe { libc::if_nametoindex(cname.as_ptr()) != 0 }

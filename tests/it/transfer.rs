@@ -1,18 +1,17 @@
 //! Happy paths over real QUIC on loopback: many files, an empty one, one larger than any
 //! flow-control window; snapshots shared and reused; stale ones removed.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use quicstrap::checksum::ChecksumAlgo;
 use quicstrap::client::RECEIPT_FILE;
 use quicstrap::partition;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetches_many_files_including_an_empty_one_and_one_over_the_window() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(0);
@@ -65,6 +64,7 @@ async fn fetches_many_files_including_an_empty_one_and_one_over_the_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blake3_validation_works_too() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(1);
@@ -78,6 +78,7 @@ async fn blake3_validation_works_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetches_share_one_snapshot_and_its_digests() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(2);
     seed(src.path(), &id, 20_000, 500, 5_000);
@@ -111,6 +112,7 @@ async fn concurrent_fetches_share_one_snapshot_and_its_digests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_unused_snapshots_are_removed_and_in_use_ones_kept() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(3);
     seed(src.path(), &id, 2_000, 100, 1_000);
@@ -159,6 +161,7 @@ async fn stale_unused_snapshots_are_removed_and_in_use_ones_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleanup_task_sweeps_on_its_own() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(4);
     seed(src.path(), &id, 1_000, 100, 1_000);
@@ -182,6 +185,7 @@ async fn the_cleanup_task_sweeps_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_db_without_offset_family_is_served_with_no_offset() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(5);
@@ -210,6 +214,7 @@ async fn a_db_without_offset_family_is_served_with_no_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_serves_several_partitions() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let ids: Vec<_> = (10..14).map(id).collect();

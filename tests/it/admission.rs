@@ -2,14 +2,12 @@
 //! time, on loopback only. The flooders come from 127.0.0.2 (another host to the server),
 //! and while each flood runs an allowed client from 127.0.0.1 still completes a fetch.
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use quicstrap::tls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -98,6 +96,7 @@ async fn allowed_client_fetches(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_flood_is_capped_per_host_and_allowed_clients_still_fetch() {
+    let _turn = turn(Needs::Nothing).await;
     // 200 handshakes that will never finish, from one host: four get a slot.
     let (src, id, quic) = flooded_server(
         50,
@@ -124,6 +123,7 @@ async fn a_handshake_flood_is_capped_per_host_and_allowed_clients_still_fetch() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_a_threshold_unvalidated_clients_must_answer_a_retry_first() {
+    let _turn = turn(Needs::Nothing).await;
     // A spoofed-source flood never answers a Retry: past two half-open handshakes it costs
     // the server one stateless packet each.
     let (src, id, quic) = flooded_server(
@@ -185,6 +185,7 @@ async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_connect_flood_is_capped_per_host_and_allowed_clients_still_fetch() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(52);
     seed(src.path(), &id, 20_000, 1000, 5_000);
@@ -207,7 +208,7 @@ async fn a_tcp_connect_flood_is_capped_per_host_and_allowed_clients_still_fetch(
     allowed_https_client_fetches("tcp_connect_flood", src.path(), &id, addr).await;
     // The eight admitted ones sent nothing: closed at the handshake timeout.
     let mut closed = 0;
-    for s in held.iter_mut() {
+    for s in &mut held {
         if closed_within(s, Duration::from_secs(6)).await {
             closed += 1;
         }
@@ -230,6 +231,7 @@ async fn https_client(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_clients_are_cut_and_allowed_clients_still_fetch() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(53);
     seed(src.path(), &id, 20_000, 1000, 5_000);
@@ -263,7 +265,7 @@ async fn slowloris_clients_are_cut_and_allowed_clients_still_fetch() {
         let mut s = https_client(addr).await;
         let start = Instant::now();
         let mut cut = false;
-        for b in b"GET /v1/it_store/3/53/manifest HTTP/1.1\r\nHost: x\r\n".iter() {
+        for b in b"GET /v1/it_store/3/53/manifest HTTP/1.1\r\nHost: x\r\n" {
             if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
                 cut = true;
                 break;
@@ -312,6 +314,7 @@ async fn read_head(s: &mut (impl AsyncReadExt + Unpin)) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_body_releases_its_snapshot() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(54);
     seed(src.path(), &id, 60_000, 1000, 60_000);
@@ -373,20 +376,14 @@ async fn a_client_that_stops_reading_a_body_releases_its_snapshot() {
     quic.shutdown().await;
 }
 
-/// CPU seconds (user + system) a process has used so far.
+/// CPU seconds (user + system) the serving process has used so far.
 fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf with a valid name.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    testkit::cpu_seconds(pid).expect("the server's CPU time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_listener_out_of_file_descriptors_backs_off_instead_of_spinning() {
+    let _turn = turn(Needs::Nothing).await;
     let root = tempfile::tempdir().unwrap();
     let mut serve = ServeProcess::start(root.path(), &["--metrics-listen", "127.0.0.1:0"]);
     let metrics: SocketAddr = serve

@@ -7,21 +7,18 @@
 //! `scripts/chaos.sh` collects into CHAOS.md over several runs.
 //!
 //! Runs as root (namespaces, TUN devices, tmpfs); skipped with a message otherwise. The
-//! scenarios take turns (one emulator at a time), since timing matters to them.
+//! scenarios have the process to themselves (one emulator at a time, no other test's CPU
+//! use), since timing matters to them; the slow paths run beside the rest.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{assert_same, id, seed, temp_dirs};
+use crate::common::{assert_same, id, seed, temp_dirs, turn_blocking, Needs};
 use quicstrap::PartitionId;
 use quicstrap_netem::{Dir, Emulator, EmulatorConfig, LinkParams, Loss};
-
-/// One scenario at a time.
-static TURN: Mutex<()> = Mutex::new(());
 
 const RATE: u64 = 200_000_000;
 
@@ -150,7 +147,7 @@ fn wait_received(dst: &Path, bytes: u64) {
     }
 }
 
-use common::chaos_outcome as outcome;
+use crate::common::chaos_outcome as outcome;
 
 /// Complete and equal, or cleanly absent: the invariant every scenario ends with.
 fn complete_or_absent(src: &Path, dst: &Path, id: &PartitionId, code: i32) -> bool {
@@ -194,7 +191,7 @@ fn source(records: u64) -> (tempfile::TempDir, PartitionId) {
 
 #[test]
 fn link_blackholed_for_5_s_mid_transfer_recovers() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn_blocking(Needs::Process);
     let Some(bed) = Bed::start("blackhole_5s", 1, 50, Loss::None) else {
         return;
     };
@@ -215,7 +212,7 @@ fn link_blackholed_for_5_s_mid_transfer_recovers() {
 
 #[test]
 fn link_blackholed_past_the_idle_timeout_fails_cleanly_and_the_peer_serves_again() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn_blocking(Needs::Process);
     let Some(bed) = Bed::start("blackhole_idle", 2, 50, Loss::None) else {
         return;
     };
@@ -253,7 +250,7 @@ fn link_blackholed_past_the_idle_timeout_fails_cleanly_and_the_peer_serves_again
 }
 
 fn lossy(scenario: &str, subnet: u8, loss: Loss, reorder: f64) {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn_blocking(Needs::Process);
     let Some(bed) = Bed::start(scenario, subnet, 50, loss) else {
         return;
     };
@@ -284,7 +281,7 @@ fn bursty_loss_completes() {
 
 #[test]
 fn a_one_megabit_peer_trips_the_partition_timeout_and_the_next_serves() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn_blocking(Needs::Process);
     let Some(bed) = Bed::start("slow_peer", 5, 50, Loss::None) else {
         return;
     };
@@ -310,7 +307,7 @@ fn a_one_megabit_peer_trips_the_partition_timeout_and_the_next_serves() {
 
 #[test]
 fn a_full_disk_is_a_clear_error_with_nothing_left_behind() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn_blocking(Needs::Process);
     let Some(bed) = Bed::start("disk_full", 6, 2, Loss::None) else {
         return;
     };
@@ -348,7 +345,7 @@ fn a_full_disk_is_a_clear_error_with_nothing_left_behind() {
 
 #[test]
 fn two_clients_on_one_partition_one_killed_the_other_completes() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn_blocking(Needs::Process);
     let Some(bed) = Bed::start("two_clients", 7, 50, Loss::None) else {
         return;
     };
@@ -373,7 +370,7 @@ fn two_clients_on_one_partition_one_killed_the_other_completes() {
 
 #[test]
 fn serving_peer_killed_mid_file_then_restarted() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn_blocking(Needs::Process);
     let Some(bed) = Bed::start("peer_killed", 8, 50, Loss::None) else {
         return;
     };
@@ -422,7 +419,7 @@ fn serving_peer_killed_mid_file_then_restarted() {
 
 #[test]
 fn client_address_changes_mid_transfer_and_the_connection_migrates() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = turn_blocking(Needs::Process);
     let Some(bed) = Bed::start_with("client_migrated", 9, 50, Loss::None, true) else {
         return;
     };
@@ -499,8 +496,9 @@ fn client_address_changes_mid_transfer_and_the_connection_migrates() {
 /// behind the last file takes to drain (the server's stall watch counts data leaving on
 /// the wire, and its send buffer follows the path's congestion window).
 fn slow_path(scenario: &str, subnet: u8, rate: u64, rtt_ms: u64, loss: Loss, records: u64) {
-    // No turn taken: at these rates the relay and both ends use a few percent of a core,
-    // so these long runs overlap the others instead of adding to the suite's wall time.
+    // Beside other tests: at these rates the relay and both ends use a few percent of a
+    // core, so these long runs overlap the others instead of adding to the suite's wall time.
+    let _turn = turn_blocking(Needs::Nothing);
     let Some(bed) = Bed::start_at(scenario, subnet, rtt_ms, loss, false, rate) else {
         return;
     };
@@ -513,22 +511,13 @@ fn slow_path(scenario: &str, subnet: u8, rate: u64, rtt_ms: u64, loss: Loss, rec
     let fetch = bed.fetch(&id, &[&serve.peer], dst.path(), &[]);
     let ok = completed_in_one_attempt(fetch, src.path(), dst.path(), &id);
     let secs = start.elapsed().as_secs_f64();
-    let bytes = dir_bytes(&id.dir(src.path()));
+    let bytes = testkit::dir_bytes(&id.dir(src.path()));
     println!(
         "{scenario}: {bytes} bytes in {secs:.1} s ({:.2} MB/s over a {:.2} MB/s link)",
         bytes as f64 / secs / 1e6,
         rate as f64 / 8e6
     );
     outcome(scenario, ok, start.elapsed(), 0);
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 #[test]
@@ -550,6 +539,7 @@ fn slow_path_2_mbit_150_ms_40_mb_in_one_attempt() {
 
 #[test]
 fn a_1_mb_per_s_read_limit_fetches_120_mb_in_one_attempt() {
+    let _turn = turn_blocking(Needs::Nothing);
     // Loopback: the client's own read limit is the slow part, not the link.
     let src = tempfile::tempdir().unwrap();
     let id = id(222);

@@ -1,12 +1,10 @@
 //! Who may connect, and what bad input does: typed refusals, and the server keeps serving
 //! everyone else (docs/design.md, invariant *bad input never crashes a peer*).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use quicstrap::checksum::ChecksumAlgo;
 use quicstrap::client::{FetchConfig, FetchError, Fetcher};
 use quicstrap::partition::TableFormat;
@@ -55,16 +53,19 @@ async fn refused_with(identity: tls::Identity) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_outside_the_allow_list_is_refused() {
+    let _turn = turn(Needs::Nothing).await;
     refused_with(tls::dev::intruder().unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_from_another_ca_is_refused() {
+    let _turn = turn(Needs::Nothing).await;
     refused_with(tls::dev::rogue().unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_a_name_mismatch_is_refused() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(1);
@@ -143,6 +144,7 @@ fn reason(f: &ControlFrame) -> RejectReason {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_and_bad_frames_get_typed_errors_and_others_are_still_served() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(0);
     seed(src.path(), &id, 2_000, 100, 1_000);
@@ -220,6 +222,7 @@ async fn bad_names_and_bad_frames_get_typed_errors_and_others_are_still_served()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_control_stream_times_out_and_a_flood_is_bounded() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(0);
     seed(src.path(), &id, 500, 100, 500);
@@ -260,6 +263,7 @@ async fn a_silent_control_stream_times_out_and_a_flood_is_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_loses_its_snapshot_slot() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(0);
     seed(src.path(), &id, 20_000, 1000, 5_000);

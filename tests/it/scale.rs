@@ -1,15 +1,14 @@
 //! Many partitions at once: 64 partitions from 3 peers, one QUIC connection per peer, every
 //! partition validated, at most `max_partitions` received at a time (the rest queue).
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_partitions_from_three_peers_over_one_connection_each() {
+    let _turn = turn(Needs::Nothing).await;
     let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let dst = tempfile::tempdir().unwrap();
     let ids: Vec<_> = (0..64).map(|p| id(100 + p)).collect();

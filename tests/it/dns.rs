@@ -3,14 +3,14 @@
 //! SRV target), a partition nobody publishes is a typed `NoPeers`, and TTLs are honoured: a
 //! cached answer survives the server going away within its TTL, a changed record shows after.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use quicstrap::peers::dns::{srv_name, DnsSrv};
 use quicstrap::peers::{Discovery, DiscoveryError};
 
@@ -87,6 +87,7 @@ fn records(dir: &Path, id: &quicstrap::PartitionId, peers: &[(u16, u16)]) -> std
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_found_in_dns_serve_the_partition_and_ttls_are_honoured() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -143,6 +144,7 @@ async fn peers_found_in_dns_serve_the_partition_and_ttls_are_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_dns_server_is_a_typed_lookup_error() {
+    let _turn = turn(Needs::Nothing).await;
     let port = free_udp_port();
     let discovery = DnsSrv::new(
         &[SocketAddr::from(([127, 0, 0, 1], port))],

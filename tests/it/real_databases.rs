@@ -3,11 +3,9 @@
 //! families, deletes). Served by a real server and fetched over real QUIC, each must arrive
 //! equal key by key in every column family, and open with the options the node runs.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use quicstrap::partition::{self, TableFormat};
 use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 
@@ -102,6 +100,7 @@ fn contents(dir: &Path) -> Vec<Family> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_compression_type_round_trips_in_every_column_family() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let server = server(src.path(), |_| {}).await;
@@ -157,6 +156,7 @@ fn format_versions(dir: &Path) -> Vec<u8> {
 
 #[test]
 fn sst_files_quicstrap_writes_stay_readable_by_rocksdb_8() {
+    let _turn = turn_blocking(Needs::Nothing);
     let dir = tempfile::tempdir().unwrap();
     // Seeded (the benchmarks' and demo's partitions) ...
     quicstrap::demo::seed::seed(dir.path(), TableFormat::Block, 20_000, 100, 5_000).unwrap();

@@ -3,14 +3,12 @@
 //! (docs/design.md, invariants *zero partial state*, *metadata after files* and *bad input
 //! never crashes a peer*, seen from the client side).
 
-mod common;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use quicstrap::client::FetchError;
 use quicstrap::protocol::{
     encode, Accept, ControlFrame, FileEntry, FileHeader, PartitionMeta, Request,
@@ -148,6 +146,7 @@ const CURRENT: &[u8] = b"MANIFEST-000005\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_before_every_file_is_rejected() {
+    let _turn = turn(Needs::Nothing).await;
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT), entry("000007.sst", &[7u8; 4096])];
         accept(&mut s, files).await;
@@ -161,6 +160,7 @@ async fn complete_before_every_file_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_tricks_in_the_manifest_are_rejected() {
+    let _turn = turn(Needs::Nothing).await;
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT), entry("../../escaped", b"x")];
         accept(&mut s, files).await;
@@ -172,6 +172,7 @@ async fn path_tricks_in_the_manifest_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_bytes_than_announced_are_cut_off() {
+    let _turn = turn(Needs::Nothing).await;
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT)];
         accept(&mut s, files).await;
@@ -186,6 +187,7 @@ async fn more_bytes_than_announced_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_stream_that_never_ends_trips_the_idle_timeout() {
+    let _turn = turn(Needs::Nothing).await;
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT), entry("000007.sst", &[7u8; 4096])];
         accept(&mut s, files).await;
@@ -202,6 +204,7 @@ async fn a_file_stream_that_never_ends_trips_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_over_the_limit_is_refused_before_it_is_buffered() {
+    let _turn = turn(Needs::Nothing).await;
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT)];
         accept(&mut s, files).await;
@@ -218,6 +221,7 @@ async fn metadata_over_the_limit_is_refused_before_it_is_buffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_stream_outside_the_manifest_is_rejected() {
+    let _turn = turn(Needs::Nothing).await;
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT)];
         accept(&mut s, files).await;
@@ -230,6 +234,7 @@ async fn a_file_stream_outside_the_manifest_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_database_with_valid_checksums_never_appears() {
+    let _turn = turn(Needs::Nothing).await;
     // Every file matches its digest, Complete arrives, but the files are not a RocksDB: the
     // commit's cross-check of the metadata against the data refuses it.
     let (_ep, addr) = hostile(|mut s| async move {
@@ -255,6 +260,7 @@ async fn a_corrupt_database_with_valid_checksums_never_appears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_trickling_in_below_one_buffer_per_idle_timeout_is_not_idle() {
+    let _turn = turn(Needs::Nothing).await;
     // 16 KiB at 1 KiB per 250 ms: progress every quarter second, but the whole file is far
     // less than one receive buffer, so a client that counted progress per buffer written would
     // see nothing for 4 s and give up at its 2 s idle timeout. (A slow share of a slow path

@@ -1,14 +1,13 @@
 //! QUIC connection migration: the client moves to a new UDP socket (new local port) in the
 //! middle of a multi-file transfer; the transfer finishes without restarting and validates.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transfer_survives_a_change_of_client_address() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(0);

@@ -2,16 +2,16 @@
 //! rate, and every transfer gets its share (the limit acts through QUIC flow control: bytes
 //! are read — and so acknowledged to the sender — only as fast as the limit allows).
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_transfers_hold_a_shared_limit_and_none_starves() {
+    // It measures rates over 10 s: no other test's CPU use may distort them.
+    let _turn = turn(Needs::Process).await;
     const LIMIT: u64 = 12_000_000;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();

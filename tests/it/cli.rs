@@ -1,10 +1,8 @@
 //! The command line as a user drives it: seed, serve, fetch --json, exit codes.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn fetch_cmd(data: &std::path::Path, peers: &[String]) -> Command {
     let mut cmd = fetch_command(data, "cli_store", 2, 1);
@@ -17,6 +15,7 @@ fn fetch_cmd(data: &std::path::Path, peers: &[String]) -> Command {
 
 #[test]
 fn seed_serve_and_fetch_with_a_json_report() {
+    let _turn = turn_blocking(Needs::Nothing);
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let out = output_ok(
@@ -67,6 +66,7 @@ fn seed_serve_and_fetch_with_a_json_report() {
 
 #[test]
 fn all_peers_failing_exits_non_zero_with_one_line() {
+    let _turn = turn_blocking(Needs::Nothing);
     let empty = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(empty.path(), &[]);
@@ -85,6 +85,7 @@ fn all_peers_failing_exits_non_zero_with_one_line() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
+    let _turn = turn_blocking(Needs::Nothing);
     let dst = tempfile::tempdir().unwrap();
     let out = fetch_command(dst.path(), "../etc", 1, 0)
         .args(["--peer", "127.0.0.1:9"])
@@ -97,6 +98,7 @@ fn bad_input_is_a_clear_error() {
 
 #[test]
 fn the_demo_runs_on_embedded_defaults() {
+    let _turn = turn_blocking(Needs::Nothing);
     let out = output_ok(Command::new(bin()).args(["demo", "--json"]));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["verified_keys"], 262_144);

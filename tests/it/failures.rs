@@ -2,12 +2,10 @@
 //! partition directory never appears unless everything validated (docs/design.md,
 //! invariants *zero partial state* and *metadata after files*).
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use quicstrap::client::{AttemptError, Fallback, FetchError, NextStep};
 use quicstrap::partition::TableFormat;
 
@@ -17,6 +15,7 @@ fn rejected(a: &quicstrap::client::Attempt) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_not_found_and_format_mismatch_each_move_on() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -49,6 +48,7 @@ async fn busy_not_found_and_format_mismatch_each_move_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_peers_failing_is_a_clear_error_calling_for_kafka() {
+    let _turn = turn(Needs::Nothing).await;
     let empty = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(1);
@@ -81,6 +81,7 @@ async fn all_peers_failing_is_a_clear_error_calling_for_kafka() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_partition_is_never_touched() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(2);
@@ -105,6 +106,7 @@ async fn an_existing_partition_is_never_touched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
+    let _turn = turn(Needs::Nothing).await;
     let bad_src = tempfile::tempdir().unwrap();
     let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -152,6 +154,7 @@ async fn checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_shorter_than_announced_is_refused_and_cleaned_up() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(4);
@@ -188,6 +191,7 @@ async fn a_file_shorter_than_announced_is_refused_and_cleaned_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_fetch_leaves_nothing() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(5);
@@ -224,6 +228,7 @@ async fn a_cancelled_fetch_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_by_the_node_cleans_up_fully_and_asks_for_no_fallback() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -257,6 +262,7 @@ async fn a_cancel_by_the_node_cleans_up_fully_and_asks_for_no_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -290,6 +296,7 @@ async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_transfer_gives_a_prompt_typed_error_and_releases_snapshots() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -369,6 +376,7 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// has open: a partition failing while another one is mid-file ends at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_does_not_wait_for_other_partitions_files() {
+    let _turn = turn(Needs::Nothing).await;
     let slow_src = tempfile::tempdir().unwrap();
     let bad_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();

@@ -1,14 +1,12 @@
 //! Broker and storage trouble during catch-up and following, against the real broker of
-//! `scripts/kafka.sh`: these tests stop and restart the broker, or starve RocksDB's
-//! process-wide background threads, so they live in their own test binary (binaries run one at
-//! a time) and take turns ([`SERIAL`]).
-
-mod common;
+//! `scripts/kafka.sh`: these tests stop and restart the broker, so no other broker user runs
+//! meanwhile ([`Needs::BrokerToItself`]), or starve RocksDB's process-wide background
+//! threads, so nothing else runs meanwhile ([`Needs::Process`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 use quicstrap::demo::seed;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
@@ -25,12 +23,9 @@ fn kafka(cmd: &str) {
     assert!(st.success(), "scripts/kafka.sh {cmd} failed");
 }
 
-/// One test at a time: each changes something every other one depends on.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_waits_out_a_broker_outage_and_resumes_after_giving_up() {
-    let _turn = SERIAL.lock().await;
+    let _turn = turn(Needs::BrokerToItself).await;
     let b = std::env::var("QUICSTRAP_KAFKA")
         .expect("QUICSTRAP_KAFKA is not set: run ./scripts/test.sh");
     let store = format!("kt_outage_{}", std::process::id());
@@ -158,7 +153,7 @@ async fn log_read_some(db: &rocksdb::DB, log: &mut KafkaLog) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn following_reports_a_stopped_broker_as_a_stall_once_and_recovers() {
-    let _turn = SERIAL.lock().await;
+    let _turn = turn(Needs::BrokerToItself).await;
     let b = std::env::var("QUICSTRAP_KAFKA").unwrap();
     let store = format!("kt_follow_{}", std::process::id());
     let id = PartitionId::new(&store, 1, 0).unwrap();
@@ -258,7 +253,7 @@ async fn following_reports_a_stopped_broker_as_a_stall_once_and_recovers() {
 /// runtime, free to serve a transfer.
 #[tokio::test(flavor = "current_thread")]
 async fn a_write_stall_in_ingestion_does_not_hold_up_serving() {
-    let _turn = SERIAL.lock().await;
+    let _turn = turn(Needs::Process).await;
     let b = std::env::var("QUICSTRAP_KAFKA").unwrap();
     let store = format!("kt_stall_{}", std::process::id());
     let id = PartitionId::new(&store, 1, 0).unwrap();
@@ -271,7 +266,7 @@ async fn a_write_stall_in_ingestion_does_not_hold_up_serving() {
     let w = KafkaWriter::new(&b).unwrap();
     w.send_all(&topic, 0, &batch(0)).await.unwrap();
     let root = tempfile::tempdir().unwrap();
-    // The process-wide default Env: this binary's tests take turns.
+    // The process-wide default Env: this test has the process to itself.
     let mut env = rocksdb::Env::new().unwrap();
     let db = Arc::new(
         partition::open_with(&id.dir(root.path()), TableFormat::Block, |o| {

@@ -2,12 +2,10 @@
 //! for both transports), validates the same way, leaves nothing behind on failure, and is
 //! fetchable with curl.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use quicstrap::client::{FetchError, NextStep, Progress};
 use quicstrap::partition::TableFormat;
 use quicstrap::Peer;
@@ -18,6 +16,7 @@ fn https_peer(h: &quicstrap::baseline::HttpServer) -> Peer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_fetch_equals_the_source_over_one_or_four_connections_on_one_snapshot() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(40);
     seed(src.path(), &id, 20_000, 500, 2_000);
@@ -49,6 +48,7 @@ async fn https_fetch_equals_the_source_over_one_or_four_connections_on_one_snaps
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_refusals_are_the_same_typed_rejections_and_move_on() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -87,6 +87,7 @@ async fn https_refusals_are_the_same_typed_rejections_and_move_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
+    let _turn = turn(Needs::Nothing).await;
     let bad_src = tempfile::tempdir().unwrap();
     let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -126,6 +127,7 @@ async fn https_checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_client_not_on_the_allow_list_is_refused() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(43);
@@ -162,6 +164,7 @@ async fn https_client_not_on_the_allow_list_is_refused() {
 /// a task and a socket for good; and it is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_https_client_is_hung_up_on() {
+    let _turn = turn(Needs::Nothing).await;
     use tokio::io::AsyncReadExt;
     let src = tempfile::tempdir().unwrap();
     let quic = server(src.path(), |_| {}).await;
@@ -191,6 +194,7 @@ async fn a_stalled_https_client_is_hung_up_on() {
 /// next peer serves the partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_server_killed_mid_file_leaves_nothing_and_the_next_peer_serves() {
+    let _turn = turn(Needs::Nothing).await;
     let dying_src = tempfile::tempdir().unwrap();
     let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -231,6 +235,7 @@ async fn https_server_killed_mid_file_leaves_nothing_and_the_next_peer_serves() 
 /// the manifest's digest.
 #[test]
 fn curl_fetches_the_manifest_and_a_file() {
+    let _turn = turn_blocking(Needs::Nothing);
     if Command::new("curl").arg("--version").output().is_err() {
         panic!("curl is not installed (scripts/setup.sh installs it)");
     }

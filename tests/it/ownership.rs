@@ -2,13 +2,11 @@
 //! refusals while shutting down, digest work that stops when nobody waits for it, and the
 //! trust a server and a client give by default. Real processes, real sockets.
 
-mod common;
-
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use quicstrap::checksum::ChecksumAlgo;
 use quicstrap::tls::{self, AllowList};
 
@@ -29,6 +27,7 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_the_same_data_dir_is_refused_and_the_first_transfer_completes() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(40);
@@ -75,6 +74,7 @@ async fn a_second_serve_on_the_same_data_dir_is_refused_and_the_first_transfer_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_lock_takes_over_once_the_old_process_exits() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(41);
     seed(src.path(), &id, 2_000, 100, 1_000);
@@ -104,6 +104,7 @@ async fn wait_for_lock_takes_over_once_the_old_process_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(42);
@@ -132,6 +133,7 @@ async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_work_nobody_waits_for_stops_instead_of_stacking() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(43);
     // ~200 MB: a whole digest takes longer than each request below waits for it.
@@ -182,6 +184,7 @@ async fn digest_work_nobody_waits_for_stops_instead_of_stacking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_certificate_does_not_pass_for_an_allowed_name() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(44);
     seed(src.path(), &id, 1_000, 100, 500);
@@ -228,6 +231,7 @@ fn refused_without(cmd: std::process::Command, flag: &str) {
 
 #[test]
 fn serve_and_fetch_trust_nothing_by_default() {
+    let _turn = turn_blocking(Needs::Nothing);
     let root = tempfile::tempdir().unwrap();
     refused_without(serve_command_in(None, root.path(), "127.0.0.1:0"), "--ca");
     refused_without(
@@ -241,6 +245,7 @@ fn serve_and_fetch_trust_nothing_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_name_pins_which_server_certificates_the_client_accepts() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let id = id(45);
     seed(src.path(), &id, 1_000, 100, 500);

@@ -1,24 +1,23 @@
 //! `serve --metrics-listen`: Prometheus text with what an operator needs to see, live.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
+/// The metrics at `url`, which must answer (unlike `testkit::scrape`, for polls that may
+/// come before the listener is up).
 fn scrape(url: &str) -> String {
     let out = output_ok(Command::new("curl").args(["-sS", "--fail", url]));
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    metric(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 #[test]
 fn metrics_count_transfers_bytes_and_snapshots() {
+    let _turn = turn_blocking(Needs::Nothing);
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(90);
@@ -95,6 +94,7 @@ fn metrics_count_transfers_bytes_and_snapshots() {
 
 #[test]
 fn https_listeners_are_counted_apart_from_quic() {
+    let _turn = turn_blocking(Needs::Nothing);
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(91);

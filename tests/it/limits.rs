@@ -3,14 +3,12 @@
 //! client connections) and the client's partitions-at-once limit. Each assertion is a
 //! ceiling or a count, never "fast enough": a slow host cannot make a limit look broken.
 
-mod common;
-
 use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use quicstrap::pacing::RateLimiter;
 use quicstrap::Peer;
 
@@ -21,6 +19,7 @@ fn min_seconds(bytes: u64, rate: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_gives_up_a_transfer_past_its_partition_timeout() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(60);
@@ -59,6 +58,7 @@ async fn the_server_gives_up_a_transfer_past_its_partition_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connectivity_check_is_capped_as_a_whole() {
+    let _turn = turn(Needs::Nothing).await;
     // Peers that swallow every packet: each handshake would wait out its connect timeout.
     let holes: Vec<UdpSocket> = (0..24)
         .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
@@ -82,6 +82,7 @@ async fn the_connectivity_check_is_capped_as_a_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_write_limit_holds_for_one_transfer_and_for_two_connections() {
+    let _turn = turn(Needs::Nothing).await;
     const RATE: u64 = 4_000_000;
     let src = tempfile::tempdir().unwrap();
     let (a, b) = (id(61), id(62));
@@ -129,6 +130,7 @@ async fn the_server_write_limit_holds_for_one_transfer_and_for_two_connections()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_receives_at_most_max_partitions_at_once() {
+    let _turn = turn(Needs::Nothing).await;
     const MAX: usize = 3;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -211,6 +213,7 @@ async fn sample_queue(
 /// loopback nothing waits for the path.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_clients_share_the_servers_send_budget_and_none_starves() {
+    let _turn = turn(Needs::Nothing).await;
     const CAP: u64 = 12 << 20;
     let src = tempfile::tempdir().unwrap();
     let ids: Vec<_> = (0..4).map(|p| id(80 + p)).collect();
@@ -260,6 +263,7 @@ async fn four_clients_share_the_servers_send_budget_and_none_starves() {
 /// so no window is ever shrunk below credit already granted (QUIC cannot take credit back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_holds_no_more_unread_data_than_its_receive_budget() {
+    let _turn = turn(Needs::Nothing).await;
     const CAP: u64 = 2 * quicstrap::transport::MIN_RECV_WINDOW + 4 * (2 << 20);
     let src = tempfile::tempdir().unwrap();
     let ids: Vec<_> = (0..4).map(|p| id(90 + p)).collect();

@@ -1,6 +1,33 @@
 //! Shared helpers of the integration tests: real RocksDB partitions, real QUIC servers on
-//! loopback, real (dev) certificates.
-#![allow(dead_code)]
+//! loopback, real (dev) certificates, and the turns the tests take in their shared process.
+//!
+//! # Turns
+//!
+//! Every test of this binary runs in one process, two or more at a time, whatever module it
+//! is in. Most only touch what they create (their own temp dirs, servers on port 0, child
+//! processes, fresh topics), but some change or measure something the whole process or the
+//! whole machine shares. So every test starts by taking a [`turn`] ([`turn_blocking`] in a
+//! test without a runtime) that says what it needs, and holds it to its end:
+//!
+//! * [`Needs::Nothing`]: only its own things. Runs beside any other such test.
+//! * [`Needs::Broker`]: the Kafka broker of `scripts/kafka.sh`, up. Runs beside the above
+//!   and other broker users, never while a test has the broker stopped.
+//! * [`Needs::BrokerToItself`]: stops and restarts the broker. No other broker user runs
+//!   meanwhile; tests that need nothing of Kafka still do.
+//! * [`Needs::Process`]: the whole process to itself — nothing else runs. For tests that
+//!   change something process-wide (RocksDB's default `Env` and its background threads),
+//!   measure rates or recovery times that neighbours' CPU use would distort, or drive the
+//!   emulated link, whose relay threads must get the CPU when they need it.
+//!
+//! A test that counts file descriptors, temp dirs or snapshot users looks only under its own
+//! directories and servers (e.g. [`open_fds_under`]), so those need no turn of their own.
+//! A new test that changes the process's environment, working directory or limits, counts
+//! what the whole process holds, or uses a fixed port outside a namespace of its own, takes
+//! [`Needs::Process`].
+//!
+//! The turns are `tokio` locks, held across `.await` without blocking a runtime; a test
+//! takes exactly one turn, first thing (the locks are fair: a second one taken while a
+//! whole-process turn waits would deadlock).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +41,68 @@ use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
 use quicstrap::tls::{self, AllowList};
+
+// Running the `quicstrap` binary is shared with the benchmarks.
+pub use testkit::{
+    bin, certs, fetch_command, fetch_command_in, metric, output_ok, scrape, serve_command_in,
+    ServeProcess,
+};
+
+/// Shared by every test; written by a test that needs the whole process.
+static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+/// Shared by the tests that use the Kafka broker; written by a test that stops it. Always
+/// taken after [`PROCESS`], so the two cannot wait for each other.
+static KAFKA: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// What a test needs of the process it shares with every other test (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Only what the test creates itself.
+    Nothing,
+    /// The Kafka broker, up.
+    Broker,
+    /// To stop and restart the Kafka broker.
+    BrokerToItself,
+    /// The whole process: no other test runs meanwhile.
+    Process,
+}
+
+/// A test's turn, held until it is dropped at the end of the test.
+pub struct Turn {
+    _held: Vec<Box<dyn Send + Sync>>,
+}
+
+/// Waits for a turn for a test that needs `needs`.
+pub async fn turn(needs: Needs) -> Turn {
+    let mut held: Vec<Box<dyn Send + Sync>> = Vec::with_capacity(2);
+    if needs == Needs::Process {
+        held.push(Box::new(PROCESS.write().await));
+    } else {
+        held.push(Box::new(PROCESS.read().await));
+    }
+    match needs {
+        Needs::Broker => held.push(Box::new(KAFKA.read().await)),
+        Needs::BrokerToItself => held.push(Box::new(KAFKA.write().await)),
+        Needs::Nothing | Needs::Process => {}
+    }
+    Turn { _held: held }
+}
+
+/// [`turn`] for a test that runs without an async runtime (a plain `#[test]`).
+pub fn turn_blocking(needs: Needs) -> Turn {
+    let mut held: Vec<Box<dyn Send + Sync>> = Vec::with_capacity(2);
+    if needs == Needs::Process {
+        held.push(Box::new(PROCESS.blocking_write()));
+    } else {
+        held.push(Box::new(PROCESS.blocking_read()));
+    }
+    match needs {
+        Needs::Broker => held.push(Box::new(KAFKA.blocking_read())),
+        Needs::BrokerToItself => held.push(Box::new(KAFKA.blocking_write())),
+        Needs::Nothing | Needs::Process => {}
+    }
+    Turn { _held: held }
+}
 
 pub fn id(partition: u32) -> PartitionId {
     PartitionId::new("it_store", 3, partition).unwrap()
@@ -143,157 +232,6 @@ pub fn largest_sst(dir: &Path) -> PathBuf {
         .path()
 }
 
-/// Path of the `quicstrap` binary (this build's, or `QUICSTRAP_BIN` when set: a benchmark
-/// can run an older build for a before/after comparison), for process tests.
-pub fn bin() -> &'static str {
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        std::env::var("QUICSTRAP_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quicstrap").into())
-    })
-}
-
-pub fn certs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev")
-}
-
-/// The `quicstrap` binary, run in network namespace `netns` (via `ip netns exec`) if given.
-pub fn quicstrap_in(netns: Option<&str>) -> std::process::Command {
-    match netns {
-        None => std::process::Command::new(bin()),
-        Some(ns) => {
-            let mut cmd = std::process::Command::new("ip");
-            cmd.args(["netns", "exec", ns, bin()]);
-            cmd
-        }
-    }
-}
-
-/// `quicstrap fetch` with the dev client certificate, `data` as its data dir and the partition
-/// `store`/`version`/`partition`; callers add the rest.
-pub fn fetch_command(
-    data: &Path,
-    store: &str,
-    version: u32,
-    partition: u32,
-) -> std::process::Command {
-    fetch_command_in(None, data, store, version, partition)
-}
-
-/// [`fetch_command`] in network namespace `netns` (if given).
-pub fn fetch_command_in(
-    netns: Option<&str>,
-    data: &Path,
-    store: &str,
-    version: u32,
-    partition: u32,
-) -> std::process::Command {
-    let c = certs();
-    let mut cmd = quicstrap_in(netns);
-    cmd.args(["fetch", "--store", store])
-        .args(["--version", &version.to_string()])
-        .args(["--partition", &partition.to_string()])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--cert")
-        .arg(c.join("client.crt"))
-        .arg("--key")
-        .arg(c.join("client.key"))
-        .arg("--ca")
-        .arg(c.join("ca.crt"));
-    cmd
-}
-
-/// `quicstrap serve` of `root` on `listen` with the dev server certificate, in network
-/// namespace `netns` (if given); callers add the rest.
-pub fn serve_command_in(netns: Option<&str>, root: &Path, listen: &str) -> std::process::Command {
-    let c = certs();
-    let mut cmd = quicstrap_in(netns);
-    cmd.args(["serve", "--listen", listen, "--data-dir"])
-        .arg(root)
-        .arg("--cert")
-        .arg(c.join("server.crt"))
-        .arg("--key")
-        .arg(c.join("server.key"))
-        .arg("--ca")
-        .arg(c.join("ca.crt"))
-        .args(["--allow", tls::dev::ALLOW]);
-    cmd
-}
-
-/// A `quicstrap serve` child process; killed on drop.
-pub struct ServeProcess {
-    pub child: std::process::Child,
-    pub addr: SocketAddr,
-    /// The rest of its stdout (kept open: the server prints more lines).
-    pub stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl ServeProcess {
-    pub fn start(root: &Path, extra: &[&str]) -> Self {
-        let mut cmd = serve_command_in(None, root, "127.0.0.1:0");
-        cmd.args(extra).stderr(std::process::Stdio::inherit());
-        Self::spawn(cmd)
-    }
-
-    /// Spawns `cmd` (a `serve` command) and reads the address from its first line.
-    pub fn spawn(mut cmd: std::process::Command) -> Self {
-        use std::io::BufRead;
-        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            addr,
-            stdout,
-        }
-    }
-
-    /// The address on the next stdout line that starts with `prefix`.
-    pub fn next_addr(&mut self, prefix: &str) -> SocketAddr {
-        self.next_line(prefix).parse().unwrap()
-    }
-
-    /// The rest of the next stdout line that starts with `prefix`, trimmed.
-    pub fn next_line(&mut self, prefix: &str) -> String {
-        use std::io::BufRead;
-        loop {
-            let mut line = String::new();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "no {prefix:?} line"
-            );
-            if let Some(a) = line.trim().strip_prefix(prefix) {
-                return a.trim().to_owned();
-            }
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits (bounded) until `cond` holds, polling every millisecond.
 pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
@@ -393,18 +331,6 @@ pub fn https_fetcher(
     quicstrap::baseline::HttpFetcher::new(cfg).unwrap()
 }
 
-/// Runs `cmd` to the end and asserts it succeeded, showing its stderr otherwise.
-pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        cmd.get_program(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// The outcome line `scripts/chaos.sh` collects into CHAOS.md, for a scenario that ran: did
 /// it end as it must, how long the recovery (or the work under fault) took, and how many
 /// bytes of a completed partition differ from the source.
@@ -415,17 +341,15 @@ pub fn chaos_outcome(scenario: &str, ok: bool, recover: Duration, bytes_lost: u6
     );
 }
 
-/// The Prometheus text at `url` (empty when it does not answer).
-pub fn scrape(url: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sf", url])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of the metric line starting with `series` (name and labels) in `text`.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+/// The helpers run this build's binary (the one Cargo built for these tests) with the
+/// development PKI this build embeds.
+#[test]
+fn testkit_runs_this_build_with_its_dev_pki() {
+    let _turn = turn_blocking(Needs::Nothing);
+    if std::env::var_os("QUICSTRAP_BIN").is_none() {
+        let canonical = |p: &str| std::fs::canonicalize(p).unwrap();
+        assert_eq!(canonical(bin()), canonical(env!("CARGO_BIN_EXE_quicstrap")));
+    }
+    assert_eq!(testkit::DEV_ALLOW, tls::dev::ALLOW);
+    assert_eq!(std::fs::read(certs().join("ca.crt")).unwrap(), tls::dev::CA);
 }

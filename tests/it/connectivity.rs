@@ -2,16 +2,15 @@
 //! freshness window (dead peers are not retried within it), and the good peer's connection
 //! stays warm for the transfers that follow.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use quicstrap::Peer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_peers_are_checked_once_and_the_good_connection_is_reused() {
+    let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let (a, b) = (id(70), id(71));

@@ -4,14 +4,12 @@
 //! the faults around it: retention gaps, bad records, impossible offsets, Kafka down while
 //! peers are up, a serving node whose following stops, TLS to the broker.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use quicstrap::bootstrap::BootstrapError;
 use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
 use quicstrap::client::Progress;
@@ -148,6 +146,7 @@ async fn boot(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_transfer_is_caught_up_to_the_high_watermark() {
+    let _turn = turn(Needs::Broker).await;
     let (id, b, w, mut model) = topic_with("main", 1, 200_000).await;
 
     // Node A: built from Kafka (no peers), then serving while it keeps following.
@@ -212,6 +211,7 @@ async fn a_peer_transfer_is_caught_up_to_the_high_watermark() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_peer_fails_kafka_alone_builds_the_partition() {
+    let _turn = turn(Needs::Broker).await;
     let (id, _, _, model) = topic_with("fallback", 2, 30_000).await;
     let empty = tempfile::tempdir().unwrap();
     let missing = server(empty.path(), |_| {}).await;
@@ -230,6 +230,7 @@ async fn when_every_peer_fails_kafka_alone_builds_the_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_lag_skips_the_peer_transfer() {
+    let _turn = turn(Needs::Broker).await;
     let (id, _, _, model) = topic_with("lag", 1, 5_000).await;
     // A peer that could serve (it holds some partition under this id) is not even asked.
     let src = tempfile::tempdir().unwrap();
@@ -253,6 +254,7 @@ async fn a_small_lag_skips_the_peer_transfer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingestion_killed_mid_way_resumes_without_loss_or_double_apply() {
+    let _turn = turn(Needs::Broker).await;
     let (id, b, _, model) = topic_with("crash", 1, 200_000).await;
     let root = tempfile::tempdir().unwrap();
     let dir = id.dir(root.path());
@@ -293,6 +295,7 @@ async fn ingestion_killed_mid_way_resumes_without_loss_or_double_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_node_keeps_ingesting_and_its_snapshots_carry_the_new_offset() {
+    let _turn = turn(Needs::Broker).await;
     let (id, b, w, mut model) = topic_with("serve", 1, 30_000).await;
     // Node A's partition, built by the CLI from Kafka alone.
     let a_root = tempfile::tempdir().unwrap();
@@ -320,6 +323,7 @@ async fn a_serving_node_keeps_ingesting_and_its_snapshots_carry_the_new_offset()
 
 #[test]
 fn the_demo_runs_the_real_kafka_path() {
+    let _turn = turn_blocking(Needs::Broker);
     let out = output_ok(std::process::Command::new(bin()).args([
         "demo",
         "--json",
@@ -390,6 +394,7 @@ fn partition_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retention_gap_is_reported_at_once_not_after_the_deadline() {
+    let _turn = turn(Needs::Broker).await;
     let (id, b, _, _) = topic_with("gap", 1, 1_000).await;
     delete_before(&id, 500).await;
     let root = tempfile::tempdir().unwrap();
@@ -443,6 +448,7 @@ async fn a_retention_gap_is_reported_at_once_not_after_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_behind_retention_is_replaced_by_a_peer_or_rebuilt_from_the_earliest() {
+    let _turn = turn(Needs::Broker).await;
     let b = brokers();
     let id = PartitionId::new(&unique_store("behind"), 1, 0).unwrap();
     let w = KafkaWriter::new(&b).unwrap();
@@ -520,6 +526,7 @@ async fn a_partition_behind_retention_is_replaced_by_a_peer_or_rebuilt_from_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_are_skipped_and_counted_or_stop_ingestion_by_policy() {
+    let _turn = turn(Needs::Broker).await;
     let b = brokers();
     let id = PartitionId::new(&unique_store("bad"), 1, 0).unwrap();
     let topic = ingest::topic(&id);
@@ -569,6 +576,7 @@ async fn bad_records_are_skipped_and_counted_or_stop_ingestion_by_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_no_log_can_reach_are_typed_errors() {
+    let _turn = turn(Needs::Broker).await;
     let (id, b, _, _) = topic_with("ahead", 1, 10).await;
     // A peer whose partition claims offset 999 of a log that ends at 9.
     let src = tempfile::tempdir().unwrap();
@@ -624,6 +632,7 @@ async fn offsets_no_log_can_reach_are_typed_errors() {
 
 #[test]
 fn with_kafka_down_a_peer_still_bootstraps_and_the_json_reports_both_steps() {
+    let _turn = turn_blocking(Needs::Broker);
     let src = tempfile::tempdir().unwrap();
     let store = unique_store("down");
     let id = PartitionId::new(&store, 1, 0).unwrap();
@@ -683,6 +692,7 @@ fn with_kafka_down_a_peer_still_bootstraps_and_the_json_reports_both_steps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_built_from_kafka_in_plain_format_is_served_by_a_plain_peer() {
+    let _turn = turn(Needs::Broker).await;
     let (id, b, _, model) = topic_with("plain", 1, 3_000).await;
     let a_root = tempfile::tempdir().unwrap();
     let out = output_ok(
@@ -710,6 +720,7 @@ async fn a_partition_built_from_kafka_in_plain_format_is_served_by_a_plain_peer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_runs_over_tls_with_passed_through_properties_and_a_topic_template() {
+    let _turn = turn(Needs::Broker).await;
     let b = brokers();
     let store = unique_store("tls");
     let id = PartitionId::new(&store, 4, 0).unwrap();
@@ -764,6 +775,7 @@ async fn catch_up_runs_over_tls_with_passed_through_properties_and_a_topic_templ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_node_refuses_a_partition_whose_following_stopped_and_serves_the_rest() {
+    let _turn = turn(Needs::Broker).await;
     let (id, b, w, _) = topic_with("stale", 1, 1_000).await;
     let (good, _, _, _) = topic_with("stale_other", 1, 1_000).await;
     // Node A holds both partitions, built from Kafka; `good` is broken before A starts.

@@ -1,0 +1,271 @@
+//! One fetch of the link benchmark: the variants (which server port, which client flags), the
+//! `quicstrap serve` all of them fetch from, and one measured `quicstrap fetch` process.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use quicstrap_netem::Loss;
+use testkit::ServeProcess;
+
+use crate::STORE;
+
+/// The congestion controllers the server offers, in port order (see [`Serve::start`]).
+const CC: [&str; 2] = ["cubic", "bbr"];
+
+/// One way of fetching: which server port and which client flags.
+pub(crate) struct Variant {
+    /// The name `--variants` takes and the tables show.
+    pub(crate) name: &'static str,
+    quic: bool,
+    cc: &'static str,
+    connections: usize,
+}
+
+/// Every variant, in the order of the tables.
+pub(crate) const VARIANTS: [Variant; 5] = [
+    Variant {
+        name: "quic-cubic",
+        quic: true,
+        cc: "cubic",
+        connections: 1,
+    },
+    Variant {
+        name: "quic-bbr",
+        quic: true,
+        cc: "bbr",
+        connections: 1,
+    },
+    Variant {
+        name: "tcp-cubic",
+        quic: false,
+        cc: "cubic",
+        connections: 1,
+    },
+    Variant {
+        name: "tcp-bbr",
+        quic: false,
+        cc: "bbr",
+        connections: 1,
+    },
+    Variant {
+        name: "tcp-cubic-x4",
+        quic: false,
+        cc: "cubic",
+        connections: 4,
+    },
+];
+
+/// The variant called `name`.
+pub(crate) fn variant(name: &str) -> &'static Variant {
+    VARIANTS
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("unknown variant {name}"))
+}
+
+/// The server port of `v` (see [`Serve::start`]).
+fn port(v: &Variant) -> u16 {
+    let base = if v.quic { 17_000 } else { 18_000 };
+    base + CC.iter().position(|c| *c == v.cc).unwrap_or(0) as u16
+}
+
+/// A loss row of the matrix: `3` is 3 % Bernoulli, `b1` is 1 % in bursts of 4 on average.
+pub(crate) fn loss(spec: &str) -> (Loss, f64) {
+    if let Some(p) = spec.strip_prefix('b') {
+        let p: f64 = p.parse::<f64>().expect("loss") / 100.0;
+        (Loss::bursty(p, 4.0).expect("bursty loss"), p)
+    } else {
+        let p: f64 = spec.parse::<f64>().expect("loss") / 100.0;
+        (
+            if p == 0.0 {
+                Loss::None
+            } else {
+                Loss::Bernoulli(p)
+            },
+            p,
+        )
+    }
+}
+
+/// What one fetch measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct Run {
+    pub(crate) goodput_mbs: f64,
+    pub(crate) completed: bool,
+    /// Failed for another reason than the cap (left out of the medians, reported).
+    pub(crate) failed: Option<String>,
+    bytes: u64,
+    seconds: f64,
+    pub(crate) client_cpu: f64,
+    pub(crate) server_cpu: f64,
+    pub(crate) client_rss_mib: f64,
+    pub(crate) server_rss_mib: f64,
+}
+
+/// The `quicstrap serve` of the benchmark: a QUIC endpoint per congestion controller and an
+/// HTTPS listener per TCP congestion controller over one snapshot root; stopped with SIGTERM
+/// on drop.
+pub(crate) struct Serve {
+    process: ServeProcess,
+}
+
+impl Serve {
+    /// Starts it in namespace `ns` (if given) on `ip`, serving `data` with its snapshots in
+    /// `snaps`; returns once every listener is up.
+    pub(crate) fn start(ns: Option<&str>, ip: &str, data: &Path, snaps: &Path) -> Self {
+        let mut cmd = testkit::serve_command_in(ns, data, &format!("{ip}:{}", 17_000));
+        cmd.args(["--also-listen", &format!("{ip}:{}@bbr", 17_001)])
+            .args(["--http-listen", &format!("{ip}:{}@cubic", 18_000)])
+            .args(["--http-listen", &format!("{ip}:{}@bbr", 18_001)])
+            .arg("--snapshot-dir")
+            .arg(snaps)
+            .args(["--congestion", "cubic", "--idle-timeout-secs", "30"])
+            // One checkpoint for the whole matrix: no run pays for a new one.
+            .args(["--snapshot-ttl-secs", "86400"])
+            // Transports, not the pacer: the default 150 MB/s limit would cap loopback runs.
+            .args(["--write-limit", "0"])
+            .stderr(Stdio::inherit());
+        let mut process = ServeProcess::spawn(cmd);
+        // Four listeners, four lines: then it is ready.
+        process.next_line("also listening on ");
+        process.next_line("https listening on ");
+        process.next_line("https listening on ");
+        // Keep the pipe open (it prints nothing more) without blocking anyone.
+        process.drain_stdout();
+        Self { process }
+    }
+
+    fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        testkit::cpu_seconds(self.pid()).unwrap_or(f64::NAN)
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        quicstrap::budget::process_rss(Some(self.pid() as u32))
+            .map_or(f64::NAN, |(_, peak)| peak as f64 / 1048576.0)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.process.stop(Duration::from_secs(10));
+    }
+}
+
+/// Runs one fetch as a child process (in namespace `ns`, if given) into `dst` and measures
+/// it; a fetch still running at `cap` gives up and counts with what it had received.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fetch_once(
+    ns: Option<&str>,
+    server_ip: &str,
+    v: &Variant,
+    checksum: &str,
+    dst: &Path,
+    cap: Duration,
+    serve: &Serve,
+    records: u64,
+) -> Run {
+    let _ = std::fs::remove_dir_all(dst);
+    let mut cmd = testkit::fetch_command_in(ns, dst, STORE, 1, 0);
+    cmd.args(["--peer", &format!("localhost@{server_ip}:{}", port(v))])
+        .args(["--checksum", checksum, "--json", "--no-shuffle"])
+        .args(["--partition-timeout-secs", &cap.as_secs().to_string()])
+        .args(["--idle-timeout-secs", "30", "--read-limit", "0"]);
+    if !v.quic {
+        cmd.arg("--http")
+            .args(["--http-connections", &v.connections.to_string()])
+            .args(["--tcp-congestion", v.cc]);
+    }
+    let out_path = dst.with_extension("json");
+    let out = std::fs::File::create(&out_path).expect("report file");
+    cmd.stdout(out).stderr(Stdio::null());
+    testkit::reset_peak_rss(serve.pid());
+    let server_cpu0 = serve.cpu_secs();
+    // Reaped by the wait4 below, which also yields its CPU time and peak RSS.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.spawn().expect("spawn fetch");
+    let pid = child.id() as i32;
+    // A fetch that outlives its own deadline by a minute is killed: the benchmark never hangs.
+    let watchdog = {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let limit = cap + Duration::from_secs(60);
+        std::thread::spawn(move || {
+            if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                // SAFETY: signalling our own child, not yet reaped (the sender is dropped
+                // only after wait4 returns).
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        });
+        tx
+    };
+    let (_, usage) = testkit::wait_rusage(pid);
+    let _ = watchdog.send(());
+    let server_cpu = serve.cpu_secs() - server_cpu0;
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let client_cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    let client_rss_mib = usage.ru_maxrss as f64 / 1024.0;
+    let report: serde_json::Value = std::fs::read(&out_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let _ = std::fs::remove_file(&out_path);
+    let completed = report.get("seconds").is_some();
+    let outcome = report["attempts"][0]["outcome"]
+        .as_str()
+        .unwrap_or("no report");
+    let failed = (!completed && outcome != "partition_timeout").then(|| {
+        format!(
+            "{outcome}: {}",
+            report["attempts"][0]["error"]
+                .as_str()
+                .or(report["error"].as_str())
+                .unwrap_or("process died")
+        )
+    });
+    let (bytes, seconds) = if completed {
+        (
+            report["bytes"].as_u64().unwrap_or(0),
+            report["seconds"].as_f64().unwrap_or(f64::NAN),
+        )
+    } else {
+        let a = &report["attempts"][0];
+        (
+            a["bytes"].as_u64().unwrap_or(0),
+            a["seconds"].as_f64().unwrap_or(cap.as_secs_f64()),
+        )
+    };
+    if completed {
+        // Validated and committed: check it is the whole partition before trusting the number.
+        let dir = dst.join(format!("{STORE}_v1")).join("0");
+        let db = quicstrap::partition::open_read_only(&dir, quicstrap::TableFormat::Block)
+            .expect("fetched partition opens");
+        let meta = quicstrap::partition::read_meta(&db).expect("metadata");
+        assert_eq!(
+            meta.offset,
+            Some(records - 1),
+            "fetched partition is not the source"
+        );
+    } else if let Some(why) = &failed {
+        eprintln!("    {} FAILED: {why}", v.name);
+    } else {
+        eprintln!("    {} did not finish within {cap:?}", v.name);
+    }
+    let _ = std::fs::remove_dir_all(dst);
+    Run {
+        goodput_mbs: bytes as f64 / seconds / 1e6,
+        completed,
+        failed,
+        bytes,
+        seconds,
+        client_cpu,
+        server_cpu,
+        client_rss_mib,
+        server_rss_mib: serve.peak_rss_mib(),
+    }
+}

@@ -1,0 +1,27 @@
+//! The integration tests of quicstrap, in one binary: real RocksDB partitions, real QUIC
+//! and HTTPS servers on loopback, real processes, a real Kafka broker, an emulated link.
+//!
+//! One module per subject; `common` holds what they share, including the turns every test
+//! takes, since all of them run in this one process at once (see `common` for the rule).
+
+mod common;
+
+mod admission;
+mod baseline;
+mod chaos;
+mod cli;
+mod connectivity;
+mod dns;
+mod failures;
+mod hostile;
+mod kafka;
+mod kafka_broker;
+mod limits;
+mod metrics;
+mod migration;
+mod ownership;
+mod pacing;
+mod real_databases;
+mod scale;
+mod security;
+mod transfer;
