@@ -115,13 +115,7 @@ pub fn seed(
         db.compact_range_cf::<&[u8], &[u8]>(cf, None, None);
     }
     drop(db);
-    let (sst_files, bytes) = dir_summary(dir)?;
-    Ok(SeedSummary {
-        records,
-        last_offset: records.saturating_sub(1),
-        sst_files,
-        bytes,
-    })
+    summary(dir, records)
 }
 
 /// The source partition the real way: records produced to Kafka, then ingested from offset 0.
@@ -167,13 +161,7 @@ pub(super) async fn seed_from_kafka(
         .await
         .map_err(|e| DemoError::Verify(format!("ingest: {e}")))?;
     }
-    let (sst_files, bytes) = dir_summary(dir)?;
-    Ok(SeedSummary {
-        records,
-        last_offset: records.saturating_sub(1),
-        sst_files,
-        bytes,
-    })
+    Ok(summary(dir, records)?)
 }
 
 #[cfg(test)]
@@ -186,4 +174,15 @@ mod tests {
         assert_ne!(seed_value(3, 100), seed_value(4, 100));
         assert_eq!(seed_value(5, 1001).len(), 1001);
     }
+}
+
+/// What a seeded partition of `records` records holds on disk.
+fn summary(dir: &Path, records: u64) -> Result<SeedSummary, StorageError> {
+    let (sst_files, bytes) = dir_summary(dir)?;
+    Ok(SeedSummary {
+        records,
+        last_offset: records.saturating_sub(1),
+        sst_files,
+        bytes,
+    })
 }

@@ -289,6 +289,10 @@ impl ServerTransfer {
     /// Ends the transfer for a reason the driver found (a file could not be read or sent, the
     /// server is stopping): the client sees its streams reset.
     pub fn fail(&mut self, end: ServerEnd) {
+        if self.phase != Phase::Ended {
+            // Whatever was still to be done (a frame, the push) is moot now.
+            self.actions.clear();
+        }
         self.end(end)
     }
 

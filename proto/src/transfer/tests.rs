@@ -709,6 +709,22 @@ fn client_frames_while_pushing_end_the_transfer_typed() {
 }
 
 #[test]
+fn a_failure_the_driver_reports_drops_what_was_still_to_do() {
+    let t0 = Instant::now();
+    let mut s = leased(t0);
+    s.handle_manifest(manifest(), t0);
+    // Writing Accept failed: the push that was queued behind it must not start.
+    assert!(matches!(s.poll_action(), Some(ServerAction::Send(_))));
+    s.fail(ServerEnd::ClientAborted("stream gone".into()));
+    assert_eq!(
+        sdrain(&mut s),
+        vec![ServerAction::End(ServerEnd::ClientAborted(
+            "stream gone".into()
+        ))]
+    );
+}
+
+#[test]
 fn reject_reasons_have_stable_names() {
     for r in RejectReason::ALL {
         assert_eq!(r.as_str().parse::<RejectReason>(), Ok(r));
