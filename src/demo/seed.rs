@@ -164,6 +164,17 @@ pub(super) async fn seed_from_kafka(
     Ok(summary(dir, records)?)
 }
 
+/// What a seeded partition of `records` records holds on disk.
+fn summary(dir: &Path, records: u64) -> Result<SeedSummary, StorageError> {
+    let (sst_files, bytes) = dir_summary(dir)?;
+    Ok(SeedSummary {
+        records,
+        last_offset: records.saturating_sub(1),
+        sst_files,
+        bytes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,15 +185,4 @@ mod tests {
         assert_ne!(seed_value(3, 100), seed_value(4, 100));
         assert_eq!(seed_value(5, 1001).len(), 1001);
     }
-}
-
-/// What a seeded partition of `records` records holds on disk.
-fn summary(dir: &Path, records: u64) -> Result<SeedSummary, StorageError> {
-    let (sst_files, bytes) = dir_summary(dir)?;
-    Ok(SeedSummary {
-        records,
-        last_offset: records.saturating_sub(1),
-        sst_files,
-        bytes,
-    })
 }
