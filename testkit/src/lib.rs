@@ -89,36 +89,35 @@ pub fn fetch_command_in(
     version: u32,
     partition: u32,
 ) -> Command {
-    let c = certs();
     let mut cmd = quicstrap_in(netns);
     cmd.args(["fetch", "--store", store])
         .args(["--version", &version.to_string()])
         .args(["--partition", &partition.to_string()])
         .arg("--data-dir")
-        .arg(data)
-        .arg("--cert")
-        .arg(c.join("client.crt"))
+        .arg(data);
+    dev_identity(&mut cmd, "client");
+    cmd
+}
+
+/// Adds `--cert`, `--key` and `--ca` of the development PKI's `who` (`client` or `server`).
+fn dev_identity(cmd: &mut Command, who: &str) {
+    let c = certs();
+    cmd.arg("--cert")
+        .arg(c.join(format!("{who}.crt")))
         .arg("--key")
-        .arg(c.join("client.key"))
+        .arg(c.join(format!("{who}.key")))
         .arg("--ca")
         .arg(c.join("ca.crt"));
-    cmd
 }
 
 /// `quicstrap serve` of `root` on `listen` with the dev server certificate, in network
 /// namespace `netns` (if given); callers add the rest.
 pub fn serve_command_in(netns: Option<&str>, root: &Path, listen: &str) -> Command {
-    let c = certs();
     let mut cmd = quicstrap_in(netns);
     cmd.args(["serve", "--listen", listen, "--data-dir"])
         .arg(root)
-        .arg("--cert")
-        .arg(c.join("server.crt"))
-        .arg("--key")
-        .arg(c.join("server.key"))
-        .arg("--ca")
-        .arg(c.join("ca.crt"))
         .args(["--allow", DEV_ALLOW]);
+    dev_identity(&mut cmd, "server");
     cmd
 }
 
