@@ -75,3 +75,12 @@ pub async fn write_frame<T: Serialize>(
     send.write_all(&encode(frame)).await?;
     Ok(())
 }
+
+/// Sleeps until a protocol machine's next timeout (`poll_timeout`), the one timer both drivers
+/// wait on. `None` — nothing to time right now — is a day away: the driver wakes for its next
+/// event long before, and the partition timeout bounds every transfer anyway.
+pub(crate) fn sleep_until(at: Option<std::time::Instant>) -> tokio::time::Sleep {
+    let at =
+        at.unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(86_400));
+    tokio::time::sleep_until(at.into())
+}

@@ -18,7 +18,7 @@ use crate::partition::{PartitionId, PartitionMeta};
 use crate::peers::Peer;
 use crate::protocol::transfer::{ClientAction, ClientFailure, ClientLimits, ClientTransfer};
 use crate::protocol::{ControlFrame, Request, PROTOCOL_VERSION};
-use crate::wire::{write_frame, FrameReader};
+use crate::wire::{sleep_until, write_frame, FrameReader};
 
 use super::pool::{FileStreams, RouteGuard};
 use super::{attempts, commit, receive, AttemptError, Fetcher, Progress};
@@ -97,12 +97,6 @@ struct Accepted {
     _route: RouteGuard,
     streams: FileStreams,
     control: Control,
-}
-
-fn sleep_until(at: Option<Instant>) -> tokio::time::Sleep {
-    // No deadline: a day stands in for never (the partition timeout ends the attempt first).
-    let at = at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
-    tokio::time::sleep_until(at.into())
 }
 
 impl Fetcher {

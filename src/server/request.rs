@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::lock::unpoisoned as lock;
 use crate::partition::PartitionId;
@@ -19,7 +19,7 @@ use crate::protocol::transfer::{
 };
 use crate::protocol::{codes, ControlFrame, FileEntry, RejectReason, Request};
 use crate::snapshot::SnapshotLease;
-use crate::wire::{write_frame, FrameReader, WireError};
+use crate::wire::{sleep_until, write_frame, FrameReader, WireError};
 
 use super::push::{push_files, CHUNK};
 use super::Shared;
@@ -117,11 +117,6 @@ fn limits(shared: &Shared) -> ServerLimits {
         idle: cfg.policy.idle_timeout,
         partition_timeout: cfg.partition_timeout,
     }
-}
-
-fn sleep_until(at: Option<Instant>) -> tokio::time::Sleep {
-    let at = at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
-    tokio::time::sleep_until(at.into())
 }
 
 /// Serves one control stream: read the request, then serve or refuse it.

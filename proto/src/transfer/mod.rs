@@ -19,6 +19,7 @@
 
 mod client;
 mod manifest;
+#[cfg(any(test, feature = "script"))]
 pub mod script;
 mod server;
 
