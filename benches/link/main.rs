@@ -198,7 +198,7 @@ impl Args {
                     std::env::temp_dir()
                         .join(format!("quicstrap-link-smoke-{}", std::process::id()))
                 } else {
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench-results")
+                    testkit::workspace_root().join("bench-results")
                 }
             }),
             smoke,

@@ -52,10 +52,34 @@ fn this_build() -> PathBuf {
 
 /// The development PKI (`certs-dev/`): the CA, a client and a server certificate with keys.
 pub fn certs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testkit lives in the workspace root")
-        .join("certs-dev")
+    workspace_root().join("certs-dev")
+}
+
+/// The root of the checkout the tests run in, found at run time.
+///
+/// A compile-time `env!("CARGO_MANIFEST_DIR")` is not enough: CI caches one target
+/// directory across clones at different paths, and Cargo reuses a build of an unchanged
+/// crate made from another clone, path and all. Cargo runs tests and benchmarks with
+/// `CARGO_MANIFEST_DIR` set and the package as the working directory, so those come first.
+pub fn workspace_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let candidates = [
+            std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+            std::env::current_dir().ok(),
+            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+        ];
+        candidates
+            .into_iter()
+            .flatten()
+            .find_map(|start| {
+                start
+                    .ancestors()
+                    .find(|dir| dir.join("certs-dev/make-certs.sh").is_file())
+                    .map(Path::to_path_buf)
+            })
+            .expect("the quicstrap checkout (a directory holding certs-dev/make-certs.sh)")
+    })
 }
 
 /// `program`, run in network namespace `netns` (via `ip netns exec`) if given.

@@ -15,9 +15,12 @@ const FLOODER: [u8; 4] = [127, 0, 0, 2];
 
 /// `count` QUIC Initial packets, each opening a different connection (fresh connection IDs),
 /// as a real client makes them: captured from a quinn client aimed at a socket of ours.
+///
+/// One connection at a time, each awaited asynchronously: a burst of 200 Initials overflows
+/// a default-sized receive buffer, and a blocking receive can hold up the endpoint's driver,
+/// so the capture must not depend on either.
 async fn client_initials(count: usize) -> Vec<Vec<u8>> {
-    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let crypto = tls::client_config(&tls::dev::client().unwrap()).unwrap();
     let client_cfg = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
@@ -25,22 +28,27 @@ async fn client_initials(count: usize) -> Vec<Vec<u8>> {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let target = sink.local_addr().unwrap();
     let mut pending = Vec::new();
-    for _ in 0..count {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = [0u8; 2048];
+    while out.len() < count {
         pending.push(
             endpoint
                 .connect_with(client_cfg.clone(), target, "localhost")
                 .unwrap(),
         );
-    }
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut buf = [0u8; 2048];
-    while out.len() < count {
-        let n = tokio::task::block_in_place(|| sink.recv(&mut buf)).unwrap();
-        // Long-header Initial; the destination CID tells connections (and resends) apart.
-        let dcid_len = buf[5] as usize;
-        if seen.insert(buf[6..6 + dcid_len].to_vec()) {
-            out.push(buf[..n].to_vec());
+        // Wait for this connection's Initial; resends of earlier ones are skipped.
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(30), sink.recv(&mut buf))
+                .await
+                .expect("the client sends its Initial")
+                .unwrap();
+            // Long-header Initial; the destination CID tells connections (and resends) apart.
+            let dcid_len = buf[5] as usize;
+            if seen.insert(buf[6..6 + dcid_len].to_vec()) {
+                out.push(buf[..n].to_vec());
+                break;
+            }
         }
     }
     drop(pending);
@@ -70,8 +78,14 @@ async fn flooded_server(
     .await;
     let target = quic.local_addr().unwrap();
     let flood = UdpSocket::bind(SocketAddr::from((FLOODER, 0))).unwrap();
-    for initial in client_initials(count).await {
-        flood.send_to(&initial, target).unwrap();
+    // Paced a little, so a busy host's receive buffer does not drop part of the flood
+    // before the server reads it; the whole flood still lands well inside the handshake
+    // timeout.
+    for (i, initial) in client_initials(count).await.iter().enumerate() {
+        flood.send_to(initial, target).unwrap();
+        if i % 16 == 15 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     let stats = quic.stats();
     wait_for("the flood to be handled", Duration::from_secs(10), || {

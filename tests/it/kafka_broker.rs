@@ -14,7 +14,7 @@ use quicstrap::ingest::{self, CatchUpConfig, CatchUpError, Until};
 use quicstrap::partition::{self, PartitionId, TableFormat};
 
 fn kafka(cmd: &str) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+    let script = testkit::workspace_root().join("scripts/kafka.sh");
     let st = std::process::Command::new("bash")
         .arg(script)
         .arg(cmd)
@@ -126,7 +126,7 @@ struct ResumeOnDrop;
 
 impl Drop for ResumeOnDrop {
     fn drop(&mut self) {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let script = testkit::workspace_root().join("scripts/kafka.sh");
         let _ = std::process::Command::new("bash")
             .arg(script)
             .arg("resume")
