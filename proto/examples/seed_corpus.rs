@@ -14,9 +14,21 @@ fn main() -> std::io::Result<()> {
         partition: 0,
         table_format: TableFormat::Block,
         checksum: ChecksumAlgo::Md5,
+        resume: None,
+    };
+    let resume = Request {
+        resume: Some(Resume {
+            snapshot: SnapshotId([5; 16]),
+            files: vec![FileStart {
+                index: 2,
+                offset: 4096,
+            }],
+        }),
+        ..req.clone()
     };
     let frames = [
         ("request", ControlFrame::Request(req)),
+        ("resume", ControlFrame::Request(resume)),
         (
             "accept",
             ControlFrame::Accept(Accept {
@@ -25,6 +37,7 @@ fn main() -> std::io::Result<()> {
                     size: 42,
                     digest: vec![1; 16],
                 }],
+                snapshot: SnapshotId([5; 16]),
             }),
         ),
         (
@@ -47,6 +60,7 @@ fn main() -> std::io::Result<()> {
         ("complete", ControlFrame::Complete),
         ("done", ControlFrame::Done),
         ("abort", ControlFrame::Abort { reason: "x".into() }),
+        ("suspend", ControlFrame::Suspend { reason: "x".into() }),
     ];
     for (name, f) in frames {
         std::fs::write(dir.join(name), encode(&f))?;
@@ -56,6 +70,7 @@ fn main() -> std::io::Result<()> {
         encode(&FileHeader {
             transfer_id: 3,
             index: 9,
+            offset: 0,
         }),
     )?;
     Ok(())

@@ -143,6 +143,7 @@ mod tests {
             partition: 2,
             table_format: TableFormat::Block,
             checksum: ChecksumAlgo::Md5,
+            resume: None,
         })
     }
 

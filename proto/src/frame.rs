@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ChecksumAlgo, PartitionMeta, TableFormat};
+use crate::types::{ChecksumAlgo, PartitionMeta, SnapshotId, TableFormat};
 
 /// Frames on a control stream, in both directions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,13 @@ pub enum ControlFrame {
     /// working". Without it a slow first digest of a large partition would look like a dead
     /// peer, and a dead peer could only be told from a slow one by the partition timeout.
     Preparing,
+    /// Client → server: the client stops this attempt but keeps what it received and will
+    /// come back to resume it (a stall, a lost path): the server keeps the snapshot for its
+    /// resume window instead of releasing it as after `Abort`. Since protocol version 2.
+    Suspend {
+        /// Human-readable reason, for the server's log.
+        reason: String,
+    },
 }
 
 impl ControlFrame {
@@ -43,6 +50,7 @@ impl ControlFrame {
             Self::Done => "Done",
             Self::Abort { .. } => "Abort",
             Self::Preparing => "Preparing",
+            Self::Suspend { .. } => "Suspend",
         }
     }
 }
@@ -66,13 +74,39 @@ pub struct Request {
     pub table_format: TableFormat,
     /// Checksum the client wants in the manifest.
     pub checksum: ChecksumAlgo,
+    /// Set when the client holds part of an earlier transfer of this partition from this
+    /// peer: only the listed files are wanted, each from its offset. Since version 2.
+    pub resume: Option<Resume>,
+}
+
+/// What a client still needs of a snapshot it received part of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The snapshot the earlier transfer's `Accept` named; a server that no longer has it
+    /// answers [`RejectReason::SnapshotGone`].
+    pub snapshot: SnapshotId,
+    /// The files still needed, by ascending manifest index, each with the bytes the client
+    /// already holds (0 for a file never started). Every other file is already validated.
+    pub files: Vec<FileStart>,
+}
+
+/// A manifest file and the byte its stream starts at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileStart {
+    /// Index into the `Accept` manifest.
+    pub index: u32,
+    /// Bytes of the file the client already has; the stream carries the rest.
+    pub offset: u64,
 }
 
 /// A positive answer: the files that will arrive, each on its own stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accept {
-    /// Every file of the snapshot.
+    /// Every file of the snapshot (also when resuming: the client checks it is the manifest
+    /// it holds part of).
     pub files: Vec<FileEntry>,
+    /// The snapshot the files come from, for a later resume. Since version 2.
+    pub snapshot: SnapshotId,
 }
 
 /// One file of a snapshot.
@@ -117,11 +151,15 @@ pub enum RejectReason {
     /// Added in protocol version 1 without a bump: an older client cannot decode it and moves
     /// to the next peer, which is what the reason asks for anyway.
     Stale,
+    /// A resume asked for a snapshot this server no longer keeps (its resume window passed,
+    /// the client gave it up, or the server restarted): the client discards what it kept and
+    /// starts afresh. Since version 2.
+    SnapshotGone,
 }
 
 impl RejectReason {
     /// Every reason.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::NotFound,
         Self::Busy,
         Self::FormatMismatch,
@@ -130,6 +168,7 @@ impl RejectReason {
         Self::ShuttingDown,
         Self::ServerError,
         Self::Stale,
+        Self::SnapshotGone,
     ];
 
     /// The stable lowercase name, used in reports, metrics and the HTTPS baseline's header.
@@ -143,6 +182,7 @@ impl RejectReason {
             Self::ShuttingDown => "shutting_down",
             Self::ServerError => "server_error",
             Self::Stale => "stale",
+            Self::SnapshotGone => "snapshot_gone",
         }
     }
 }
@@ -175,6 +215,9 @@ pub struct FileHeader {
     pub transfer_id: u64,
     /// Index into the `Accept` manifest.
     pub index: u32,
+    /// Where in the file the stream's bytes start: 0, or the offset a resume asked for.
+    /// Since version 2.
+    pub offset: u64,
 }
 
 /// Application error codes used to close connections and reset streams.

@@ -32,10 +32,16 @@ pub mod types;
 
 pub use codec::{encode, DecodeError, FrameDecoder};
 pub use frame::*;
-pub use types::{ChecksumAlgo, PartitionMeta, TableFormat, VersionState};
+pub use types::{ChecksumAlgo, PartitionMeta, SnapshotId, TableFormat, VersionState};
 
 /// Version of the protocol this build speaks; carried as the first field of every `Request`.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// * 1 — the first.
+/// * 2 — resume: `Request::resume`, `Accept::snapshot`, `FileHeader::offset`, the `Suspend`
+///   frame and the `SnapshotGone` reason. Each side refuses the other version with a typed
+///   `UnsupportedVersion` (a version-1 server reads a version-2 request's version and refuses
+///   it; a version-2 server peeks at a version-1 request's version and refuses it).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// ALPN identifier: peers that do not speak it fail the TLS handshake.
 pub const ALPN: &[u8] = b"quicstrap/1";

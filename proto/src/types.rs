@@ -85,3 +85,16 @@ impl fmt::Display for ChecksumAlgo {
         })
     }
 }
+
+/// Which snapshot a transfer's files come from. A server gives every snapshot it makes a new
+/// id (a random per-process part, so a restarted server never reuses one, and a digest of the
+/// checkpoint's sequence number and files), and a client resumes only from the very snapshot
+/// its files were cut from: files of two snapshots, even of one partition, differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotId(pub [u8; 16]);
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}

@@ -3,10 +3,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::frame::{Accept, ControlFrame, FileEntry, FileHeader, RejectReason, Request};
+use crate::frame::{Accept, ControlFrame, FileEntry, FileHeader, RejectReason, Request, Resume};
 use crate::types::PartitionMeta;
 
 use super::manifest::check_manifest;
+use super::resume::{check_resume, ResumeFrom};
 
 /// The client's time limits and bounds.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +70,9 @@ pub enum ClientAction {
         index: u32,
         /// What the file must be.
         entry: FileEntry,
+        /// Bytes of the file already held (a resume): the stream carries the rest, and the
+        /// digest covers the held prefix read back from disk plus the stream.
+        offset: u64,
     },
     /// Every file has validated and the server has sent `Metadata` and `Complete`: commit,
     /// then report with [`ClientTransfer::handle_committed`].
@@ -100,6 +104,10 @@ pub struct ClientTransfer {
     phase: Phase,
     actions: VecDeque<ClientAction>,
     files: Vec<FileEntry>,
+    /// Set when resuming: what the `Accept` must match.
+    resume: Option<ResumeFrom>,
+    /// Per file, the byte its stream must start at.
+    offsets: Vec<u64>,
     started: Vec<bool>,
     done: Vec<bool>,
     validated: usize,
@@ -114,13 +122,41 @@ pub struct ClientTransfer {
 }
 
 impl ClientTransfer {
-    /// A transfer asking for `request`; the first action sends it.
-    pub fn new(request: Request, limits: ClientLimits, now: Instant) -> Self {
+    /// A fresh transfer asking for `request` (any `resume` in it is dropped); the first
+    /// action sends it.
+    pub fn new(mut request: Request, limits: ClientLimits, now: Instant) -> Self {
+        request.resume = None;
+        Self::start(request, None, limits, now)
+    }
+
+    /// A transfer resuming `from`: it asks for the files still needed, each from its offset,
+    /// and accepts only the same snapshot with the same manifest.
+    pub fn resume(
+        mut request: Request,
+        from: ResumeFrom,
+        limits: ClientLimits,
+        now: Instant,
+    ) -> Self {
+        request.resume = Some(Resume {
+            snapshot: from.snapshot,
+            files: from.files.clone(),
+        });
+        Self::start(request, Some(from), limits, now)
+    }
+
+    fn start(
+        request: Request,
+        resume: Option<ResumeFrom>,
+        limits: ClientLimits,
+        now: Instant,
+    ) -> Self {
         Self {
             limits,
             phase: Phase::Requested,
             actions: VecDeque::from([ClientAction::Send(ControlFrame::Request(request))]),
             files: Vec::new(),
+            resume,
+            offsets: Vec::new(),
             started: Vec::new(),
             done: Vec::new(),
             validated: 0,
@@ -142,6 +178,11 @@ impl ClientTransfer {
     /// Payload bytes of the files validated so far.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// True when this transfer resumes an earlier one.
+    pub fn is_resume(&self) -> bool {
+        self.resume.is_some()
     }
 
     /// True once the transfer is over, whichever way.
@@ -187,12 +228,38 @@ impl ClientTransfer {
         match (self.phase, frame) {
             // "Still working": the server is making and digesting the snapshot.
             (Phase::Requested, ControlFrame::Preparing) => {}
-            (Phase::Requested, ControlFrame::Accept(Accept { files })) => {
+            (Phase::Requested, ControlFrame::Accept(Accept { files, snapshot })) => {
                 if let Err(e) = check_manifest(&files, self.limits.max_files) {
                     return self.fail(ClientFailure::Protocol(e.to_string()));
                 }
                 self.started = vec![false; files.len()];
                 self.done = vec![false; files.len()];
+                self.offsets = vec![0; files.len()];
+                if let Some(from) = &self.resume {
+                    if snapshot != from.snapshot || files != from.manifest {
+                        return self.fail(ClientFailure::Protocol(format!(
+                            "resume of snapshot {} answered with snapshot {snapshot} or another manifest",
+                            from.snapshot
+                        )));
+                    }
+                    let asked = Resume {
+                        snapshot,
+                        files: from.files.clone(),
+                    };
+                    if let Err(e) = check_resume(&asked, &files) {
+                        return self.fail(ClientFailure::Protocol(e));
+                    }
+                    // Files not asked for were validated by an earlier attempt.
+                    self.started = vec![true; files.len()];
+                    self.done = vec![true; files.len()];
+                    self.validated = files.len() - from.files.len();
+                    for f in &from.files {
+                        let i = f.index as usize;
+                        self.started[i] = false;
+                        self.done[i] = false;
+                        self.offsets[i] = f.offset;
+                    }
+                }
                 self.files = files;
                 self.phase = Phase::Receiving;
                 self.actions.push_back(ClientAction::Accepted);
@@ -252,13 +319,20 @@ impl ClientTransfer {
         let i = header.index as usize;
         if i >= self.files.len() || self.started[i] {
             return self.fail(ClientFailure::Protocol(format!(
-                "file stream for index {i} not in the manifest or sent twice"
+                "file stream for index {i} not in the manifest, not asked for, or sent twice"
+            )));
+        }
+        if header.offset != self.offsets[i] {
+            return self.fail(ClientFailure::Protocol(format!(
+                "file stream for index {i} starts at byte {} instead of {}",
+                header.offset, self.offsets[i]
             )));
         }
         self.started[i] = true;
         self.actions.push_back(ClientAction::ReceiveFile {
             index: header.index,
             entry: self.files[i].clone(),
+            offset: header.offset,
         });
     }
 
@@ -336,14 +410,27 @@ impl ClientTransfer {
         if self.phase == Phase::Committing {
             return self.handle_committed(Err(reason));
         }
+        self.goodbye(ControlFrame::Abort { reason })
+    }
+
+    /// Ends the transfer from this side keeping what arrived, to resume it later (a stall, a
+    /// lost path): the server gets `Suspend` and keeps the snapshot for its resume window.
+    /// During a commit this is an [`Self::abort`]: a commit that failed is not resumed.
+    pub fn suspend(&mut self, reason: String) {
+        if self.phase == Phase::Committing {
+            return self.handle_committed(Err(reason));
+        }
+        self.goodbye(ControlFrame::Suspend { reason })
+    }
+
+    fn goodbye(&mut self, frame: ControlFrame) {
         if self.said_goodbye {
             return;
         }
         self.phase = Phase::Ended;
         self.said_goodbye = true;
         self.actions.clear();
-        self.actions
-            .push_back(ClientAction::Send(ControlFrame::Abort { reason }));
+        self.actions.push_back(ClientAction::Send(frame));
         self.actions.push_back(ClientAction::FinishSend);
     }
 

@@ -14,17 +14,24 @@
 //!   decode) → lease → `Preparing` heartbeats while digesting → `Accept` → file pushes →
 //!   `Metadata` and `Complete` once every byte is acknowledged → wait for `Done`.
 //!
+//! A transfer may resume an earlier one from the same peer ([`ResumeFrom`]): the request
+//! names the snapshot and the files still needed, each from an offset; the server checks the
+//! list ([`check_resume`]) and pushes only those ([`push_plan`]), or refuses with
+//! `SnapshotGone` when the snapshot is no longer kept.
+//!
 //! Both pull style: after an event, drain [`ClientTransfer::poll_action`] (or the server's),
 //! and wake for [`ClientTransfer::poll_timeout`] to call `handle_timeout`.
 
 mod client;
 mod manifest;
+mod resume;
 #[cfg(any(test, feature = "script"))]
 pub mod script;
 mod server;
 
 pub use client::{ClientAction, ClientFailure, ClientLimits, ClientTransfer};
 pub use manifest::{check_manifest, check_partition, check_request, ManifestError, RECEIPT_FILE};
+pub use resume::{check_resume, push_plan, ResumeFrom};
 pub use server::{heartbeat_interval, ServerAction, ServerEnd, ServerLimits, ServerTransfer};
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Drives both machines with an event sequence read from arbitrary bytes and checks, after
 //! every step, that nothing invalid came out: no commit without a valid manifest, every file
 //! validated, `Metadata` and `Complete`; no file received twice or outside the manifest; no
-//! server `Metadata` before every file was acknowledged; nothing after the end. Used by the
+//! server `Metadata` before every file was acknowledged; nothing after the end. Some client
+//! scripts resume: then only the snapshot and manifest resumed from are accepted, only the
+//! files asked for are received, each from its offset. Used by the
 //! fuzz target `transfer_machines` and by a randomized unit test, so both check the same
 //! things. Panics on a broken rule; that is the point.
 
@@ -9,7 +11,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::frame::*;
-use crate::types::{ChecksumAlgo, PartitionMeta, TableFormat};
+use crate::types::{ChecksumAlgo, PartitionMeta, SnapshotId, TableFormat};
 
 use super::*;
 
@@ -37,6 +39,7 @@ impl Bytes<'_> {
             0 => ControlFrame::Preparing,
             1 => ControlFrame::Accept(Accept {
                 files: manifest(self.next()),
+                snapshot: SnapshotId([self.next() % 2; 16]),
             }),
             2 => ControlFrame::Reject(Reject {
                 reason: RejectReason::ALL[self.next() as usize % RejectReason::ALL.len()],
@@ -51,7 +54,17 @@ impl Bytes<'_> {
             6 => ControlFrame::Abort {
                 reason: "bye".into(),
             },
-            7 => ControlFrame::Request(request(u16::from(self.next() % 3))),
+            7 => {
+                let mut req = request(u16::from(self.next() % 3));
+                if self.next() % 2 == 1 {
+                    let from = resume_from(self.next());
+                    req.resume = Some(Resume {
+                        snapshot: from.snapshot,
+                        files: from.files,
+                    });
+                }
+                ControlFrame::Request(req)
+            }
             _ => {
                 let n = (self.next() % 16) as usize;
                 let raw: Vec<u8> = (0..n).map(|_| self.next()).collect();
@@ -94,6 +107,24 @@ fn request(version: u16) -> Request {
         partition: 0,
         table_format: TableFormat::Block,
         checksum: ChecksumAlgo::Md5,
+        resume: None,
+    }
+}
+
+/// A resume of snapshot `[1; 16]` with the 4-file manifest, asking for some files from some
+/// offsets, as `pick` says.
+fn resume_from(pick: u8) -> ResumeFrom {
+    let files = (0..4u32)
+        .filter(|i| pick & (1 << i) != 0)
+        .map(|index| FileStart {
+            index,
+            offset: u64::from(pick >> 4) % 11,
+        })
+        .collect();
+    ResumeFrom {
+        snapshot: SnapshotId([1; 16]),
+        manifest: manifest(3),
+        files,
     }
 }
 
@@ -106,18 +137,29 @@ struct Seen {
     handed_out: HashSet<u32>,
     reported_done: HashSet<u32>,
     ended: bool,
+    /// Set for a resuming script.
+    resume: Option<ResumeFrom>,
+    snapshot: Option<SnapshotId>,
 }
 
 /// Runs `data` as a client script; panics if the client does something the protocol forbids.
 pub fn run_client(data: &[u8]) {
     let limits = ClientLimits {
-        max_files: 3,
+        max_files: 4,
         ..ClientLimits::default()
     };
     let mut now = Instant::now();
-    let mut c = ClientTransfer::new(request(crate::PROTOCOL_VERSION), limits, now);
-    let mut seen = Seen::default();
     let mut bytes = Bytes(data);
+    let mut seen = Seen::default();
+    let req = request(crate::PROTOCOL_VERSION);
+    let mut c = match bytes.next() {
+        pick if pick % 2 == 1 => {
+            let from = resume_from(bytes.next());
+            seen.resume = Some(from.clone());
+            ClientTransfer::resume(req, from, limits, now)
+        }
+        _ => ClientTransfer::new(req, limits, now),
+    };
     while !bytes.is_empty() {
         match bytes.next() % 12 {
             0 | 1 => {
@@ -125,7 +167,8 @@ pub fn run_client(data: &[u8]) {
                 if !c.is_ended() {
                     match &frame {
                         ControlFrame::Accept(a) if seen.manifest.is_none() => {
-                            seen.manifest = Some(a.files.clone())
+                            seen.manifest = Some(a.files.clone());
+                            seen.snapshot = Some(a.snapshot);
                         }
                         ControlFrame::Metadata(m) if seen.meta.is_none() && !seen.complete => {
                             seen.meta = Some(m.clone())
@@ -138,10 +181,12 @@ pub fn run_client(data: &[u8]) {
             }
             2 | 3 => {
                 let index = u32::from(bytes.next() % 5);
+                let offset = u64::from(bytes.next() % 4);
                 c.handle_file_stream(
                     FileHeader {
                         transfer_id: 1,
                         index,
+                        offset,
                     },
                     now,
                 );
@@ -181,12 +226,25 @@ pub fn run_client(data: &[u8]) {
 
 fn check_client_action(action: &ClientAction, seen: &mut Seen) {
     match action {
-        ClientAction::ReceiveFile { index, entry } => {
+        ClientAction::ReceiveFile {
+            index,
+            entry,
+            offset,
+        } => {
             assert!(!seen.ended, "file asked for after the end");
             let files = seen.manifest.as_ref().expect("file before a manifest");
             assert!(
-                check_manifest(files, 3).is_ok(),
+                check_manifest(files, 4).is_ok(),
                 "file of an invalid manifest"
+            );
+            let wanted = match &seen.resume {
+                None => Some(0),
+                Some(r) => r.files.iter().find(|f| f.index == *index).map(|f| f.offset),
+            };
+            assert_eq!(
+                wanted,
+                Some(*offset),
+                "file {index} not asked for, or from elsewhere"
             );
             assert_eq!(
                 files.get(*index as usize),
@@ -202,24 +260,36 @@ fn check_client_action(action: &ClientAction, seen: &mut Seen) {
             assert!(!seen.ended, "commit after the end");
             let files = seen.manifest.as_ref().expect("commit without a manifest");
             assert!(
-                check_manifest(files, 3).is_ok(),
+                check_manifest(files, 4).is_ok(),
                 "commit of an invalid manifest"
             );
             assert!(seen.complete, "commit before Complete");
             assert_eq!(seen.meta.as_ref(), Some(meta), "commit with other metadata");
+            // Validated now, or (resuming) by the earlier attempt: not asked for again.
+            let mut validated = seen.reported_done.clone();
+            if let Some(r) = &seen.resume {
+                validated.extend(
+                    (0..files.len() as u32).filter(|i| r.files.iter().all(|f| f.index != *i)),
+                );
+            }
             let all: HashSet<u32> = (0..files.len() as u32).collect();
-            assert_eq!(
-                seen.reported_done, all,
-                "commit before every file validated"
-            );
+            assert_eq!(validated, all, "commit before every file validated");
         }
         ClientAction::Fail(_) => seen.ended = true,
         ClientAction::Accepted => {
             let files = seen.manifest.as_ref().expect("accepted without a manifest");
             assert!(
-                check_manifest(files, 3).is_ok(),
+                check_manifest(files, 4).is_ok(),
                 "accepted an invalid manifest"
             );
+            if let Some(r) = &seen.resume {
+                assert_eq!(files, &r.manifest, "resumed from another manifest");
+                assert_eq!(
+                    seen.snapshot,
+                    Some(r.snapshot),
+                    "resumed from another snapshot"
+                );
+            }
         }
         ClientAction::Send(_) | ClientAction::FinishSend => {}
     }
@@ -237,6 +307,7 @@ pub fn run_server(data: &[u8]) {
     let mut s = ServerTransfer::new(limits, now);
     let (mut leased, mut accepted, mut acked, mut ended) = (false, false, false, false);
     let mut lease_asked = false;
+    let mut resume = None;
     let mut bytes = Bytes(data);
     while !bytes.is_empty() {
         match bytes.next() % 11 {
@@ -259,7 +330,7 @@ pub fn run_server(data: &[u8]) {
                 s.handle_leased(now);
             }
             4 => s.handle_refused(RejectReason::Busy, "busy".into()),
-            5 => s.handle_manifest(manifest(0), now),
+            5 => s.handle_manifest(manifest(3), SnapshotId([1; 16]), now),
             6 => s.handle_send_progress(now),
             7 => {
                 if accepted {
@@ -281,6 +352,7 @@ pub fn run_server(data: &[u8]) {
                     assert!(!lease_asked, "lease asked twice");
                     assert!(check_request(&req, TableFormat::Block).is_ok());
                     lease_asked = true;
+                    resume = req.resume;
                 }
                 ServerAction::Send(ControlFrame::Accept(_)) => {
                     assert!(leased, "Accept without a lease");
@@ -295,7 +367,11 @@ pub fn run_server(data: &[u8]) {
                 ServerAction::Send(ControlFrame::Preparing) => {
                     assert!(leased && !accepted, "heartbeat outside the preparation")
                 }
-                ServerAction::PushFiles => assert!(accepted, "files pushed before Accept"),
+                ServerAction::PushFiles(plan) => {
+                    assert!(accepted, "files pushed before Accept");
+                    let wanted = push_plan(resume.as_ref(), &manifest(3));
+                    assert_eq!(Ok(plan), wanted, "pushed other files than asked for");
+                }
                 ServerAction::End(ServerEnd::Done) => {
                     assert!(acked, "Done accepted before Complete");
                     ended = true;

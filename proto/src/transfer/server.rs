@@ -4,10 +4,13 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::codec::{peek_request_version, DecodeError};
-use crate::frame::{Accept, ControlFrame, FileEntry, Reject, RejectReason, Request};
-use crate::types::{PartitionMeta, TableFormat};
+use crate::frame::{
+    Accept, ControlFrame, FileEntry, FileStart, Reject, RejectReason, Request, Resume,
+};
+use crate::types::{PartitionMeta, SnapshotId, TableFormat};
 
 use super::manifest::{check_request, unsupported};
+use super::resume::push_plan;
 
 /// The server's rules for one transfer.
 #[derive(Clone, Copy, Debug)]
@@ -38,12 +41,29 @@ pub enum ServerEnd {
     Rejected(RejectReason),
     /// The client confirmed with `Done`.
     Done,
-    /// The client sent `Abort` or went away.
+    /// The client sent `Abort`: it gave up, nothing of this transfer will be resumed.
     ClientAborted(String),
+    /// The client sent `Suspend`: it keeps what it received and may come back to resume.
+    Suspended(String),
+    /// The client went away without a word (its control stream ended early): it may come
+    /// back to resume.
+    ClientGone(String),
     /// The client broke the protocol.
     Protocol(String),
     /// The client stalled, or the partition timeout passed.
     Timeout,
+}
+
+impl ServerEnd {
+    /// True when the client may come back to resume: it did not say it gave up, did not
+    /// break the protocol and did not finish. The driver keeps the snapshot for the resume
+    /// window after such an end.
+    pub fn resumable(&self) -> bool {
+        matches!(
+            self,
+            Self::Suspended(_) | Self::ClientGone(_) | Self::Timeout
+        )
+    }
 }
 
 /// What the driver does next.
@@ -60,9 +80,10 @@ pub enum ServerAction {
     /// no snapshot slot) and answer [`ServerTransfer::handle_leased`] or
     /// [`ServerTransfer::handle_refused`].
     Lease(Request),
-    /// `Accept` is out: push every file of the manifest on its own stream, then report
+    /// `Accept` is out: push these files (every file from byte 0, or what a resume asked
+    /// for), each on its own stream starting at its offset, then report
     /// [`ServerTransfer::handle_files_acked`] once the client acknowledged every byte.
-    PushFiles,
+    PushFiles(Vec<FileStart>),
     /// The transfer is over; release everything. Streams of a transfer that did not end with
     /// [`ServerEnd::Done`] or a rejection are reset.
     End(ServerEnd),
@@ -88,6 +109,8 @@ pub struct ServerTransfer {
     since: Instant,
     next_beat: Instant,
     deadline: Option<Instant>,
+    /// What a resuming client still needs.
+    resume: Option<Resume>,
 }
 
 impl ServerTransfer {
@@ -100,6 +123,7 @@ impl ServerTransfer {
             since: now,
             next_beat: now,
             deadline: None,
+            resume: None,
         }
     }
 
@@ -148,6 +172,7 @@ impl ServerTransfer {
             Ok(ControlFrame::Request(req)) => match check_request(&req, self.limits.table_format) {
                 Ok(()) => {
                     self.phase = Phase::Leasing;
+                    self.resume = req.resume.clone();
                     self.actions.push_back(ServerAction::Lease(req));
                 }
                 Err((reason, message)) => self.reject_request(reason, message),
@@ -201,16 +226,25 @@ impl ServerTransfer {
         self.deadline = Some(now + self.limits.partition_timeout);
     }
 
-    /// The manifest is ready: accept and push.
-    pub fn handle_manifest(&mut self, files: Vec<FileEntry>, now: Instant) {
+    /// The manifest of snapshot `snapshot` is ready: accept and push (for a resume, only
+    /// the files asked for, from their offsets; a list that does not fit the manifest is a
+    /// `BadRequest`).
+    pub fn handle_manifest(&mut self, files: Vec<FileEntry>, snapshot: SnapshotId, now: Instant) {
         if self.phase != Phase::Preparing {
             return;
         }
+        let plan = match push_plan(self.resume.as_ref(), &files) {
+            Ok(plan) => plan,
+            Err(e) => return self.reject(RejectReason::BadRequest, e),
+        };
         self.phase = Phase::Pushing;
         self.since = now;
         self.actions
-            .push_back(ServerAction::Send(ControlFrame::Accept(Accept { files })));
-        self.actions.push_back(ServerAction::PushFiles);
+            .push_back(ServerAction::Send(ControlFrame::Accept(Accept {
+                files,
+                snapshot,
+            })));
+        self.actions.push_back(ServerAction::PushFiles(plan));
     }
 
     /// File data was handed to the transport or left on the wire: the client is taking it.
@@ -242,6 +276,7 @@ impl ServerTransfer {
         }
         let end = match (self.phase, frame) {
             (_, ControlFrame::Abort { reason }) => ServerEnd::ClientAborted(reason),
+            (_, ControlFrame::Suspend { reason }) => ServerEnd::Suspended(reason),
             (Phase::AwaitingDone, ControlFrame::Done) => ServerEnd::Done,
             (_, other) => ServerEnd::Protocol(format!("unexpected {}", other.name())),
         };
@@ -255,7 +290,7 @@ impl ServerTransfer {
             Phase::AwaitingDone => "no Done",
             _ => return,
         };
-        self.end(ServerEnd::ClientAborted(why.into()))
+        self.end(ServerEnd::ClientGone(why.into()))
     }
 
     /// Time passed; call at [`Self::poll_timeout`] or later.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::frame::*;
 use crate::transfer::*;
+use crate::types::SnapshotId;
 
 const LIMITS: ClientLimits = ClientLimits {
     idle: Duration::from_secs(10),
@@ -24,7 +25,13 @@ fn accepted(t0: Instant) -> ClientTransfer {
         drain(&mut c).as_slice(),
         [ClientAction::Send(ControlFrame::Request(_))]
     ));
-    c.handle_frame(ControlFrame::Accept(Accept { files: manifest() }), t0);
+    c.handle_frame(
+        ControlFrame::Accept(Accept {
+            files: manifest(),
+            snapshot: SNAP,
+        }),
+        t0,
+    );
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
     c
 }
@@ -33,6 +40,7 @@ fn header(index: u32) -> FileHeader {
     FileHeader {
         transfer_id: 7,
         index,
+        offset: 0,
     }
 }
 
@@ -76,7 +84,10 @@ fn preparing_heartbeats_are_skipped_and_keep_the_wait_alive() {
         assert!(drain(&mut c).is_empty(), "a heartbeat is no answer");
     }
     c.handle_frame(
-        ControlFrame::Accept(Accept { files: manifest() }),
+        ControlFrame::Accept(Accept {
+            files: manifest(),
+            snapshot: SNAP,
+        }),
         t0 + secs(31.0),
     );
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
@@ -161,7 +172,13 @@ fn manifests_with_path_tricks_or_lies_are_refused() {
     let t0 = Instant::now();
     let mut c = ClientTransfer::new(request(1), LIMITS, t0);
     drain(&mut c);
-    c.handle_frame(ControlFrame::Accept(Accept { files: twice }), t0);
+    c.handle_frame(
+        ControlFrame::Accept(Accept {
+            files: twice,
+            snapshot: SNAP,
+        }),
+        t0,
+    );
     protocol_failure(&mut c, "listed twice");
 }
 
@@ -376,4 +393,176 @@ fn a_failed_commit_tells_the_server_abort() {
             ClientAction::FinishSend
         ]
     );
+}
+
+/// A client resuming `SNAP` with `manifest()`, still needing `files`.
+fn resuming(t0: Instant, files: Vec<FileStart>) -> ClientTransfer {
+    let from = ResumeFrom {
+        snapshot: SNAP,
+        manifest: manifest(),
+        files: files.clone(),
+    };
+    let mut c = ClientTransfer::resume(request(crate::PROTOCOL_VERSION), from, LIMITS, t0);
+    match drain(&mut c).as_slice() {
+        [ClientAction::Send(ControlFrame::Request(r))] => assert_eq!(
+            r.resume,
+            Some(Resume {
+                snapshot: SNAP,
+                files
+            })
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.is_resume());
+    c
+}
+
+#[test]
+fn a_resume_receives_only_what_it_asked_for_from_where_it_asked() {
+    let t0 = Instant::now();
+    let mut c = resuming(
+        t0,
+        vec![FileStart {
+            index: 1,
+            offset: 4,
+        }],
+    );
+    c.handle_frame(
+        ControlFrame::Accept(Accept {
+            files: manifest(),
+            snapshot: SNAP,
+        }),
+        t0,
+    );
+    assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
+    // File 1 from byte 4; file 0 was validated before and comes with Metadata/Complete.
+    c.handle_file_stream(
+        FileHeader {
+            transfer_id: 7,
+            index: 1,
+            offset: 4,
+        },
+        t0,
+    );
+    assert_eq!(
+        drain(&mut c),
+        vec![ClientAction::ReceiveFile {
+            index: 1,
+            entry: manifest()[1].clone(),
+            offset: 4
+        }]
+    );
+    c.handle_file_done(1, 6, t0);
+    c.handle_frame(ControlFrame::Metadata(meta()), t0);
+    c.handle_frame(ControlFrame::Complete, t0);
+    assert_eq!(drain(&mut c), vec![ClientAction::Commit(meta())]);
+    assert_eq!(c.bytes(), 6);
+
+    // A file not asked for, or from another offset, is a violation.
+    for header in [
+        FileHeader {
+            transfer_id: 7,
+            index: 0,
+            offset: 0,
+        },
+        FileHeader {
+            transfer_id: 7,
+            index: 1,
+            offset: 0,
+        },
+    ] {
+        let mut c = resuming(
+            t0,
+            vec![FileStart {
+                index: 1,
+                offset: 4,
+            }],
+        );
+        c.handle_frame(
+            ControlFrame::Accept(Accept {
+                files: manifest(),
+                snapshot: SNAP,
+            }),
+            t0,
+        );
+        drain(&mut c);
+        c.handle_file_stream(header, t0);
+        protocol_failure(&mut c, "file stream for index");
+    }
+}
+
+#[test]
+fn a_resume_accepts_only_the_snapshot_and_manifest_it_holds_part_of() {
+    let t0 = Instant::now();
+    let mut other = manifest();
+    other[1].size = 11;
+    for (files, snapshot) in [(manifest(), SnapshotId([9; 16])), (other, SNAP)] {
+        let mut c = resuming(
+            t0,
+            vec![FileStart {
+                index: 0,
+                offset: 0,
+            }],
+        );
+        c.handle_frame(ControlFrame::Accept(Accept { files, snapshot }), t0);
+        protocol_failure(&mut c, "resume of snapshot");
+    }
+    // The server no longer has it: a typed refusal, for a fresh start.
+    let mut c = resuming(
+        t0,
+        vec![FileStart {
+            index: 0,
+            offset: 0,
+        }],
+    );
+    c.handle_frame(
+        ControlFrame::Reject(Reject {
+            reason: RejectReason::SnapshotGone,
+            message: "gone".into(),
+        }),
+        t0,
+    );
+    assert!(matches!(
+        failure(&mut c),
+        Some(ClientFailure::Rejected {
+            reason: RejectReason::SnapshotGone,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_resume_with_every_file_held_commits_on_complete() {
+    let t0 = Instant::now();
+    let mut c = resuming(t0, Vec::new());
+    c.handle_frame(
+        ControlFrame::Accept(Accept {
+            files: manifest(),
+            snapshot: SNAP,
+        }),
+        t0,
+    );
+    assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
+    c.handle_frame(ControlFrame::Metadata(meta()), t0);
+    c.handle_frame(ControlFrame::Complete, t0);
+    assert_eq!(drain(&mut c), vec![ClientAction::Commit(meta())]);
+}
+
+#[test]
+fn a_suspend_tells_the_server_to_keep_the_snapshot() {
+    let t0 = Instant::now();
+    let mut c = accepted(t0);
+    c.suspend("stalled".into());
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            ClientAction::Send(ControlFrame::Suspend {
+                reason: "stalled".into()
+            }),
+            ClientAction::FinishSend
+        ]
+    );
+    // Said once: a later abort adds nothing.
+    c.abort("late".into());
+    assert!(drain(&mut c).is_empty());
 }

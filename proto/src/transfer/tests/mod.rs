@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::frame::*;
-use crate::types::{ChecksumAlgo, PartitionMeta, TableFormat};
+use crate::types::{ChecksumAlgo, PartitionMeta, SnapshotId, TableFormat};
 
 pub(super) fn entry(name: &str, size: u64) -> FileEntry {
     FileEntry {
@@ -32,8 +32,12 @@ pub(super) fn request(version: u16) -> Request {
         partition: 0,
         table_format: TableFormat::Block,
         checksum: ChecksumAlgo::Md5,
+        resume: None,
     }
 }
+
+/// The snapshot the tests' servers serve.
+pub(super) const SNAP: SnapshotId = SnapshotId([3; 16]);
 
 pub(super) fn meta() -> PartitionMeta {
     PartitionMeta {

@@ -58,7 +58,9 @@ fn refused(s: &mut ServerTransfer, stop_reading: bool) -> (RejectReason, String)
 /// A server transfer that leased its snapshot at `t0`.
 fn leased(t0: Instant) -> ServerTransfer {
     let mut s = ServerTransfer::new(SERVER, t0);
-    s.handle_request(Some(&payload(&ControlFrame::Request(request(1)))));
+    s.handle_request(Some(&payload(&ControlFrame::Request(request(
+        crate::PROTOCOL_VERSION,
+    )))));
     assert!(matches!(
         sdrain(&mut s).as_slice(),
         [ServerAction::Lease(r)] if r.transfer_id == 7
@@ -70,12 +72,24 @@ fn leased(t0: Instant) -> ServerTransfer {
 /// A server transfer pushing files since `t0`.
 fn pushing(t0: Instant) -> ServerTransfer {
     let mut s = leased(t0);
-    s.handle_manifest(manifest(), t0);
+    s.handle_manifest(manifest(), SNAP, t0);
     assert_eq!(
         sdrain(&mut s),
         vec![
-            ServerAction::Send(ControlFrame::Accept(Accept { files: manifest() })),
-            ServerAction::PushFiles
+            ServerAction::Send(ControlFrame::Accept(Accept {
+                files: manifest(),
+                snapshot: SNAP
+            })),
+            ServerAction::PushFiles(vec![
+                FileStart {
+                    index: 0,
+                    offset: 0
+                },
+                FileStart {
+                    index: 1,
+                    offset: 0
+                }
+            ])
         ]
     );
     s
@@ -87,7 +101,7 @@ fn requests_are_validated_before_anything_is_leased() {
     assert_eq!(r, RejectReason::UnsupportedVersion);
     assert!(m.contains("version 9"), "{m}");
 
-    let mut bad_store = request(1);
+    let mut bad_store = request(crate::PROTOCOL_VERSION);
     bad_store.store = "../etc".into();
     let (r, m) = refusal(Some(&payload(&ControlFrame::Request(bad_store))));
     assert_eq!(
@@ -95,7 +109,7 @@ fn requests_are_validated_before_anything_is_leased() {
         (RejectReason::BadRequest, true)
     );
 
-    let mut plain = request(1);
+    let mut plain = request(crate::PROTOCOL_VERSION);
     plain.table_format = TableFormat::Plain;
     let (r, m) = refusal(Some(&payload(&ControlFrame::Request(plain))));
     assert_eq!(r, RejectReason::FormatMismatch);
@@ -117,16 +131,156 @@ fn requests_are_validated_before_anything_is_leased() {
 
 #[test]
 fn a_newer_request_that_does_not_decode_is_told_its_version_is_unsupported() {
-    // A future layout: version 2, then fields this build does not know.
-    let mut raw = payload(&ControlFrame::Request(request(2)));
+    // A future layout: the next version, then fields this build does not know.
+    let next = crate::PROTOCOL_VERSION + 1;
+    let mut raw = payload(&ControlFrame::Request(request(next)));
     raw.truncate(3);
     let (r, m) = refusal(Some(&raw));
     assert_eq!(r, RejectReason::UnsupportedVersion);
-    assert!(m.contains("version 2"), "{m}");
+    assert!(m.contains(&format!("version {next}")), "{m}");
     // Our own version that does not decode is just malformed.
-    let mut raw = payload(&ControlFrame::Request(request(1)));
+    let mut raw = payload(&ControlFrame::Request(request(crate::PROTOCOL_VERSION)));
     raw.truncate(3);
     assert_eq!(refusal(Some(&raw)).0, RejectReason::BadRequest);
+}
+
+/// The request of protocol version 1, as a version-1 client encodes it: no `resume`.
+#[derive(serde::Serialize)]
+enum V1Frame {
+    Request {
+        version: u16,
+        transfer_id: u64,
+        store: String,
+        store_version: u32,
+        partition: u32,
+        table_format: TableFormat,
+        checksum: crate::types::ChecksumAlgo,
+    },
+}
+
+#[test]
+fn a_version_1_request_is_refused_as_unsupported_not_misread() {
+    let old = V1Frame::Request {
+        version: 1,
+        transfer_id: 7,
+        store: "users".into(),
+        store_version: 1,
+        partition: 0,
+        table_format: TableFormat::Block,
+        checksum: crate::types::ChecksumAlgo::Md5,
+    };
+    let raw = postcard::to_stdvec(&old).unwrap();
+    let (r, m) = refusal(Some(&raw));
+    assert_eq!(r, RejectReason::UnsupportedVersion);
+    assert!(m.contains("version 1 not supported"), "{m}");
+}
+
+/// A leased transfer whose request resumes `files` of snapshot `SNAP`.
+fn leased_resume(t0: Instant, files: Vec<FileStart>) -> ServerTransfer {
+    let mut req = request(crate::PROTOCOL_VERSION);
+    req.resume = Some(Resume {
+        snapshot: SNAP,
+        files,
+    });
+    let mut s = ServerTransfer::new(SERVER, t0);
+    s.handle_request(Some(&payload(&ControlFrame::Request(req))));
+    assert!(matches!(sdrain(&mut s).as_slice(), [ServerAction::Lease(r)] if r.resume.is_some()));
+    s.handle_leased(t0);
+    s
+}
+
+#[test]
+fn a_resume_pushes_only_the_files_asked_for_from_their_offsets() {
+    let t0 = Instant::now();
+    let wanted = vec![FileStart {
+        index: 1,
+        offset: 4,
+    }];
+    let mut s = leased_resume(t0, wanted.clone());
+    s.handle_manifest(manifest(), SNAP, t0);
+    assert_eq!(
+        sdrain(&mut s),
+        vec![
+            ServerAction::Send(ControlFrame::Accept(Accept {
+                files: manifest(),
+                snapshot: SNAP
+            })),
+            ServerAction::PushFiles(wanted)
+        ]
+    );
+}
+
+#[test]
+fn a_resume_that_does_not_fit_the_manifest_is_a_bad_request() {
+    let t0 = Instant::now();
+    for files in [
+        // Outside the manifest.
+        vec![FileStart {
+            index: 5,
+            offset: 0,
+        }],
+        // Past the end of the file (10 bytes).
+        vec![FileStart {
+            index: 1,
+            offset: 11,
+        }],
+        // Out of order, or twice.
+        vec![
+            FileStart {
+                index: 1,
+                offset: 0,
+            },
+            FileStart {
+                index: 0,
+                offset: 0,
+            },
+        ],
+        vec![
+            FileStart {
+                index: 1,
+                offset: 0,
+            },
+            FileStart {
+                index: 1,
+                offset: 0,
+            },
+        ],
+    ] {
+        let mut s = leased_resume(t0, files);
+        s.handle_manifest(manifest(), SNAP, t0);
+        assert_eq!(refused(&mut s, false).0, RejectReason::BadRequest);
+    }
+}
+
+#[test]
+fn only_an_abort_or_a_protocol_breach_forfeits_a_resume() {
+    let t0 = Instant::now();
+    let end = |frame: Option<ControlFrame>| {
+        let mut s = pushing(t0);
+        match frame {
+            Some(f) => s.handle_frame(f),
+            None => s.handle_control_end(),
+        }
+        match sdrain(&mut s).as_slice() {
+            [ServerAction::End(e)] => e.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let suspended = end(Some(ControlFrame::Suspend {
+        reason: "stall".into(),
+    }));
+    assert_eq!(suspended, ServerEnd::Suspended("stall".into()));
+    assert!(suspended.resumable());
+    assert!(end(None).resumable());
+    assert!(!end(Some(ControlFrame::Abort {
+        reason: "bad".into()
+    }))
+    .resumable());
+    assert!(!end(Some(ControlFrame::Complete)).resumable());
+    let mut s = pushing(t0);
+    s.handle_timeout(t0 + SERVER.idle);
+    assert_eq!(sdrain(&mut s), vec![ServerAction::End(ServerEnd::Timeout)]);
+    assert!(ServerEnd::Timeout.resumable());
 }
 
 #[test]
@@ -156,7 +310,9 @@ fn an_unreadable_or_late_request_is_a_bad_request() {
 fn a_refused_lease_is_a_typed_reject_that_keeps_reading_nothing() {
     let t0 = Instant::now();
     let mut s = ServerTransfer::new(SERVER, t0);
-    s.handle_request(Some(&payload(&ControlFrame::Request(request(1)))));
+    s.handle_request(Some(&payload(&ControlFrame::Request(request(
+        crate::PROTOCOL_VERSION,
+    )))));
     sdrain(&mut s);
     s.handle_refused(RejectReason::Busy, "no slot".into());
     assert_eq!(
@@ -278,7 +434,7 @@ fn client_frames_while_pushing_end_the_transfer_typed() {
     s.handle_control_end();
     assert_eq!(
         sdrain(&mut s),
-        vec![ServerAction::End(ServerEnd::ClientAborted(
+        vec![ServerAction::End(ServerEnd::ClientGone(
             "control stream closed".into()
         ))]
     );
@@ -288,9 +444,7 @@ fn client_frames_while_pushing_end_the_transfer_typed() {
     s.handle_control_end();
     assert_eq!(
         sdrain(&mut s),
-        vec![ServerAction::End(ServerEnd::ClientAborted(
-            "no Done".into()
-        ))]
+        vec![ServerAction::End(ServerEnd::ClientGone("no Done".into()))]
     );
     // Once ended, nothing more comes out.
     s.handle_frame(ControlFrame::Done);
@@ -302,7 +456,7 @@ fn client_frames_while_pushing_end_the_transfer_typed() {
 fn a_failure_the_driver_reports_drops_what_was_still_to_do() {
     let t0 = Instant::now();
     let mut s = leased(t0);
-    s.handle_manifest(manifest(), t0);
+    s.handle_manifest(manifest(), SNAP, t0);
     // Writing Accept failed: the push that was queued behind it must not start.
     assert!(matches!(s.poll_action(), Some(ServerAction::Send(_))));
     s.fail(ServerEnd::ClientAborted("stream gone".into()));
