@@ -31,7 +31,10 @@ fn codec(c: &mut Criterion) {
             digest: vec![7; 16],
         })
         .collect();
-    let frame = ControlFrame::Accept(Accept { files });
+    let frame = ControlFrame::Accept(Accept {
+        files,
+        snapshot: Default::default(),
+    });
     let bytes = encode(&frame);
     c.bench_function("encode manifest of 1000 files", |b| {
         b.iter(|| encode(&frame))

@@ -123,6 +123,8 @@ async fn fetch(
         progress,
         stats,
         |peer| async move { attempt(cfg, tls, id, &peer, parent, target_dir, progress).await },
+        // The baseline does not resume: every attempt starts from byte 0.
+        |_, _| false,
     )
     .await
 }
@@ -463,6 +465,7 @@ async fn worker(
             source,
             path,
             entry,
+            0,
             algo,
             received.clone(),
             limiter.clone(),

@@ -50,8 +50,9 @@ pub(crate) fn prepare_parent(id: &PartitionId, root: &Path) -> Result<PathBuf, F
 
 /// Tries `candidates` in order until one attempt commits the partition or an error says to
 /// give up. A candidate comes with its connectivity verdict: a peer already known dead
-/// becomes a failed attempt without being asked. Every attempt is recorded, with its bytes
-/// (read from `progress`) and time, in the report or the error.
+/// becomes a failed attempt without being asked. After a failed attempt `again` says whether
+/// the same peer is asked once more (a resume of what it kept). Every attempt is recorded,
+/// with its bytes (read from `progress`) and time, in the report or the error.
 pub(crate) async fn try_peers<F, Fut>(
     id: &PartitionId,
     target: PathBuf,
@@ -59,6 +60,7 @@ pub(crate) async fn try_peers<F, Fut>(
     progress: &Progress,
     stats: &FetchStats,
     mut attempt: F,
+    mut again: impl FnMut(&Peer, &AttemptError) -> bool,
 ) -> Result<FetchReport, FetchError>
 where
     F: FnMut(Peer) -> Fut,
@@ -66,17 +68,22 @@ where
 {
     let started = Instant::now();
     let mut attempts = Vec::new();
-    for (peer, verdict) in candidates {
+    let mut queue: std::collections::VecDeque<_> = candidates.into_iter().collect();
+    while let Some((peer, verdict)) = queue.pop_front() {
         progress.attempts.fetch_add(1, Ordering::Relaxed);
         progress.received.store(0, Ordering::Relaxed);
         progress.total.store(0, Ordering::Relaxed);
+        progress.resumed.store(0, Ordering::Relaxed);
+        progress.resent.store(0, Ordering::Relaxed);
         let t0 = Instant::now();
         let name = peer.to_string();
         let result = match verdict {
             Err(e) => Err(e),
-            Ok(()) => attempt(peer).await,
+            Ok(()) => attempt(peer.clone()).await,
         };
         let bytes = progress.received.load(Ordering::Relaxed);
+        let resumed_bytes = progress.resumed.load(Ordering::Relaxed);
+        let resent_bytes = progress.resent.load(Ordering::Relaxed);
         stats.bytes_received.fetch_add(bytes, Ordering::Relaxed);
         match result {
             Ok((files, meta)) => {
@@ -87,6 +94,8 @@ where
                     error: None,
                     next_step: None,
                     bytes,
+                    resumed_bytes,
+                    resent_bytes,
                     seconds: t0.elapsed().as_secs_f64(),
                 });
                 return Ok(FetchReport {
@@ -102,7 +111,11 @@ where
             }
             Err(e) => {
                 stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
-                let step = e.next_step();
+                let step = match e.next_step() {
+                    NextStep::GiveUp => NextStep::GiveUp,
+                    _ if again(&peer, &e) => NextStep::Resume,
+                    step => step,
+                };
                 tracing::warn!(partition = %id, peer = %name, error = %e, next = ?step, "attempt failed");
                 attempts.push(Attempt {
                     peer: name.clone(),
@@ -110,8 +123,13 @@ where
                     error: Some(e.to_string()),
                     next_step: Some(step),
                     bytes,
+                    resumed_bytes,
+                    resent_bytes,
                     seconds: t0.elapsed().as_secs_f64(),
                 });
+                if step == NextStep::Resume {
+                    queue.push_front((peer, Ok(())));
+                }
                 if step == NextStep::GiveUp {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
                     return Err(FetchError::GaveUp {

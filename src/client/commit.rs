@@ -40,9 +40,20 @@ impl TempDir {
         Ok(Self { path, armed: true })
     }
 
+    /// Takes over an existing temp dir (one kept for a resume), deleted on drop like a new
+    /// one.
+    pub fn adopt(path: PathBuf) -> Self {
+        Self { path, armed: true }
+    }
+
     /// Its path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Leaves it on disk: it was kept (parked) for a later resume.
+    pub fn disarm(mut self) {
+        self.armed = false;
     }
 
     /// Deletes it now.
@@ -111,6 +122,12 @@ pub fn commit(
             "metadata offset {:?} disagrees with the data's own offset {:?}",
             receipt.meta.offset, inside.offset
         )));
+    }
+    // A resumed transfer's journal has served its purpose; it must not become part of the
+    // partition.
+    match std::fs::remove_file(tmp.path().join(super::resume::JOURNAL_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(AttemptError::local(e)),
+        _ => {}
     }
     let json =
         serde_json::to_vec_pretty(receipt).map_err(|e| AttemptError::LocalIo(e.to_string()))?;

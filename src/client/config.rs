@@ -80,6 +80,14 @@ pub struct FetchConfig {
     /// 256 MiB): the receive windows quinn grants plus the receive buffers. Each connection's
     /// window follows its path within that (`budget`).
     pub max_recv_buffer: u64,
+    /// Keep what an interrupted attempt received and ask the same peer for the rest only
+    /// (on by default). Off: every attempt starts from byte 0 and leaves nothing behind.
+    pub resume: bool,
+    /// How old a kept transfer's journal may be and still be resumed (10 min, the servers'
+    /// default window); older ones are deleted.
+    pub resume_window: Duration,
+    /// Resumes at the same peer in a row before moving on to the next peer (3).
+    pub max_resumes: u32,
 }
 
 impl FetchConfig {
@@ -95,6 +103,9 @@ impl FetchConfig {
             check_timeout: Duration::from_secs(60),
             check_freshness: Duration::from_secs(30),
             max_recv_buffer: crate::budget::DEFAULT_CAP,
+            resume: true,
+            resume_window: Duration::from_secs(10 * 60),
+            max_resumes: 3,
         }
     }
 }
@@ -112,6 +123,12 @@ pub struct Attempt {
     pub next_step: Option<NextStep>,
     /// Payload bytes received in this attempt.
     pub bytes: u64,
+    /// Bytes an earlier attempt (or an earlier run) received that this one kept: not sent
+    /// again.
+    pub resumed_bytes: u64,
+    /// Bytes an earlier attempt received that this one could not keep (another peer, the
+    /// snapshot gone, a held prefix that failed its digest), so they were asked for again.
+    pub resent_bytes: u64,
     /// Wall time of the attempt.
     pub seconds: f64,
 }
@@ -148,6 +165,10 @@ pub struct Progress {
     pub received: Arc<AtomicU64>,
     /// Attempts started so far.
     pub attempts: AtomicU64,
+    /// Bytes of the current attempt's manifest already held from an earlier attempt.
+    pub resumed: AtomicU64,
+    /// Bytes held from an earlier attempt that the current one discarded.
+    pub resent: AtomicU64,
     cancelled: AtomicBool,
     cancel_notify: tokio::sync::Notify,
 }

@@ -20,6 +20,9 @@ pub enum NextStep {
     CleanupThenNextPeer,
     /// No other peer can help (cancelled, local disk trouble): stop.
     GiveUp,
+    /// The attempt was interrupted and its files are kept: ask the same peer for the rest
+    /// (then the next peer, which starts afresh).
+    Resume,
 }
 
 /// One failed attempt at one peer.
@@ -99,6 +102,20 @@ impl AttemptError {
             | Self::PartitionTimeout(_) => NextStep::CleanupThenNextPeer,
             Self::LocalIo(_) | Self::Cancelled => NextStep::GiveUp,
         }
+    }
+
+    /// True when what arrived before this failure is still good and the same peer may be
+    /// asked for the rest: the transfer was interrupted (a stall, a lost path or peer, a
+    /// server going down, the clock), not proven wrong or given up.
+    pub fn interrupted(&self) -> bool {
+        matches!(
+            self,
+            Self::StreamReset(_)
+                | Self::PeerGone(_)
+                | Self::PeerShuttingDown
+                | Self::Idle(_)
+                | Self::PartitionTimeout(_)
+        )
     }
 
     /// Short stable label for reports and metrics.

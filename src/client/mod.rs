@@ -14,6 +14,7 @@ pub mod connectivity;
 pub mod error;
 mod pool;
 pub(crate) mod receive;
+pub mod resume;
 mod transfer;
 
 use std::net::SocketAddr;
@@ -200,12 +201,22 @@ impl Fetcher {
                 })
             }
         };
+        // A transfer of this partition kept by an earlier run is claimed before the sweep
+        // deletes what dead fetches left.
+        let kept = Mutex::new(self.adopt(id, root)?);
         let parent = attempts::prepare_parent(id, root)?;
-        let order = if self.cfg.shuffle {
+        let mut order = if self.cfg.shuffle {
             peers::shuffled(peers.to_vec())
         } else {
             peers.to_vec()
         };
+        // The peer the kept files came from is asked first: only it can resume them.
+        if let Some(from) = lock(&kept).as_ref().map(|k| k.journal.peer.clone()) {
+            if let Some(i) = order.iter().position(|p| p.to_string() == from) {
+                let p = order.remove(i);
+                order.insert(0, p);
+            }
+        }
         // Handshake with every candidate at once; known-dead peers then fail in no time.
         let verdicts = tokio::select! {
             v = self.check_peers(&order) => v,
@@ -217,8 +228,9 @@ impl Fetcher {
                 })
             }
         };
-        let (parent, target_dir) = (&parent, &target);
-        attempts::try_peers(
+        let (parent, target_dir, kept_ref) = (&parent, &target, &kept);
+        let mut resumes = 0u32;
+        let result = attempts::try_peers(
             id,
             target.clone(),
             order.into_iter().zip(verdicts),
@@ -234,7 +246,7 @@ impl Fetcher {
                 );
                 let deadline = tokio::time::Instant::now() + self.cfg.policy.partition_timeout;
                 let result = tracing::Instrument::instrument(
-                    self.attempt(id, &peer, parent, target_dir, progress, deadline),
+                    self.attempt(id, &peer, parent, target_dir, progress, deadline, kept_ref),
                     span,
                 )
                 .await;
@@ -245,8 +257,55 @@ impl Fetcher {
                 }
                 result
             },
+            // An interrupted attempt that kept its files asks the same peer again, a few
+            // times; a peer that cannot be reached or refuses is left for the next one.
+            |peer, e| {
+                let kept_files = matches!(
+                    e,
+                    AttemptError::ChecksumMismatch { .. } | AttemptError::SizeMismatch { .. }
+                ) || e.interrupted();
+                let holds = lock(kept_ref)
+                    .as_ref()
+                    .is_some_and(|k| k.journal.peer == peer.to_string());
+                if !(kept_files && holds) {
+                    return false;
+                }
+                resumes += 1;
+                resumes <= self.cfg.max_resumes
+            },
         )
-        .await
+        .await;
+        // Kept files of a fetch that failed stay for the next fetch of the partition.
+        if let Some(k) = kept
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            resume::park(k, id.partition, &temp_tag());
+        }
+        result
+    }
+
+    /// Claims what an earlier fetch of `id` kept for a resume, if resume is on.
+    fn adopt(&self, id: &PartitionId, root: &Path) -> Result<Option<resume::Kept>, FetchError> {
+        if !self.cfg.resume {
+            return Ok(None);
+        }
+        let parent = root.join(id.store_version_dir());
+        std::fs::create_dir_all(&parent)?;
+        let claim = parent.join(format!(
+            "{}{}-{}",
+            commit::TEMP_PREFIX,
+            id.partition,
+            temp_tag()
+        ));
+        Ok(resume::adopt(
+            &parent,
+            id,
+            self.cfg.policy.checksum,
+            self.cfg.policy.table_format,
+            self.cfg.resume_window,
+            claim,
+        ))
     }
 }
 

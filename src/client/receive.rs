@@ -71,27 +71,76 @@ impl ByteSource for quinn::RecvStream {
     }
 }
 
-/// Receives `entry` from `stream` into `path`; returns the bytes written.
+/// Opens `path` to continue it at byte `offset`: the first `offset` bytes are kept and read
+/// back into the digest (so the full-file digest covers them too), anything after them is
+/// cut. At offset 0 the file is created, or emptied if a kept dir still holds one.
+fn open_at(
+    path: &std::path::Path,
+    offset: u64,
+    algo: ChecksumAlgo,
+) -> std::io::Result<(std::fs::File, Hasher)> {
+    use std::io::{Read, Seek};
+    let mut hasher = Hasher::new(algo);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(offset == 0)
+        .open(path)?;
+    if offset > 0 {
+        file.set_len(offset)?;
+        let mut buf = vec![0u8; BUF];
+        let mut left = offset;
+        while left > 0 {
+            let n = file.read(&mut buf[..BUF.min(left as usize)])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} shorter than its resume offset", path.display()),
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        file.seek(std::io::SeekFrom::Start(offset))?;
+    }
+    Ok((file, hasher))
+}
+
+/// Receives `entry` from `stream` into `path`, the stream carrying the bytes from `offset` on
+/// (the ones before are on disk already); returns the bytes received.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn receive_file(
     mut stream: impl ByteSource,
     path: PathBuf,
     entry: FileEntry,
+    offset: u64,
     algo: ChecksumAlgo,
     progress: Arc<AtomicU64>,
     limiter: Arc<RateLimiter>,
     open: OpenFiles,
 ) -> Result<u64, AttemptError> {
-    let mut file = TrackedFile::new(
-        std::fs::OpenOptions::new()
+    let (mut file, mut hasher) = if offset == 0 {
+        let file = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(&path)
-            .map_err(AttemptError::local)?,
-        open,
-    );
-    let mut hasher = Hasher::new(algo);
+            .map_err(AttemptError::local)?;
+        (TrackedFile::new(file, open), Hasher::new(algo))
+    } else {
+        // Counted while the prefix is read back too: the attempt's cleanup waits for it.
+        let at = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let (file, hasher) = open_at(&at, offset, algo)?;
+            Ok::<_, std::io::Error>((TrackedFile::new(file, open), hasher))
+        })
+        .await
+        .map_err(|e| AttemptError::LocalIo(e.to_string()))?
+        .map_err(AttemptError::local)?
+    };
     let mut buf = vec![0u8; BUF];
-    let mut total = 0u64;
+    let mut total = offset;
     loop {
         let mut filled = 0;
         let mut eof = false;
@@ -150,5 +199,5 @@ pub(crate) async fn receive_file(
     .await
     .map_err(|e| AttemptError::LocalIo(e.to_string()))?
     .map_err(AttemptError::local)?;
-    Ok(total)
+    Ok(total - offset)
 }

@@ -3,30 +3,38 @@
 //! The machine holds the rules (what may arrive when, how long to wait); this driver opens the
 //! control stream, feeds it frames, file streams, file outcomes and time, and carries out what
 //! it asks: write a frame, receive a file into the temp dir (digest while writing), commit.
-//! Any failure deletes the temp dir — after every file task has ended, so no handle is open
-//! and no byte lands after the cleanup — and the server is told `Abort`.
+//! A failure ends every file task first, so no handle is open and no byte lands after the
+//! cleanup. Then an interrupted attempt (a stall, a lost path or peer) keeps its temp dir and
+//! journal for a resume and tells the server `Suspend`; any other failure deletes the temp
+//! dir and tells the server `Abort`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
 use crate::budget::BudgetLease;
+use crate::lock::unpoisoned as lock;
 use crate::partition::{PartitionId, PartitionMeta};
 use crate::peers::Peer;
-use crate::protocol::transfer::{ClientAction, ClientFailure, ClientLimits, ClientTransfer};
-use crate::protocol::{ControlFrame, Request, PROTOCOL_VERSION};
+use crate::protocol::transfer::{
+    ClientAction, ClientFailure, ClientLimits, ClientTransfer, ResumeFrom,
+};
+use crate::protocol::{ControlFrame, RejectReason, Request, PROTOCOL_VERSION};
 use crate::wire::{sleep_until, write_frame, FrameReader};
 
 use super::pool::{FileStreams, RouteGuard};
+use super::resume::{Journal, Kept};
 use super::{attempts, commit, receive, AttemptError, Fetcher, Progress};
 
 /// Largest control frame a client accepts (a manifest or metadata): Venice's 100 MB.
 pub const MAX_CONTROL_FRAME: usize = 100 * 1024 * 1024;
 /// How often received bytes are looked at, to tell a slow transfer from a stalled one.
 const PROGRESS_TICK: Duration = Duration::from_millis(250);
+/// Least time between two saves of the resume journal while files arrive.
+const JOURNAL_EVERY: Duration = Duration::from_secs(1);
 
 /// A transfer's control stream and machine, with what keeps the transfer's resources held.
 struct Control {
@@ -100,7 +108,10 @@ struct Accepted {
 }
 
 impl Fetcher {
-    /// One attempt: request, receive, validate, commit. Returns the files and the metadata.
+    /// One attempt: request (a resume of `kept` when it holds part of this peer's snapshot),
+    /// receive, validate, commit. Returns the files and the metadata. An interrupted attempt
+    /// leaves its files and journal in `kept` for the next one.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
         id: &PartitionId,
@@ -109,35 +120,105 @@ impl Fetcher {
         target: &Path,
         progress: &Progress,
         deadline: tokio::time::Instant,
+        kept: &Mutex<Option<Kept>>,
     ) -> Result<(usize, PartitionMeta), AttemptError> {
         let limit = self.cfg.policy.partition_timeout;
-        // Until files arrive nothing is on disk: dropping the work on a deadline or a cancel is
-        // a complete cleanup.
+        let mut held = lock(kept).take();
+        if let Some(k) = held.take() {
+            if self.cfg.resume && k.journal.peer == peer.to_string() {
+                held = Some(k);
+            } else {
+                // Replicas compact on their own: another peer's files are never resumed.
+                progress
+                    .resent
+                    .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
+            }
+        }
+        // Until files arrive nothing new is on disk: dropping the work on a deadline or a
+        // cancel is a complete cleanup (what was kept goes back below).
         let setup = async {
-            tokio::select! {
-                r = self.request(id, peer) => r,
-                _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(limit)),
-                _ = progress.cancelled() => Err(AttemptError::Cancelled),
+            loop {
+                let plan = held.as_ref().map(Kept::plan);
+                if let Some(p) = &plan {
+                    progress.resumed.store(p.held, Ordering::Relaxed);
+                }
+                match self
+                    .request(id, peer, plan.as_ref().map(|p| p.from.clone()))
+                    .await
+                {
+                    Err(AttemptError::Rejected {
+                        reason: RejectReason::SnapshotGone,
+                        ..
+                    }) if plan.is_some() => {
+                        // Expired, given up or restarted: start afresh from the same peer.
+                        tracing::info!(partition = %id, peer = %peer, "snapshot gone; fetching afresh");
+                        if let Some(k) = held.take() {
+                            progress
+                                .resent
+                                .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
+                        }
+                        progress.resumed.store(0, Ordering::Relaxed);
+                    }
+                    r => return r.map(|a| (a, plan)),
+                }
             }
         };
-        let Accepted {
-            _budget,
-            _route,
-            mut streams,
-            mut control,
-        } = setup.await?;
+        let setup = tokio::select! {
+            r = setup => r,
+            _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(limit)),
+            _ = progress.cancelled() => Err(AttemptError::Cancelled),
+        };
+        let (
+            Accepted {
+                _budget,
+                _route,
+                mut streams,
+                mut control,
+            },
+            plan,
+        ) = match setup {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Nothing was received this time; what was kept stays good unless the fetch
+                // was given up.
+                if e != AttemptError::Cancelled {
+                    *lock(kept) = held;
+                }
+                return Err(e);
+            }
+        };
         let files = control.machine.files();
         progress.total.store(
             files.iter().fold(0u64, |a, f| a.saturating_add(f.size)),
             Ordering::Relaxed,
         );
-        let tmp = commit::TempDir::create(parent, id.partition, &super::temp_tag())?;
+        let (tmp, mut journal) = match held {
+            Some(k) => (k.dir, k.journal),
+            None => {
+                let tmp = commit::TempDir::create(parent, id.partition, &super::temp_tag())?;
+                let mut journal = Journal::new(
+                    id,
+                    peer.to_string(),
+                    control.machine.snapshot().unwrap_or_default(),
+                    self.cfg.policy.checksum,
+                    self.cfg.policy.table_format,
+                    files.to_vec(),
+                );
+                if self.cfg.resume {
+                    journal.save(tmp.path()).map_err(AttemptError::local)?;
+                }
+                (tmp, journal)
+            }
+        };
         let mut rx = Receiving {
             dir: tmp.path(),
             progress: progress.received.clone(),
             fetcher: self,
             open: receive::OpenFiles::default(),
             tasks: JoinSet::new(),
+            journal: &mut journal,
+            saved: Instant::now(),
+            dirty: false,
         };
         let outcome = tokio::select! {
             r = rx.drive(&mut control, &mut streams) => r,
@@ -151,20 +232,28 @@ impl Fetcher {
         let meta = match outcome {
             Ok(meta) => meta,
             Err(e) => {
-                control.machine.abort(e.to_string());
+                let partial = plan.map(|p| p.partial).unwrap_or_default();
+                match self.keep(tmp, journal, &e, &partial) {
+                    Some(k) => {
+                        *lock(kept) = Some(k);
+                        control.machine.suspend(e.to_string());
+                    }
+                    None => control.machine.abort(e.to_string()),
+                }
                 control.goodbye(self).await;
-                tmp.remove();
                 return Err(e);
             }
         };
-        let files = control.machine.files().len();
+        let files = control.machine.files();
+        let total = files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
+        let files = files.len();
         let committed = attempts::commit_received(
             tmp,
             target,
             self.cfg.policy.table_format,
             peer,
             files,
-            control.machine.bytes(),
+            total,
             meta.clone(),
         )
         .await;
@@ -176,9 +265,60 @@ impl Fetcher {
         Ok((files, meta))
     }
 
+    /// What an attempt that failed with `e` leaves for the next one: its temp dir and journal
+    /// when the transfer was only interrupted, minus a resumed file whose held prefix failed
+    /// its digest (that file starts over); nothing (the dir is deleted) when resume is off or
+    /// what arrived is not to be trusted.
+    fn keep(
+        &self,
+        tmp: commit::TempDir,
+        mut journal: Journal,
+        e: &AttemptError,
+        partial: &std::collections::BTreeSet<u32>,
+    ) -> Option<Kept> {
+        if !self.cfg.resume {
+            tmp.remove();
+            return None;
+        }
+        let bad_prefix = match e {
+            AttemptError::ChecksumMismatch { file } | AttemptError::SizeMismatch { file, .. } => {
+                journal
+                    .manifest
+                    .iter()
+                    .position(|f| &f.name == file)
+                    .filter(|i| partial.contains(&(*i as u32)))
+            }
+            _ => None,
+        };
+        if let Some(i) = bad_prefix {
+            tracing::warn!(file = %journal.manifest[i].name, "a resumed file failed its digest; fetching it again");
+            journal.validated.remove(&(i as u32));
+            if std::fs::remove_file(tmp.path().join(&journal.manifest[i].name)).is_err() {
+                tmp.remove();
+                return None;
+            }
+        } else if !e.interrupted() {
+            tmp.remove();
+            return None;
+        }
+        match journal.save(tmp.path()) {
+            Ok(()) => Some(Kept { dir: tmp, journal }),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not write the resume journal; files deleted");
+                tmp.remove();
+                None
+            }
+        }
+    }
+
     /// Sends the request and waits for the answer: `Accept` (with a checked manifest) or a
     /// typed rejection; `Preparing` heartbeats keep the wait alive while the server digests.
-    async fn request(&self, id: &PartitionId, peer: &Peer) -> Result<Accepted, AttemptError> {
+    async fn request(
+        &self,
+        id: &PartitionId,
+        peer: &Peer,
+        resume: Option<ResumeFrom>,
+    ) -> Result<Accepted, AttemptError> {
         let pc = self.pool.connection(peer).await?;
         // From the request on, files may arrive: the connection's receive window follows its
         // path within the budget, and this transfer's receive buffers are reserved from it.
@@ -198,13 +338,18 @@ impl Fetcher {
             partition: id.partition,
             table_format: self.cfg.policy.table_format,
             checksum: self.cfg.policy.checksum,
+            resume: None,
         };
         let limits = ClientLimits {
             idle,
             ..ClientLimits::default()
         };
+        let machine = match resume {
+            Some(from) => ClientTransfer::resume(request, from, limits, Instant::now()),
+            None => ClientTransfer::new(request, limits, Instant::now()),
+        };
         let mut control = Control {
-            machine: ClientTransfer::new(request, limits, Instant::now()),
+            machine,
             send,
             reader: FrameReader::new(recv, MAX_CONTROL_FRAME),
             conn: pc.conn.clone(),
@@ -243,9 +388,26 @@ struct Receiving<'a> {
     fetcher: &'a Fetcher,
     open: receive::OpenFiles,
     tasks: JoinSet<(u32, Result<u64, AttemptError>)>,
+    /// Which files validated, saved now and then so a killed process loses little.
+    journal: &'a mut Journal,
+    saved: Instant,
+    dirty: bool,
 }
 
 impl Receiving<'_> {
+    /// Saves the journal if files validated since the last save, at most once a second: a
+    /// file not yet journaled is only read back, not sent again, after a crash.
+    fn save_journal(&mut self) {
+        if !self.dirty || !self.fetcher.cfg.resume || self.saved.elapsed() < JOURNAL_EVERY {
+            return;
+        }
+        if let Err(e) = self.journal.save(self.dir) {
+            tracing::warn!(error = %e, "could not save the resume journal");
+        }
+        self.saved = Instant::now();
+        self.dirty = false;
+    }
+
     /// Tells the machine when file bytes arrived since the last look.
     fn note_progress(&self, last: &mut u64, machine: &mut ClientTransfer) {
         let now = self.progress.load(Ordering::Relaxed);
@@ -270,7 +432,11 @@ impl Receiving<'_> {
             tokio::time::interval(PROGRESS_TICK.min(idle).max(Duration::from_millis(10)));
         loop {
             match control.next_action().await? {
-                Some(ClientAction::ReceiveFile { index, entry }) => {
+                Some(ClientAction::ReceiveFile {
+                    index,
+                    entry,
+                    offset,
+                }) => {
                     let stream = pending.take().ok_or_else(|| {
                         AttemptError::Protocol(format!("no stream for file {index}"))
                     })?;
@@ -278,6 +444,7 @@ impl Receiving<'_> {
                         stream,
                         self.dir.join(&entry.name),
                         entry,
+                        offset,
                         self.fetcher.cfg.policy.checksum,
                         self.progress.clone(),
                         self.fetcher.cfg.policy.read_limiter.clone(),
@@ -304,6 +471,8 @@ impl Receiving<'_> {
                     let (index, result) =
                         done.map_err(|e| AttemptError::LocalIo(format!("file task: {e}")))?;
                     control.machine.handle_file_done(index, result?, Instant::now());
+                    self.journal.validated.insert(index);
+                    self.dirty = true;
                 }
                 frame = control.reader.next_frame::<ControlFrame>(), if control.machine.wants_control() => {
                     control.feed(frame)?;
@@ -314,6 +483,7 @@ impl Receiving<'_> {
                 }
                 _ = tick.tick() => {
                     self.note_progress(&mut last_bytes, &mut control.machine);
+                    self.save_journal();
                 }
                 _ = sleep_until(control.machine.poll_timeout()) => {
                     // Bytes that arrived since the last tick count before the clock does.

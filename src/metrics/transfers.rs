@@ -67,6 +67,7 @@ pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttl
     );
     let outcomes: &[(&str, Pick<ServerStats>)] = &[
         ("accepted", |s| &s.accepted),
+        ("resumed", |s| &s.resumed),
         ("completed", |s| &s.completed),
         ("failed", |s| &s.failed),
         ("rejected", |s| &s.rejected),
@@ -75,7 +76,7 @@ pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttl
     register_outcomes(
         r,
         "quicstrap_server_transfers_total",
-        "Requests served, by outcome (busy is also counted in rejected).",
+        "Requests served, by outcome (busy is also counted in rejected, resumed in accepted).",
         &[],
         &stats,
         outcomes,

@@ -148,6 +148,8 @@ pub enum ServerError {
 pub struct ServerStats {
     /// Requests answered with `Accept`.
     pub accepted: AtomicU64,
+    /// Of those, resumes of an interrupted transfer (only the missing bytes sent).
+    pub resumed: AtomicU64,
     /// Transfers the client confirmed with `Done`.
     pub completed: AtomicU64,
     /// Transfers that ended any other way after `Accept`.

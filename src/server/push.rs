@@ -2,7 +2,7 @@
 //! chunks on the blocking pool and paced by the shared write limiter; a stream cut off before
 //! its last byte was acknowledged is reset, never finished short.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -10,24 +10,31 @@ use bytes::BytesMut;
 use tokio::sync::{watch, Semaphore};
 
 use crate::pacing::RateLimiter;
-use crate::protocol::{codes, FileHeader};
+use crate::protocol::{codes, FileHeader, FileStart};
 use crate::wire::write_frame;
 
 use super::request::TransferEnd;
 use super::{ServerStats, Shared};
 
-/// Sends every file on its own stream, at most `files_in_flight` at once, and returns once the
-/// client has acknowledged every byte of every file.
+/// Sends the files of `plan` (each from its offset) on their own streams, at most
+/// `files_in_flight` at once, and returns once the client has acknowledged every byte of
+/// every one.
 pub(super) async fn push_files(
     conn: &quinn::Connection,
     transfer_id: u64,
     snap: &Arc<crate::snapshot::Snapshot>,
+    plan: Vec<FileStart>,
     shared: &Shared,
     sent: Arc<AtomicU64>,
 ) -> Result<(), TransferEnd> {
     let slots = Arc::new(Semaphore::new(shared.cfg.files_in_flight.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, file) in snap.files.iter().enumerate() {
+    for FileStart { index, offset } in plan {
+        // The machine checked the plan against this very manifest.
+        let file = snap
+            .files
+            .get(index as usize)
+            .ok_or_else(|| TransferEnd::Protocol(format!("no file {index}")))?;
         let permit = slots
             .clone()
             .acquire_owned()
@@ -58,11 +65,12 @@ pub(super) async fn push_files(
                 stream,
                 &FileHeader {
                     transfer_id,
-                    index: index as u32,
+                    index,
+                    offset,
                 },
             )
             .await?;
-            send_file(stream, path, size, &stats, &limiter, &sent).await?;
+            send_file(stream, path, offset, size, &stats, &limiter, &sent).await?;
             stream
                 .finish()
                 .map_err(|e| TransferEnd::Stream(e.to_string()))?;
@@ -74,7 +82,9 @@ pub(super) async fn push_files(
             guard.disarm();
             match stopped {
                 Ok(None) => Ok(()),
-                Ok(Some(code)) => Err(TransferEnd::ClientAborted(format!(
+                // Stopped by the client: whether it gave up or will resume, its control
+                // stream says (and the transfer counts as interrupted until it does).
+                Ok(Some(code)) => Err(TransferEnd::Stream(format!(
                     "file stream stopped with code {code}"
                 ))),
                 Err(e) => Err(TransferEnd::Stream(e.to_string())),
@@ -126,13 +136,16 @@ pub(super) const CHUNK: usize = 256 << 10;
 async fn send_file(
     stream: &mut quinn::SendStream,
     path: std::path::PathBuf,
+    offset: u64,
     size: u64,
     stats: &ServerStats,
     limiter: &RateLimiter,
     sent_total: &AtomicU64,
 ) -> Result<(), TransferEnd> {
-    let mut file = Some(std::fs::File::open(&path)?);
-    let mut sent = 0u64;
+    let mut f = std::fs::File::open(&path)?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut file = Some(f);
+    let mut sent = offset;
     while sent < size {
         let f = file
             .take()

@@ -36,6 +36,10 @@ pub(super) enum TransferEnd {
     Stream(String),
     #[error("client aborted: {0}")]
     ClientAborted(String),
+    #[error("client suspended: {0}")]
+    Suspended(String),
+    #[error("client gone: {0}")]
+    ClientGone(String),
     #[error("protocol violation by client: {0}")]
     Protocol(String),
     #[error("io: {0}")]
@@ -44,6 +48,22 @@ pub(super) enum TransferEnd {
     Timeout,
     #[error("server shutting down")]
     ShuttingDown,
+}
+
+impl TransferEnd {
+    /// True when the client may come back to resume: the transfer was interrupted (a stall,
+    /// a lost stream or path, a `Suspend`), not given up (`Abort`), refused or broken.
+    fn resumable(&self) -> bool {
+        match self {
+            Self::Wire(_)
+            | Self::Stream(_)
+            | Self::Suspended(_)
+            | Self::ClientGone(_)
+            | Self::Timeout
+            | Self::ShuttingDown => true,
+            Self::ClientAborted(_) | Self::Protocol(_) | Self::Io(_) => false,
+        }
+    }
 }
 
 /// How a transfer ended, as the machine or the driver saw it.
@@ -59,6 +79,8 @@ impl From<ServerEnd> for Outcome {
             ServerEnd::Rejected(_) => Self::Rejected,
             ServerEnd::Done => Self::Done,
             ServerEnd::ClientAborted(m) => Self::Failed(TransferEnd::ClientAborted(m)),
+            ServerEnd::Suspended(m) => Self::Failed(TransferEnd::Suspended(m)),
+            ServerEnd::ClientGone(m) => Self::Failed(TransferEnd::ClientGone(m)),
             ServerEnd::Protocol(m) => Self::Failed(TransferEnd::Protocol(m)),
             ServerEnd::Timeout => Self::Failed(TransferEnd::Timeout),
         }
@@ -197,7 +219,16 @@ async fn serve_partition(
     shared: &Shared,
 ) {
     let stats = &shared.stats;
-    let lease = match shared.snapshots.acquire(id, Instant::now()).await {
+    let leased = match &req.resume {
+        Some(r) => {
+            shared
+                .snapshots
+                .acquire_for_resume(id, r.snapshot, Instant::now())
+                .await
+        }
+        None => shared.snapshots.acquire(id, Instant::now()).await,
+    };
+    let lease = match leased {
         Ok(l) => l,
         Err(e) => {
             let reason = e.reason();
@@ -226,7 +257,15 @@ async fn serve_partition(
         }
         Outcome::Failed(e) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(error = %e, "transfer ended early");
+            // An interrupted client may come back for the rest; one that gave up will not.
+            if e.resumable() {
+                shared
+                    .snapshots
+                    .keep_for_resume(lease.snapshot(), Instant::now());
+            } else {
+                lease.snapshot().release_resume();
+            }
+            tracing::info!(error = %e, resumable = e.resumable(), "transfer ended early");
             let code = match e {
                 TransferEnd::ShuttingDown => codes::SHUTTING_DOWN,
                 _ => codes::ABORTED,
@@ -260,11 +299,14 @@ async fn run_transfer(
     let mut shutdown = shared.shutdown.clone();
     loop {
         match control.next_action(shared).await {
-            Some(ServerAction::PushFiles) => {
+            Some(ServerAction::PushFiles(plan)) => {
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                if req.resume.is_some() {
+                    shared.stats.resumed.fetch_add(1, Ordering::Relaxed);
+                }
                 let reads = shared.cfg.files_in_flight.max(1) as u64 * CHUNK as u64;
                 _budget = Some(shared.budget.lease(conn, reads));
-                let push = push_files(conn, req.transfer_id, snap, shared, sent.clone());
+                let push = push_files(conn, req.transfer_id, snap, plan, shared, sent.clone());
                 pushing = Some(Box::pin(push));
                 continue;
             }
@@ -297,7 +339,7 @@ async fn run_transfer(
                         digest: d.clone(),
                     })
                     .collect();
-                control.machine.handle_manifest(files, Instant::now());
+                control.machine.handle_manifest(files, snap.snapshot_id, Instant::now());
             }
             r = async { pushing.as_mut().expect("guarded").await }, if pushing.is_some() => {
                 pushing = None;

@@ -12,7 +12,7 @@ use rocksdb::DB;
 use super::cleanup::remove_snapshot_dir;
 use super::digest::DigestJob;
 use crate::partition::{self, PartitionId, PartitionMeta, StorageError, TableFormat};
-use crate::protocol::names;
+use crate::protocol::{names, SnapshotId};
 
 /// One file of a snapshot.
 #[derive(Clone, Debug)]
@@ -31,6 +31,11 @@ pub struct Snapshot {
     pub dir: PathBuf,
     /// When it was made.
     pub created: Instant,
+    /// Its identity on the wire, for resumes: unique across snapshots and server restarts.
+    pub snapshot_id: SnapshotId,
+    /// Until when a resume of it is honoured: set when a transfer of it is interrupted,
+    /// cleared when its client gives up.
+    pub(super) resume_until: Mutex<Option<Instant>>,
     /// Its files, sorted by name.
     pub files: Vec<SnapshotFile>,
     /// Offset and version state read from the checkpoint itself (so never ahead of its data).
@@ -53,6 +58,16 @@ impl Snapshot {
     /// Current number of users.
     pub fn users(&self) -> usize {
         self.users.load(Ordering::Acquire)
+    }
+
+    /// True when a resume of this snapshot is honoured at `now`.
+    pub fn resumable_at(&self, now: Instant) -> bool {
+        crate::lock::unpoisoned(&self.resume_until).is_some_and(|until| now < until)
+    }
+
+    /// Forgets every resume hold: its client said it gave up.
+    pub fn release_resume(&self) {
+        *crate::lock::unpoisoned(&self.resume_until) = None;
     }
 }
 

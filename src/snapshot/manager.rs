@@ -17,7 +17,7 @@ use super::{policy, PartitionSource, RootError, Snapshot};
 use crate::lock::unpoisoned as lock;
 use crate::lock::DirLock;
 use crate::partition::{self, PartitionId, StorageError, TableFormat};
-use crate::protocol::RejectReason;
+use crate::protocol::{RejectReason, SnapshotId};
 
 /// Knobs of the snapshot manager (Venice's defaults).
 #[derive(Clone, Debug)]
@@ -34,6 +34,9 @@ pub struct SnapshotConfig {
     /// rolling restart starts the new process with a wait, so it takes over the root the
     /// moment the old one exits.
     pub lock_wait: Duration,
+    /// How long after an interrupted transfer its client may resume it (10 min), bounded by
+    /// the TTL: a snapshot past its TTL is replaced, and a resume never holds one longer.
+    pub resume_window: Duration,
 }
 
 impl SnapshotConfig {
@@ -45,6 +48,7 @@ impl SnapshotConfig {
             cleanup_interval: Duration::from_secs(120 * 60),
             max_users: 30,
             lock_wait: Duration::ZERO,
+            resume_window: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -64,6 +68,10 @@ pub enum AcquireError {
     /// The partition is here but its ingestion has stopped: its data no longer moves.
     #[error("ingestion stopped: {0}")]
     Stale(String),
+    /// A resume named a snapshot not kept here (any more): its window passed, its client gave
+    /// up, or this server restarted since.
+    #[error("snapshot {0} is not kept for resuming")]
+    SnapshotGone(SnapshotId),
 }
 
 impl AcquireError {
@@ -74,6 +82,7 @@ impl AcquireError {
             Self::Busy => RejectReason::Busy,
             Self::Storage(_) => RejectReason::ServerError,
             Self::Stale(_) => RejectReason::Stale,
+            Self::SnapshotGone(_) => RejectReason::SnapshotGone,
         }
     }
 }
@@ -94,6 +103,8 @@ pub(super) struct Inner {
     permits: Arc<Semaphore>,
     seq: AtomicU64,
     created: AtomicU64,
+    /// Random per manager: snapshot ids of a restarted server never match an old one's.
+    nonce: [u8; 16],
 }
 
 /// Makes, shares and deletes snapshots. Cheap to clone.
@@ -145,6 +156,7 @@ impl SnapshotManager {
                 permits,
                 seq: AtomicU64::new(0),
                 created: AtomicU64::new(0),
+                nonce: rand::random(),
             }),
         })
     }
@@ -154,13 +166,47 @@ impl SnapshotManager {
         &self.inner.cfg
     }
 
-    /// Leases a snapshot of `id` at time `now`: reuses a fresh one, else makes a new
-    /// checkpoint. Concurrent first requests wait for one checkpoint and share it.
-    pub async fn acquire(
+    /// Leases snapshot `snapshot` of `id` for a resume at `now`: only while it is in use or
+    /// held for a resume ([`Self::keep_for_resume`]), else [`AcquireError::SnapshotGone`].
+    pub async fn acquire_for_resume(
         &self,
         id: &PartitionId,
+        snapshot: SnapshotId,
         now: Instant,
     ) -> Result<SnapshotLease, AcquireError> {
+        let (permit, slot) = self.slot(id)?;
+        let slot = slot.lock().await;
+        match &slot.current {
+            // In use (a transfer of it may be the very one being resumed, not yet seen to be
+            // dead), or held for a resume.
+            Some(snap)
+                if snap.snapshot_id == snapshot && (snap.users() > 0 || snap.resumable_at(now)) =>
+            {
+                snap.users.fetch_add(1, Ordering::SeqCst);
+                Ok(SnapshotLease {
+                    snapshot: snap.clone(),
+                    _permit: permit,
+                })
+            }
+            _ => Err(AcquireError::SnapshotGone(snapshot)),
+        }
+    }
+
+    /// Keeps `snap` for a resume of an interrupted transfer: for the resume window from
+    /// `now`, never past its TTL. Costs no user slot: within its TTL a snapshot stays anyway,
+    /// and the hold only says a resume of it is honoured.
+    pub fn keep_for_resume(&self, snap: &Snapshot, now: Instant) {
+        let cfg = &self.inner.cfg;
+        let until = (now + cfg.resume_window).min(snap.created + cfg.ttl);
+        let mut held = lock(&snap.resume_until);
+        *held = Some(held.map_or(until, |h| h.max(until)));
+    }
+
+    /// A user slot and the partition's slot, or why not.
+    fn slot(
+        &self,
+        id: &PartitionId,
+    ) -> Result<(OwnedSemaphorePermit, Arc<tokio::sync::Mutex<Slot>>), AcquireError> {
         if let Some(why) = self.inner.source.stale(id) {
             return Err(AcquireError::Stale(why));
         }
@@ -174,6 +220,17 @@ impl SnapshotManager {
             .entry(id.clone())
             .or_default()
             .clone();
+        Ok((permit, slot))
+    }
+
+    /// Leases a snapshot of `id` at time `now`: reuses a fresh one, else makes a new
+    /// checkpoint. Concurrent first requests wait for one checkpoint and share it.
+    pub async fn acquire(
+        &self,
+        id: &PartitionId,
+        now: Instant,
+    ) -> Result<SnapshotLease, AcquireError> {
+        let (permit, slot) = self.slot(id)?;
         let mut slot = slot.lock().await;
         if let Some(snap) = &slot.current {
             if policy::reusable(snap.created, now, self.inner.cfg.ttl) {
@@ -205,10 +262,13 @@ impl SnapshotManager {
                 .await
                 .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
         self.inner.created.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = self.snapshot_id(id, seq, &files);
         let snap = Arc::new(Snapshot {
             id: id.clone(),
             dir,
             created: now,
+            snapshot_id,
+            resume_until: Mutex::default(),
             files,
             meta,
             md5: Default::default(),
@@ -226,6 +286,22 @@ impl SnapshotManager {
             snapshot: snap,
             _permit: permit,
         })
+    }
+
+    /// The id of checkpoint `seq` of `id`: this manager's nonce, the sequence number and the
+    /// files, hashed.
+    fn snapshot_id(&self, id: &PartitionId, seq: u64, files: &[super::SnapshotFile]) -> SnapshotId {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.inner.nonce);
+        h.update(&seq.to_le_bytes());
+        h.update(id.to_string().as_bytes());
+        for f in files {
+            h.update(f.name.as_bytes());
+            h.update(&f.size.to_le_bytes());
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        SnapshotId(out)
     }
 
     fn table_format_hint(&self, db: &DB) -> TableFormat {

@@ -74,9 +74,15 @@ fn entry(name: &str, content: &[u8]) -> FileEntry {
 
 /// Answers the request with `Accept` for `files`.
 async fn accept(s: &mut Session, files: Vec<FileEntry>) {
-    write_frame(&mut s.send, &ControlFrame::Accept(Accept { files }))
-        .await
-        .unwrap();
+    write_frame(
+        &mut s.send,
+        &ControlFrame::Accept(Accept {
+            files,
+            snapshot: Default::default(),
+        }),
+    )
+    .await
+    .unwrap();
 }
 
 /// Ends the transfer as a server does: `Metadata` (empty), then `Complete`.
@@ -99,6 +105,7 @@ async fn send_file(s: &Session, index: u32, bytes: &[u8], finish: bool) -> quinn
         &FileHeader {
             transfer_id: s.request.transfer_id,
             index,
+            offset: 0,
         },
     )
     .await

@@ -22,6 +22,7 @@ mod migration;
 mod ownership;
 mod pacing;
 mod real_databases;
+mod resume;
 mod scale;
 mod security;
 mod transfer;

@@ -84,7 +84,9 @@ async fn a_server_with_a_name_mismatch_is_refused() {
 }
 
 /// A raw, allowed QUIC client that can send anything on a control stream.
-async fn raw_connection(server: &quicstrap::Server) -> (quinn::Endpoint, quinn::Connection) {
+pub(crate) async fn raw_connection(
+    server: &quicstrap::Server,
+) -> (quinn::Endpoint, quinn::Connection) {
     let crypto = tls::client_config(&tls::dev::client().unwrap()).unwrap();
     let qc = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -119,7 +121,7 @@ async fn answer_with(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> Co
     }
 }
 
-async fn answer(conn: &quinn::Connection, bytes: &[u8]) -> ControlFrame {
+pub(crate) async fn answer(conn: &quinn::Connection, bytes: &[u8]) -> ControlFrame {
     answer_with(conn, bytes, true).await
 }
 
@@ -132,6 +134,7 @@ fn request(store: &str) -> Request {
         partition: 0,
         table_format: TableFormat::Block,
         checksum: ChecksumAlgo::Md5,
+        resume: None,
     }
 }
 

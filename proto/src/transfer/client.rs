@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::frame::{Accept, ControlFrame, FileEntry, FileHeader, RejectReason, Request, Resume};
-use crate::types::PartitionMeta;
+use crate::types::{PartitionMeta, SnapshotId};
 
 use super::manifest::check_manifest;
 use super::resume::{check_resume, ResumeFrom};
@@ -104,6 +104,8 @@ pub struct ClientTransfer {
     phase: Phase,
     actions: VecDeque<ClientAction>,
     files: Vec<FileEntry>,
+    /// The snapshot the `Accept` named.
+    snapshot: Option<SnapshotId>,
     /// Set when resuming: what the `Accept` must match.
     resume: Option<ResumeFrom>,
     /// Per file, the byte its stream must start at.
@@ -156,6 +158,7 @@ impl ClientTransfer {
             actions: VecDeque::from([ClientAction::Send(ControlFrame::Request(request))]),
             files: Vec::new(),
             resume,
+            snapshot: None,
             offsets: Vec::new(),
             started: Vec::new(),
             done: Vec::new(),
@@ -178,6 +181,12 @@ impl ClientTransfer {
     /// Payload bytes of the files validated so far.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// The snapshot the accepted manifest belongs to (`None` before `Accept`): a resume
+    /// names it.
+    pub fn snapshot(&self) -> Option<SnapshotId> {
+        self.snapshot
     }
 
     /// True when this transfer resumes an earlier one.
@@ -261,6 +270,7 @@ impl ClientTransfer {
                     }
                 }
                 self.files = files;
+                self.snapshot = Some(snapshot);
                 self.phase = Phase::Receiving;
                 self.actions.push_back(ClientAction::Accepted);
                 self.check_finished();

@@ -41,6 +41,7 @@ fn refuse(reason: RejectReason, msg: String) -> Response<Body> {
         RejectReason::UnsupportedVersion | RejectReason::BadRequest => StatusCode::BAD_REQUEST,
         RejectReason::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
         RejectReason::Stale => StatusCode::SERVICE_UNAVAILABLE,
+        RejectReason::SnapshotGone => StatusCode::GONE,
     };
     tracing::info!(?reason, message = %msg, "http request refused");
     let mut resp = Response::new(full(Bytes::from(msg + "\n")));

@@ -63,6 +63,10 @@ pub struct FetchArgs {
     /// Try peers in the order given instead of shuffling.
     #[arg(long)]
     pub no_shuffle: bool,
+    /// Start every attempt from byte 0 and delete what an interrupted one received, instead
+    /// of keeping it and asking the same peer for the rest.
+    #[arg(long)]
+    pub no_resume: bool,
     /// Print a machine-readable report on stdout.
     #[arg(long)]
     pub json: bool,
@@ -235,6 +239,7 @@ fn fetch_config(a: &FetchArgs, identity: quicstrap::tls::Identity) -> FetchConfi
     policy.partition_timeout = Duration::from_secs(a.partition_timeout_secs);
     policy.read_limiter = quicstrap::pacing::RateLimiter::new(a.read_limit);
     cfg.shuffle = !a.no_shuffle;
+    cfg.resume = !a.no_resume;
     cfg.tuning.idle_timeout = cfg.policy.idle_timeout;
     cfg.max_recv_buffer = a.max_recv_buffer;
     a.quic.apply(&mut cfg.tuning);

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Reuse a snapshot younger than this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub snapshot_ttl_secs: u64,
+    /// How long after an interrupted transfer its client may resume it, in seconds (never
+    /// past the snapshot TTL). An `Abort` from the client ends it at once.
+    #[arg(long, default_value_t = 600)]
+    pub resume_window_secs: u64,
     /// Sweep stale snapshots every this many seconds.
     #[arg(long, default_value_t = 7200)]
     pub snapshot_cleanup_secs: u64,
@@ -158,6 +162,7 @@ fn node_config(a: &ServeArgs, identity: Identity) -> Result<NodeConfig, CliError
     );
     server.snapshots.ttl = Duration::from_secs(a.snapshot_ttl_secs);
     server.snapshots.cleanup_interval = Duration::from_secs(a.snapshot_cleanup_secs.max(1));
+    server.snapshots.resume_window = Duration::from_secs(a.resume_window_secs);
     server.snapshots.max_users = a.max_users;
     server.snapshots.lock_wait = Duration::from_secs(a.wait_for_lock);
     server.files_in_flight = a.files_in_flight;
