@@ -46,19 +46,27 @@ fuzz=$(./scripts/fuzz.sh "$fuzz_secs" 2>/dev/null | grep '^FUZZ' || true)
   echo
   echo "Made by \`scripts/chaos.sh $runs $fuzz_secs\` on $(date -u +%Y-%m-%d), $(nproc) cores,"
   echo "$(uname -sr). Every scenario asserts: the partition is complete and equal to the source,"
-  echo "or cleanly absent with a typed error; no temp dir left; the serving peer still serves."
+  echo "or cleanly absent with a typed error; no temp dir left but what resume keeps (with its"
+  echo "journal); the serving peer still serves."
   echo "\"bytes lost\" counts bytes of a completed partition that differ from the source (it must"
-  echo "be 0). \"time to recover\" is the median, from the fault's end (or start, for faults that"
+  echo "be 0). \"bytes re-sent\" counts, for scenarios that interrupt a transfer, the bytes that"
+  echo "crossed the link twice: with resume, at most the unvalidated tails of the files in flight,"
+  echo "or a whole attempt's bytes where it had to start afresh (another peer, a restarted peer)."
+  echo "\"time to recover\" is the median, from the fault's end (or start, for faults that"
   echo "end a transfer) to the fetch's outcome."
   echo
-  echo "| scenario | runs | passed | bytes lost | time to recover (median) |"
-  echo "|---|---|---|---|---|"
-  grep -oE 'CHAOS [a-z0-9_]+ ok=(true|false) recover_ms=[0-9]+ bytes_lost=[0-9]+' "$log" |
+  echo "| scenario | runs | passed | bytes lost | bytes re-sent (median) | time to recover (median) |"
+  echo "|---|---|---|---|---|---|"
+  grep -oE 'CHAOS(_RESENT)? [a-z0-9_]+ (ok=(true|false) recover_ms=[0-9]+ bytes_lost=[0-9]+|bytes=[0-9]+)' "$log" |
     python3 -c '
 import sys, statistics
-rows = {}
+rows, resent = {}, {}
 for line in sys.stdin:
-    _, name, ok, ms, lost = line.split()
+    kind, name, *fields = line.split()
+    if kind == "CHAOS_RESENT":
+        resent.setdefault(name, []).append(int(fields[0].split("=")[1]))
+        continue
+    ok, ms, lost = fields
     r = rows.setdefault(name, [0, 0, 0, []])
     r[0] += 1
     r[1] += ok == "ok=true"
@@ -66,7 +74,9 @@ for line in sys.stdin:
     r[3].append(int(ms.split("=")[1]))
 for name in sorted(rows):
     n, passed, lost, ms = rows[name]
-    print(f"| {name} | {n} | {passed} | {lost} | {statistics.median_low(ms) / 1000:.1f} s |")
+    re = resent.get(name)
+    re = f"{statistics.median_low(re) / 1e6:.1f} MB" if re else "–"
+    print(f"| {name} | {n} | {passed} | {lost} | {re} | {statistics.median_low(ms) / 1000:.1f} s |")
 '
   echo
   echo "Raw output of the run: \`/var/tmp/quicstrap-chaos.log\`."

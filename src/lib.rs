@@ -21,7 +21,9 @@
 //! * validate — sizes and [`checksum`]s against the manifest, the manifest against the
 //!   protocol's rules;
 //! * commit — [`client::commit`] (fsync, receipt, one atomic rename) of a [`partition`], whose
-//!   offset lives inside the DB in the same batch as the data;
+//!   offset lives inside the DB in the same batch as the data; an interrupted attempt instead
+//!   keeps its files and a journal ([`client::resume`]) and the next asks the same peer for
+//!   the rest;
 //! * catch-up — [`ingest`] (the partition's change log, Kafka, from the snapshot's offset).
 //!
 //! [`bootstrap`] runs the whole job: peer transfer + catch-up, or Kafka alone, with the reason.
@@ -38,8 +40,9 @@
 //!
 //! `docs/design.md` states each with the tests that guard it; the code cites them by name:
 //!
-//! * *zero partial state* — a failed or cancelled fetch leaves no temp dir, no open handle,
-//!   and an existing partition is never touched;
+//! * *zero partial state* — a failed or cancelled fetch leaves no partition, no open handle,
+//!   no temp dir but what resume keeps (with its journal, never trusted unchecked), and an
+//!   existing partition is never touched;
 //! * *metadata after files* — the offset is applied only after every manifest file arrived
 //!   and passed its digest, and the partition appears by one rename or not at all;
 //! * *offset never ahead of data* — the offset shipped with a snapshot is the one inside it;

@@ -29,7 +29,11 @@ impl ProgressBar {
             );
             loop {
                 bar.set_length(progress.total.load(Ordering::Relaxed));
-                bar.set_position(progress.received.load(Ordering::Relaxed));
+                // What a resume kept counts as received: the bar shows the partition on disk.
+                bar.set_position(
+                    progress.received.load(Ordering::Relaxed)
+                        + progress.resumed.load(Ordering::Relaxed),
+                );
                 bar.set_message(progress.attempts.load(Ordering::Relaxed).to_string());
                 tokio::select! {
                     _ = &mut rx => break,

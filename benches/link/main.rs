@@ -30,9 +30,11 @@
 
 mod fetch;
 mod report;
+#[path = "../shared/seed.rs"]
+mod seed;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -220,7 +222,7 @@ fn main() {
         PathBuf::from("/var/tmp/quicstrap-bench")
     };
     let data = work.join(format!("source-{}", o.records));
-    seed_source(&data, o.records);
+    seed::seed_source(&data, STORE, o.records);
     let source_bytes = testkit::dir_bytes(&data.join(format!("{STORE}_v1")).join("0"));
     std::fs::create_dir_all(&o.out).expect("out dir");
     let mut cells: Vec<Cell> = Vec::new();
@@ -385,21 +387,6 @@ fn main() {
     } else {
         eprintln!("results in {}", o.out.display());
     }
-}
-
-/// Seeds the source partition under `data` once per size (a marker file remembers it).
-fn seed_source(data: &Path, records: u64) {
-    let dir = data.join(format!("{STORE}_v1")).join("0");
-    let marker = data.join(format!(".records-{records}"));
-    if marker.exists() && dir.join("CURRENT").exists() {
-        return;
-    }
-    let _ = std::fs::remove_dir_all(data);
-    std::fs::create_dir_all(data).expect("source dir");
-    eprintln!("seeding {records} records of 1000 B ...");
-    quicstrap::demo::seed::seed(&dir, quicstrap::TableFormat::Block, records, 1000, 8192)
-        .expect("seed");
-    std::fs::write(&marker, b"").expect("marker");
 }
 
 /// Where the benchmark ran, for the record in `link.md`.

@@ -123,11 +123,15 @@ pub fn commit(
             receipt.meta.offset, inside.offset
         )));
     }
-    // A resumed transfer's journal has served its purpose; it must not become part of the
-    // partition.
-    match std::fs::remove_file(tmp.path().join(super::resume::JOURNAL_FILE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(AttemptError::local(e)),
-        _ => {}
+    // A resumed transfer's journal (and a save a crash cut short) has served its purpose; it
+    // must not become part of the partition.
+    for name in super::resume::journal_files() {
+        match std::fs::remove_file(tmp.path().join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(AttemptError::local(e))
+            }
+            _ => {}
+        }
     }
     let json =
         serde_json::to_vec_pretty(receipt).map_err(|e| AttemptError::LocalIo(e.to_string()))?;

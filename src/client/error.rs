@@ -104,17 +104,15 @@ impl AttemptError {
         }
     }
 
-    /// True when what arrived before this failure is still good and the same peer may be
-    /// asked for the rest: the transfer was interrupted (a stall, a lost path or peer, a
-    /// server going down, the clock), not proven wrong or given up.
+    /// True when what arrived before this failure is still good and may be resumed: the
+    /// transfer was interrupted (a stall, a lost path or peer, a server going down), not
+    /// proven wrong or given up. A partition timeout is not (this peer is too slow for the
+    /// partition), nor a stream the server reset (it gave up on the transfer itself: a file it
+    /// could not read, a client it had timed out).
     pub fn interrupted(&self) -> bool {
         matches!(
             self,
-            Self::StreamReset(_)
-                | Self::PeerGone(_)
-                | Self::PeerShuttingDown
-                | Self::Idle(_)
-                | Self::PartitionTimeout(_)
+            Self::PeerGone(_) | Self::PeerShuttingDown | Self::Idle(_)
         )
     }
 

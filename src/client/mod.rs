@@ -258,12 +258,16 @@ impl Fetcher {
                 result
             },
             // An interrupted attempt that kept its files asks the same peer again, a few
-            // times; a peer that cannot be reached or refuses is left for the next one.
+            // times; a peer that cannot be reached or refuses is left for the next one, and
+            // so is one shutting down (restarted, it has new snapshots).
             |peer, e| {
-                let kept_files = matches!(
-                    e,
-                    AttemptError::ChecksumMismatch { .. } | AttemptError::SizeMismatch { .. }
-                ) || e.interrupted();
+                let kept_files = match e {
+                    AttemptError::ChecksumMismatch { .. } | AttemptError::SizeMismatch { .. } => {
+                        true
+                    }
+                    AttemptError::PeerShuttingDown => false,
+                    e => e.interrupted(),
+                };
                 let holds = lock(kept_ref)
                     .as_ref()
                     .is_some_and(|k| k.journal.peer == peer.to_string());

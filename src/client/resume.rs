@@ -30,6 +30,14 @@ use super::commit::{sync_dir, TempDir, TEMP_PREFIX};
 /// The journal's name inside a temp dir. Manifests cannot name it (hidden names are refused),
 /// and it is deleted before the temp dir becomes the partition.
 pub const JOURNAL_FILE: &str = ".quicstrap-journal.json";
+/// Where a journal save in progress writes, before its rename.
+const JOURNAL_TEMP: &str = ".quicstrap-journal.json.tmp";
+
+/// The names a journal occupies in a temp dir, all removed before a commit.
+pub(crate) fn journal_files() -> [&'static str; 2] {
+    [JOURNAL_FILE, JOURNAL_TEMP]
+}
+
 /// Layout version of the journal; another one is discarded.
 const JOURNAL_LAYOUT: u32 = 1;
 
@@ -107,7 +115,7 @@ impl Journal {
     pub(crate) fn save(&mut self, dir: &Path) -> std::io::Result<()> {
         use std::io::Write;
         self.written_at = unix_now();
-        let tmp = dir.join(format!("{JOURNAL_FILE}.tmp"));
+        let tmp = dir.join(JOURNAL_TEMP);
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&json)?;
@@ -323,7 +331,7 @@ mod tests {
         let mut j = journal();
         j.save(root.path()).unwrap();
         assert_eq!(Journal::load(root.path()), Some(j.clone()));
-        assert!(!root.path().join(format!("{JOURNAL_FILE}.tmp")).exists());
+        assert!(!root.path().join(JOURNAL_TEMP).exists());
         let window = Duration::from_secs(600);
         assert!(j.fits(&id(), ChecksumAlgo::Md5, TableFormat::Block, window));
         // Another digest, format or partition, or too old: not resumed.

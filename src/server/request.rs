@@ -24,8 +24,10 @@ use crate::wire::{sleep_until, write_frame, FrameReader, WireError};
 use super::push::{push_files, CHUNK};
 use super::Shared;
 
-/// Largest request frame a server reads: a request is a few dozen bytes.
-pub const MAX_REQUEST_FRAME: usize = 64 * 1024;
+/// Largest request frame a server reads: a request is a few dozen bytes, a resume lists the
+/// files still needed (a few bytes each, so tens of thousands fit). Read only from clients
+/// that passed the handshake and the allow list.
+pub const MAX_REQUEST_FRAME: usize = 1024 * 1024;
 
 /// Why a transfer ended early on the server side (logged; the client learns by stream state).
 #[derive(Debug, thiserror::Error)]

@@ -60,11 +60,6 @@ impl Snapshot {
         self.users.load(Ordering::Acquire)
     }
 
-    /// True when a resume of this snapshot is honoured at `now`.
-    pub fn resumable_at(&self, now: Instant) -> bool {
-        crate::lock::unpoisoned(&self.resume_until).is_some_and(|until| now < until)
-    }
-
     /// Forgets every resume hold: its client said it gave up.
     pub fn release_resume(&self) {
         *crate::lock::unpoisoned(&self.resume_until) = None;

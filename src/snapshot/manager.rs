@@ -180,7 +180,8 @@ impl SnapshotManager {
             // In use (a transfer of it may be the very one being resumed, not yet seen to be
             // dead), or held for a resume.
             Some(snap)
-                if snap.snapshot_id == snapshot && (snap.users() > 0 || snap.resumable_at(now)) =>
+                if snap.snapshot_id == snapshot
+                    && policy::resumable(snap.users(), *lock(&snap.resume_until), now) =>
             {
                 snap.users.fetch_add(1, Ordering::SeqCst);
                 Ok(SnapshotLease {
@@ -197,7 +198,7 @@ impl SnapshotManager {
     /// and the hold only says a resume of it is honoured.
     pub fn keep_for_resume(&self, snap: &Snapshot, now: Instant) {
         let cfg = &self.inner.cfg;
-        let until = (now + cfg.resume_window).min(snap.created + cfg.ttl);
+        let until = policy::resume_until(snap.created, now, cfg.resume_window, cfg.ttl);
         let mut held = lock(&snap.resume_until);
         *held = Some(held.map_or(until, |h| h.max(until)));
     }

@@ -2,9 +2,11 @@
 //! namespace, `quicstrap fetch` processes in the client namespace, the link emulator between.
 //!
 //! Every scenario ends with the partition complete and equal to the source, or cleanly absent
-//! with a typed error; no temp dir left; and the serving peer still serving others. Each
-//! prints one `CHAOS <scenario> ok=<bool> recover_ms=<n> bytes_lost=<n>` line, which
-//! `scripts/chaos.sh` collects into CHAOS.md over several runs.
+//! with a typed error; no temp dir left but what resume keeps (a temp dir with its journal);
+//! and the serving peer still serving others. Each prints one
+//! `CHAOS <scenario> ok=<bool> recover_ms=<n> bytes_lost=<n>` line, and the ones that
+//! interrupt a transfer a `CHAOS_RESENT <scenario> bytes=<n>` line (bytes that crossed the
+//! link twice), which `scripts/chaos.sh` collects into CHAOS.md over several runs.
 //!
 //! Runs as root (namespaces, TUN devices, tmpfs); skipped with a message otherwise. The
 //! scenarios have the process to themselves (one emulator at a time, no other test's CPU
@@ -149,16 +151,38 @@ fn wait_received(dst: &Path, bytes: u64) {
 
 use crate::common::chaos_outcome as outcome;
 
-/// Complete and equal, or cleanly absent: the invariant every scenario ends with.
+/// Complete and equal, or cleanly absent: the invariant every scenario ends with. A failed
+/// fetch may leave only what resume keeps: temp dirs with a journal, never a partition.
 fn complete_or_absent(src: &Path, dst: &Path, id: &PartitionId, code: i32) -> bool {
-    assert!(temp_dirs(dst).is_empty(), "temp dir left behind");
     if code == 0 {
+        assert!(temp_dirs(dst).is_empty(), "temp dir left behind");
         assert_same(&id.dir(src), &id.dir(dst));
         true
     } else {
+        for d in temp_dirs(dst) {
+            assert!(
+                d.join(quicstrap::client::resume::JOURNAL_FILE).is_file(),
+                "{} left behind without a journal",
+                d.display()
+            );
+        }
         assert!(!id.dir(dst).exists(), "a failed fetch left a partition dir");
         false
     }
+}
+
+/// Prints the bytes a successful fetch's report shows crossing the link twice: every
+/// attempt's bytes beyond what the partition needed (the last attempt's bytes plus what it
+/// resumed), as the `CHAOS_RESENT` line of `scenario`.
+fn resent(scenario: &str, report: &serde_json::Value) {
+    let attempts = report["attempts"].as_array().expect("attempts");
+    let sum: u64 = attempts.iter().filter_map(|a| a["bytes"].as_u64()).sum();
+    let last = attempts.last().expect("an attempt");
+    let needed = last["bytes"].as_u64().unwrap_or(0) + last["resumed_bytes"].as_u64().unwrap_or(0);
+    println!(
+        "CHAOS_RESENT {scenario} bytes={}",
+        sum.saturating_sub(needed)
+    );
 }
 
 /// The fetch succeeded without restarting (the fault was ridden out on one connection) and
@@ -207,6 +231,50 @@ fn link_blackholed_for_5_s_mid_transfer_recovers() {
     let healed = Instant::now();
     let ok = completed_in_one_attempt(fetch, src.path(), dst.path(), &id);
     outcome("blackhole_5s", ok, healed.elapsed(), 0);
+    println!("CHAOS_RESENT blackhole_5s bytes=0");
+    still_serves(&bed, src.path(), &id, &serve.peer);
+}
+
+#[test]
+fn link_blackholed_past_the_idle_timeout_then_healed_resumes_where_it_stopped() {
+    let _turn = turn_blocking(Needs::Process);
+    let Some(bed) = Bed::start("blackhole_resume", 9, 50, Loss::None) else {
+        return;
+    };
+    let (src, id) = source(40_000);
+    let dst = tempfile::tempdir().unwrap();
+    let serve = bed.serve(
+        src.path(),
+        7000,
+        &["--write-limit", "5000000", "--idle-timeout-secs", "3"],
+    );
+    let fetch = bed.fetch(
+        &id,
+        &[&serve.peer],
+        dst.path(),
+        &["--idle-timeout-secs", "3"],
+    );
+    wait_received(dst.path(), 10_000_000);
+    // Dark past the idle timeout: the attempt fails, its files are kept, and the next one
+    // (same peer) asks for the rest once the link is back.
+    bed.emu.set_blackhole(true);
+    std::thread::sleep(Duration::from_secs(5));
+    bed.emu.set_blackhole(false);
+    let healed = Instant::now();
+    let (code, r) = report(fetch);
+    assert_eq!(code, 0, "{r}");
+    let attempts = r["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "{r}");
+    assert!(
+        ["peer_gone", "idle_timeout"].contains(&attempts[0]["outcome"].as_str().unwrap_or("")),
+        "{r}"
+    );
+    assert_eq!(attempts[0]["next_step"], "Resume", "{r}");
+    let last = attempts.last().unwrap();
+    assert!(last["resumed_bytes"].as_u64().unwrap() >= 5_000_000, "{r}");
+    let ok = complete_or_absent(src.path(), dst.path(), &id, code);
+    outcome("blackhole_past_idle_resumed", ok, healed.elapsed(), 0);
+    resent("blackhole_past_idle_resumed", &r);
     still_serves(&bed, src.path(), &id, &serve.peer);
 }
 
@@ -223,11 +291,12 @@ fn link_blackholed_past_the_idle_timeout_fails_cleanly_and_the_peer_serves_again
         7000,
         &["--write-limit", "5000000", "--idle-timeout-secs", "3"],
     );
+    // Without resume: the attempt fails and nothing is left behind.
     let fetch = bed.fetch(
         &id,
         &[&serve.peer],
         dst.path(),
-        &["--idle-timeout-secs", "3"],
+        &["--idle-timeout-secs", "3", "--no-resume"],
     );
     wait_received(dst.path(), 5_000_000);
     bed.emu.set_blackhole(true);
@@ -245,6 +314,10 @@ fn link_blackholed_past_the_idle_timeout_fails_cleanly_and_the_peer_serves_again
         "{label}: {r}"
     );
     assert!(!complete_or_absent(src.path(), dst.path(), &id, code));
+    assert!(
+        temp_dirs(dst.path()).is_empty(),
+        "--no-resume left files behind"
+    );
     outcome("blackhole_past_idle", true, gave_up, 0);
     still_serves(&bed, src.path(), &id, &serve.peer);
 }
@@ -303,6 +376,7 @@ fn a_one_megabit_peer_trips_the_partition_timeout_and_the_next_serves() {
     assert_eq!(r["attempts"][1]["outcome"], "ok", "{r}");
     let ok = complete_or_absent(copy.path(), dst.path(), &id, code);
     outcome("slow_peer", ok, t0.elapsed(), 0);
+    resent("slow_peer", &r);
 }
 
 #[test]
@@ -357,15 +431,22 @@ fn two_clients_on_one_partition_one_killed_the_other_completes() {
     wait_received(d1.path(), 3_000_000);
     let _ = victim.kill();
     let _ = victim.wait();
+    let on_disk = received(d1.path());
     let t0 = Instant::now();
     let (code, r) = report(other);
     assert_eq!(code, 0, "{r}");
     let ok = complete_or_absent(src.path(), d2.path(), &id, code);
-    // The killed client's leftovers are cleared by its next run, which completes.
+    // The killed client's next run resumes what it kept, and completes.
     let (code, r) = report(bed.fetch(&id, &[&serve.peer], d1.path(), &[]));
     assert_eq!(code, 0, "{r}");
     assert!(complete_or_absent(src.path(), d1.path(), &id, code));
+    let resumed = r["attempts"][0]["resumed_bytes"].as_u64().unwrap_or(0);
+    assert!(resumed > 0, "{r}");
     outcome("two_clients_one_killed", ok, t0.elapsed(), 0);
+    println!(
+        "CHAOS_RESENT two_clients_one_killed bytes={}",
+        on_disk.saturating_sub(resumed)
+    );
 }
 
 #[test]
@@ -392,12 +473,20 @@ fn serving_peer_killed_mid_file_then_restarted() {
     let t0 = Instant::now();
     let (code, r) = report(fetch);
     assert_eq!(code, 0, "{r}");
-    assert_eq!(r["attempts"][1]["outcome"], "ok", "{r}");
+    // The dead peer is asked to resume once more (it cannot be reached), then the next peer
+    // serves the partition afresh: another peer's files are never resumed.
+    let attempts = r["attempts"].as_array().unwrap();
+    let last = attempts.last().unwrap();
+    assert_eq!(last["outcome"], "ok", "{r}");
+    assert_eq!(last["peer"], good.peer.as_str(), "{r}");
+    assert_eq!(last["resumed_bytes"], 0, "{r}");
     let ok = complete_or_absent(copy.path(), dst.path(), &id, code);
     outcome("peer_killed_mid_file", ok, t0.elapsed(), 0);
+    resent("peer_killed_mid_file", &r);
 
-    // Restarted mid-transfer (same address): the attempt in flight fails typed and clean, and
-    // the restarted peer serves the retry.
+    // Restarted mid-transfer (same address): the attempt in flight fails typed, its files are
+    // kept, and the resume reaches the restarted peer, which no longer has the snapshot: the
+    // fetch starts afresh there (or, if the resume came before the restart, the rerun does).
     let dst = tempfile::tempdir().unwrap();
     let mut first = bed.serve(src.path(), 7002, &["--write-limit", "5000000"]);
     let peer = first.peer.clone();
@@ -407,12 +496,21 @@ fn serving_peer_killed_mid_file_then_restarted() {
     let _restarted = bed.serve(src.path(), 7002, &[]);
     let t0 = Instant::now();
     let (code, r) = report(fetch);
-    assert!(
-        !complete_or_absent(src.path(), dst.path(), &id, code),
+    let (code, r) = if code == 0 {
+        (code, r)
+    } else {
+        assert!(
+            !complete_or_absent(src.path(), dst.path(), &id, code),
+            "{r}"
+        );
+        report(bed.fetch(&id, &[&peer], dst.path(), &[]))
+    };
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        r["attempts"].as_array().unwrap().last().unwrap()["resumed_bytes"],
+        0,
         "{r}"
     );
-    let (code, r) = report(bed.fetch(&id, &[&peer], dst.path(), &[]));
-    assert_eq!(code, 0, "{r}");
     let ok = complete_or_absent(src.path(), dst.path(), &id, code);
     outcome("peer_restarted_mid_transfer", ok, t0.elapsed(), 0);
 }

@@ -280,14 +280,27 @@ async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
     wait_bytes(&progress, 4 << 20).await;
     victim.signal(libc::SIGKILL);
     let report = task.await.unwrap().expect("next peer succeeds");
-    assert_eq!(report.attempts.len(), 2);
+    // The files are kept and the dead peer asked once more (it cannot be reached); the next
+    // peer then serves the partition afresh, its files never mixed with the dead one's.
+    // (The connection may still be open for the first retry: then that one times out too.)
+    let a = &report.attempts;
+    let victim_name = quicstrap::Peer::new(victim.addr).to_string();
+    let (last, at_victim) = a.split_last().unwrap();
+    assert!((3..=5).contains(&a.len()), "{a:?}");
     assert!(
-        ["peer_gone", "idle_timeout"].contains(&report.attempts[0].outcome.as_str()),
-        "{:?}",
-        report.attempts
+        ["peer_gone", "idle_timeout"].contains(&a[0].outcome.as_str()),
+        "{a:?}"
     );
-    assert!(report.attempts[0].bytes > 0);
-    assert_eq!(report.attempts[1].outcome, "ok");
+    assert!(a[0].bytes > 0);
+    assert_eq!(a[0].next_step, Some(quicstrap::client::NextStep::Resume));
+    assert!(at_victim.iter().all(|x| x.peer == victim_name), "{a:?}");
+    assert!(
+        at_victim.last().unwrap().outcome.starts_with("connect_"),
+        "{a:?}"
+    );
+    assert_eq!(last.outcome, "ok");
+    assert_eq!(last.resumed_bytes, 0);
+    assert!(last.resent_bytes >= 2 << 20, "{a:?}");
     assert_same(&id.dir(good_src.path()), &id.dir(dst.path()));
     assert!(temp_dirs(dst.path()).is_empty());
     assert!(open_fds_under(dst.path()).is_empty());

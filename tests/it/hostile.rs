@@ -137,7 +137,14 @@ async fn expect_rejection(addr: SocketAddr, outcome: &str) -> Vec<quicstrap::cli
     };
     assert_eq!(attempts[0].outcome, outcome, "{attempts:?}");
     assert!(!id.dir(dst.path()).exists(), "partition dir appeared");
-    assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");
+    // Only a stall keeps what arrived (with its journal), for a resume; nothing else does.
+    for d in temp_dirs(dst.path()) {
+        assert!(
+            outcome == "idle_timeout" && d.join(quicstrap::client::resume::JOURNAL_FILE).is_file(),
+            "temp dir left: {}",
+            d.display()
+        );
+    }
     assert!(open_fds_under(dst.path()).is_empty(), "file handle left");
     // Nothing was written outside the store directory either.
     let entries: Vec<_> = std::fs::read_dir(dst.path())

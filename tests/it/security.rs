@@ -199,7 +199,7 @@ async fn bad_names_and_bad_frames_get_typed_errors_and_others_are_still_served()
     );
     // The current layout with another version number.
     let mut r = request("it_store");
-    r.version = 2;
+    r.version = PROTOCOL_VERSION + 1;
     assert_eq!(
         reason(&answer(&conn, &encode(&ControlFrame::Request(r))).await),
         RejectReason::UnsupportedVersion
