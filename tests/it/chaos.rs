@@ -255,10 +255,23 @@ fn link_blackholed_past_the_idle_timeout_then_healed_resumes_where_it_stopped() 
         &["--idle-timeout-secs", "3"],
     );
     wait_received(dst.path(), 10_000_000);
-    // Dark past the idle timeout: the attempt fails, its files are kept, and the next one
-    // (same peer) asks for the rest once the link is back.
+    // Dark past the idle timeout: the attempt fails and keeps its files (its journal is
+    // saved then); the link comes back and the next attempt (same peer) asks for the rest.
+    let dark = std::time::SystemTime::now();
     bed.emu.set_blackhole(true);
-    std::thread::sleep(Duration::from_secs(5));
+    let kept = || {
+        temp_dirs(dst.path()).iter().any(|d| {
+            std::fs::metadata(d.join(quicstrap::client::resume::JOURNAL_FILE))
+                .and_then(|m| m.modified())
+                // Past the moment files could still validate in flight: a save on failure.
+                .is_ok_and(|t| t > dark + Duration::from_millis(500))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kept() {
+        assert!(Instant::now() < deadline, "the attempt never failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     bed.emu.set_blackhole(false);
     let healed = Instant::now();
     let (code, r) = report(fetch);
