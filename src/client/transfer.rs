@@ -139,9 +139,6 @@ impl Fetcher {
         let setup = async {
             loop {
                 let plan = held.as_ref().map(Kept::plan);
-                if let Some(p) = &plan {
-                    progress.resumed.store(p.held, Ordering::Relaxed);
-                }
                 match self
                     .request(id, peer, plan.as_ref().map(|p| p.from.clone()))
                     .await
@@ -157,7 +154,6 @@ impl Fetcher {
                                 .resent
                                 .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
                         }
-                        progress.resumed.store(0, Ordering::Relaxed);
                     }
                     r => return r.map(|a| (a, plan)),
                 }
@@ -187,6 +183,10 @@ impl Fetcher {
                 return Err(e);
             }
         };
+        // Counted once the peer agreed to resume: only then are these bytes not sent again.
+        if let Some(p) = &plan {
+            progress.resumed.store(p.held, Ordering::Relaxed);
+        }
         let files = control.machine.files();
         progress.total.store(
             files.iter().fold(0u64, |a, f| a.saturating_add(f.size)),

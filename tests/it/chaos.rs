@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_same, id, seed, temp_dirs, turn_blocking, Needs};
+use crate::common::{assert_same, id, received, report, seed, temp_dirs, turn_blocking, Needs};
 use quicstrap::PartitionId;
 use quicstrap_netem::{Dir, Emulator, EmulatorConfig, LinkParams, Loss};
 
@@ -122,23 +122,6 @@ impl Serve {
         let _ = self.process.child.kill();
         let _ = self.process.child.wait();
     }
-}
-
-/// The JSON report of a finished fetch, with its exit code.
-fn report(child: Child) -> (i32, serde_json::Value) {
-    let out = child.wait_with_output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code().unwrap_or(-1), v)
-}
-
-/// Bytes received so far by the fetch writing into `dst` (files in its temp dir).
-fn received(dst: &Path) -> u64 {
-    temp_dirs(dst)
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 fn wait_received(dst: &Path, bytes: u64) {

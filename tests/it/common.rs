@@ -353,3 +353,36 @@ fn testkit_runs_this_build_with_its_dev_pki() {
     assert_eq!(testkit::DEV_ALLOW, tls::dev::ALLOW);
     assert_eq!(std::fs::read(certs().join("ca.crt")).unwrap(), tls::dev::CA);
 }
+
+/// The exit code and JSON report of a finished `fetch --json` process.
+pub fn report(child: std::process::Child) -> (i32, serde_json::Value) {
+    let out = child.wait_with_output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Bytes received so far by the fetch writing into `dst` (files in its temp dirs).
+pub fn received(dst: &Path) -> u64 {
+    temp_dirs(dst)
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A QUIC server endpoint on loopback with the development server identity, admitting any
+/// client of the development CA: for tests that play a peer by hand (a hostile one, an old
+/// one).
+pub fn hand_played_peer() -> quinn::Endpoint {
+    let crypto =
+        tls::server_config(&tls::dev::server().unwrap(), AllowList::AnyAuthenticated).unwrap();
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap(),
+    ));
+    cfg.transport_config(Arc::new(
+        quicstrap::transport::TransportTuning::default()
+            .transport_config(quicstrap::transport::Side::Server),
+    ));
+    quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
+}

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
@@ -13,8 +12,6 @@ use quicstrap::client::FetchError;
 use quicstrap::protocol::{
     encode, Accept, ControlFrame, FileEntry, FileHeader, PartitionMeta, Request,
 };
-use quicstrap::tls::{self, AllowList};
-use quicstrap::transport::{Side, TransportTuning};
 use quicstrap::wire::{write_frame, FrameReader};
 
 /// What the hostile server got: the connection, the control stream, the request.
@@ -31,15 +28,7 @@ where
     F: FnOnce(Session) -> Fut + Send + 'static,
     Fut: Future<Output = Session> + Send,
 {
-    let crypto =
-        tls::server_config(&tls::dev::server().unwrap(), AllowList::AnyAuthenticated).unwrap();
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap(),
-    ));
-    cfg.transport_config(Arc::new(
-        TransportTuning::default().transport_config(Side::Server),
-    ));
-    let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = hand_played_peer();
     let addr = ep.local_addr().unwrap();
     let accept = ep.clone();
     tokio::spawn(async move {

@@ -13,8 +13,6 @@ use std::time::Duration;
 use crate::common::*;
 use quicstrap::client::resume::{Journal, JOURNAL_FILE};
 use quicstrap::protocol::{encode, ControlFrame, Reject, RejectReason, PROTOCOL_VERSION};
-use quicstrap::tls::{self, AllowList};
-use quicstrap::transport::{Side, TransportTuning};
 use quicstrap::wire::write_frame;
 
 /// Records of the partitions here: ~40 MB in ten SSTs, several in flight at once.
@@ -52,23 +50,6 @@ fn fetch_process(server: &quicstrap::Server, id: &quicstrap::PartitionId, dst: &
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     cmd.spawn().unwrap()
-}
-
-/// The exit code and JSON report of a finished fetch process.
-fn report(child: Child) -> (i32, serde_json::Value) {
-    let out = child.wait_with_output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code().unwrap_or(-1), v)
-}
-
-/// Bytes in the temp dirs under `dst`.
-fn received(dst: &Path) -> u64 {
-    temp_dirs(dst)
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 /// Starts a fetch process and SIGKILLs it once `bytes` arrived; returns the one temp dir it
@@ -291,15 +272,7 @@ async fn a_version_1_server_refuses_this_client_typed() {
     let _turn = turn(Needs::Nothing).await;
     // What a version-1 server does: read the request in its own layout (the fields it knows
     // come first), see another version, refuse. `Reject` is the same in both versions.
-    let crypto =
-        tls::server_config(&tls::dev::server().unwrap(), AllowList::AnyAuthenticated).unwrap();
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap(),
-    ));
-    cfg.transport_config(Arc::new(
-        TransportTuning::default().transport_config(Side::Server),
-    ));
-    let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = hand_played_peer();
     let addr = ep.local_addr().unwrap();
     let old_server = ep.clone();
     tokio::spawn(async move {
