@@ -154,6 +154,17 @@ impl Journal {
 }
 
 impl Kept {
+    /// What `peer` may resume: this, if its files came from `peer`; otherwise nothing, and the
+    /// files are deleted (replicas compact independently, so another peer's files differ).
+    /// `Err` carries the bytes thrown away.
+    pub(crate) fn for_peer(self, peer: &str) -> Result<Self, u64> {
+        if self.journal.peer == peer {
+            Ok(self)
+        } else {
+            Err(self.bytes_on_disk())
+        }
+    }
+
     /// Bytes of the manifest's files on disk (what discarding this dir throws away).
     pub(crate) fn bytes_on_disk(&self) -> u64 {
         self.journal
@@ -323,6 +334,22 @@ mod tests {
         assert_eq!(plan.held, 4 + 5 + 3);
         assert_eq!(plan.partial, BTreeSet::from([1, 2]));
         assert_eq!(kept.bytes_on_disk(), 12);
+    }
+
+    #[test]
+    fn only_the_peer_the_files_came_from_resumes_them() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = TempDir::create(root.path(), 3, "1-2").unwrap();
+        std::fs::write(dir.path().join("1.sst"), b"12345").unwrap();
+        let path = dir.path().to_owned();
+        let kept = Kept {
+            dir,
+            journal: journal(),
+        };
+        let kept = kept.for_peer("127.0.0.1:1").expect("the same peer");
+        // Another peer: thrown away, files and all.
+        assert_eq!(kept.for_peer("127.0.0.1:2").unwrap_err(), 5);
+        assert!(!path.exists());
     }
 
     #[test]

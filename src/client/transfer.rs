@@ -123,17 +123,21 @@ impl Fetcher {
         kept: &Mutex<Option<Kept>>,
     ) -> Result<(usize, PartitionMeta), AttemptError> {
         let limit = self.cfg.policy.partition_timeout;
-        let mut held = lock(kept).take();
-        if let Some(k) = held.take() {
-            if self.cfg.resume && k.journal.peer == peer.to_string() {
-                held = Some(k);
-            } else {
-                // Replicas compact on their own: another peer's files are never resumed.
+        // Replicas compact on their own: another peer's files are never resumed.
+        let mut held = match lock(kept).take().map(|k| k.for_peer(&peer.to_string())) {
+            Some(Ok(k)) if self.cfg.resume => Some(k),
+            Some(Ok(k)) => {
                 progress
                     .resent
                     .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
+                None
             }
-        }
+            Some(Err(discarded)) => {
+                progress.resent.fetch_add(discarded, Ordering::Relaxed);
+                None
+            }
+            None => None,
+        };
         // Until files arrive nothing new is on disk: dropping the work on a deadline or a
         // cancel is a complete cleanup (what was kept goes back below).
         let setup = async {

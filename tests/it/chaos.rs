@@ -509,6 +509,7 @@ fn serving_peer_killed_mid_file_then_restarted() {
     );
     let ok = complete_or_absent(src.path(), dst.path(), &id, code);
     outcome("peer_restarted_mid_transfer", ok, t0.elapsed(), 0);
+    resent("peer_restarted_mid_transfer", &r);
 }
 
 #[test]

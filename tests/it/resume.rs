@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use crate::common::*;
 use quicstrap::client::resume::{Journal, JOURNAL_FILE};
-use quicstrap::protocol::{encode, ControlFrame, Reject, RejectReason, PROTOCOL_VERSION};
+use quicstrap::protocol::{
+    encode, ControlFrame, FileStart, Reject, RejectReason, Request, Resume, PROTOCOL_VERSION,
+};
 use quicstrap::wire::write_frame;
 
 /// Records of the partitions here: ~40 MB in ten SSTs, several in flight at once.
@@ -298,4 +300,122 @@ async fn a_version_1_server_refuses_this_client_typed() {
     assert_eq!(err.attempts()[0].outcome, "unsupported_version", "{err}");
     assert!(temp_dirs(dst.path()).is_empty());
     ep.close(0u32.into(), b"");
+}
+
+/// A request for `id` on a raw connection, resuming `resume` if given.
+fn raw_request(
+    id: &quicstrap::PartitionId,
+    transfer_id: u64,
+    resume: Option<Resume>,
+) -> ControlFrame {
+    ControlFrame::Request(Request {
+        version: PROTOCOL_VERSION,
+        transfer_id,
+        store: id.store.clone(),
+        store_version: id.version,
+        partition: id.partition,
+        table_format: quicstrap::partition::TableFormat::Block,
+        checksum: quicstrap::checksum::ChecksumAlgo::Md5,
+        resume,
+    })
+}
+
+/// Sends `request` on a new control stream of `conn` and returns the answer (past
+/// heartbeats) with the stream, to end the transfer with.
+async fn ask(
+    conn: &quinn::Connection,
+    request: &ControlFrame,
+) -> (ControlFrame, quinn::SendStream) {
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    write_frame(&mut send, request).await.unwrap();
+    let mut reader = quicstrap::wire::FrameReader::new(recv, 1 << 24);
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), reader.next_frame())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .expect("a frame");
+        if frame != ControlFrame::Preparing {
+            return (frame, send);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_keeps_a_suspended_snapshot_for_a_resume_and_forgets_an_aborted_one() {
+    let _turn = turn(Needs::Nothing).await;
+    let src = tempfile::tempdir().unwrap();
+    let id = id(307);
+    seed(src.path(), &id, 2_000, 100, 1_000);
+    let quic = server(src.path(), |_| {}).await;
+    let (_ep, conn) = crate::security::raw_connection(&quic).await;
+    let idle = |quic: &quicstrap::Server| quic.snapshots().users() == 0;
+
+    // Accepted, then suspended by the client: the snapshot stays resumable.
+    let (answer, mut send) = ask(&conn, &raw_request(&id, 1, None)).await;
+    let ControlFrame::Accept(accept) = answer else {
+        panic!("{answer:?}")
+    };
+    let snapshot = accept.snapshot;
+    write_frame(
+        &mut send,
+        &ControlFrame::Suspend {
+            reason: "stall".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let _ = send.finish();
+    wait_for("the transfer to end", Duration::from_secs(10), || {
+        idle(&quic)
+    })
+    .await;
+    let wanted = Resume {
+        snapshot,
+        files: vec![FileStart {
+            index: 0,
+            offset: 0,
+        }],
+    };
+    let (answer, mut send) = ask(&conn, &raw_request(&id, 2, Some(wanted.clone()))).await;
+    match &answer {
+        ControlFrame::Accept(a) => assert_eq!((a.snapshot, &a.files), (snapshot, &accept.files)),
+        other => panic!("{other:?}"),
+    }
+    // Given up with Abort: a later resume of it is refused, typed.
+    write_frame(
+        &mut send,
+        &ControlFrame::Abort {
+            reason: "done".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let _ = send.finish();
+    wait_for("the transfer to end", Duration::from_secs(10), || {
+        idle(&quic)
+    })
+    .await;
+    let (answer, _send) = ask(&conn, &raw_request(&id, 3, Some(wanted))).await;
+    match answer {
+        ControlFrame::Reject(r) => assert_eq!(r.reason, RejectReason::SnapshotGone),
+        other => panic!("{other:?}"),
+    }
+    // A snapshot this server never made: refused the same way.
+    let stranger = Resume {
+        snapshot: quicstrap::protocol::SnapshotId([7; 16]),
+        files: Vec::new(),
+    };
+    let (answer, _send) = ask(&conn, &raw_request(&id, 4, Some(stranger))).await;
+    assert!(
+        matches!(
+            answer,
+            ControlFrame::Reject(Reject {
+                reason: RejectReason::SnapshotGone,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    quic.shutdown().await;
 }
