@@ -218,12 +218,23 @@ fn link_blackholed_for_5_s_mid_transfer_recovers() {
     still_serves(&bed, src.path(), &id, &serve.peer);
 }
 
-#[test]
-fn link_blackholed_past_the_idle_timeout_then_healed_resumes_where_it_stopped() {
-    let _turn = turn_blocking(Needs::Process);
-    let Some(bed) = Bed::start("blackhole_resume", 9, 50, Loss::None) else {
-        return;
-    };
+/// A bed for a blackhole past the idle timeout (3 s on both sides): a 41 MB partition served
+/// at 5 MB/s, and a fetch of it (with `extra` flags) under way. `None` where the emulator
+/// cannot run.
+#[allow(clippy::type_complexity)]
+fn blackhole_bed(
+    name: &str,
+    subnet: u8,
+    extra: &[&str],
+) -> Option<(
+    Bed,
+    tempfile::TempDir,
+    PartitionId,
+    tempfile::TempDir,
+    Serve,
+    Child,
+)> {
+    let bed = Bed::start(name, subnet, 50, Loss::None)?;
     let (src, id) = source(40_000);
     let dst = tempfile::tempdir().unwrap();
     let serve = bed.serve(
@@ -231,12 +242,18 @@ fn link_blackholed_past_the_idle_timeout_then_healed_resumes_where_it_stopped() 
         7000,
         &["--write-limit", "5000000", "--idle-timeout-secs", "3"],
     );
-    let fetch = bed.fetch(
-        &id,
-        &[&serve.peer],
-        dst.path(),
-        &["--idle-timeout-secs", "3"],
-    );
+    let mut flags = vec!["--idle-timeout-secs", "3"];
+    flags.extend_from_slice(extra);
+    let fetch = bed.fetch(&id, &[&serve.peer], dst.path(), &flags);
+    Some((bed, src, id, dst, serve, fetch))
+}
+
+#[test]
+fn link_blackholed_past_the_idle_timeout_then_healed_resumes_where_it_stopped() {
+    let _turn = turn_blocking(Needs::Process);
+    let Some((bed, src, id, dst, serve, fetch)) = blackhole_bed("blackhole_resume", 9, &[]) else {
+        return;
+    };
     wait_received(dst.path(), 10_000_000);
     // Dark past the idle timeout: the attempt fails and keeps its files (its journal is
     // saved then); the link comes back and the next attempt (same peer) asks for the rest.
@@ -277,23 +294,12 @@ fn link_blackholed_past_the_idle_timeout_then_healed_resumes_where_it_stopped() 
 #[test]
 fn link_blackholed_past_the_idle_timeout_fails_cleanly_and_the_peer_serves_again() {
     let _turn = turn_blocking(Needs::Process);
-    let Some(bed) = Bed::start("blackhole_idle", 2, 50, Loss::None) else {
+    // Without resume: the attempt fails and nothing is left behind.
+    let Some((bed, src, id, dst, serve, fetch)) =
+        blackhole_bed("blackhole_idle", 2, &["--no-resume"])
+    else {
         return;
     };
-    let (src, id) = source(40_000);
-    let dst = tempfile::tempdir().unwrap();
-    let serve = bed.serve(
-        src.path(),
-        7000,
-        &["--write-limit", "5000000", "--idle-timeout-secs", "3"],
-    );
-    // Without resume: the attempt fails and nothing is left behind.
-    let fetch = bed.fetch(
-        &id,
-        &[&serve.peer],
-        dst.path(),
-        &["--idle-timeout-secs", "3", "--no-resume"],
-    );
     wait_received(dst.path(), 5_000_000);
     bed.emu.set_blackhole(true);
     let dark = Instant::now();

@@ -341,6 +341,17 @@ async fn ask(
     }
 }
 
+/// Ends a transfer from the client's side with `last` (`Suspend` or `Abort`) and waits until
+/// the server has let go of its snapshot.
+async fn end_transfer(quic: &quicstrap::Server, mut send: quinn::SendStream, last: ControlFrame) {
+    write_frame(&mut send, &last).await.unwrap();
+    let _ = send.finish();
+    wait_for("the transfer to end", Duration::from_secs(10), || {
+        quic.snapshots().users() == 0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_keeps_a_suspended_snapshot_for_a_resume_and_forgets_an_aborted_one() {
     let _turn = turn(Needs::Nothing).await;
@@ -349,27 +360,15 @@ async fn the_server_keeps_a_suspended_snapshot_for_a_resume_and_forgets_an_abort
     seed(src.path(), &id, 2_000, 100, 1_000);
     let quic = server(src.path(), |_| {}).await;
     let (_ep, conn) = crate::security::raw_connection(&quic).await;
-    let idle = |quic: &quicstrap::Server| quic.snapshots().users() == 0;
 
     // Accepted, then suspended by the client: the snapshot stays resumable.
-    let (answer, mut send) = ask(&conn, &raw_request(&id, 1, None)).await;
+    let (answer, send) = ask(&conn, &raw_request(&id, 1, None)).await;
     let ControlFrame::Accept(accept) = answer else {
         panic!("{answer:?}")
     };
     let snapshot = accept.snapshot;
-    write_frame(
-        &mut send,
-        &ControlFrame::Suspend {
-            reason: "stall".into(),
-        },
-    )
-    .await
-    .unwrap();
-    let _ = send.finish();
-    wait_for("the transfer to end", Duration::from_secs(10), || {
-        idle(&quic)
-    })
-    .await;
+    let reason = "stall".into();
+    end_transfer(&quic, send, ControlFrame::Suspend { reason }).await;
     let wanted = Resume {
         snapshot,
         files: vec![FileStart {
@@ -377,25 +376,14 @@ async fn the_server_keeps_a_suspended_snapshot_for_a_resume_and_forgets_an_abort
             offset: 0,
         }],
     };
-    let (answer, mut send) = ask(&conn, &raw_request(&id, 2, Some(wanted.clone()))).await;
+    let (answer, send) = ask(&conn, &raw_request(&id, 2, Some(wanted.clone()))).await;
     match &answer {
         ControlFrame::Accept(a) => assert_eq!((a.snapshot, &a.files), (snapshot, &accept.files)),
         other => panic!("{other:?}"),
     }
     // Given up with Abort: a later resume of it is refused, typed.
-    write_frame(
-        &mut send,
-        &ControlFrame::Abort {
-            reason: "done".into(),
-        },
-    )
-    .await
-    .unwrap();
-    let _ = send.finish();
-    wait_for("the transfer to end", Duration::from_secs(10), || {
-        idle(&quic)
-    })
-    .await;
+    let reason = "done".into();
+    end_transfer(&quic, send, ControlFrame::Abort { reason }).await;
     let (answer, _send) = ask(&conn, &raw_request(&id, 3, Some(wanted))).await;
     match answer {
         ControlFrame::Reject(r) => assert_eq!(r.reason, RejectReason::SnapshotGone),
