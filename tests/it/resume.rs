@@ -320,12 +320,16 @@ fn raw_request(
     })
 }
 
+/// A control stream of a raw client, both halves kept open: dropping the receiving half
+/// would tell the server the client went away, which is an interruption of its own.
+struct RawControl {
+    send: quinn::SendStream,
+    _reader: quicstrap::wire::FrameReader,
+}
+
 /// Sends `request` on a new control stream of `conn` and returns the answer (past
 /// heartbeats) with the stream, to end the transfer with.
-async fn ask(
-    conn: &quinn::Connection,
-    request: &ControlFrame,
-) -> (ControlFrame, quinn::SendStream) {
+async fn ask(conn: &quinn::Connection, request: &ControlFrame) -> (ControlFrame, RawControl) {
     let (mut send, recv) = conn.open_bi().await.unwrap();
     write_frame(&mut send, request).await.unwrap();
     let mut reader = quicstrap::wire::FrameReader::new(recv, 1 << 24);
@@ -336,16 +340,20 @@ async fn ask(
             .unwrap()
             .expect("a frame");
         if frame != ControlFrame::Preparing {
-            return (frame, send);
+            let control = RawControl {
+                send,
+                _reader: reader,
+            };
+            return (frame, control);
         }
     }
 }
 
 /// Ends a transfer from the client's side with `last` (`Suspend` or `Abort`) and waits until
 /// the server has let go of its snapshot.
-async fn end_transfer(quic: &quicstrap::Server, mut send: quinn::SendStream, last: ControlFrame) {
-    write_frame(&mut send, &last).await.unwrap();
-    let _ = send.finish();
+async fn end_transfer(quic: &quicstrap::Server, mut control: RawControl, last: ControlFrame) {
+    write_frame(&mut control.send, &last).await.unwrap();
+    let _ = control.send.finish();
     wait_for("the transfer to end", Duration::from_secs(10), || {
         quic.snapshots().users() == 0
     })
