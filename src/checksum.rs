@@ -12,17 +12,61 @@ pub use crate::protocol::ChecksumAlgo;
 
 /// Incremental digest of either algorithm.
 pub enum Hasher {
-    /// MD5 state.
-    Md5(md5::Md5),
+    /// MD5 through OpenSSL: its assembly is the fastest MD5 at hand, and MD5 is most of a
+    /// receiver's CPU per byte.
+    Md5(Md5),
     /// BLAKE3 state (boxed: it is large).
     Blake3(Box<blake3::Hasher>),
+}
+
+/// MD5 state: OpenSSL's where it offers MD5, the portable md-5 crate's where it does not (an
+/// OpenSSL with only a FIPS provider refuses MD5). Both give the same digest.
+pub enum Md5 {
+    /// OpenSSL's implementation.
+    OpenSsl(openssl::hash::Hasher),
+    /// The md-5 crate's.
+    Portable(md5::Md5),
+    /// OpenSSL failed mid-way (never seen: it fails only without memory). The digest is then
+    /// empty, which matches no manifest entry: a broken digest can refuse a file, never
+    /// accept one.
+    Failed,
+}
+
+impl Md5 {
+    /// OpenSSL's MD5 if it can make one, the portable one otherwise.
+    fn new() -> Self {
+        match openssl::hash::Hasher::new(openssl::hash::MessageDigest::md5()) {
+            Ok(h) => Self::OpenSsl(h),
+            Err(_) => Self::Portable(md5::Md5::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::OpenSsl(h) => {
+                if h.update(bytes).is_err() {
+                    *self = Self::Failed;
+                }
+            }
+            Self::Portable(h) => h.update(bytes),
+            Self::Failed => {}
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Self::OpenSsl(mut h) => h.finish().map(|d| d.to_vec()).unwrap_or_default(),
+            Self::Portable(h) => h.finalize().to_vec(),
+            Self::Failed => Vec::new(),
+        }
+    }
 }
 
 impl Hasher {
     /// A fresh hasher for `algo`.
     pub fn new(algo: ChecksumAlgo) -> Self {
         match algo {
-            ChecksumAlgo::Md5 => Self::Md5(md5::Md5::new()),
+            ChecksumAlgo::Md5 => Self::Md5(Md5::new()),
             ChecksumAlgo::Blake3 => Self::Blake3(Box::default()),
         }
     }
@@ -40,7 +84,7 @@ impl Hasher {
     /// The digest.
     pub fn finish(self) -> Vec<u8> {
         match self {
-            Self::Md5(h) => h.finalize().to_vec(),
+            Self::Md5(h) => h.finish(),
             Self::Blake3(h) => h.finalize().as_bytes().to_vec(),
         }
     }
@@ -101,6 +145,34 @@ mod tests {
         assert_eq!(
             hex::encode(h.finish()),
             "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+    }
+
+    #[test]
+    fn openssl_and_portable_md5_agree_whatever_the_update_sizes() {
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut fast = Md5::new();
+        assert!(
+            matches!(fast, Md5::OpenSsl(_)),
+            "this host's OpenSSL offers MD5, so it must be the one used"
+        );
+        let mut portable = Md5::Portable(md5::Md5::new());
+        let mut at = 0;
+        for step in [1, 63, 64, 65, 4096, 100_000].iter().cycle() {
+            let end = (at + step).min(data.len());
+            fast.update(&data[at..end]);
+            portable.update(&data[at..end]);
+            at = end;
+            if at == data.len() {
+                break;
+            }
+        }
+        let (a, b) = (fast.finish(), portable.finish());
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, b);
+        assert!(
+            Md5::Failed.finish().is_empty(),
+            "a failed digest matches nothing"
         );
     }
 }
