@@ -47,6 +47,11 @@ pub struct QuicArgs {
     /// paths with a smaller MTU (tunnels, WireGuard).
     #[arg(long, default_value_t = 1452)]
     pub initial_mtu: u16,
+    /// Largest UDP payload path MTU discovery probes up to [default: what this host's largest
+    /// interface carries, up to 6500 bytes]. 1452 keeps every packet within
+    /// a 1500-byte Ethernet frame.
+    #[arg(long)]
+    pub max_mtu: Option<u16>,
 }
 
 impl TlsArgs {
@@ -64,6 +69,9 @@ impl QuicArgs {
         t.connection_window = self.connection_window;
         t.socket_buffer = self.socket_buffer;
         t.initial_mtu = self.initial_mtu;
+        if let Some(max) = self.max_mtu {
+            t.max_mtu = max;
+        }
     }
 }
 
