@@ -1,13 +1,14 @@
-//! Sending a snapshot's files: one stream per file, a bounded number at once, each read in
-//! chunks on the blocking pool and paced by the shared write limiter; a stream cut off before
-//! its last byte was acknowledged is reset, never finished short.
+//! Sending a snapshot's files: one stream per file, a bounded number at once, each read ahead
+//! in chunks by one blocking thread per file and paced by the shared write limiter; a stream
+//! cut off before its last byte was acknowledged is reset, never finished short.
 
 use std::io::{Read, Seek};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::sync::{watch, Semaphore};
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::pacing::RateLimiter;
 use crate::protocol::{codes, FileHeader, FileStart};
@@ -130,45 +131,73 @@ impl Drop for ResetOnDrop {
     }
 }
 
-/// Bytes read from a file at a time: each file in flight holds one chunk outside quinn.
-pub(super) const CHUNK: usize = 256 << 10;
+/// Bytes read from a file at a time. Under glibc's mmap threshold (128 KiB), so a chunk comes
+/// from, and goes back to, the allocator's free lists: no fresh pages to fault in and zero per
+/// chunk, as a 256 KiB or 1 MiB buffer would get. quinn keeps each chunk until it is
+/// acknowledged, so they cannot be reused by hand.
+const CHUNK: usize = 64 << 10;
+/// Chunks a file's reader may have ready ahead of its stream: the disk keeps going while the
+/// stream waits for flow control or pacing.
+const READ_AHEAD: usize = 2;
+/// Most bytes of one file in flight held outside quinn: the chunks read ahead, the one being
+/// read and the one being written (256 KiB, what one 256 KiB chunk per file held before the
+/// reads moved ahead, so the send budget's reservations are unchanged).
+pub(super) const HELD_PER_FILE: u64 = (READ_AHEAD + 2) as u64 * CHUNK as u64;
+
+/// Reads `path` from `offset` to `size` on one blocking thread, `READ_AHEAD` chunks ahead of
+/// whoever takes them: one hand-off per file, not one per chunk. Each chunk is read into fresh
+/// uninitialised capacity (`read_to_end`), so nothing is zeroed first. The reader stops once
+/// the receiver is dropped (the stream failed or was reset); a file shorter than announced
+/// ends in an `UnexpectedEof` error, never in a short stream.
+fn read_ahead(path: PathBuf, offset: u64, size: u64) -> mpsc::Receiver<std::io::Result<Bytes>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let read = |tx: &mpsc::Sender<std::io::Result<Bytes>>| -> std::io::Result<()> {
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(std::io::SeekFrom::Start(offset))?;
+            let mut at = offset;
+            while at < size {
+                let want = CHUNK.min((size - at) as usize);
+                let mut buf = Vec::with_capacity(want);
+                (&mut f).take(want as u64).read_to_end(&mut buf)?;
+                if buf.is_empty() {
+                    // The snapshot file shrank under us: never send fewer bytes than
+                    // announced silently.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("{} shorter than its manifest size", path.display()),
+                    ));
+                }
+                at += buf.len() as u64;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    break; // Nobody sends this file any more.
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = read(&tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
 
 async fn send_file(
     stream: &mut quinn::SendStream,
-    path: std::path::PathBuf,
+    path: PathBuf,
     offset: u64,
     size: u64,
     stats: &ServerStats,
     limiter: &RateLimiter,
     sent_total: &AtomicU64,
 ) -> Result<(), TransferEnd> {
-    let mut f = std::fs::File::open(&path)?;
-    f.seek(std::io::SeekFrom::Start(offset))?;
-    let mut file = Some(f);
+    let mut chunks = read_ahead(path, offset, size);
     let mut sent = offset;
     while sent < size {
-        let f = file
-            .take()
-            .ok_or_else(|| TransferEnd::Stream("file lost".into()))?;
-        let want = CHUNK.min((size - sent) as usize);
-        let (f, chunk) = tokio::task::spawn_blocking(move || {
-            let mut f = f;
-            let mut buf = BytesMut::zeroed(want);
-            let n = f.read(&mut buf)?;
-            buf.truncate(n);
-            Ok::<_, std::io::Error>((f, buf.freeze()))
-        })
-        .await
-        .map_err(|e| TransferEnd::Stream(e.to_string()))??;
-        file = Some(f);
-        if chunk.is_empty() {
-            // The snapshot file shrank under us: never send fewer bytes than announced
-            // silently; the client will see the short file and reject it.
-            return Err(TransferEnd::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{} shorter than its manifest size", path.display()),
-            )));
-        }
+        let chunk = chunks
+            .recv()
+            .await
+            .ok_or_else(|| TransferEnd::Stream("file reader gone".into()))??;
         let n = chunk.len() as u64;
         limiter.acquire(n).await;
         stream

@@ -21,7 +21,7 @@ use crate::protocol::{codes, ControlFrame, FileEntry, RejectReason, Request};
 use crate::snapshot::SnapshotLease;
 use crate::wire::{sleep_until, write_frame, FrameReader, WireError};
 
-use super::push::{push_files, CHUNK};
+use super::push::{push_files, HELD_PER_FILE};
 use super::Shared;
 
 /// Largest request frame a server reads: a request is a few dozen bytes, a resume lists the
@@ -247,13 +247,20 @@ async fn serve_partition(
         Outcome::Rejected => {}
         Outcome::Done => {
             stats.completed.fetch_add(1, Ordering::Relaxed);
-            let path = conn.stats().path;
+            let stats = conn.stats();
+            let path = stats.path;
+            // Datagrams per send call (GSO batching) and per receive call (GRO): what the
+            // packet path costs in system calls, for BENCHMARKS.md and for an operator.
             tracing::info!(
                 rtt_ms = path.rtt.as_secs_f64() * 1e3,
                 mtu = path.current_mtu,
                 cwnd = path.cwnd,
                 lost_packets = path.lost_packets,
                 sent_packets = path.sent_packets,
+                udp_tx_datagrams = stats.udp_tx.datagrams,
+                udp_tx_calls = stats.udp_tx.ios,
+                udp_rx_datagrams = stats.udp_rx.datagrams,
+                udp_rx_calls = stats.udp_rx.ios,
                 "transfer done"
             );
         }
@@ -306,7 +313,7 @@ async fn run_transfer(
                 if req.resume.is_some() {
                     shared.stats.resumed.fetch_add(1, Ordering::Relaxed);
                 }
-                let reads = shared.cfg.files_in_flight.max(1) as u64 * CHUNK as u64;
+                let reads = shared.cfg.files_in_flight.max(1) as u64 * HELD_PER_FILE;
                 _budget = Some(shared.budget.lease(conn, reads));
                 let push = push_files(conn, req.transfer_id, snap, plan, shared, sent.clone());
                 pushing = Some(Box::pin(push));
