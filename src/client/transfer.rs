@@ -457,7 +457,19 @@ impl Receiving<'_> {
                     self.tasks.spawn(async move { (index, fut.await) });
                     continue;
                 }
-                Some(ClientAction::Commit(meta)) => return Ok(meta),
+                Some(ClientAction::Commit(meta)) => {
+                    let stats = control.conn.stats();
+                    // Datagrams per receive call (GRO) and the path the data came over.
+                    tracing::info!(
+                        rtt_ms = stats.path.rtt.as_secs_f64() * 1e3,
+                        udp_rx_datagrams = stats.udp_rx.datagrams,
+                        udp_rx_calls = stats.udp_rx.ios,
+                        udp_tx_datagrams = stats.udp_tx.datagrams,
+                        udp_tx_calls = stats.udp_tx.ios,
+                        "transfer received"
+                    );
+                    return Ok(meta);
+                }
                 Some(ClientAction::Fail(f)) => return Err(control.failure(f)),
                 Some(other) => {
                     return Err(AttemptError::Protocol(format!("unexpected step {other:?}")))
