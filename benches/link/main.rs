@@ -19,7 +19,7 @@
 //!
 //! Output: a Markdown table, a JSON file and an SVG plot under `--out` (default
 //! `bench-results/`). Options (`cargo bench --bench link -- --help`): `--reps N` (3),
-//! `--rtts 2,50,150`, `--losses 0,0.1,1,3,b1`, `--rate-mbit 200`, `--cap-secs 30` (a run that
+//! `--rtts 2,50,150`, `--losses 0,0.1,1,3,b1`, `--rate-mbit 200`, `--mtu 1500`, `--cap-secs 30` (a run that
 //! has not finished by then is stopped and reported with the bytes it had received over its
 //! time), `--records N` (262144 × 1000 B ≈ 268 MB), `--variants quic-cubic,...`,
 //! `--no-loopback`, `--no-link`. `QUICSTRAP_BIN=path` runs another build of `quicstrap` (e.g.
@@ -70,6 +70,9 @@ struct Args {
     /// Link rate in Mbit/s.
     #[arg(long, value_name = "N", default_value_t = 200)]
     rate_mbit: u64,
+    /// MTU of the emulated link's interfaces: 1500 (Ethernet) or, for jumbo frames, 9000.
+    #[arg(long, value_name = "BYTES", default_value_t = quicstrap_netem::TUN_MTU)]
+    mtu: u32,
     /// Seconds a run may take before it is stopped and counted with the bytes it had
     /// received [default: 30; 60 in the smoke run].
     #[arg(long, value_name = "N")]
@@ -158,6 +161,7 @@ pub(crate) struct Opts {
     pub(crate) rtts: Vec<u64>,
     pub(crate) losses: Vec<String>,
     pub(crate) rate_mbit: u64,
+    pub(crate) mtu: u32,
     pub(crate) cap_secs: u64,
     records: u64,
     pub(crate) variants: Vec<String>,
@@ -188,6 +192,7 @@ impl Args {
                 l.iter().map(|s| s.to_string()).collect()
             }),
             rate_mbit: self.rate_mbit,
+            mtu: self.mtu,
             cap_secs: pick(smoke, self.cap_secs, 30, 60),
             records: pick(smoke, self.records, 262_144, 20_000),
             variants: self
@@ -235,8 +240,11 @@ fn main() {
         let rate = o.rate_mbit * 1_000_000;
         let start_params =
             LinkParams::symmetric_rtt(Duration::from_millis(2), Some(rate), Loss::None);
-        let emu = Emulator::start(EmulatorConfig::symmetric(prefix, [78, 0], start_params))
-            .expect("start the link emulator");
+        let emu = Emulator::start(EmulatorConfig {
+            mtu: o.mtu,
+            ..EmulatorConfig::symmetric(prefix, [78, 0], start_params)
+        })
+        .expect("start the link emulator");
         // TCP autotuning may grow buffers to 64 MiB in both namespaces (the default 4 MiB send
         // buffer caps one TCP flow below 200 Mbit/s at 150 ms): the baseline must not lose
         // for want of buffers.

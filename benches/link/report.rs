@@ -80,10 +80,11 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
         .filter(|a| a != "--bench")
         .collect();
     md.push_str(&format!(
-        "Command: `cargo bench --bench link -- {}` (as root)\n\nMachine: {machine}\n\nSnapshot: {:.1} MB; link {} Mbit/s, one-BDP drop-tail queue; {} repetitions, variants alternating; cap {} s per run.\n\n",
+        "Command: `cargo bench --bench link -- {}` (as root)\n\nMachine: {machine}\n\nSnapshot: {:.1} MB; link {} Mbit/s, MTU {}, one-BDP drop-tail queue; {} repetitions, variants alternating; cap {} s per run.\n\n",
         cmd.join(" "),
         source_bytes as f64 / 1e6,
         o.rate_mbit,
+        o.mtu,
         o.reps,
         o.cap_secs,
     ));
@@ -173,15 +174,17 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
     }
     let lb: Vec<&Cell> = cells.iter().filter(|c| c.section == "loopback").collect();
     if !lb.is_empty() {
-        md.push_str("\nClean loopback (no emulator), goodput MB/s median (min–max), CPU s client/server, peak RSS MiB client/server:\n\n| checksum | variant | goodput | CPU | RSS |\n|---|---|---|---|---|\n");
+        md.push_str("\nClean loopback (no emulator), goodput MB/s median (min–max), CPU s client/server, client + server CPU-seconds per GB moved, peak RSS MiB client/server:\n\n| checksum | variant | goodput | CPU | CPU-s/GB | RSS |\n|---|---|---|---|---|---|\n");
+        let gb = source_bytes as f64 / 1e9;
         for c in lb {
             md.push_str(&format!(
-                "| {} | {} | {} | {:.1}/{:.1} | {:.0}/{:.0} |\n",
+                "| {} | {} | {} | {:.2}/{:.2} | {:.2} | {:.0}/{:.0} |\n",
                 c.checksum,
                 c.variant,
                 fmt_cell(c),
                 c.med(|r| r.client_cpu),
                 c.med(|r| r.server_cpu),
+                c.med(|r| (r.client_cpu + r.server_cpu) / gb),
                 c.med(|r| r.client_rss_mib),
                 c.med(|r| r.server_rss_mib)
             ));
