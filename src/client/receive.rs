@@ -4,9 +4,10 @@
 //! sends more than announced is cut off at once) and the digest is compared at end of stream.
 //! The file is fsynced before it counts as received.
 //!
-//! Two buffers take turns: while one is digested and written on the blocking pool, the next
-//! fills from the stream. The digest is most of a receiver's CPU per byte (MD5), so it runs
-//! beside the packet processing instead of holding up the runtime's workers.
+//! Over QUIC two buffers take turns: while one is digested and written on the blocking pool,
+//! the next fills from the stream. The digest is most of a receiver's CPU per byte (MD5), so
+//! it runs beside the packet processing instead of holding up the runtime's workers
+//! ([`ByteSource::DIGEST_BESIDE`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,6 +60,12 @@ impl Drop for TrackedFile {
 /// Where a file's bytes come from: a QUIC stream, or an HTTP body for the TCP baseline, so
 /// both transports are validated by the very same code.
 pub(crate) trait ByteSource {
+    /// Whether each buffer is digested and written on the blocking pool while the next one
+    /// fills. It pays for QUIC, whose packets are processed on the runtime's workers: a
+    /// digest there holds up every stream of the connection. It does not for TCP, whose
+    /// kernel keeps receiving meanwhile; there the hand-offs only cost (the link benchmark's
+    /// four-connection baseline lost a fifth of its loopback goodput with them).
+    const DIGEST_BESIDE: bool;
     /// Reads some bytes into `buf`; `None` at end of file.
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError>;
     /// Tells the sender to stop: it sent more than announced.
@@ -66,6 +73,8 @@ pub(crate) trait ByteSource {
 }
 
 impl ByteSource for quinn::RecvStream {
+    const DIGEST_BESIDE: bool = true;
+
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError> {
         self.read(buf)
             .await
@@ -116,13 +125,22 @@ fn open_at(
 /// What a sink gives back: the file and digest it fed, and the buffer it emptied.
 type Sunk = std::io::Result<(TrackedFile, Hasher, Vec<u8>)>;
 
+/// A buffer being digested and written: beside the stream on the blocking pool, or already
+/// done in place.
+enum Sink {
+    Beside(tokio::task::JoinHandle<Sunk>),
+    Done(Sunk),
+}
+
 /// Waits for a sink to finish its buffer.
-async fn sunk(
-    sink: tokio::task::JoinHandle<Sunk>,
-) -> Result<(TrackedFile, Hasher, Vec<u8>), AttemptError> {
-    sink.await
-        .map_err(|e| AttemptError::LocalIo(e.to_string()))?
-        .map_err(AttemptError::local)
+async fn sunk(sink: Sink) -> Result<(TrackedFile, Hasher, Vec<u8>), AttemptError> {
+    match sink {
+        Sink::Beside(job) => job
+            .await
+            .map_err(|e| AttemptError::LocalIo(e.to_string()))?,
+        Sink::Done(done) => done,
+    }
+    .map_err(AttemptError::local)
 }
 
 /// The file and digest went missing between buffers: cannot happen, as every buffer's sink
@@ -134,8 +152,8 @@ fn lost() -> AttemptError {
 /// Receives `entry` from `stream` into `path`, the stream carrying the bytes from `offset` on
 /// (the ones before are on disk already); returns the bytes received.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn receive_file(
-    mut stream: impl ByteSource,
+pub(crate) async fn receive_file<S: ByteSource>(
+    mut stream: S,
     path: PathBuf,
     entry: FileEntry,
     offset: u64,
@@ -168,7 +186,7 @@ pub(crate) async fn receive_file(
     // The file and its digest are here, or with the sink digesting and writing the previous
     // buffer; that buffer comes back as the next one to fill.
     let mut here = Some((file, hasher));
-    let mut sink: Option<tokio::task::JoinHandle<Sunk>> = None;
+    let mut sink: Option<Sink> = None;
     let mut spare: Option<Vec<u8>> = None;
     loop {
         let mut filled = 0;
@@ -206,11 +224,16 @@ pub(crate) async fn receive_file(
             let (mut file, mut hasher) = here.take().ok_or_else(lost)?;
             let next = spare.take().unwrap_or_else(|| vec![0u8; BUF]);
             let full = std::mem::replace(&mut buf, next);
-            sink = Some(tokio::task::spawn_blocking(move || {
+            let job = move || {
                 hasher.update(&full[..filled]);
                 file.0.write_all(&full[..filled])?;
                 Ok((file, hasher, full))
-            }));
+            };
+            sink = Some(if S::DIGEST_BESIDE {
+                Sink::Beside(tokio::task::spawn_blocking(job))
+            } else {
+                Sink::Done(job())
+            });
             total += filled as u64;
             // Pay for these bytes before reading more: with reads paused, QUIC flow control
             // holds the sender back instead of buffers filling up here.
