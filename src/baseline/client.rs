@@ -239,8 +239,6 @@ struct BodySource {
 }
 
 impl ByteSource for BodySource {
-    const DIGEST_BESIDE: bool = false;
-
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError> {
         while self.pending.is_empty() {
             match tokio::time::timeout(self.idle, self.body.frame()).await {

@@ -3,11 +3,6 @@
 //! No second read of the file is ever needed: the size is checked as bytes arrive (a peer that
 //! sends more than announced is cut off at once) and the digest is compared at end of stream.
 //! The file is fsynced before it counts as received.
-//!
-//! Over QUIC two buffers take turns: while one is digested and written on the blocking pool,
-//! the next fills from the stream. The digest is most of a receiver's CPU per byte (MD5), so
-//! it runs beside the packet processing instead of holding up the runtime's workers
-//! ([`ByteSource::DIGEST_BESIDE`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,12 +15,10 @@ use crate::protocol::{codes, FileEntry};
 
 use super::error::AttemptError;
 
-/// Bytes of one receive buffer: two per file hold what one 256 KiB buffer held before the
-/// digest moved beside the stream, so the receive budget's reservations are unchanged.
-const BUF: usize = 128 * 1024;
-/// Receive buffers one transfer holds outside quinn: two per file in flight (one filling, one
-/// being digested and written), for the eight files a server sends at once by default.
-pub(crate) const RESERVED: u64 = 2 * 8 * BUF as u64;
+const BUF: usize = 256 * 1024;
+/// Receive buffers one transfer holds outside quinn: one per file in flight, for the eight
+/// files a server sends at once by default.
+pub(crate) const RESERVED: u64 = 8 * BUF as u64;
 
 /// Files one attempt has open for receiving. The attempt's cleanup waits for this to drop to
 /// zero before deleting or committing its temp dir, so no handle outlives its directory; only
@@ -60,12 +53,6 @@ impl Drop for TrackedFile {
 /// Where a file's bytes come from: a QUIC stream, or an HTTP body for the TCP baseline, so
 /// both transports are validated by the very same code.
 pub(crate) trait ByteSource {
-    /// Whether each buffer is digested and written on the blocking pool while the next one
-    /// fills. It pays for QUIC, whose packets are processed on the runtime's workers: a
-    /// digest there holds up every stream of the connection. It does not for TCP, whose
-    /// kernel keeps receiving meanwhile; there the hand-offs only cost (the link benchmark's
-    /// four-connection baseline lost a fifth of its loopback goodput with them).
-    const DIGEST_BESIDE: bool;
     /// Reads some bytes into `buf`; `None` at end of file.
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError>;
     /// Tells the sender to stop: it sent more than announced.
@@ -73,8 +60,6 @@ pub(crate) trait ByteSource {
 }
 
 impl ByteSource for quinn::RecvStream {
-    const DIGEST_BESIDE: bool = true;
-
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError> {
         self.read(buf)
             .await
@@ -122,38 +107,11 @@ fn open_at(
     Ok((file, hasher))
 }
 
-/// What a sink gives back: the file and digest it fed, and the buffer it emptied.
-type Sunk = std::io::Result<(TrackedFile, Hasher, Vec<u8>)>;
-
-/// A buffer being digested and written: beside the stream on the blocking pool, or already
-/// done in place.
-enum Sink {
-    Beside(tokio::task::JoinHandle<Sunk>),
-    Done(Sunk),
-}
-
-/// Waits for a sink to finish its buffer.
-async fn sunk(sink: Sink) -> Result<(TrackedFile, Hasher, Vec<u8>), AttemptError> {
-    match sink {
-        Sink::Beside(job) => job
-            .await
-            .map_err(|e| AttemptError::LocalIo(e.to_string()))?,
-        Sink::Done(done) => done,
-    }
-    .map_err(AttemptError::local)
-}
-
-/// The file and digest went missing between buffers: cannot happen, as every buffer's sink
-/// is awaited before the next one starts.
-fn lost() -> AttemptError {
-    AttemptError::LocalIo("file handed to a sink never came back".into())
-}
-
 /// Receives `entry` from `stream` into `path`, the stream carrying the bytes from `offset` on
 /// (the ones before are on disk already); returns the bytes received.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn receive_file<S: ByteSource>(
-    mut stream: S,
+pub(crate) async fn receive_file(
+    mut stream: impl ByteSource,
     path: PathBuf,
     entry: FileEntry,
     offset: u64,
@@ -162,7 +120,7 @@ pub(crate) async fn receive_file<S: ByteSource>(
     limiter: Arc<RateLimiter>,
     open: OpenFiles,
 ) -> Result<u64, AttemptError> {
-    let (file, hasher) = if offset == 0 {
+    let (mut file, mut hasher) = if offset == 0 {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -183,11 +141,6 @@ pub(crate) async fn receive_file<S: ByteSource>(
     };
     let mut buf = vec![0u8; BUF];
     let mut total = offset;
-    // The file and its digest are here, or with the sink digesting and writing the previous
-    // buffer; that buffer comes back as the next one to fill.
-    let mut here = Some((file, hasher));
-    let mut sink: Option<Sink> = None;
-    let mut spare: Option<Vec<u8>> = None;
     loop {
         let mut filled = 0;
         let mut eof = false;
@@ -216,24 +169,10 @@ pub(crate) async fn receive_file<S: ByteSource>(
             }
         }
         if filled > 0 {
-            if let Some(previous) = sink.take() {
-                let (file, hasher, emptied) = sunk(previous).await?;
-                here = Some((file, hasher));
-                spare = Some(emptied);
-            }
-            let (mut file, mut hasher) = here.take().ok_or_else(lost)?;
-            let next = spare.take().unwrap_or_else(|| vec![0u8; BUF]);
-            let full = std::mem::replace(&mut buf, next);
-            let job = move || {
-                hasher.update(&full[..filled]);
-                file.0.write_all(&full[..filled])?;
-                Ok((file, hasher, full))
-            };
-            sink = Some(if S::DIGEST_BESIDE {
-                Sink::Beside(tokio::task::spawn_blocking(job))
-            } else {
-                Sink::Done(job())
-            });
+            hasher.update(&buf[..filled]);
+            file.0
+                .write_all(&buf[..filled])
+                .map_err(AttemptError::local)?;
             total += filled as u64;
             // Pay for these bytes before reading more: with reads paused, QUIC flow control
             // holds the sender back instead of buffers filling up here.
@@ -243,11 +182,6 @@ pub(crate) async fn receive_file<S: ByteSource>(
             break;
         }
     }
-    if let Some(last) = sink.take() {
-        let (file, hasher, _) = sunk(last).await?;
-        here = Some((file, hasher));
-    }
-    let (file, hasher) = here.ok_or_else(lost)?;
     if total != entry.size {
         return Err(AttemptError::SizeMismatch {
             file: entry.name,
