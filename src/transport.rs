@@ -82,11 +82,13 @@ pub struct TransportTuning {
     /// MTU (tunnels) set 1200.
     pub initial_mtu: u16,
     /// Largest UDP payload path MTU discovery may probe up to, and that this end accepts
-    /// (default [`host_max_udp_payload`]: what this host's largest interface carries, up to
-    /// 6500 bytes of a 9000-byte jumbo frame). Per-packet work (encryption, framing, acknowledgements,
-    /// system calls) is most of QUIC's CPU cost, so jumbo paths inside and between
-    /// datacenters, and loopback, move the same bytes in up to 4.5 times fewer packets.
-    /// Probes too large for a path are lost without counting as congestion.
+    /// (default 6500 bytes, the most quinn sends safely, see `MAX_UDP_PAYLOAD`). Per-packet
+    /// work (encryption, framing, acknowledgements, system calls) is most of QUIC's CPU cost,
+    /// so jumbo paths inside and between datacenters, and loopback, move the same bytes in up
+    /// to 4.5 times fewer packets. On a 1500-byte path the larger probes fail (the kernel
+    /// refuses them locally, or they are lost) without counting as congestion, and the
+    /// connection settles at that path's MTU. Every host has a 64 KiB loopback, so a ceiling
+    /// read from the host's interfaces would be this one anyway.
     pub max_mtu: u16,
 }
 
@@ -102,7 +104,7 @@ impl Default for TransportTuning {
             max_control_streams: 64,
             max_file_streams: 512,
             initial_mtu: 1452,
-            max_mtu: host_max_udp_payload(),
+            max_mtu: MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -174,38 +176,6 @@ const MIN_UDP_PAYLOAD: u16 = 1200;
 /// be lost, the losses read as an MTU black hole, and the connection falls back to 1200. Ten
 /// packets of 6500 bytes fit. Drop this cap once quinn splits oversized batches.
 const MAX_UDP_PAYLOAD: u16 = 6500;
-/// The largest IP packet [`host_max_udp_payload`] plans for: a jumbo frame.
-const JUMBO_MTU: u32 = 9000;
-/// IPv6 and UDP headers: a payload this much under the link MTU fits IPv4 and IPv6 alike.
-const UDP_IP_HEADERS: u32 = 48;
-
-/// The UDP payload the largest interface of this host carries (`/sys/class/net/*/mtu` of the
-/// interfaces not down, at most a 9000-byte jumbo frame, less IPv6 and UDP headers), within
-/// what quinn sends safely (6500 bytes, see `MAX_UDP_PAYLOAD`); 1452 (a 1500-byte Ethernet
-/// path) where that cannot be read. A ceiling for path MTU discovery, not a promise about any
-/// one path: each connection probes its own.
-pub fn host_max_udp_payload() -> u16 {
-    let mtu = std::fs::read_dir("/sys/class/net")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|dev| {
-            std::fs::read_to_string(dev.path().join("operstate"))
-                .map_or(true, |state| state.trim() != "down")
-        })
-        .filter_map(|dev| {
-            std::fs::read_to_string(dev.path().join("mtu"))
-                .ok()?
-                .trim()
-                .parse::<u32>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(1500);
-    let payload = mtu.min(JUMBO_MTU).saturating_sub(UDP_IP_HEADERS);
-    payload.clamp(u32::from(MIN_UDP_PAYLOAD), u32::from(MAX_UDP_PAYLOAD)) as u16
-}
-
 /// A UDP socket bound to `addr` with enlarged buffers.
 pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     let domain = socket2::Domain::for_address(addr);

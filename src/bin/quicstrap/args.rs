@@ -47,9 +47,8 @@ pub struct QuicArgs {
     /// paths with a smaller MTU (tunnels, WireGuard).
     #[arg(long, default_value_t = 1452)]
     pub initial_mtu: u16,
-    /// Largest UDP payload path MTU discovery probes up to [default: what this host's largest
-    /// interface carries, up to 6500 bytes]. 1452 keeps every packet within
-    /// a 1500-byte Ethernet frame.
+    /// Largest UDP payload path MTU discovery probes up to [default: 6500 bytes; each path
+    /// settles at its own MTU]. 1452 keeps every packet within a 1500-byte Ethernet frame.
     #[arg(long)]
     pub max_mtu: Option<u16>,
 }
