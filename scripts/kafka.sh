@@ -105,6 +105,23 @@ fail() {
   stop >/dev/null; exit 1
 }
 
+alive() { # the process exists and is not a zombie; unlike pid(), true before nohup execs java
+  local _pid _comm state
+  read -r _pid _comm state _ 2>/dev/null <"/proc/$1/stat" && [[ $state != Z ]]
+}
+
+launch() { # launch JAVA...: start the broker, wait until it serves; 1 if it exited meanwhile
+  : >"$LOGS/server.log"
+  nohup "$@" kafka.Kafka "$HOME_DIR/server.properties" >"$LOGS/stdout.log" 2>&1 </dev/null &
+  local p=$!
+  echo "$p" >"$PIDFILE"
+  until port_open "$PORT" && port_open "$TLS_PORT" && grep -qs 'Kafka Server started' "$LOGS/server.log"; do
+    alive "$p" || { wait "$p" 2>/dev/null; return 1; }
+    (( SECONDS - t0 < WAIT_SECS )) || fail "broker not ready after ${WAIT_SECS}s"
+    sleep 0.5
+  done
+}
+
 start() { # start [keep]: "keep" restarts on the existing data (a broker coming back)
   if p=$(pid); then echo "kafka already running on 127.0.0.1:$PORT (pid $p)"; return; fi
   local keep=${1:-}
@@ -134,12 +151,13 @@ start() { # start [keep]: "keep" restarts on the existing data (a broker coming 
     "${java[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$HOME_DIR/server.properties" >"$LOGS/format.log" 2>&1 \
       || { cat "$LOGS/format.log" >&2; die "storage format failed"; }
   fi
-  nohup "${java[@]}" kafka.Kafka "$HOME_DIR/server.properties" >"$LOGS/stdout.log" 2>&1 </dev/null &
-  echo $! >"$PIDFILE"
-  until port_open "$PORT" && port_open "$TLS_PORT" && grep -qs 'Kafka Server started' "$LOGS/server.log"; do
-    pid >/dev/null || fail "broker exited during startup"
-    (( SECONDS - t0 < WAIT_SECS )) || fail "broker not ready after ${WAIT_SECS}s"
-    sleep 0.5
+  local try
+  for try in 1 2; do
+    launch "${java[@]}" && break
+    # Exited with nothing in its log (seen once on a loaded host): one more go on the same data.
+    [[ $try == 1 ]] || fail "broker exited during startup"
+    echo "kafka.sh: broker exited during startup; last lines of its logs, then one retry:" >&2
+    tail -n 5 "$LOGS/server.log" "$LOGS/stdout.log" >&2 2>/dev/null || true
   done
   echo "kafka ready on 127.0.0.1:$PORT (tls 127.0.0.1:$TLS_PORT) (pid $(cat "$PIDFILE"), $((SECONDS - t0))s)"
 }
