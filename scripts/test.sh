@@ -33,6 +33,8 @@ export QUICSTRAP_KAFKA="127.0.0.1:${QUICSTRAP_KAFKA_PORT:-19092}"
 export QUICSTRAP_KAFKA_TLS="127.0.0.1:${QUICSTRAP_KAFKA_TLS_PORT:-$(( ${QUICSTRAP_KAFKA_PORT:-19092} + 2 ))}"
 step "cargo test" cargo test --release --locked --workspace --all-targets --no-fail-fast
 step "cargo test --doc" cargo test --release --locked --workspace --doc --no-fail-fast
+# The embedder's guide as code, run against the broker above and a dnsmasq it starts.
+step "example node" cargo run --release --locked --example node
 
 echo
 echo "==> summary"

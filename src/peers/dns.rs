@@ -108,6 +108,27 @@ impl Discovery for DnsSrv {
     }
 }
 
+/// The name servers this host asks (`nameserver` lines of `/etc/resolv.conf`, port 53):
+/// where a `--discover` without `--dns-server` looks.
+pub fn system_name_servers() -> std::io::Result<Vec<SocketAddr>> {
+    Ok(parse_resolv_conf(&std::fs::read_to_string(
+        "/etc/resolv.conf",
+    )?))
+}
+
+/// The `nameserver` addresses in the text of a resolv.conf.
+fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next())?
+        })
+        // A scoped IPv6 address (`fe80::1%eth0`) does not parse and is skipped.
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
 /// `_quicstrap._udp.p<partition>.<store>-v<version>.<domain>.`
 pub fn srv_name(id: &PartitionId, domain: &str) -> String {
     format!(
@@ -122,6 +143,15 @@ pub fn srv_name(id: &PartitionId, domain: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_name_servers_are_read_and_the_rest_ignored() {
+        let text = "# comment\nsearch example\nnameserver 10.0.0.2\nnameserver ::1\n\
+                    nameserver fe80::1%eth0\noptions ndots:2\n";
+        let want: Vec<SocketAddr> =
+            vec!["10.0.0.2:53".parse().unwrap(), "[::1]:53".parse().unwrap()];
+        assert_eq!(parse_resolv_conf(text), want);
+    }
 
     #[test]
     fn names_follow_the_documented_scheme() {

@@ -111,6 +111,40 @@ impl Discovery for StaticPeers {
     }
 }
 
+/// Several discoveries asked together (peers named by hand and DNS, say): every peer any of
+/// them names, each once, in the order asked. A lookup that fails matters only when no other
+/// names anybody; then the failure is reported rather than "nobody listed".
+pub struct AnyOf(pub Vec<Box<dyn Discovery>>);
+
+impl Discovery for AnyOf {
+    fn peers<'a>(&'a self, id: &'a PartitionId) -> PeersFuture<'a> {
+        Box::pin(async move {
+            let answers = futures_util::future::join_all(self.0.iter().map(|d| d.peers(id))).await;
+            let (mut peers, mut error) = (Vec::<Peer>::new(), None);
+            for answer in answers {
+                match answer {
+                    Ok(found) => {
+                        for p in found {
+                            if !peers.contains(&p) {
+                                peers.push(p);
+                            }
+                        }
+                    }
+                    Err(e @ DiscoveryError::Lookup { .. }) => error = Some(e),
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+            match error {
+                Some(e) if peers.is_empty() => Err(e),
+                _ if peers.is_empty() => Err(DiscoveryError::NoPeers(id.to_string())),
+                _ => Ok(peers),
+            }
+        })
+    }
+}
+
 /// The order in which peers are tried: a random shuffle.
 pub fn shuffled(mut peers: Vec<Peer>) -> Vec<Peer> {
     peers.shuffle(&mut rand::rng());
@@ -131,6 +165,40 @@ mod tests {
         let p: Peer = "localhost:7000".parse().unwrap();
         assert_eq!(p.server_name, "localhost");
         assert!("nonsense".parse::<Peer>().is_err());
+    }
+
+    #[tokio::test]
+    async fn any_of_merges_answers_and_reports_a_failed_lookup_only_alone() {
+        let id = PartitionId::new("s", 1, 0).unwrap();
+        let a: Peer = "127.0.0.1:7000".parse().unwrap();
+        let b: Peer = "127.0.0.1:7001".parse().unwrap();
+        struct Failing;
+        impl Discovery for Failing {
+            fn peers<'a>(&'a self, id: &'a PartitionId) -> PeersFuture<'a> {
+                Box::pin(async move {
+                    Err(DiscoveryError::Lookup {
+                        name: id.to_string(),
+                        message: "timed out".into(),
+                    })
+                })
+            }
+        }
+        let both = AnyOf(vec![
+            Box::new(StaticPeers(vec![a.clone(), b.clone()])),
+            Box::new(Failing),
+            Box::new(StaticPeers(vec![b.clone()])),
+        ]);
+        assert_eq!(both.peers(&id).await.unwrap(), vec![a, b]);
+        let lonely = AnyOf(vec![Box::new(StaticPeers(vec![])), Box::new(Failing)]);
+        assert!(matches!(
+            lonely.peers(&id).await,
+            Err(DiscoveryError::Lookup { .. })
+        ));
+        let empty = AnyOf(vec![Box::new(StaticPeers(vec![]))]);
+        assert!(matches!(
+            empty.peers(&id).await,
+            Err(DiscoveryError::NoPeers(_))
+        ));
     }
 
     #[test]

@@ -123,6 +123,27 @@ pub fn fetch_command_in(
     cmd
 }
 
+/// `quicstrap recover` with the dev client certificate, `data` as its data dir, of
+/// `partitions` (`0-3`, `@FILE`) of `store`/`version`, catching up from `kafka`; callers add
+/// the peers and the rest.
+pub fn recover_command_in(
+    netns: Option<&str>,
+    data: &Path,
+    store: &str,
+    version: u32,
+    partitions: &str,
+    kafka: &str,
+) -> Command {
+    let mut cmd = quicstrap_in(netns);
+    cmd.args(["recover", "--store", store])
+        .args(["--version", &version.to_string()])
+        .args(["--partitions", partitions, "--kafka", kafka])
+        .arg("--data-dir")
+        .arg(data);
+    dev_identity(&mut cmd, "client");
+    cmd
+}
+
 /// Adds `--cert`, `--key` and `--ca` of the development PKI's `who` (`client` or `server`).
 fn dev_identity(cmd: &mut Command, who: &str) {
     let c = certs();

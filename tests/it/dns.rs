@@ -14,13 +14,13 @@ use crate::common::*;
 use quicstrap::peers::dns::{srv_name, DnsSrv};
 use quicstrap::peers::{Discovery, DiscoveryError};
 
-const DOMAIN: &str = "quicstrap.test";
+pub const DOMAIN: &str = "quicstrap.test";
 
 /// A dnsmasq answering only from `records`, on a free port; killed on drop.
-struct Dnsmasq(Child);
+pub struct Dnsmasq(Child);
 
 impl Dnsmasq {
-    fn start(port: u16, records: &Path, ttl: u32) -> Self {
+    pub fn start(port: u16, records: &Path, ttl: u32) -> Self {
         let child = Command::new("dnsmasq")
             .arg("--no-daemon")
             .arg(format!("--port={port}"))
@@ -60,7 +60,7 @@ impl Drop for Dnsmasq {
     }
 }
 
-fn free_udp_port() -> u16 {
+pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

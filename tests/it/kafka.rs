@@ -74,7 +74,7 @@ async fn produce(w: &KafkaWriter, id: &PartitionId, start: u64, n: u64, model: &
 }
 
 /// The partition's content (default column family) as a map.
-fn content(dir: &std::path::Path) -> Model {
+pub fn content(dir: &std::path::Path) -> Model {
     content_in(dir, TableFormat::Block)
 }
 

@@ -22,6 +22,7 @@ mod migration;
 mod ownership;
 mod pacing;
 mod real_databases;
+mod recover;
 mod resume;
 mod scale;
 mod security;

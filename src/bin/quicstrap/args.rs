@@ -1,5 +1,6 @@
-//! The option groups several subcommands share: TLS material, QUIC tuning, the Kafka
-//! change-log client, and the `ADDR@congestion` listener spec.
+//! The option groups several subcommands share: TLS material, QUIC tuning, whom to ask and how
+//! a transfer behaves (fetch, recover), the Kafka change-log client and catch-up, and the
+//! `ADDR@congestion` listener spec.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,10 +8,192 @@ use std::time::Duration;
 
 use clap::Args;
 
+use quicstrap::bootstrap::BootstrapConfig;
+use quicstrap::checksum::ChecksumAlgo;
+use quicstrap::client::FetchConfig;
 use quicstrap::ingest::kafka::KafkaConfig;
 use quicstrap::ingest::{BadRecordPolicy, CatchUpConfig, TopicTemplate};
+use quicstrap::partition::{PartitionId, TableFormat};
+use quicstrap::peers::dns::{self, DnsSrv};
+use quicstrap::peers::{AnyOf, Discovery, Peer, PeersFuture, StaticPeers};
 use quicstrap::tls::{Identity, TlsError};
 use quicstrap::transport::{Congestion, TransportTuning};
+
+/// How long one DNS query of `--discover` may take (it is tried twice).
+const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
+// Whom to ask for a partition (fetch, recover).
+#[derive(Args)]
+pub struct PeerArgs {
+    /// A peer, `host:port` or `name@host:port`; repeat for more (none: Kafka only).
+    #[arg(long = "peer", required_unless_present_any = ["kafka", "discover"])]
+    pub peers: Vec<Peer>,
+    /// Find each partition's peers in DNS: `srv:DOMAIN` asks for the SRV records
+    /// `_quicstrap._udp.p<partition>.<store>-v<version>.DOMAIN`, and each record's target is
+    /// the name the peer's certificate must carry. Combines with --peer.
+    #[arg(long, value_name = "srv:DOMAIN", value_parser = parse_discover)]
+    pub discover: Option<String>,
+    /// DNS server --discover asks, `IP:PORT` (repeatable) [default: the nameservers of
+    /// /etc/resolv.conf].
+    #[arg(long = "dns-server", requires = "discover")]
+    pub dns_servers: Vec<SocketAddr>,
+    /// Accept only a server whose certificate is valid for this name, whatever address a
+    /// peer resolved to (DNS answers are unauthenticated): every peer is verified against
+    /// it instead of the host, `name@` or SRV target it was given with.
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+/// `srv:DOMAIN` → `DOMAIN`.
+fn parse_discover(s: &str) -> Result<String, String> {
+    match s.split_once(':') {
+        Some(("srv", domain)) if !domain.trim_end_matches('.').is_empty() => Ok(domain.to_owned()),
+        _ => Err(format!("{s:?}: expected srv:DOMAIN")),
+    }
+}
+
+impl PeerArgs {
+    /// Who to ask, as one discovery: the --peer list and DNS together, every name replaced
+    /// by --server-name when given. An unusable --server-name or resolver is the error.
+    pub fn discovery(&self) -> Result<Box<dyn Discovery>, String> {
+        if let Some(name) = &self.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return Err(format!(
+                    "--server-name {name:?} is not a DNS name or address"
+                ));
+            }
+        }
+        let mut all: Vec<Box<dyn Discovery>> = vec![Box::new(StaticPeers(self.peers.clone()))];
+        if let Some(domain) = &self.discover {
+            let servers = if self.dns_servers.is_empty() {
+                dns::system_name_servers()
+                    .map_err(|e| format!("--discover: /etc/resolv.conf: {e}; give --dns-server"))?
+            } else {
+                self.dns_servers.clone()
+            };
+            if servers.is_empty() {
+                return Err(
+                    "--discover: no nameserver in /etc/resolv.conf; give --dns-server".into(),
+                );
+            }
+            all.push(Box::new(DnsSrv::new(&servers, domain, DNS_TIMEOUT)));
+        }
+        Ok(Box::new(Renamed {
+            inner: AnyOf(all),
+            name: self.server_name.clone(),
+        }))
+    }
+}
+
+/// Peers of another discovery, each verified against one pinned name.
+struct Renamed {
+    inner: AnyOf,
+    name: Option<String>,
+}
+
+impl Discovery for Renamed {
+    fn peers<'a>(&'a self, id: &'a PartitionId) -> PeersFuture<'a> {
+        Box::pin(async move {
+            let peers = self.inner.peers(id).await?;
+            Ok(match &self.name {
+                Some(n) => peers.into_iter().map(|p| p.with_name(n.clone())).collect(),
+                None => peers,
+            })
+        })
+    }
+}
+
+// How a transfer behaves (fetch, recover).
+#[derive(Args)]
+pub struct TransferArgs {
+    /// Local root; a partition lands in `<data-dir>/<store>_v<version>/<partition>/`.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Table format this node opens: block or plain.
+    #[arg(long, default_value = "block")]
+    pub format: TableFormat,
+    /// Digest for validation: md5 or blake3.
+    #[arg(long, default_value = "md5")]
+    pub checksum: ChecksumAlgo,
+    /// Connect + handshake timeout, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+    /// Give up on a peer after this many seconds without a byte.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Give up on a peer after this many seconds for the partition.
+    #[arg(long, default_value_t = 1200)]
+    pub partition_timeout_secs: u64,
+    /// Try peers in the order given instead of shuffling.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Start every attempt from byte 0 and delete what an interrupted one received, instead
+    /// of keeping it and asking the same peer for the rest.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Read-rate limit for this process, bytes/s (0 = unlimited).
+    #[arg(long, default_value_t = quicstrap::pacing::DEFAULT_RATE)]
+    pub read_limit: u64,
+    /// Most bytes received data may occupy before it is read, all transfers together:
+    /// each connection's receive window follows its path within this.
+    #[arg(long, default_value_t = quicstrap::budget::DEFAULT_CAP)]
+    pub max_recv_buffer: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub quic: QuicArgs,
+}
+
+impl TransferArgs {
+    /// The fetch these options describe.
+    pub fn fetch_config(&self, identity: Identity) -> FetchConfig {
+        let mut cfg = FetchConfig::new(identity);
+        let policy = &mut cfg.policy;
+        policy.table_format = self.format;
+        policy.checksum = self.checksum;
+        policy.connect_timeout = Duration::from_secs(self.connect_timeout_secs);
+        policy.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
+        policy.partition_timeout = Duration::from_secs(self.partition_timeout_secs);
+        policy.read_limiter = quicstrap::pacing::RateLimiter::new(self.read_limit);
+        cfg.shuffle = !self.no_shuffle;
+        cfg.resume = !self.no_resume;
+        cfg.tuning.idle_timeout = cfg.policy.idle_timeout;
+        cfg.max_recv_buffer = self.max_recv_buffer;
+        self.quic.apply(&mut cfg.tuning);
+        cfg
+    }
+}
+
+// How a bootstrap catches up from Kafka (fetch --kafka, recover).
+#[derive(Args)]
+pub struct CatchUpArgs {
+    /// With --kafka: replay instead of transferring below this lag, in offsets.
+    #[arg(long, default_value_t = 100_000)]
+    pub lag_threshold: u64,
+    /// With --kafka: give up catch-up after the broker is unreachable this long, seconds
+    /// (--follow waits an outage out instead, reporting it as a stall).
+    #[arg(long, default_value_t = 120)]
+    pub catchup_deadline_secs: u64,
+    /// With --kafka: records per WriteBatch during catch-up.
+    #[arg(long, default_value_t = 5_000)]
+    pub catchup_batch: usize,
+    #[command(flatten)]
+    pub kafka_opts: KafkaOpts,
+}
+
+impl CatchUpArgs {
+    /// The bootstrap these options describe, for partitions of `format`.
+    pub fn bootstrap_config(&self, format: TableFormat) -> BootstrapConfig {
+        let mut catch_up = self.kafka_opts.catch_up();
+        catch_up.deadline = Duration::from_secs(self.catchup_deadline_secs);
+        catch_up.batch = self.catchup_batch.max(1);
+        BootstrapConfig {
+            lag_threshold: self.lag_threshold,
+            catch_up,
+            table_format: format,
+        }
+    }
+}
 
 // Who this node is and whom it trusts (serve, fetch).
 #[derive(Args)]

@@ -5,6 +5,7 @@
 mod args;
 mod demo;
 mod fetch;
+mod recover;
 mod report;
 mod seed;
 mod serve;
@@ -32,6 +33,8 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Fetch one partition from the first peer that can serve it.
     Fetch(fetch::FetchArgs),
+    /// Restore every partition a node is assigned: from discovered peers, then Kafka.
+    Recover(recover::RecoverArgs),
     /// Create a source partition of N records (several SST files).
     Seed(seed::SeedArgs),
     /// Run the end-to-end demo on embedded defaults.
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             match cli.cmd {
                 Cmd::Serve(a) => serve::run(a).await,
                 Cmd::Fetch(a) => fetch::run(a).await,
+                Cmd::Recover(a) => recover::run(a).await,
                 Cmd::Seed(a) => seed::run(a),
                 Cmd::Demo(a) => demo::run(a).await,
             }

@@ -1,0 +1,338 @@
+//! `quicstrap recover`: every partition a node is assigned, restored concurrently — peers from
+//! --peer and --discover, then Kafka catch-up, or Kafka alone — with one progress view on
+//! stderr and, under --json, one report line per partition on stdout as each ends.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use quicstrap::client::Fetcher;
+use quicstrap::partition::PartitionId;
+use quicstrap::recover::{
+    recover, PartitionRecovery, RecoverConfig, RecoverCounts, RecoverProgress, Sources,
+};
+
+use crate::args::{CatchUpArgs, PeerArgs, TransferArgs};
+use crate::CliError;
+
+// The options of `quicstrap recover`.
+#[derive(Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub peer: PeerArgs,
+    /// Store name.
+    #[arg(long)]
+    pub store: String,
+    /// Store version.
+    #[arg(long)]
+    pub version: u32,
+    /// The partitions this node is assigned: `0-63`, `0,4,8-11`, or `@FILE` holding such a
+    /// list (separated by commas, spaces or lines).
+    #[arg(long, value_parser = parse_partitions)]
+    pub partitions: Partitions,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    /// Kafka brokers (`host:port,...`) of the change logs every partition catches up from.
+    #[arg(long)]
+    pub kafka: String,
+    #[command(flatten)]
+    pub catch_up: CatchUpArgs,
+    /// Partitions bootstrapping at once, each with its own Kafka consumer.
+    #[arg(long, default_value_t = 20)]
+    pub parallel: usize,
+    /// Partitions receiving from peers at once (connections are one per peer either way).
+    #[arg(long, default_value_t = 20)]
+    pub max_receiving: usize,
+    /// Print one JSON report per partition on stdout, a line each, as it ends.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A set of partition numbers, in the order given, each once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partitions(pub Vec<u32>);
+
+/// `0-63`, `0,4,8-11` or `@FILE`.
+fn parse_partitions(s: &str) -> Result<Partitions, String> {
+    let text = match s.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?,
+        None => s.to_owned(),
+    };
+    let mut out = Vec::new();
+    for item in text.split(|c: char| c == ',' || c.is_whitespace()) {
+        if item.is_empty() {
+            continue;
+        }
+        let number = |n: &str| {
+            n.parse::<u32>()
+                .map_err(|_| format!("{item:?} is not a partition number or range"))
+        };
+        let (lo, hi) = match item.split_once('-') {
+            Some((lo, hi)) => (number(lo)?, number(hi)?),
+            None => (number(item)?, number(item)?),
+        };
+        if lo > hi {
+            return Err(format!("{item:?}: the range runs backwards"));
+        }
+        if (hi - lo) as usize >= 1 << 20 {
+            return Err(format!("{item:?}: over a million partitions"));
+        }
+        for p in lo..=hi {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("no partitions given".into());
+    }
+    Ok(Partitions(out))
+}
+
+/// Recovers, reports, and exits 1 when any partition did not end valid and caught up.
+pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
+    let discovery = a.peer.discovery().map_err(CliError::Unusable)?;
+    let ids = a
+        .partitions
+        .0
+        .iter()
+        .map(|&p| PartitionId::new(&a.store, a.version, p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::unusable(format!("store name: {e}")))?;
+    let mut fetch = a
+        .transfer
+        .fetch_config(a.transfer.tls.identity().map_err(CliError::unusable)?);
+    fetch.max_partitions = a.max_receiving.max(1);
+    let fetcher = Fetcher::new(fetch).map_err(CliError::unusable)?;
+    let kafka = a.catch_up.kafka_opts.config(&a.kafka);
+    let cfg = RecoverConfig {
+        bootstrap: a.catch_up.bootstrap_config(a.transfer.format),
+        parallel: a.parallel.max(1),
+        ..Default::default()
+    };
+    let progress = Arc::new(RecoverProgress::default());
+    let view = View::spawn(progress.clone());
+    let stop = tokio::spawn(cancel_on_signal(progress.clone()));
+    let json = a.json;
+    let sources = Sources {
+        fetcher: &fetcher,
+        discovery: &*discovery,
+        open_log: |id: &PartitionId| kafka.log(id),
+    };
+    let report = recover(
+        &sources,
+        &a.transfer.data_dir,
+        &ids,
+        &cfg,
+        &progress,
+        |one| {
+            if json {
+                println!("{}", line(one));
+            }
+        },
+    )
+    .await;
+    stop.abort();
+    view.finish().await;
+    fetcher.close().await;
+    let counts = progress.snapshot();
+    let from_peers = report
+        .partitions
+        .iter()
+        .filter(|p| matches!(&p.outcome, Ok(r) if r.transfer.is_some()))
+        .count();
+    eprintln!(
+        "quicstrap: recovered {}/{} partitions of {}_v{} under {} in {:.1} s: {} from peers, \
+         {} bytes received, {} records caught up",
+        counts.valid,
+        counts.total,
+        a.store,
+        a.version,
+        a.transfer.data_dir.display(),
+        report.seconds,
+        from_peers,
+        counts.bytes,
+        counts.records
+    );
+    let mut failed = report.failed();
+    match failed.next() {
+        None => Ok(()),
+        Some(first) => Err(CliError::Failed(format!(
+            "{} of {} partitions not recovered (a rerun resumes them); first: {}: {}",
+            counts.total - counts.valid,
+            counts.total,
+            first.partition,
+            first
+                .outcome
+                .as_ref()
+                .err()
+                .map_or_else(String::new, ToString::to_string)
+        ))),
+    }
+}
+
+/// Cancels the recovery on Ctrl-C or SIGTERM: transfers in flight clean up, and the rerun
+/// picks up where this one stopped.
+async fn cancel_on_signal(progress: Arc<RecoverProgress>) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    eprintln!("quicstrap: cancelling the recovery");
+    progress.cancel();
+}
+
+/// One partition's report line: where it is, how it was built, or why it is not.
+fn line(one: &PartitionRecovery) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "partition": one.partition,
+        "dir": one.dir,
+        "ok": one.is_ok(),
+        "peers": one.peers,
+        "discovery": one.discovery.as_ref().map(ToString::to_string),
+        "seconds": one.seconds,
+        "finished_at": one.finished_at,
+    });
+    let (report, error) = match &one.outcome {
+        Ok(r) => (Some(r), None),
+        Err(e) => (
+            match e {
+                quicstrap::recover::RecoverError::Bootstrap(b) => b.report(),
+                _ => None,
+            },
+            Some(e),
+        ),
+    };
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(r) = report.and_then(|r| serde_json::to_value(r).ok()) {
+            obj.insert("path".into(), r["path"]["path"].clone());
+            obj.insert("report".into(), r);
+        }
+        if let Some(e) = error {
+            obj.insert("error".into(), e.to_string().into());
+            obj.insert("error_kind".into(), e.label().into());
+        }
+    }
+    v
+}
+
+/// The progress view on stderr: redrawn in place for a person at a terminal, a line every
+/// 10 s into a log.
+struct View {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl View {
+    fn spawn(progress: Arc<RecoverProgress>) -> Self {
+        let (stop, mut rx) = tokio::sync::oneshot::channel();
+        let terminal = std::io::stderr().is_terminal();
+        let every = if terminal {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(10)
+        };
+        let task = tokio::spawn(async move {
+            let t0 = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let text = describe(progress.snapshot(), t0.elapsed());
+                if terminal {
+                    eprint!("\r\x1b[K{text}");
+                } else {
+                    eprintln!("quicstrap: {text}");
+                }
+            }
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// `12/36 valid, 1 failed, 5 receiving · 1.2 GB at 95.3 MB/s · ETA 40 s`: the ETA assumes
+/// the partitions left take as long on average as the ones done.
+fn describe(c: RecoverCounts, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let ended = c.valid + c.failed;
+    let eta = if ended == 0 {
+        "ETA ?".to_owned()
+    } else {
+        format!(
+            "ETA {:.0} s",
+            secs * (c.total - ended) as f64 / ended as f64
+        )
+    };
+    format!(
+        "recover: {}/{} valid, {} failed, {} receiving · {:.1} MB at {:.1} MB/s · {}",
+        c.valid,
+        c.total,
+        c.failed,
+        c.receiving,
+        c.bytes as f64 / 1e6,
+        c.bytes as f64 / 1e6 / secs,
+        eta
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_sets_parse_ranges_lists_and_files() {
+        assert_eq!(parse_partitions("0-3").unwrap().0, vec![0, 1, 2, 3]);
+        assert_eq!(parse_partitions("5, 1,2-3 2").unwrap().0, vec![5, 1, 2, 3]);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "0\n7-8\n\n").unwrap();
+        let arg = format!("@{}", f.path().display());
+        assert_eq!(parse_partitions(&arg).unwrap().0, vec![0, 7, 8]);
+        for bad in [
+            "",
+            "3-1",
+            "x",
+            "1-",
+            "-2",
+            "@/nonexistent/file",
+            "0-4294967295",
+        ] {
+            assert!(parse_partitions(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_view_estimates_from_the_partitions_done() {
+        let c = RecoverCounts {
+            total: 4,
+            valid: 1,
+            failed: 1,
+            receiving: 2,
+            bytes: 50_000_000,
+            records: 0,
+        };
+        assert_eq!(
+            describe(c, Duration::from_secs(10)),
+            "recover: 1/4 valid, 1 failed, 2 receiving · 50.0 MB at 5.0 MB/s · ETA 10 s"
+        );
+        assert!(describe(RecoverCounts::default(), Duration::ZERO).ends_with("ETA ?"));
+    }
+}

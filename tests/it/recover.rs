@@ -1,0 +1,402 @@
+//! `quicstrap recover`: a node's partitions restored at once from peers found in DNS (a real
+//! dnsmasq with SRV records), served by real `serve` processes, and caught up from the real
+//! broker. A partition no peer holds is built from Kafka alone, a peer that dies mid-way is
+//! replaced by another holder, and a rerun after SIGKILL keeps what is valid and resumes the
+//! rest.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use crate::dns::{free_udp_port, Dnsmasq, DOMAIN};
+use crate::kafka::{brokers, content};
+use quicstrap::demo::seed::seed_value;
+use quicstrap::ingest::{self, kafka::KafkaWriter};
+use quicstrap::partition::PartitionId;
+use quicstrap::peers::dns::srv_name;
+use serde_json::Value;
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// A store whose topic has one Kafka partition per store partition, and what each holds.
+struct Store {
+    name: String,
+    writer: KafkaWriter,
+    models: Vec<Model>,
+    produced: Vec<u64>,
+}
+
+impl Store {
+    /// A fresh store (its topic created with `partitions` partitions).
+    async fn new(tag: &str, partitions: u32) -> Self {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("rt_{tag}_{}_{nanos}", std::process::id());
+        let s = Self {
+            writer: KafkaWriter::new(&brokers()).unwrap(),
+            models: vec![Model::new(); partitions as usize],
+            produced: vec![0; partitions as usize],
+            name,
+        };
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        let topic = ingest::topic(&s.id(0));
+        let new = NewTopic::new(&topic, partitions as i32, TopicReplication::Fixed(1));
+        for r in admin
+            .create_topics(&[new], &AdminOptions::new())
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+        s
+    }
+
+    fn id(&self, partition: u32) -> PartitionId {
+        PartitionId::new(&self.name, 1, partition).unwrap()
+    }
+
+    /// Produces `n` more records of `size` bytes to `partition`.
+    async fn produce(&mut self, partition: u32, n: u64, size: usize) {
+        let p = partition as usize;
+        let batch: Vec<_> = (self.produced[p]..self.produced[p] + n)
+            .map(|i| {
+                let key = format!("p{partition}-k{i:07}").into_bytes();
+                (key, Some(seed_value(i, size)))
+            })
+            .collect();
+        for (k, v) in &batch {
+            self.models[p].insert(k.clone(), v.clone().unwrap());
+        }
+        self.produced[p] += n;
+        let topic = ingest::topic(&self.id(partition));
+        self.writer
+            .send_all(&topic, partition, &batch)
+            .await
+            .unwrap();
+    }
+
+    /// `quicstrap recover` of `partitions` into `root`; stdout piped for the report lines.
+    fn recover(&self, root: &Path, partitions: &str, extra: &[&str]) -> Command {
+        let mut cmd =
+            testkit::recover_command_in(None, root, &self.name, 1, partitions, &brokers());
+        cmd.args([
+            "--json",
+            "--idle-timeout-secs",
+            "3",
+            "--connect-timeout-secs",
+            "2",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped());
+        cmd
+    }
+
+    /// Every partition in `parts` under `root` holds exactly what was produced to it.
+    fn assert_complete(&self, root: &Path, parts: impl IntoIterator<Item = u32>) {
+        for p in parts {
+            let dir = self.id(p).dir(root);
+            assert_eq!(
+                content(&dir),
+                self.models[p as usize],
+                "partition {p} differs"
+            );
+        }
+        assert!(temp_dirs(root).is_empty(), "{:?}", temp_dirs(root));
+    }
+}
+
+/// A dnsmasq publishing, for each `(partition, port, priority)`, an SRV record of the store's
+/// partition on `server.quicstrap.test` (127.0.0.1, the dev server certificate's name).
+fn dns(conf: &Path, store: &Store, records: &[(u32, u16, u16)]) -> (Dnsmasq, String) {
+    let mut text = format!("local=/{DOMAIN}/\nhost-record=server.quicstrap.test,127.0.0.1\n");
+    for (p, port, priority) in records {
+        let name = srv_name(&store.id(*p), DOMAIN);
+        text.push_str(&format!(
+            "srv-host={},server.quicstrap.test,{port},{priority},10\n",
+            name.trim_end_matches('.')
+        ));
+    }
+    let path = conf.join("records.conf");
+    std::fs::write(&path, text).unwrap();
+    let port = free_udp_port();
+    (Dnsmasq::start(port, &path, 1), format!("127.0.0.1:{port}"))
+}
+
+/// The report lines of a finished recover, by partition number, and its exit code.
+fn finish(child: Child) -> (i32, BTreeMap<u32, Value>, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        parse_lines(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn parse_lines(stdout: &[u8]) -> BTreeMap<u32, Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+        .map(|v| {
+            let p = v["partition"].as_str().unwrap();
+            (p.rsplit('/').next().unwrap().parse().unwrap(), v)
+        })
+        .collect()
+}
+
+/// Node A: `partitions` built from Kafka alone by `recover` (no peer named), then served.
+fn source_node(store: &Store, root: &Path, partitions: &str, count: usize) -> ServeProcess {
+    let mut cmd = store.recover(root, partitions, &["--lag-threshold", "100"]);
+    let (code, lines, stderr) = finish(cmd.stderr(Stdio::piped()).spawn().unwrap());
+    assert_eq!(code, 0, "{lines:?} {stderr}");
+    assert_eq!(lines.len(), count, "{lines:?}");
+    for v in lines.values() {
+        assert_eq!(v["path"], "kafka_no_peers", "{v}");
+        assert!(v["discovery"].as_str().unwrap().contains("no peers"), "{v}");
+    }
+    ServeProcess::start(root, &[])
+}
+
+/// The attempts of a partition's report: (peer port, outcome, resumed bytes).
+fn attempts(v: &Value) -> Vec<(u16, String, u64)> {
+    v["report"]["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let peer = a["peer"].as_str().unwrap();
+            let port = peer.rsplit(':').next().unwrap().parse().unwrap();
+            (
+                port,
+                a["outcome"].as_str().unwrap().to_owned(),
+                a["resumed_bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_uses_discovered_peers_and_builds_a_partition_no_peer_holds_from_kafka() {
+    let _turn = turn(Needs::Broker).await;
+    let mut store = Store::new("discover", 4).await;
+    for p in 0..4 {
+        store.produce(p, 3_000, 500).await;
+    }
+    let a = tempfile::tempdir().unwrap();
+    let serving = source_node(&store, a.path(), "0-3", 4);
+    // Records A's snapshots do not hold: B catches them up after each transfer.
+    for p in 0..4 {
+        store.produce(p, 200, 500).await;
+    }
+    let conf = tempfile::tempdir().unwrap();
+    let port = serving.addr.port();
+    let (_dns, server) = dns(
+        conf.path(),
+        &store,
+        &[(0, port, 0), (1, port, 0), (2, port, 0)],
+    );
+
+    let b = tempfile::tempdir().unwrap();
+    let discover = format!("srv:{DOMAIN}");
+    let child = store
+        .recover(
+            b.path(),
+            "0-3",
+            &["--discover", &discover, "--dns-server", &server],
+        )
+        .args(["--lag-threshold", "1000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, lines, stderr) = finish(child);
+    assert_eq!(code, 0, "{lines:?} {stderr}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for p in 0..3 {
+        let v = &lines[&p];
+        assert_eq!(v["path"], "peer_transfer", "{v}");
+        // The name on the certificate checked is the SRV target.
+        assert_eq!(
+            v["peers"],
+            serde_json::json!([format!("server.quicstrap.test@127.0.0.1:{port}")]),
+            "{v}"
+        );
+        assert_eq!(v["report"]["catch_up"]["from_offset"], 2_999, "{v}");
+        assert_eq!(v["report"]["catch_up"]["to_offset"], 3_199, "{v}");
+        assert_eq!(v["dir"], store.id(p).dir(b.path()).display().to_string());
+    }
+    let v = &lines[&3];
+    assert_eq!(v["path"], "kafka_no_peers", "{v}");
+    assert_eq!(v["report"]["catch_up"]["to_offset"], 3_199, "{v}");
+    assert!(
+        v["discovery"].as_str().unwrap().contains("no peers listed"),
+        "{v}"
+    );
+    assert!(stderr.contains("recovered 4/4 partitions"), "{stderr}");
+    store.assert_complete(b.path(), 0..4);
+
+    // `fetch` takes the same discovery; without Kafka, nobody listed is a clear failure.
+    let c = tempfile::tempdir().unwrap();
+    let dns_flags = ["--discover", &discover, "--dns-server", &server, "--json"];
+    let out = output_ok(fetch_command(c.path(), &store.name, 1, 1).args(dns_flags));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["peer"], format!("server.quicstrap.test@127.0.0.1:{port}"));
+    let out = fetch_command(c.path(), &store.name, 1, 3)
+        .args(dns_flags)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["error_kind"], "no_peers", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_dies_during_recovery_is_replaced_by_another_holder() {
+    let _turn = turn(Needs::Broker).await;
+    let mut store = Store::new("dies", 4).await;
+    for p in 0..4 {
+        store.produce(p, 6_000, 1_000).await;
+    }
+    let a1 = tempfile::tempdir().unwrap();
+    let mut first = source_node(&store, a1.path(), "0-3", 4);
+    // A second holder of the same partitions, copied while nobody has them open.
+    first.stop(Duration::from_secs(10));
+    let a2 = tempfile::tempdir().unwrap();
+    copy_dir(&a1.path().join(store.id(0).store_version_dir()), a2.path());
+    // Slow enough to be caught mid-transfer when it dies (a fast one has pushed everything
+    // into B's receive windows long before).
+    let first = ServeProcess::start(a1.path(), &["--write-limit", "3000000"]);
+    let second = ServeProcess::start(a2.path(), &[]);
+    let conf = tempfile::tempdir().unwrap();
+    let (p1, p2) = (first.addr.port(), second.addr.port());
+    let records: Vec<_> = (0..4).flat_map(|p| [(p, p1, 0), (p, p2, 10)]).collect();
+    let (_dns, server) = dns(conf.path(), &store, &records);
+
+    // B asks the first holder first (SRV priority, no shuffle).
+    let b = tempfile::tempdir().unwrap();
+    let discover = format!("srv:{DOMAIN}");
+    let child = store
+        .recover(
+            b.path(),
+            "0-3",
+            &["--discover", &discover, "--dns-server", &server],
+        )
+        .args(["--lag-threshold", "1000", "--no-shuffle"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("B receives", Duration::from_secs(60), || {
+        received(b.path()) > 2_000_000
+    })
+    .await;
+    first.signal(libc::SIGKILL);
+    let (code, lines, stderr) = finish(child);
+    assert_eq!(code, 0, "{lines:?} {stderr}");
+    assert_eq!(lines.len(), 4);
+    let mut replaced = 0;
+    for v in lines.values() {
+        assert_eq!(v["path"], "peer_transfer", "{v}");
+        let tried = attempts(v);
+        assert_eq!(tried.last().map(|t| t.1.as_str()), Some("ok"), "{v}");
+        if tried[0].0 == p1 && tried[0].1 != "ok" {
+            assert_eq!(tried.last().map(|t| t.0), Some(p2), "{v}");
+            replaced += 1;
+        }
+    }
+    assert!(
+        replaced >= 1,
+        "no partition moved from the dead peer: {lines:?}"
+    );
+    store.assert_complete(b.path(), 0..4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_after_sigkill_keeps_the_valid_partitions_and_resumes_the_rest() {
+    let _turn = turn(Needs::Broker).await;
+    let mut store = Store::new("rerun", 4).await;
+    // Partition 0 is small, so it is done while the others are still coming in.
+    store.produce(0, 300, 1_000).await;
+    for p in 1..4 {
+        store.produce(p, 6_000, 1_000).await;
+    }
+    let a = tempfile::tempdir().unwrap();
+    let serving = source_node(&store, a.path(), "0-3", 4);
+    let conf = tempfile::tempdir().unwrap();
+    let port = serving.addr.port();
+    let records: Vec<_> = (0..4).map(|p| (p, port, 0)).collect();
+    let (_dns, server) = dns(conf.path(), &store, &records);
+    let discover = format!("srv:{DOMAIN}");
+    let flags = [
+        "--discover",
+        &discover,
+        "--dns-server",
+        &server,
+        "--lag-threshold",
+        "100",
+    ];
+
+    let b = tempfile::tempdir().unwrap();
+    let mut child = store
+        .recover(b.path(), "0-3", &flags)
+        .args(["--read-limit", "2000000"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Partition 0's line, then bytes of the others on disk: the kill lands mid-transfer.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["partition"], store.id(0).to_string(), "{first}");
+    assert_eq!(first["ok"], true, "{first}");
+    wait_for("the others receive", Duration::from_secs(60), || {
+        received(b.path()) > 3_000_000
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(store.id(0).dir(b.path()).join("CURRENT").is_file());
+    let kept = received(b.path());
+
+    let child = store
+        .recover(b.path(), "0-3", &flags)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, lines, stderr) = finish(child);
+    assert_eq!(code, 0, "{lines:?} {stderr}");
+    assert_eq!(lines.len(), 4);
+    // The valid partition is only caught up from its own offset, nothing transferred.
+    assert_eq!(lines[&0]["path"], "local_resume", "{}", lines[&0]);
+    assert!(lines[&0]["report"]["transfer"].is_null());
+    let mut resumed = 0;
+    for p in 1..4 {
+        let v = &lines[&p];
+        assert_eq!(v["path"], "peer_transfer", "{v}");
+        resumed += attempts(v).iter().map(|t| t.2).sum::<u64>();
+    }
+    assert!(
+        resumed > 0 && resumed <= kept,
+        "resumed {resumed} of the {kept} bytes kept: {lines:?}"
+    );
+    store.assert_complete(b.path(), 0..4);
+}
+
+/// Copies the store-version directory `from` (with its partitions) into `root`.
+fn copy_dir(from: &Path, root: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
