@@ -11,9 +11,10 @@
 //!
 //! Run: `scripts/kafka.sh start`, then
 //! `QUICSTRAP_KAFKA=127.0.0.1:19092 cargo run --release --example node`
-//! (needs `dnsmasq`, which scripts/setup.sh installs). Exits non-zero when anything differs.
+//! (needs `dnsmasq`, which scripts/setup.sh installs; the test kit starts it). Exits non-zero
+//! when anything differs.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use quicstrap::peers::{Discovery, StaticPeers};
 use quicstrap::recover::{recover, PartitionRecovery, RecoverConfig, RecoverProgress, Sources};
 use quicstrap::server::ServerConfig;
 use quicstrap::tls::{self, AllowList};
+use testkit::Dnsmasq;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -87,7 +89,7 @@ async fn main() -> Result<(), Error> {
     println!("node A serves on 127.0.0.1:{a_port} and follows Kafka");
 
     // 3. DNS names A as the holder of every partition; the SRV target is its certificate's name.
-    let dns = Dnsmasq::start(work.path(), &ids, a_port)?;
+    let dns = dns_server(work.path(), &ids, a_port)?;
     let discovery = DnsSrv::new(&[dns.addr], DOMAIN, Duration::from_secs(2));
 
     // 4. Node B: the same partitions, from A, found in DNS, then caught up.
@@ -227,57 +229,17 @@ fn expect(ok: bool, what: String) -> Result<(), Error> {
     }
 }
 
-/// A dnsmasq on a free loopback port publishing `port` on 127.0.0.1 as the holder of every
-/// partition in `ids`; killed on drop.
-struct Dnsmasq {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Dnsmasq {
-    fn start(dir: &Path, ids: &[PartitionId], port: u16) -> Result<Self, Error> {
-        let host = "server.quicstrap.test";
-        let mut conf = format!("local=/{DOMAIN}/\nhost-record={host},127.0.0.1\n");
-        for id in ids {
-            let name = srv_name(id, DOMAIN);
-            let name = name.trim_end_matches('.');
-            conf.push_str(&format!("srv-host={name},{host},{port},0,10\n"));
-        }
-        let file = dir.join("dnsmasq.conf");
-        std::fs::write(&file, conf)?;
-        let addr: SocketAddr = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-        let child = std::process::Command::new("dnsmasq")
-            .args(["--no-daemon", "--no-resolv", "--no-hosts", "--no-poll"])
-            .args([
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--user=root",
-            ])
-            .arg(format!("--port={}", addr.port()))
-            .arg("--pid-file=")
-            .arg(format!("--conf-file={}", file.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("dnsmasq: {e} (scripts/setup.sh installs it)"))?;
-        // Ready once it listens: a probe answer of any kind.
-        let dns = Self { child, addr };
-        let probe = UdpSocket::bind("127.0.0.1:0")?;
-        probe.set_read_timeout(Some(Duration::from_millis(100)))?;
-        for _ in 0..100 {
-            let query = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
-            probe.send_to(&query, addr)?;
-            if probe.recv_from(&mut [0u8; 512]).is_ok() {
-                return Ok(dns);
-            }
-        }
-        Err("dnsmasq did not come up".into())
+/// Writes dnsmasq records naming `port` on 127.0.0.1 as the holder of every partition in
+/// `ids`, and starts a dnsmasq answering them (the test kit's, shared with the tests).
+fn dns_server(dir: &Path, ids: &[PartitionId], port: u16) -> Result<Dnsmasq, Error> {
+    let host = "server.quicstrap.test";
+    let mut conf = format!("local=/{DOMAIN}/\nhost-record={host},127.0.0.1\n");
+    for id in ids {
+        let name = srv_name(id, DOMAIN);
+        let name = name.trim_end_matches('.');
+        conf.push_str(&format!("srv-host={name},{host},{port},0,10\n"));
     }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let file = dir.join("dnsmasq.conf");
+    std::fs::write(&file, conf)?;
+    Ok(Dnsmasq::start(&file, 5)?)
 }

@@ -363,3 +363,69 @@ pub fn cpu_model() -> String {
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
 }
+
+/// A dnsmasq answering only from the records in `conf` (dnsmasq config lines: `local=`,
+/// `host-record=`, `srv-host=`), on a free loopback port, with answers cached for `ttl`
+/// seconds; killed and reaped on drop. The SRV discovery tests, `examples/node.rs` and the
+/// cluster benchmark ask it.
+pub struct Dnsmasq {
+    child: Child,
+    /// Where it answers.
+    pub addr: SocketAddr,
+}
+
+impl Dnsmasq {
+    /// Starts it on a free port; ready once it answers a probe.
+    pub fn start(conf: &Path, ttl: u32) -> std::io::Result<Self> {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Self::start_on(port, conf, ttl)
+    }
+
+    /// [`Dnsmasq::start`] on `port` (a restart on the same address, for TTL tests).
+    pub fn start_on(port: u16, conf: &Path, ttl: u32) -> std::io::Result<Self> {
+        let child = Command::new("dnsmasq")
+            .arg("--no-daemon")
+            .arg(format!("--port={port}"))
+            .args(["--listen-address=127.0.0.1", "--bind-interfaces"])
+            .args(["--no-resolv", "--no-hosts", "--no-poll", "--user=root"])
+            .arg("--pid-file=")
+            .arg(format!("--local-ttl={ttl}"))
+            .arg(format!("--conf-file={}", conf.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("dnsmasq: {e} (scripts/setup.sh installs dnsmasq-base)"),
+                )
+            })?;
+        // Owned at once, so a dnsmasq that never answers is killed and reaped.
+        let dns = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        probe.set_read_timeout(Some(Duration::from_millis(100)))?;
+        for _ in 0..100 {
+            // A minimal query for "." type A; any answer means it is up.
+            let q = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
+            probe.send_to(&q, dns.addr)?;
+            if probe.recv_from(&mut [0u8; 512]).is_ok() {
+                return Ok(dns);
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "dnsmasq did not come up on port {port}"
+        )))
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,7 +7,6 @@ use crate::common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
@@ -16,49 +15,7 @@ use quicstrap::peers::{Discovery, DiscoveryError};
 
 pub const DOMAIN: &str = "quicstrap.test";
 
-/// A dnsmasq answering only from `records`, on a free port; killed on drop.
-pub struct Dnsmasq(Child);
-
-impl Dnsmasq {
-    pub fn start(port: u16, records: &Path, ttl: u32) -> Self {
-        let child = Command::new("dnsmasq")
-            .arg("--no-daemon")
-            .arg(format!("--port={port}"))
-            .args(["--listen-address=127.0.0.1", "--bind-interfaces"])
-            .args(["--no-resolv", "--no-hosts", "--no-poll", "--user=root"])
-            .arg("--pid-file=")
-            .arg(format!("--local-ttl={ttl}"))
-            .arg(format!("--conf-file={}", records.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq is not installed (scripts/setup.sh installs dnsmasq-base)");
-        // Owned at once, so a dnsmasq that never answers is killed and reaped on the panic.
-        let dns = Self(child);
-        // Ready when it answers.
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        for _ in 0..100 {
-            // A minimal query for "." type A; any answer means it is up.
-            let q = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
-            probe.send_to(&q, ("127.0.0.1", port)).unwrap();
-            let mut buf = [0u8; 512];
-            if probe.recv_from(&mut buf).is_ok() {
-                return dns;
-            }
-        }
-        panic!("dnsmasq did not come up on port {port}");
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use testkit::Dnsmasq;
 
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -99,7 +56,7 @@ async fn peers_found_in_dns_serve_the_partition_and_ttls_are_honoured() {
     let (pm, pg) = (peer(&missing).addr.port(), peer(&good).addr.port());
 
     let port = free_udp_port();
-    let dns = Dnsmasq::start(port, &records(conf.path(), &id, &[(pm, 0), (pg, 10)]), 4);
+    let dns = Dnsmasq::start_on(port, &records(conf.path(), &id, &[(pm, 0), (pg, 10)]), 4).unwrap();
     let discovery = DnsSrv::new(
         &[SocketAddr::from(([127, 0, 0, 1], port))],
         DOMAIN,
@@ -133,7 +90,7 @@ async fn peers_found_in_dns_serve_the_partition_and_ttls_are_honoured() {
     let cached = discovery.peers(&id).await.unwrap();
     assert_eq!(cached.len(), 2);
     // ... and once the TTL has passed, the changed record is what counts.
-    let _dns = Dnsmasq::start(port, &records(conf.path(), &id, &[(pg, 0)]), 4);
+    let _dns = Dnsmasq::start_on(port, &records(conf.path(), &id, &[(pg, 0)]), 4).unwrap();
     tokio::time::sleep(Duration::from_millis(4_500)).await;
     let fresh = discovery.peers(&id).await.unwrap();
     let ports: Vec<u16> = fresh.iter().map(|p| p.addr.port()).collect();

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
-use crate::dns::{free_udp_port, Dnsmasq, DOMAIN};
+use crate::dns::{Dnsmasq, DOMAIN};
 use crate::kafka::{brokers, content};
 use quicstrap::demo::seed::seed_value;
 use quicstrap::ingest::{self, kafka::KafkaWriter};
@@ -128,8 +128,9 @@ fn dns(conf: &Path, store: &Store, records: &[(u32, u16, u16)]) -> (Dnsmasq, Str
     }
     let path = conf.join("records.conf");
     std::fs::write(&path, text).unwrap();
-    let port = free_udp_port();
-    (Dnsmasq::start(port, &path, 1), format!("127.0.0.1:{port}"))
+    let dns = Dnsmasq::start(&path, 1).unwrap();
+    let addr = dns.addr.to_string();
+    (dns, addr)
 }
 
 /// The report lines of a finished recover, by partition number, and its exit code.
