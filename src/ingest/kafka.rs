@@ -102,6 +102,10 @@ fn consumer_config(cfg: &KafkaConfig, group: &str) -> ClientConfig {
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "1000")
         .set("fetch.wait.max.ms", "100")
+        // Records fetched ahead and not yet read, per consumer: librdkafka's 64 MiB default
+        // made a node recovering 20 partitions from Kafka at once peak at 1.1 GiB
+        // (BENCHMARKS.md, cluster); 8 MiB is still seconds of catch-up per partition.
+        .set("queued.max.messages.kbytes", "8192")
         .set("log_level", "3");
     for (k, v) in &cfg.properties {
         c.set(k, v);

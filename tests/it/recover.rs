@@ -401,3 +401,65 @@ fn copy_dir(from: &Path, root: &Path) {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_recovery_leaves_each_partition_valid_or_absent_and_nothing_else() {
+    use quicstrap::ingest::local::LocalLog;
+    use quicstrap::peers::StaticPeers;
+    use quicstrap::recover::{recover, RecoverConfig, RecoverError, RecoverProgress, Sources};
+    let _turn = turn(Needs::Nothing).await;
+    let src = tempfile::tempdir().unwrap();
+    let ids: Vec<_> = (70..74).map(id).collect();
+    for id in &ids {
+        seed(src.path(), id, 20_000, 1_000, 5_000);
+    }
+    let server = server(src.path(), |_| {}).await;
+    // Slow enough that the cancel finds transfers in flight.
+    let fetcher = slow_fetcher(5_000_000, |_| {});
+    let discovery = StaticPeers(vec![peer(&server)]);
+    let sources = Sources {
+        fetcher: &fetcher,
+        discovery: &discovery,
+        // Each partition's log holds nothing after the seeded records (offsets 0..20 000).
+        open_log: |_: &PartitionId| Ok(LocalLog::starting_at(20_000)),
+    };
+    let dst = tempfile::tempdir().unwrap();
+    let (progress, cfg) = (RecoverProgress::default(), RecoverConfig::default());
+    let mut heard = 0;
+    let run = recover(
+        &sources,
+        dst.path(),
+        &ids,
+        &cfg,
+        &progress,
+        |_| heard += 1,
+    );
+    let cancel = async {
+        wait_for("bytes arrive", Duration::from_secs(30), || {
+            progress.snapshot().bytes > 4_000_000
+        })
+        .await;
+        progress.cancel();
+    };
+    let (report, ()) = tokio::join!(run, cancel);
+    assert_eq!(report.partitions.len(), 4);
+    assert_eq!(heard, 4);
+    let mut cancelled = 0;
+    for one in &report.partitions {
+        match &one.outcome {
+            Ok(_) => assert!(one.dir.join("CURRENT").is_file(), "{one:?}"),
+            Err(RecoverError::Cancelled) => {
+                cancelled += 1;
+                assert!(!one.dir.exists(), "{one:?}");
+            }
+            Err(e) => panic!("{}: {e}", one.partition),
+        }
+    }
+    assert!(cancelled > 0, "the cancel came too late: {report:?}");
+    let counts = progress.snapshot();
+    assert_eq!(counts.valid + counts.failed, 4);
+    assert_eq!(counts.failed, cancelled);
+    assert!(temp_dirs(dst.path()).is_empty(), "{:?}", temp_dirs(dst.path()));
+    assert!(open_fds_under(dst.path()).is_empty());
+    server.shutdown().await;
+}
