@@ -216,7 +216,8 @@ pub async fn bootstrap<L: LogSource>(
                     _ => BootstrapPath::PeerTransfer,
                 }
             }
-            Err(e) if e.fallback() == Fallback::KafkaFromStart => {
+            // Not after a cancel: peers that ran out because of it call for nothing.
+            Err(e) if e.fallback() == Fallback::KafkaFromStart && !progress.is_cancelled() => {
                 tracing::warn!(partition = %id, error = %e, "no peer could serve; bootstrapping from Kafka");
                 attempts = e.attempts().to_vec();
                 if let Some(a) = aside {

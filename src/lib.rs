@@ -55,52 +55,58 @@
 //! # Embedding in a storage node
 //!
 //! A node that embeds quicstrap restores its partitions from peers on start, serves them to
-//! the peers that need them, and follows Kafka meanwhile. `examples/node.rs` does each step
-//! below against a real broker and a real DNS server (CI runs it); `examples/embedded.rs` is
-//! the smallest serve-and-fetch.
+//! the peers that need them, and follows Kafka meanwhile. `examples/node.rs` runs steps 1–3
+//! and the outcome handling of step 5 against a real broker and a real DNS server (CI runs
+//! it); `examples/embedded.rs` is the smallest serve-and-fetch.
 //!
-//! **1. Open partitions so their offsets ride with the data.** Open each partition with
+//! **1. Keep each partition's offset inside its data.** Keep the layout
+//! `<root>/<store>_v<version>/<partition>/` ([`PartitionId::dir`]), open partitions with
 //! [`partition::open`] (it creates the metadata column family) and apply the change log with
 //! [`partition::apply_batch`], which writes the records and the offset of the last one in one
 //! `WriteBatch`. A snapshot then always carries exactly the offset of the data in it, and a
 //! node that crashes mid-batch resumes from an offset that matches what it holds. The catch-up
-//! of [`ingest`] does this for Kafka; a node with its own ingestion calls `apply_batch`. Keep
-//! the directory layout `<root>/<store>_v<version>/<partition>/` ([`PartitionId::dir`]).
+//! of [`ingest`] does this for Kafka; a node with its own ingestion calls `apply_batch`.
+//! RocksDB allows one open handle per partition per process, so open each once and share the
+//! `Arc<DB>`.
 //!
-//! **2. Serve them.** Hand the open DBs to the server through a
-//! [`snapshot::PartitionSource`]: [`snapshot::DataDir`] opens directories under the root on
-//! demand and takes DBs the node already has open ([`snapshot::DataDir::insert`]), so the
-//! server shares the node's handle instead of opening a second one. Implement
-//! `PartitionSource` yourself when partitions live elsewhere; return a reason from `stale`
-//! for a partition whose ingestion stopped, and peers get a typed refusal instead of old data.
-//! [`node::Node`] assembles listener, snapshots, following and metrics as `quicstrap serve`
-//! runs them, and claims the data dir so a second serving process cannot.
+//! **2. Recover on start, before opening anything.** [`recover::recover`] takes the
+//! partitions the node is assigned, a [`peers::Discovery`] ([`peers::dns::DnsSrv`] for SRV
+//! records, or the cluster's own metadata behind the trait) and a function that opens each
+//! change log ([`ingest::kafka::KafkaConfig::log`]). It opens and closes each partition itself:
+//! one already here is only caught up; one whose transfer was interrupted resumes from the
+//! peer it came from; the rest are transferred and caught up, or built from Kafka when the lag
+//! is small or no peer can serve. Serve and take reads only once it returns, and publish a
+//! partition in discovery only once it is valid, so peers never send others to a partition
+//! still recovering.
 //!
-//! **3. Recover on start, then follow.** [`recover::recover`] takes the partitions the node is
-//! assigned, a [`peers::Discovery`] ([`peers::dns::DnsSrv`] for SRV records, or the cluster's
-//! own metadata behind the trait) and a function that opens each change log
-//! ([`ingest::kafka::KafkaConfig::log`]). Each partition that is already here is only caught
-//! up; one whose transfer was interrupted resumes from the peer it came from; the rest are
-//! transferred and caught up, or built from Kafka when the lag is small or no peer can serve.
-//! Then follow each partition ([`bootstrap::follow`], or `NodeConfig::follow`) and publish it
-//! in discovery only once it is ready, so peers never send others to a partition still
-//! recovering. Run the recovery before the node takes reads for those partitions.
+//! **3. Then serve and follow.** Open each partition once, keep it following its log
+//! ([`ingest::catch_up`] with `Until::Follow`), and hand the same handle to the server through
+//! a [`snapshot::PartitionSource`]: [`snapshot::DataDir::insert`] takes DBs the node has open
+//! (a `DataDir` also opens directories under its root on demand, which is why it must not run
+//! over partitions still being recovered). Implement `PartitionSource` yourself when partitions
+//! live elsewhere; return a reason from `stale` for a partition whose ingestion stopped, and
+//! peers get a typed refusal instead of old data. [`node::Node`] does all of this as
+//! `quicstrap serve` runs it (following included), and claims the data dir so a second
+//! serving process cannot.
 //!
 //! **4. Metrics, throttling and cancel.** [`recover::RecoverProgress`] is the live view (valid,
-//! failed, receiving, bytes) and the cancel switch: `cancel()` makes transfers in flight
-//! delete what they received and leaves every partition either valid or absent, so a later
-//! run picks up cleanly. `on_done` hears each partition as it ends. Register the fetcher, the
-//! server and ingestion with [`metrics`] for Prometheus. Throttle with the fetcher's
-//! `policy.read_limiter` and the server's write limiter ([`pacing::RateLimiter`], shared by
-//! every transfer), or let [`throttle::Throttler`] move them with disk and busy signals;
-//! `max_partitions` and the buffer caps bound memory whatever the peers do.
+//! failed, receiving, bytes) and the cancel switch: after `cancel()` transfers in flight delete
+//! what they received, no Kafka fallback starts, and Kafka work stops within
+//! `RecoverConfig::cancel_grace`; every partition is then valid (possibly at an older offset)
+//! or absent, and a later run picks up cleanly. `on_done` hears each partition as it ends.
+//! Register the fetcher, the server and ingestion with [`metrics`] for Prometheus. Throttle
+//! with the fetcher's `policy.read_limiter` and the server's write limiter
+//! ([`pacing::RateLimiter`], shared by every transfer), or let [`throttle::Throttler`] move
+//! them with disk and busy signals; `max_partitions` and the buffer caps bound memory whatever
+//! the peers do.
 //!
 //! **5. What each outcome asks of the node.** A single fetch ([`Fetcher::fetch`]) fails with a
 //! [`client::Fallback`]: `KafkaFromStart` means no peer could serve — build the partition from
-//! Kafka from the beginning (what [`bootstrap`] does by itself); `None` means do nothing more
-//! — the node cancelled, or the partition is already there and was not touched. Through
-//! [`recover`], a partition's `Err` says the rest: `Bootstrap(CatchUp { .. })` leaves it
-//! valid at an older offset (rerun, or follow, once the broker is back); `Log` is a
+//! Kafka from the beginning (what [`bootstrap`] does by itself); `None` means no peer or
+//! Kafka build helps — the node cancelled, the partition is already there (untouched), or the
+//! local disk failed (`FetchError::Local`, or a `local_io` attempt: fix the disk, then retry).
+//! Through [`recover`], a partition's `Err` says the rest: `Bootstrap(CatchUp { .. })` leaves
+//! it valid at an older offset (rerun, or follow, once the broker is back); `Log` is a
 //! configuration to fix; `Cancelled` is picked up by the next run. A
 //! [`bootstrap::BootstrapPath`] of `KafkaFromEarliest` means retention had removed records
 //! the partition needed and no peer could stand in: it lacks whatever only those wrote, and

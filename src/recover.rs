@@ -29,7 +29,7 @@ use crate::client::{Fetcher, Progress};
 use crate::ingest::{LogError, LogSource};
 use crate::lock::unpoisoned as lock;
 use crate::partition::PartitionId;
-use crate::peers::{Discovery, DiscoveryError};
+use crate::peers::{Discovery, DiscoveryError, Peer};
 
 /// Knobs of a recovery.
 #[derive(Clone, Debug)]
@@ -40,8 +40,10 @@ pub struct RecoverConfig {
     /// `max_partitions` (20); more bootstraps than that keep the Kafka-only and catch-up work
     /// of some partitions going while others wait for a receive slot.
     pub parallel: usize,
-    /// After a cancel, how long a partition may take to clean up (a transfer deletes what it
-    /// received, a catch-up stops between batches) before it is dropped where it stands.
+    /// After a cancel, how long a partition may take to end on its own: a transfer in flight
+    /// deletes what it received within it; Kafka work (a build or a catch-up) goes on until
+    /// then and is dropped where it stands — every batch it applied carries its offset, so the
+    /// partition is valid at that offset, and a rerun goes on from there.
     pub cancel_grace: Duration,
 }
 
@@ -50,7 +52,7 @@ impl Default for RecoverConfig {
         Self {
             bootstrap: BootstrapConfig::default(),
             parallel: 20,
-            cancel_grace: Duration::from_secs(10),
+            cancel_grace: Duration::from_secs(5),
         }
     }
 }
@@ -79,10 +81,10 @@ pub struct RecoverCounts {
     pub valid: usize,
     /// Partitions that ended otherwise (failed or cancelled).
     pub failed: usize,
-    /// Partitions with a transfer in flight.
+    /// Partitions with a transfer in flight (manifest known, not every byte in).
     pub receiving: usize,
-    /// Bytes received from peers: finished transfers and the ones in flight (what a resume
-    /// kept included).
+    /// Bytes of partitions received from peers, finished or in flight, what a resume kept
+    /// included; a failed partition's count stays as it was when it ended.
     pub bytes: u64,
     /// Change-log records applied by finished catch-ups.
     pub records: u64,
@@ -90,7 +92,8 @@ pub struct RecoverCounts {
 
 impl RecoverProgress {
     /// Stops the recovery: partitions not started end cancelled at once, transfers in flight
-    /// clean up (within [`RecoverConfig::cancel_grace`]), and no fallback to Kafka follows.
+    /// delete what they received, no fallback to Kafka starts, and Kafka work in progress ends
+    /// within [`RecoverConfig::cancel_grace`] (see there).
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         for p in lock(&self.active).values() {
@@ -116,18 +119,16 @@ impl RecoverProgress {
 
     /// The counters now.
     pub fn snapshot(&self) -> RecoverCounts {
+        // Under the lock: a partition moves from `active` to the totals under it too.
         let active = lock(&self.active);
-        let live: u64 = active
-            .values()
-            .map(|p| p.received.load(Ordering::Relaxed) + p.resumed.load(Ordering::Relaxed))
-            .sum();
+        let live: u64 = active.values().map(|p| on_disk(p)).sum();
         RecoverCounts {
             total: self.total.load(Ordering::Relaxed),
             valid: self.valid.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             receiving: active
                 .values()
-                .filter(|p| p.total.load(Ordering::Relaxed) > 0)
+                .filter(|p| on_disk(p) < p.total.load(Ordering::Relaxed))
                 .count(),
             bytes: self.finished_bytes.load(Ordering::Relaxed) + live,
             records: self.records.load(Ordering::Relaxed),
@@ -145,11 +146,13 @@ impl RecoverProgress {
     }
 
     fn finish(&self, outcome: &PartitionRecovery) {
-        lock(&self.active).remove(&outcome.partition);
+        let mut active = lock(&self.active);
+        if let Some(p) = active.remove(&outcome.partition) {
+            self.finished_bytes
+                .fetch_add(on_disk(&p), Ordering::Relaxed);
+        }
         let counter = match &outcome.outcome {
             Ok(r) => {
-                let bytes = r.transfer.as_ref().map_or(0, |t| t.bytes);
-                self.finished_bytes.fetch_add(bytes, Ordering::Relaxed);
                 self.records
                     .fetch_add(r.catch_up.records, Ordering::Relaxed);
                 &self.valid
@@ -158,6 +161,11 @@ impl RecoverProgress {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Bytes of the current attempt's files on disk: received, and kept from an earlier one.
+fn on_disk(p: &Progress) -> u64 {
+    p.received.load(Ordering::Relaxed) + p.resumed.load(Ordering::Relaxed)
 }
 
 /// Why one partition did not end valid and caught up; the label says what to do next.
@@ -171,7 +179,8 @@ pub enum RecoverError {
     /// (catch-up stopped: a rerun resumes) or absent.
     #[error(transparent)]
     Bootstrap(BootstrapError),
-    /// The recovery was cancelled before this partition finished; a rerun picks it up.
+    /// The recovery was cancelled before this partition finished: it is absent, or valid at
+    /// the offset a Kafka build or catch-up had reached; a rerun picks it up.
     #[error("cancelled")]
     Cancelled,
 }
@@ -257,6 +266,9 @@ where
     F: Fn(&PartitionId) -> Result<L, LogError>,
 {
     let started = Instant::now();
+    // Each partition once: two bootstraps of one directory would race each other.
+    let mut seen = std::collections::HashSet::new();
+    let ids: Vec<&PartitionId> = ids.iter().filter(|id| seen.insert(*id)).collect();
     progress.total.fetch_add(ids.len(), Ordering::Relaxed);
     let mut runs = stream::iter(ids)
         .map(|id| recover_one(sources, root, id, cfg, progress, started))
@@ -304,7 +316,7 @@ where
     }
     // Asked also for a partition already here: a retention gap needs a peer to replace it.
     let peers = tokio::select! {
-        found = sources.discovery.peers(id) => match found {
+        found = discover(sources.discovery, id) => match found {
             Ok(peers) => peers,
             Err(e) => {
                 tracing::info!(partition = %id, error = %e, "no peers discovered; Kafka alone");
@@ -323,6 +335,9 @@ where
         }
     };
     let transfer = progress.start(&one.partition);
+    if progress.is_cancelled() {
+        return end(one);
+    }
     let run = bootstrap(
         sources.fetcher,
         &peers,
@@ -343,9 +358,34 @@ where
     };
     one.outcome = match result {
         Some(Ok(report)) => Ok(report),
-        Some(Err(_)) | None if progress.is_cancelled() => Err(RecoverError::Cancelled),
+        // A fetch that ended under a cancel left nothing, whatever it says; other errors (a
+        // catch-up that stopped, local storage) keep what they say about the partition.
+        Some(Err(BootstrapError::Fetch(_))) if progress.is_cancelled() => {
+            Err(RecoverError::Cancelled)
+        }
         Some(Err(e)) => Err(RecoverError::Bootstrap(e)),
         None => Err(RecoverError::Cancelled),
     };
     end(one)
+}
+
+/// The peers discovery names for `id`. A failed lookup (a DNS server timing out) is asked
+/// twice more, 1 s and 2 s later, before the partition goes to Kafka alone: rebuilding from
+/// the log costs far more than the wait.
+async fn discover(
+    discovery: &dyn Discovery,
+    id: &PartitionId,
+) -> Result<Vec<Peer>, DiscoveryError> {
+    let mut delay = Duration::from_secs(1);
+    for _ in 0..2 {
+        match discovery.peers(id).await {
+            Err(e @ DiscoveryError::Lookup { .. }) => {
+                tracing::info!(partition = %id, error = %e, "discovery failed; asking again");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            answer => return answer,
+        }
+    }
+    discovery.peers(id).await
 }

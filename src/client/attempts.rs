@@ -70,6 +70,16 @@ where
     let mut attempts = Vec::new();
     let mut queue: std::collections::VecDeque<_> = candidates.into_iter().collect();
     while let Some((peer, verdict)) = queue.pop_front() {
+        // A cancel between attempts ends the fetch there: the next peer is not asked, and a
+        // run out of peers must not read as "every peer failed" (which calls for Kafka).
+        if progress.is_cancelled() {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(FetchError::GaveUp {
+                peer: peer.to_string(),
+                error: AttemptError::Cancelled,
+                attempts,
+            });
+        }
         progress.attempts.fetch_add(1, Ordering::Relaxed);
         progress.received.store(0, Ordering::Relaxed);
         progress.total.store(0, Ordering::Relaxed);

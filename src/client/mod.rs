@@ -192,7 +192,8 @@ impl Fetcher {
         let target = attempts::check_target(id, root, peers)?;
         // Wait for a turn (a cancel while queued ends the fetch with nothing done).
         let _turn = tokio::select! {
-            p = self.partitions.clone().acquire_owned() => p.ok(),
+            // A cancel already made wins over a free slot.
+            biased;
             _ = progress.cancelled() => {
                 return Err(FetchError::GaveUp {
                     peer: String::new(),
@@ -200,6 +201,7 @@ impl Fetcher {
                     attempts: Vec::new(),
                 })
             }
+            p = self.partitions.clone().acquire_owned() => p.ok(),
         };
         // A transfer of this partition kept by an earlier run is claimed before the sweep
         // deletes what dead fetches left.
@@ -219,7 +221,8 @@ impl Fetcher {
         }
         // Handshake with every candidate at once; known-dead peers then fail in no time.
         let verdicts = tokio::select! {
-            v = self.check_peers(&order) => v,
+            // Cached verdicts are ready at once; a cancel already made still wins.
+            biased;
             _ = progress.cancelled() => {
                 return Err(FetchError::GaveUp {
                     peer: String::new(),
@@ -227,6 +230,7 @@ impl Fetcher {
                     attempts: Vec::new(),
                 })
             }
+            v = self.check_peers(&order) => v,
         };
         let (parent, target_dir, kept_ref) = (&parent, &target, &kept);
         let mut resumes = 0u32;

@@ -426,14 +426,7 @@ async fn a_cancelled_recovery_leaves_each_partition_valid_or_absent_and_nothing_
     let dst = tempfile::tempdir().unwrap();
     let (progress, cfg) = (RecoverProgress::default(), RecoverConfig::default());
     let mut heard = 0;
-    let run = recover(
-        &sources,
-        dst.path(),
-        &ids,
-        &cfg,
-        &progress,
-        |_| heard += 1,
-    );
+    let run = recover(&sources, dst.path(), &ids, &cfg, &progress, |_| heard += 1);
     let cancel = async {
         wait_for("bytes arrive", Duration::from_secs(30), || {
             progress.snapshot().bytes > 4_000_000
@@ -459,7 +452,24 @@ async fn a_cancelled_recovery_leaves_each_partition_valid_or_absent_and_nothing_
     let counts = progress.snapshot();
     assert_eq!(counts.valid + counts.failed, 4);
     assert_eq!(counts.failed, cancelled);
-    assert!(temp_dirs(dst.path()).is_empty(), "{:?}", temp_dirs(dst.path()));
+    assert!(
+        temp_dirs(dst.path()).is_empty(),
+        "{:?}",
+        temp_dirs(dst.path())
+    );
     assert!(open_fds_under(dst.path()).is_empty());
+
+    // Cancelled before it starts: nothing is asked of anybody, Kafka included.
+    let early = RecoverProgress::default();
+    early.cancel();
+    let other = tempfile::tempdir().unwrap();
+    let report = recover(&sources, other.path(), &ids, &cfg, &early, |_| {}).await;
+    for one in &report.partitions {
+        assert!(
+            matches!(one.outcome, Err(RecoverError::Cancelled)),
+            "{one:?}"
+        );
+        assert!(!one.dir.exists(), "{one:?}");
+    }
     server.shutdown().await;
 }

@@ -94,11 +94,16 @@ struct Renamed {
 impl Discovery for Renamed {
     fn peers<'a>(&'a self, id: &'a PartitionId) -> PeersFuture<'a> {
         Box::pin(async move {
-            let peers = self.inner.peers(id).await?;
-            Ok(match &self.name {
-                Some(n) => peers.into_iter().map(|p| p.with_name(n.clone())).collect(),
-                None => peers,
-            })
+            let mut peers = self.inner.peers(id).await?;
+            if let Some(n) = &self.name {
+                // One pinned name: an address named twice (by --peer and DNS) is one peer.
+                let mut seen = std::collections::HashSet::new();
+                peers.retain(|p| seen.insert(p.addr));
+                for p in &mut peers {
+                    p.server_name = n.clone();
+                }
+            }
+            Ok(peers)
         })
     }
 }

@@ -11,7 +11,7 @@ use quicstrap::bootstrap::BootstrapError;
 use quicstrap::client::{FetchConfig, Fetcher, Progress};
 use quicstrap::ingest::IngestStats;
 use quicstrap::partition::PartitionId;
-use quicstrap::peers::Peer;
+use quicstrap::peers::{DiscoveryError, Peer};
 use quicstrap::throttle::{Signal, Throttler};
 use quicstrap::{metrics, FetchError, FetchReport};
 
@@ -124,6 +124,10 @@ async fn fetch(a: FetchArgs) -> Result<(), Failure> {
     let discovery = a.peer.discovery().map_err(usage)?;
     let id = PartitionId::new(&a.store, a.version, a.partition)
         .map_err(|e| usage(format!("store name: {e}")))?;
+    // Bad certificates are said before any DNS wait.
+    let cfg = a
+        .transfer
+        .fetch_config(a.transfer.tls.identity().map_err(usage)?);
     let peers = match discovery.peers(&id).await {
         Ok(peers) => peers,
         // Kafka builds the partition alone.
@@ -133,15 +137,15 @@ async fn fetch(a: FetchArgs) -> Result<(), Failure> {
         }
         Err(e) => {
             return Err(Failure::Reported {
+                kind: match e {
+                    DiscoveryError::NoPeers(_) => "no_peers",
+                    DiscoveryError::Lookup { .. } => "discovery_failed",
+                },
                 error: CliError::failed(&e),
-                kind: "no_peers",
                 details: None,
             })
         }
     };
-    let cfg = a
-        .transfer
-        .fetch_config(a.transfer.tls.identity().map_err(usage)?);
     if a.http {
         return fetch_http(&a, &peers, &id, cfg).await;
     }

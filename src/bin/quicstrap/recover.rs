@@ -54,13 +54,16 @@ pub struct RecoverArgs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Partitions(pub Vec<u32>);
 
+/// More partitions than one node holds by any measure: a typo, not an assignment.
+const MAX_PARTITIONS: usize = 1 << 20;
+
 /// `0-63`, `0,4,8-11` or `@FILE`.
 fn parse_partitions(s: &str) -> Result<Partitions, String> {
     let text = match s.strip_prefix('@') {
         Some(file) => std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?,
         None => s.to_owned(),
     };
-    let mut out = Vec::new();
+    let (mut out, mut seen) = (Vec::new(), std::collections::HashSet::new());
     for item in text.split(|c: char| c == ',' || c.is_whitespace()) {
         if item.is_empty() {
             continue;
@@ -76,13 +79,16 @@ fn parse_partitions(s: &str) -> Result<Partitions, String> {
         if lo > hi {
             return Err(format!("{item:?}: the range runs backwards"));
         }
-        if (hi - lo) as usize >= 1 << 20 {
+        if (hi - lo) as usize >= MAX_PARTITIONS {
             return Err(format!("{item:?}: over a million partitions"));
         }
         for p in lo..=hi {
-            if !out.contains(&p) {
+            if seen.insert(p) {
                 out.push(p);
             }
+        }
+        if out.len() > MAX_PARTITIONS {
+            return Err("over a million partitions".into());
         }
     }
     if out.is_empty() {
@@ -116,6 +122,7 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
     let view = View::spawn(progress.clone());
     let stop = tokio::spawn(cancel_on_signal(progress.clone()));
     let json = a.json;
+    let mut stdout_gone = false;
     let sources = Sources {
         fetcher: &fetcher,
         discovery: &*discovery,
@@ -128,8 +135,13 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
         &cfg,
         &progress,
         |one| {
-            if json {
-                println!("{}", line(one));
+            // A reader that went away (`| head`) ends the report, not the recovery.
+            if json && !stdout_gone {
+                use std::io::Write;
+                if let Err(e) = writeln!(std::io::stdout().lock(), "{}", line(one)) {
+                    eprintln!("quicstrap: report lines stop here: stdout: {e}");
+                    stdout_gone = true;
+                }
             }
         },
     )
@@ -173,23 +185,22 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
     }
 }
 
-/// Cancels the recovery on Ctrl-C or SIGTERM: transfers in flight clean up, and the rerun
-/// picks up where this one stopped.
+/// Cancels the recovery on Ctrl-C or SIGTERM: transfers in flight delete what they received,
+/// Kafka work stops within the grace, and a rerun picks up the partitions not valid yet. A
+/// second signal exits at once.
 async fn cancel_on_signal(progress: Arc<RecoverProgress>) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut signal = async || {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(_) = async { term.as_mut()?.recv().await } => {}
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    eprintln!("quicstrap: cancelling the recovery");
+    signal().await;
+    eprintln!("quicstrap: cancelling the recovery (again to exit at once)");
     progress.cancel();
+    signal().await;
+    std::process::exit(130);
 }
 
 /// One partition's report line: where it is, how it was built, or why it is not.
