@@ -207,7 +207,9 @@ fn main() {
             let target = node_dir(WIPED);
             let _ = std::fs::remove_dir_all(&target);
             let flags: &[&str] = if with_peers { &peer_flags } else { &[] };
-            let run = measure(&brokers, &target, &store, &list_arg, &o, flags, with_peers);
+            let run = measure(with_peers, || {
+                recover(&brokers, &target, &store, &list_arg, &o, flags)
+            });
             // Never wrong: every restored partition equals a live holder's.
             for &p in &mine {
                 let holder = holders(p)
@@ -241,23 +243,13 @@ fn main() {
 
 /// Creates the topic with one partition per store partition and produces every record.
 async fn produce(brokers: &str, store: &str, o: &Opts) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     let id0 = PartitionId::new(store, 1, 0).expect("store name");
     let topic = ingest::topic(&id0);
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new = NewTopic::new(&topic, o.partitions as i32, TopicReplication::Fixed(1));
-    for r in admin
-        .create_topics(&[new], &AdminOptions::new())
-        .await
-        .expect("create topic")
-    {
-        r.expect("topic created");
-    }
     let writer = KafkaWriter::new(brokers).expect("producer");
+    writer
+        .create_topic(&topic, o.partitions)
+        .await
+        .expect("create topic");
     for p in 0..o.partitions {
         let batch: Vec<_> = (0..o.records)
             .map(|i| {
@@ -301,19 +293,11 @@ fn recover(
     (code, lines, usage.ru_maxrss)
 }
 
-/// One recovery of the wiped node, measured.
-fn measure(
-    brokers: &str,
-    root: &Path,
-    store: &str,
-    partitions: &str,
-    o: &Opts,
-    flags: &[&str],
-    with_peers: bool,
-) -> Run {
+/// One recovery of the wiped node (`recover`, run here), measured.
+fn measure(with_peers: bool, recover: impl FnOnce() -> (i32, Vec<serde_json::Value>, i64)) -> Run {
     let before = broker_wchar();
     let t0 = Instant::now();
-    let (code, lines, rss) = recover(brokers, root, store, partitions, o, flags);
+    let (code, lines, rss) = recover();
     let mttr = t0.elapsed().as_secs_f64();
     let after = broker_wchar();
     assert_eq!(code, 0, "recover failed: {lines:?}");

@@ -50,7 +50,10 @@ async fn main() -> Result<(), Error> {
 
     // 1. The writers.
     let writer = KafkaWriter::new(&brokers)?;
-    create_topic(&brokers, &quicstrap::ingest::topic(&ids[0]), PARTITIONS).await?;
+    // Created as the store's writers would (an auto-created topic has one partition).
+    writer
+        .create_topic(&quicstrap::ingest::topic(&ids[0]), PARTITIONS)
+        .await?;
     for id in &ids {
         write(&writer, id, 0..RECORDS).await?;
     }
@@ -197,20 +200,6 @@ async fn write(
         .collect();
     let topic = quicstrap::ingest::topic(id);
     writer.send_all(&topic, id.partition, &records).await?;
-    Ok(())
-}
-
-/// Creates `topic` with `partitions` partitions (the store's writers would have).
-async fn create_topic(brokers: &str, topic: &str, partitions: u32) -> Result<(), Error> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
-    for r in admin.create_topics(&[new], &AdminOptions::new()).await? {
-        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
-    }
     Ok(())
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::bootstrap::{bootstrap, BootstrapConfig, BootstrapError, BootstrapReport};
-use crate::client::{Fetcher, Progress};
-use crate::ingest::{LogError, LogSource};
+use crate::client::{CancelSwitch, Fetcher, Progress};
+use crate::ingest::{Backoff, LogError, LogSource};
 use crate::lock::unpoisoned as lock;
 use crate::partition::PartitionId;
 use crate::peers::{Discovery, DiscoveryError, Peer};
@@ -68,8 +68,7 @@ pub struct RecoverProgress {
     records: AtomicU64,
     /// Transfers in flight, by partition: their live byte counts and cancel switches.
     active: Mutex<BTreeMap<String, Arc<Progress>>>,
-    cancelled: AtomicBool,
-    cancel_notify: tokio::sync::Notify,
+    switch: CancelSwitch,
 }
 
 /// What [`RecoverProgress::snapshot`] reads: the numbers a progress view shows.
@@ -95,26 +94,19 @@ impl RecoverProgress {
     /// delete what they received, no fallback to Kafka starts, and Kafka work in progress ends
     /// within [`RecoverConfig::cancel_grace`] (see there).
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
+        self.switch.cancel();
         for p in lock(&self.active).values() {
             p.cancel();
         }
-        self.cancel_notify.notify_waiters();
     }
 
     /// True once [`Self::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
+        self.switch.is_cancelled()
     }
 
     async fn cancelled(&self) {
-        loop {
-            let notified = self.cancel_notify.notified();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
+        self.switch.cancelled().await;
     }
 
     /// The counters now.
@@ -369,23 +361,29 @@ where
     end(one)
 }
 
+/// How long a failing lookup is asked again before the partition goes to Kafka alone:
+/// rebuilding from the log costs far more than the wait.
+const DISCOVERY_RETRIES_FOR: Duration = Duration::from_secs(10);
+
 /// The peers discovery names for `id`. A failed lookup (a DNS server timing out) is asked
-/// twice more, 1 s and 2 s later, before the partition goes to Kafka alone: rebuilding from
-/// the log costs far more than the wait.
+/// again, 1 s then 2 s apart (the catch-up's backoff), for up to `DISCOVERY_RETRIES_FOR`.
 async fn discover(
     discovery: &dyn Discovery,
     id: &PartitionId,
 ) -> Result<Vec<Peer>, DiscoveryError> {
-    let mut delay = Duration::from_secs(1);
-    for _ in 0..2 {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(2));
+    loop {
         match discovery.peers(id).await {
             Err(e @ DiscoveryError::Lookup { .. }) => {
-                tracing::info!(partition = %id, error = %e, "discovery failed; asking again");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                match backoff.failure(Instant::now(), DISCOVERY_RETRIES_FOR) {
+                    Some(wait) => {
+                        tracing::info!(partition = %id, error = %e, "discovery failed; asking again");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e),
+                }
             }
             answer => return answer,
         }
     }
-    discovery.peers(id).await
 }

@@ -169,26 +169,49 @@ pub struct Progress {
     pub resumed: AtomicU64,
     /// Bytes held from an earlier attempt that the current one discarded.
     pub resent: AtomicU64,
-    cancelled: AtomicBool,
-    cancel_notify: tokio::sync::Notify,
+    switch: CancelSwitch,
 }
 
 impl Progress {
     /// Asks the fetch to stop: the attempt in flight cleans up and the fetch ends with
     /// [`super::AttemptError::Cancelled`] (no Kafka fallback).
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.cancel_notify.notify_waiters();
+        self.switch.cancel();
     }
 
     /// True once [`Self::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
+        self.switch.is_cancelled()
     }
 
     pub(crate) async fn cancelled(&self) {
+        self.switch.cancelled().await;
+    }
+}
+
+/// A flag set once that tasks can also wait for: the cancel of a fetch, and of a recovery.
+#[derive(Debug, Default)]
+pub(crate) struct CancelSwitch {
+    cancelled: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelSwitch {
+    /// Sets the flag and wakes every waiter.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// True once [`Self::cancel`] was called.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Returns once [`Self::cancel`] was called (at once if it was already).
+    pub(crate) async fn cancelled(&self) {
         loop {
-            let notified = self.cancel_notify.notified();
+            let notified = self.notify.notified();
             if self.is_cancelled() {
                 return;
             }

@@ -303,6 +303,7 @@ impl LogSource for KafkaLog {
 /// store by hand.
 pub struct KafkaWriter {
     producer: FutureProducer,
+    brokers: String,
 }
 
 impl KafkaWriter {
@@ -317,7 +318,32 @@ impl KafkaWriter {
             .set("message.timeout.ms", "60000")
             .create()
             .map_err(unavailable)?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer,
+            brokers: brokers.to_owned(),
+        })
+    }
+
+    /// Creates `topic` with `partitions` partitions (replication factor 1), as a store's
+    /// writers would before producing: a broker's auto-created topics have one partition.
+    pub async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .map_err(unavailable)?;
+        let count = i32::try_from(partitions)
+            .map_err(|_| LogError::Config(format!("{partitions} partitions")))?;
+        let new = NewTopic::new(topic, count, TopicReplication::Fixed(1));
+        for created in admin
+            .create_topics(&[new], &AdminOptions::new())
+            .await
+            .map_err(unavailable)?
+        {
+            created.map_err(|(t, e)| LogError::Unavailable(format!("create topic {t}: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Sends one record (`None` value: a tombstone) and waits for its offset.

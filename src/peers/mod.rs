@@ -91,6 +91,16 @@ pub enum DiscoveryError {
     },
 }
 
+impl DiscoveryError {
+    /// Short stable label for reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NoPeers(_) => "no_peers",
+            Self::Lookup { .. } => "discovery_failed",
+        }
+    }
+}
+
 /// What [`Discovery::peers`] returns: a boxed future, so discoveries can sit behind `dyn`.
 pub type PeersFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<Peer>, DiscoveryError>> + Send + 'a>>;

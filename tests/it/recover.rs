@@ -32,8 +32,6 @@ struct Store {
 impl Store {
     /// A fresh store (its topic created with `partitions` partitions).
     async fn new(tag: &str, partitions: u32) -> Self {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        use rdkafka::client::DefaultClientContext;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -45,19 +43,8 @@ impl Store {
             produced: vec![0; partitions as usize],
             name,
         };
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
         let topic = ingest::topic(&s.id(0));
-        let new = NewTopic::new(&topic, partitions as i32, TopicReplication::Fixed(1));
-        for r in admin
-            .create_topics(&[new], &AdminOptions::new())
-            .await
-            .unwrap()
-        {
-            r.unwrap();
-        }
+        s.writer.create_topic(&topic, partitions).await.unwrap();
         s
     }
 

@@ -22,6 +22,17 @@ use quicstrap::transport::{Congestion, TransportTuning};
 /// How long one DNS query of `--discover` may take (it is tried twice).
 const DNS_TIMEOUT: Duration = Duration::from_secs(3);
 
+// Which store version (fetch, recover).
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Store name.
+    #[arg(long = "store", value_name = "STORE")]
+    pub name: String,
+    /// Store version.
+    #[arg(long)]
+    pub version: u32,
+}
+
 // Whom to ask for a partition (fetch, recover).
 #[derive(Args)]
 pub struct PeerArgs {

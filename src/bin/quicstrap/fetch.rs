@@ -11,11 +11,11 @@ use quicstrap::bootstrap::BootstrapError;
 use quicstrap::client::{FetchConfig, Fetcher, Progress};
 use quicstrap::ingest::IngestStats;
 use quicstrap::partition::PartitionId;
-use quicstrap::peers::{DiscoveryError, Peer};
+use quicstrap::peers::Peer;
 use quicstrap::throttle::{Signal, Throttler};
 use quicstrap::{metrics, FetchError, FetchReport};
 
-use crate::args::{CatchUpArgs, PeerArgs, TransferArgs};
+use crate::args::{CatchUpArgs, PeerArgs, StoreArgs, TransferArgs};
 use crate::report::{print_fetch_failed, print_report, Bar};
 use crate::CliError;
 
@@ -24,12 +24,8 @@ use crate::CliError;
 pub struct FetchArgs {
     #[command(flatten)]
     pub peer: PeerArgs,
-    /// Store name.
-    #[arg(long)]
-    pub store: String,
-    /// Store version.
-    #[arg(long)]
-    pub version: u32,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Partition number.
     #[arg(long)]
     pub partition: u32,
@@ -103,7 +99,7 @@ fn usage(msg: impl std::fmt::Display) -> Failure {
 pub async fn run(a: FetchArgs) -> Result<(), CliError> {
     let (json, partition) = (
         a.json,
-        format!("{}_v{}/{}", a.store, a.version, a.partition),
+        format!("{}_v{}/{}", a.store.name, a.store.version, a.partition),
     );
     fetch(a).await.map_err(|f| match f {
         Failure::Reported {
@@ -122,7 +118,7 @@ pub async fn run(a: FetchArgs) -> Result<(), CliError> {
 
 async fn fetch(a: FetchArgs) -> Result<(), Failure> {
     let discovery = a.peer.discovery().map_err(usage)?;
-    let id = PartitionId::new(&a.store, a.version, a.partition)
+    let id = PartitionId::new(&a.store.name, a.store.version, a.partition)
         .map_err(|e| usage(format!("store name: {e}")))?;
     // Bad certificates are said before any DNS wait.
     let cfg = a
@@ -137,10 +133,7 @@ async fn fetch(a: FetchArgs) -> Result<(), Failure> {
         }
         Err(e) => {
             return Err(Failure::Reported {
-                kind: match e {
-                    DiscoveryError::NoPeers(_) => "no_peers",
-                    DiscoveryError::Lookup { .. } => "discovery_failed",
-                },
+                kind: e.label(),
                 error: CliError::failed(&e),
                 details: None,
             })

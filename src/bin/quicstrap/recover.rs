@@ -10,11 +10,12 @@ use clap::Args;
 
 use quicstrap::client::Fetcher;
 use quicstrap::partition::PartitionId;
+use quicstrap::progress_bar::Redraw;
 use quicstrap::recover::{
     recover, PartitionRecovery, RecoverConfig, RecoverCounts, RecoverProgress, Sources,
 };
 
-use crate::args::{CatchUpArgs, PeerArgs, TransferArgs};
+use crate::args::{CatchUpArgs, PeerArgs, StoreArgs, TransferArgs};
 use crate::CliError;
 
 // The options of `quicstrap recover`.
@@ -22,12 +23,8 @@ use crate::CliError;
 pub struct RecoverArgs {
     #[command(flatten)]
     pub peer: PeerArgs,
-    /// Store name.
-    #[arg(long)]
-    pub store: String,
-    /// Store version.
-    #[arg(long)]
-    pub version: u32,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The partitions this node is assigned: `0-63`, `0,4,8-11`, or `@FILE` holding such a
     /// list (separated by commas, spaces or lines).
     #[arg(long, value_parser = parse_partitions)]
@@ -104,7 +101,7 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
         .partitions
         .0
         .iter()
-        .map(|&p| PartitionId::new(&a.store, a.version, p))
+        .map(|&p| PartitionId::new(&a.store.name, a.store.version, p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CliError::unusable(format!("store name: {e}")))?;
     let mut fetch = a
@@ -119,7 +116,7 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
         ..Default::default()
     };
     let progress = Arc::new(RecoverProgress::default());
-    let view = View::spawn(progress.clone());
+    let view = view(progress.clone());
     let stop = tokio::spawn(cancel_on_signal(progress.clone()));
     let json = a.json;
     let mut stdout_gone = false;
@@ -160,8 +157,8 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
          {} bytes received, {} records caught up",
         counts.valid,
         counts.total,
-        a.store,
-        a.version,
+        a.store.name,
+        a.store.version,
         a.transfer.data_dir.display(),
         report.seconds,
         from_peers,
@@ -239,45 +236,28 @@ fn line(one: &PartitionRecovery) -> serde_json::Value {
 
 /// The progress view on stderr: redrawn in place for a person at a terminal, a line every
 /// 10 s into a log.
-struct View {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl View {
-    fn spawn(progress: Arc<RecoverProgress>) -> Self {
-        let (stop, mut rx) = tokio::sync::oneshot::channel();
-        let terminal = std::io::stderr().is_terminal();
-        let every = if terminal {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(10)
-        };
-        let task = tokio::spawn(async move {
-            let t0 = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = &mut rx => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                let text = describe(progress.snapshot(), t0.elapsed());
-                if terminal {
-                    eprint!("\r\x1b[K{text}");
-                } else {
-                    eprintln!("quicstrap: {text}");
-                }
-            }
+fn view(progress: Arc<RecoverProgress>) -> Redraw {
+    let terminal = std::io::stderr().is_terminal();
+    let every = Duration::from_millis(if terminal { 200 } else { 10_000 });
+    let t0 = Instant::now();
+    Redraw::spawn(every, move |last| {
+        if last {
             if terminal {
                 eprint!("\r\x1b[K");
             }
-        });
-        Self { stop, task }
-    }
-
-    async fn finish(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
+            return;
+        }
+        // A log gets its first line after one interval, not an empty one at the start.
+        if !terminal && t0.elapsed() < every {
+            return;
+        }
+        let text = describe(progress.snapshot(), t0.elapsed());
+        if terminal {
+            eprint!("\r\x1b[K{text}");
+        } else {
+            eprintln!("quicstrap: {text}");
+        }
+    })
 }
 
 /// `12/36 valid, 1 failed, 5 receiving · 1.2 GB at 95.3 MB/s · ETA 40 s`: the ETA assumes
