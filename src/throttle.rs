@@ -241,6 +241,10 @@ impl Throttler {
         let task = tokio::spawn(async move {
             let mut state = Throttle::new(idle_cycles);
             let mut tick = tokio::time::interval(cycle.max(Duration::from_millis(10)));
+            // After a stall, one cycle, not a burst of the missed ones: a cycle must span a
+            // cycle's worth of signals, or a stalled node would count idle cycles it never
+            // observed and step its rate back up.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;

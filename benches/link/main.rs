@@ -74,10 +74,10 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = quicstrap_netem::TUN_MTU)]
     mtu: u32,
     /// Seconds a run may take before it is stopped and counted with the bytes it had
-    /// received [default: 30; 60 in the smoke run].
+    /// received [default: 30; 120 in the smoke run].
     #[arg(long, value_name = "N")]
     cap_secs: Option<u64>,
-    /// Records of 1000 B in the partition [default: 262144; 20000 in the smoke run].
+    /// Records of 1000 B in the partition [default: 262144; 8000 in the smoke run].
     #[arg(long, value_name = "N")]
     records: Option<u64>,
     /// Variants to run [default: all of them].
@@ -193,8 +193,8 @@ impl Args {
             }),
             rate_mbit: self.rate_mbit,
             mtu: self.mtu,
-            cap_secs: pick(smoke, self.cap_secs, 30, 60),
-            records: pick(smoke, self.records, 262_144, 20_000),
+            cap_secs: pick(smoke, self.cap_secs, 30, 120),
+            records: pick(smoke, self.records, 262_144, 8_000),
             variants: self
                 .variants
                 .unwrap_or_else(|| VARIANTS.iter().map(|v| v.name.to_string()).collect()),

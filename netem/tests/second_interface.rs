@@ -36,8 +36,10 @@ impl WhoAmI {
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 64];
             while !flag.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(from.to_string().as_bytes(), from);
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    // The question's token, then the answer.
+                    let token = String::from_utf8_lossy(&buf[..n]);
+                    let _ = sock.send_to(format!("{token} {from}").as_bytes(), from);
                 }
             }
         });
@@ -58,26 +60,42 @@ impl Drop for WhoAmI {
     }
 }
 
-/// Asks the server who we are, retrying a few times, and returns the source address it saw.
-fn who_am_i(sock: &UdpSocket, server: SocketAddr) -> SocketAddr {
+/// Asks the server who we are, retrying a few times, and returns the source address it saw
+/// in answer to this question (`token`): a late answer to an earlier one is skipped.
+fn who_am_i(sock: &UdpSocket, server: SocketAddr, token: &str) -> SocketAddr {
     let mut buf = [0u8; 64];
     for _ in 0..10 {
-        sock.send_to(b"?", server).unwrap();
-        if let Ok(n) = sock.recv(&mut buf) {
-            return std::str::from_utf8(&buf[..n]).unwrap().parse().unwrap();
+        sock.send_to(token.as_bytes(), server).unwrap();
+        while let Ok(n) = sock.recv(&mut buf) {
+            let answer = std::str::from_utf8(&buf[..n]).unwrap();
+            if let Some(addr) = answer.strip_prefix(token).and_then(|a| a.strip_prefix(' ')) {
+                return addr.parse().unwrap();
+            }
         }
     }
     panic!("no answer from {server}");
 }
 
-/// Both client interfaces' counters once the link is idle (the relay counts a delivery
-/// just after the write that may already have woken the reader).
+/// Both client interfaces' counters once the link is idle: two reads 50 ms apart agree
+/// (the relay counts a delivery just after the write that may already have woken the
+/// reader).
 fn ifaces(emu: &Emulator) -> (IfaceStats, IfaceStats) {
-    std::thread::sleep(Duration::from_millis(50));
-    (
-        emu.client_iface_stats(false).unwrap(),
-        emu.client_iface_stats(true).unwrap(),
-    )
+    let read = || {
+        (
+            emu.client_iface_stats(false).unwrap(),
+            emu.client_iface_stats(true).unwrap(),
+        )
+    };
+    let mut last = read();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the client interfaces never went quiet: {last:?}");
 }
 
 #[test]
@@ -100,11 +118,12 @@ fn an_unbound_client_socket_moves_to_the_second_address_and_back() {
     let sock = in_netns(emu.ns_a(), || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
         .unwrap()
         .unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    // Long enough that a slow host answers before a retry, which would leave an answer
+    // behind to cross the link later.
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let port = sock.local_addr().unwrap().port();
 
-    let seen = who_am_i(&sock, server.addr);
+    let seen = who_am_i(&sock, server.addr, "before");
     assert_eq!(seen, SocketAddr::from((emu.addr_a(), port)));
     let (first, second) = ifaces(&emu);
     assert!(
@@ -118,7 +137,7 @@ fn an_unbound_client_socket_moves_to_the_second_address_and_back() {
     );
 
     emu.move_client(true).unwrap();
-    let seen = who_am_i(&sock, server.addr);
+    let seen = who_am_i(&sock, server.addr, "moved");
     assert_eq!(
         seen,
         SocketAddr::from((a2, port)),
@@ -137,7 +156,7 @@ fn an_unbound_client_socket_moves_to_the_second_address_and_back() {
     );
 
     emu.move_client(false).unwrap();
-    let seen = who_am_i(&sock, server.addr);
+    let seen = who_am_i(&sock, server.addr, "back");
     assert_eq!(seen, SocketAddr::from((emu.addr_a(), port)), "moved back");
     let (first_back, second_back) = ifaces(&emu);
     assert!(first_back.since(&first_after).packets_received >= 1);

@@ -130,6 +130,15 @@ impl Snapshot {
         self.digest_bytes.load(Ordering::Relaxed)
     }
 
+    /// Whether a digest computation of this snapshot is still running (a cancelled one stops
+    /// at its next block), so a caller can tell an abandoned job from one still reading.
+    pub fn digesting(&self) -> bool {
+        lock(&self.jobs)
+            .iter()
+            .flatten()
+            .any(|j| j.done.borrow().is_none())
+    }
+
     /// How many times digests were computed for this snapshot (one per algorithm at most).
     pub fn digest_runs(&self) -> usize {
         self.digest_runs.load(Ordering::Relaxed)

@@ -93,6 +93,18 @@ impl Bed {
 
     /// `quicstrap fetch --json` in the client namespace.
     fn fetch(&self, id: &PartitionId, peers: &[&str], dst: &Path, extra: &[&str]) -> Child {
+        self.fetch_logging(id, peers, dst, extra, Stdio::null())
+    }
+
+    /// [`Bed::fetch`] with its log (stderr) sent to `log`.
+    fn fetch_logging(
+        &self,
+        id: &PartitionId,
+        peers: &[&str],
+        dst: &Path,
+        extra: &[&str],
+        log: impl Into<Stdio>,
+    ) -> Child {
         let mut cmd = common::fetch_command_in(
             Some(self.emu.ns_a()),
             dst,
@@ -104,8 +116,10 @@ impl Bed {
         for p in peers {
             cmd.args(["--peer", p]);
         }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::null())
+        // Warnings on: an attempt's failure is one, and a test may wait for it.
+        cmd.env("RUST_LOG", "quicstrap=warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
             .spawn()
             .unwrap()
     }
@@ -219,8 +233,8 @@ fn link_blackholed_for_5_s_mid_transfer_recovers() {
 }
 
 /// A bed for a blackhole past the idle timeout (3 s on both sides): a 41 MB partition served
-/// at 5 MB/s, and a fetch of it (with `extra` flags) under way. `None` where the emulator
-/// cannot run.
+/// at 5 MB/s, and a fetch of it (with `extra` flags) under way, its log (stderr) in the
+/// returned file. `None` where the emulator cannot run.
 #[allow(clippy::type_complexity)]
 fn blackhole_bed(
     name: &str,
@@ -233,6 +247,7 @@ fn blackhole_bed(
     tempfile::TempDir,
     Serve,
     Child,
+    tempfile::NamedTempFile,
 )> {
     let bed = Bed::start(name, subnet, 50, Loss::None)?;
     let (src, id) = source(40_000);
@@ -244,31 +259,36 @@ fn blackhole_bed(
     );
     let mut flags = vec!["--idle-timeout-secs", "3"];
     flags.extend_from_slice(extra);
-    let fetch = bed.fetch(&id, &[&serve.peer], dst.path(), &flags);
-    Some((bed, src, id, dst, serve, fetch))
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let fetch = bed.fetch_logging(
+        &id,
+        &[&serve.peer],
+        dst.path(),
+        &flags,
+        log.reopen().unwrap(),
+    );
+    Some((bed, src, id, dst, serve, fetch, log))
 }
 
 #[test]
 fn link_blackholed_past_the_idle_timeout_then_healed_resumes_where_it_stopped() {
     let _turn = turn_blocking(Needs::Process);
-    let Some((bed, src, id, dst, serve, fetch)) = blackhole_bed("blackhole_resume", 9, &[]) else {
+    let Some((bed, src, id, dst, serve, fetch, log)) = blackhole_bed("blackhole_resume", 9, &[])
+    else {
         return;
     };
     wait_received(dst.path(), 10_000_000);
-    // Dark past the idle timeout: the attempt fails and keeps its files (its journal is
-    // saved then); the link comes back and the next attempt (same peer) asks for the rest.
-    let dark = std::time::SystemTime::now();
+    // Dark past the idle timeout: the attempt fails and keeps its files; the link comes
+    // back only once the fetch has said so, and the next attempt (same peer) asks for the
+    // rest.
     bed.emu.set_blackhole(true);
-    let kept = || {
-        temp_dirs(dst.path()).iter().any(|d| {
-            std::fs::metadata(d.join(quicstrap::client::resume::JOURNAL_FILE))
-                .and_then(|m| m.modified())
-                // Past the moment files could still validate in flight: a save on failure.
-                .is_ok_and(|t| t > dark + Duration::from_millis(500))
-        })
+    let failed = || {
+        std::fs::read_to_string(log.path())
+            .unwrap_or_default()
+            .contains("attempt failed")
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !kept() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !failed() {
         assert!(Instant::now() < deadline, "the attempt never failed");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -295,7 +315,7 @@ fn link_blackholed_past_the_idle_timeout_then_healed_resumes_where_it_stopped() 
 fn link_blackholed_past_the_idle_timeout_fails_cleanly_and_the_peer_serves_again() {
     let _turn = turn_blocking(Needs::Process);
     // Without resume: the attempt fails and nothing is left behind.
-    let Some((bed, src, id, dst, serve, fetch)) =
+    let Some((bed, src, id, dst, serve, fetch, _log)) =
         blackhole_bed("blackhole_idle", 2, &["--no-resume"])
     else {
         return;
