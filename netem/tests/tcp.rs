@@ -41,12 +41,23 @@ fn check(test: &str, prefix: &str, subnet: [u8; 2], rtt: Duration) {
         bulk.link_bps / 1e6,
         bulk.stats
     );
-    assert!(bulk.link_bps > 0.0, "nothing crossed the link");
     // The bottleneck holds. A relay that fell behind delivers what is overdue at once, but
-    // that is at most the queue and the delay line (~100 KB here), under 1 % of the window.
+    // that is at most the queue and the delay line (90 KB at 2 ms, 1.9 MB at 50 ms), spread
+    // over the 4 s window; 1 % on top covers the window's edges.
+    let backlog = params.queue_bytes as f64 + rate as f64 / 8.0 * params.delay.as_secs_f64();
+    let ceiling = rate as f64 * 1.01 + backlog * 8.0 / 4.0;
     assert!(
-        bulk.link_bps <= rate as f64 * 1.01,
-        "link carried {:.1} Mbit/s, above the {} Mbit/s limit",
+        bulk.link_bps <= ceiling,
+        "link carried {:.1} Mbit/s, above the {} Mbit/s limit (allowing {:.1})",
+        bulk.link_bps / 1e6,
+        rate / 1_000_000,
+        ceiling / 1e6
+    );
+    // Not a fidelity target (that is the benchmark's), a broken relay: one that caps a flow
+    // at a fraction of the rate. The slowest host seen carried 87 % of it.
+    assert!(
+        bulk.link_bps >= rate as f64 / 4.0,
+        "link carried {:.1} Mbit/s, under a quarter of the {} Mbit/s rate",
         bulk.link_bps / 1e6,
         rate / 1_000_000
     );

@@ -442,10 +442,14 @@ pub fn tcp_bulk(emu: &Emulator, port: u16, warmup: Duration, measure: Duration) 
             }
             Some((tw, bytes_w, link_w)) if now - tw >= measure => {
                 let secs = (now - tw).as_secs_f64();
+                // Counters before the clock (at the start, the clock before the counters):
+                // a pause between the two reads can only lengthen the window the link's
+                // bytes are divided by, never count bytes from outside it.
                 let stats = dir_stats(emu, Dir::AtoB);
+                let link_secs = tw.elapsed().as_secs_f64();
                 break Bulk {
                     goodput_bps: (total - bytes_w) as f64 * 8.0 / secs,
-                    link_bps: (stats.bytes_delivered - link_w) as f64 * 8.0 / secs,
+                    link_bps: (stats.bytes_delivered - link_w) as f64 * 8.0 / link_secs,
                     stats,
                 };
             }
