@@ -101,6 +101,37 @@ pub(crate) struct Run {
     pub(crate) server_cpu: f64,
     pub(crate) client_rss_mib: f64,
     pub(crate) server_rss_mib: f64,
+    /// How the emulator kept up during the run (none on loopback): a relay far behind the
+    /// model's schedule, or packets the kernel dropped before it, measure the host.
+    pub(crate) relay: Option<RelayHealth>,
+}
+
+/// The link emulator's own account of one run, data direction (server to client).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub(crate) struct RelayHealth {
+    /// Mean delivery lateness behind the model's schedule, µs.
+    pub(crate) late_us: f64,
+    /// Packets the kernel dropped at the TUN queue because the relay read them too late.
+    pub(crate) kernel_drops: u64,
+}
+
+impl RelayHealth {
+    /// The fidelity benchmark's target for relay lateness (`netem/benches/fidelity.rs`).
+    pub(crate) const LATE_TARGET_US: f64 = 200.0;
+
+    /// From the emulator's counters for the data direction over the run.
+    pub(crate) fn of(s: &quicstrap_netem::DirStats) -> Self {
+        Self {
+            late_us: s.mean_lateness().as_secs_f64() * 1e6,
+            kernel_drops: s.kernel_dropped,
+        }
+    }
+
+    /// Whether the emulator kept to the link model closely enough for the run to describe
+    /// the link rather than the host.
+    pub(crate) fn kept_up(&self) -> bool {
+        self.late_us < Self::LATE_TARGET_US && self.kernel_drops == 0
+    }
 }
 
 /// The `quicstrap serve` of the benchmark: a QUIC endpoint per congestion controller and an
@@ -267,5 +298,6 @@ pub(crate) fn fetch_once(
         server_cpu,
         client_rss_mib,
         server_rss_mib: serve.peak_rss_mib(),
+        relay: None,
     }
 }

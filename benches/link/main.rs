@@ -18,7 +18,10 @@
 //! `/proc/<pid>/stat` and server peak RSS from `VmHWM` (reset before every run).
 //!
 //! Output: a Markdown table, a JSON file and an SVG plot under `--out` (default
-//! `bench-results/`). Options (`cargo bench --bench link -- --help`): `--reps N` (3),
+//! `bench-results/`). Every run over the emulated link also records how the relay kept up
+//! (its mean lateness behind the model's schedule, the kernel's drops before it); the table
+//! names the cells where it fell behind, whose numbers describe the host as much as the
+//! protocols (`cargo bench -p quicstrap-netem --bench fidelity` checks a host beforehand). Options (`cargo bench --bench link -- --help`): `--reps N` (3),
 //! `--rtts 2,50,150`, `--losses 0,0.1,1,3,b1`, `--rate-mbit 200`, `--mtu 1500`, `--cap-secs 30` (a run that
 //! has not finished by then is stopped and reported with the bytes it had received over its
 //! time), `--records N` (262144 × 1000 B ≈ 268 MB), `--variants quic-cubic,...`,
@@ -42,7 +45,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::Parser;
 use quicstrap_netem::{Dir, Emulator, EmulatorConfig, LinkParams, Loss};
 
-use fetch::{fetch_once, loss, variant, Serve, VARIANTS};
+use fetch::{fetch_once, loss, variant, RelayHealth, Serve, VARIANTS};
 use report::{write_outputs, Cell};
 
 /// The store name of the benchmark's partition.
@@ -297,7 +300,8 @@ fn main() {
                     for k in 0..row.len() {
                         let i = (k + rep) % row.len();
                         let v = variant(&row[i].variant);
-                        let r = fetch_once(
+                        let (_, before) = emu.stats();
+                        let mut r = fetch_once(
                             Some(emu.ns_a()),
                             &server_ip,
                             v,
@@ -307,11 +311,21 @@ fn main() {
                             &serve,
                             o.records,
                         );
+                        let relay = RelayHealth::of(&emu.stats().1.since(&before));
+                        r.relay = Some(relay);
                         eprintln!(
-                            "rtt {rtt} ms loss {l}% {:<13} rep {rep}: {:6.1} MB/s{}",
+                            "rtt {rtt} ms loss {l}% {:<13} rep {rep}: {:6.1} MB/s{}{}",
                             v.name,
                             r.goodput_mbs,
-                            if r.completed { "" } else { " (cut)" }
+                            if r.completed { "" } else { " (cut)" },
+                            if relay.kept_up() {
+                                String::new()
+                            } else {
+                                format!(
+                                    " (emulator behind: {:.0} µs late, {} kernel drops)",
+                                    relay.late_us, relay.kernel_drops
+                                )
+                            }
                         );
                         row[i].runs.push(r);
                     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use crate::fetch::Run;
+use crate::fetch::{RelayHealth, Run};
 use crate::Opts;
 
 /// One cell of the matrix: a variant at one RTT and loss (or on loopback), and its runs.
@@ -171,6 +171,7 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
             }
             md.push('\n');
         }
+        md.push_str(&relay_health(&link));
     }
     let lb: Vec<&Cell> = cells.iter().filter(|c| c.section == "loopback").collect();
     if !lb.is_empty() {
@@ -196,6 +197,38 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
     }
     let _ = std::fs::write(o.out.join("link.svg"), plot(o, cells));
     let _ = std::io::stderr().flush();
+}
+
+/// One paragraph on how the emulator kept up over the link runs: the worst mean lateness,
+/// the kernel's drops, and which cells ran on a relay that fell behind (their numbers
+/// describe the host as much as the protocols).
+fn relay_health(link: &[&Cell]) -> String {
+    let runs: Vec<(&Cell, RelayHealth)> = link
+        .iter()
+        .flat_map(|c| c.runs.iter().filter_map(move |r| r.relay.map(|h| (*c, h))))
+        .collect();
+    if runs.is_empty() {
+        return String::new();
+    }
+    let worst = runs.iter().map(|(_, h)| h.late_us).fold(0.0, f64::max);
+    let drops: u64 = runs.iter().map(|(_, h)| h.kernel_drops).sum();
+    let mut behind: Vec<String> = Vec::new();
+    for (c, h) in &runs {
+        let name = format!("{} ms {} {}", c.rtt_ms, loss_label(&c.loss), c.variant);
+        if !h.kept_up() && !behind.contains(&name) {
+            behind.push(name);
+        }
+    }
+    let verdict = if behind.is_empty() {
+        "every run kept to the link model".to_string()
+    } else {
+        format!("the relay fell behind in: {}", behind.join(", "))
+    };
+    format!(
+        "\nEmulator (server → client, per run): worst mean lateness {worst:.0} µs (target < {:.0}), \
+         kernel drops {drops}; {verdict}.\n",
+        RelayHealth::LATE_TARGET_US
+    )
 }
 
 fn loss_label(l: &str) -> String {
