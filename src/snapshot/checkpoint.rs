@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub(super) stale: AtomicBool,
     pub(super) digest_runs: AtomicUsize,
     pub(super) digest_bytes: Arc<AtomicU64>,
+    /// Digest computations still reading, wherever their job slot has gone.
+    pub(super) digest_live: Arc<AtomicUsize>,
 }
 
 impl Snapshot {

@@ -95,7 +95,9 @@ impl Snapshot {
             let cancel = Arc::new(AtomicBool::new(false));
             let (tx, done) = tokio::sync::watch::channel(None);
             let (flag, bytes) = (cancel.clone(), self.digest_bytes.clone());
+            let live = LiveJob::start(&self.digest_live);
             tokio::task::spawn_blocking(move || {
+                let _live = live;
                 let result = digest_all(&paths, algo, &flag, &bytes)
                     .map(Arc::new)
                     .map_err(|e| match e {
@@ -133,15 +135,29 @@ impl Snapshot {
     /// Whether a digest computation of this snapshot is still running (a cancelled one stops
     /// at its next block), so a caller can tell an abandoned job from one still reading.
     pub fn digesting(&self) -> bool {
-        lock(&self.jobs)
-            .iter()
-            .flatten()
-            .any(|j| j.done.borrow().is_none())
+        self.digest_live.load(Ordering::Acquire) > 0
     }
 
     /// How many times digests were computed for this snapshot (one per algorithm at most).
     pub fn digest_runs(&self) -> usize {
         self.digest_runs.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one running digest computation for as long as it lives (until its thread ends,
+/// however it ends).
+struct LiveJob(Arc<AtomicUsize>);
+
+impl LiveJob {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for LiveJob {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -278,6 +278,7 @@ impl SnapshotManager {
             stale: AtomicBool::new(false),
             digest_runs: AtomicUsize::new(0),
             digest_bytes: Arc::default(),
+            digest_live: Arc::default(),
             jobs: Mutex::default(),
         });
         if let Some(old) = slot.current.replace(snap.clone()) {
