@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use quicstrap_netem::Loss;
+use quicstrap_netem::{DirStats, Loss};
 use testkit::ServeProcess;
 
 use crate::STORE;
@@ -113,24 +113,19 @@ pub(crate) struct RelayHealth {
     pub(crate) late_us: f64,
     /// Packets the kernel dropped at the TUN queue because the relay read them too late.
     pub(crate) kernel_drops: u64,
+    /// Whether the emulator kept to the link model ([`DirStats::kept_up`]): if not, the
+    /// run describes the host as much as the link.
+    pub(crate) kept_up: bool,
 }
 
 impl RelayHealth {
-    /// The fidelity benchmark's target for relay lateness (`netem/benches/fidelity.rs`).
-    pub(crate) const LATE_TARGET_US: f64 = 200.0;
-
     /// From the emulator's counters for the data direction over the run.
-    pub(crate) fn of(s: &quicstrap_netem::DirStats) -> Self {
+    pub(crate) fn of(s: &DirStats) -> Self {
         Self {
             late_us: s.mean_lateness().as_secs_f64() * 1e6,
             kernel_drops: s.kernel_dropped,
+            kept_up: s.kept_up(),
         }
-    }
-
-    /// Whether the emulator kept to the link model closely enough for the run to describe
-    /// the link rather than the host.
-    pub(crate) fn kept_up(&self) -> bool {
-        self.late_us < Self::LATE_TARGET_US && self.kernel_drops == 0
     }
 }
 

@@ -318,7 +318,7 @@ fn main() {
                             v.name,
                             r.goodput_mbs,
                             if r.completed { "" } else { " (cut)" },
-                            if relay.kept_up() {
+                            if relay.kept_up {
                                 String::new()
                             } else {
                                 format!(

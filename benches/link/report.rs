@@ -215,7 +215,7 @@ fn relay_health(link: &[&Cell]) -> String {
     let mut behind: Vec<String> = Vec::new();
     for (c, h) in &runs {
         let name = format!("{} ms {} {}", c.rtt_ms, loss_label(&c.loss), c.variant);
-        if !h.kept_up() && !behind.contains(&name) {
+        if !h.kept_up && !behind.contains(&name) {
             behind.push(name);
         }
     }
@@ -227,7 +227,7 @@ fn relay_health(link: &[&Cell]) -> String {
     format!(
         "\nEmulator (server → client, per run): worst mean lateness {worst:.0} µs (target < {:.0}), \
          kernel drops {drops}; {verdict}.\n",
-        RelayHealth::LATE_TARGET_US
+        quicstrap_netem::DirStats::FAITHFUL_LATENESS.as_secs_f64() * 1e6
     )
 }
 

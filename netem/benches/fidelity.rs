@@ -76,7 +76,6 @@ fn main() {
             }
             let (min, max) = (*rtts.iter().min().unwrap(), *rtts.iter().max().unwrap());
             let med = median(&mut rtts);
-            let late = ab.mean_lateness().max(ba.mean_lateness());
             let (error, held) = if ms == 0 {
                 (
                     format!("+{:.0} µs", med.as_secs_f64() * 1e6),
@@ -92,7 +91,7 @@ fn main() {
                     ab.mean_lateness(),
                     ba.mean_lateness(),
                 ),
-                held && late < Duration::from_micros(200),
+                held && ab.kept_up() && ba.kept_up(),
             ));
         }
         let link_held = rows.iter().any(|(_, held)| *held);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{netns_list, supported};
+use common::{netns_list, quiet, supported};
 use quicstrap_netem::{
     cleanup, in_netns, Emulator, EmulatorConfig, IfaceStats, LinkParams, Loss, NetemError,
 };
@@ -76,26 +76,17 @@ fn who_am_i(sock: &UdpSocket, server: SocketAddr, token: &str) -> SocketAddr {
     panic!("no answer from {server}");
 }
 
-/// Both client interfaces' counters once the link is idle: two reads 50 ms apart agree
-/// (the relay counts a delivery just after the write that may already have woken the
-/// reader).
+/// Both client interfaces' counters once the link is idle ([`quiet`]).
 fn ifaces(emu: &Emulator) -> (IfaceStats, IfaceStats) {
-    let read = || {
-        (
-            emu.client_iface_stats(false).unwrap(),
-            emu.client_iface_stats(true).unwrap(),
-        )
-    };
-    let mut last = read();
-    for _ in 0..100 {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = read();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    panic!("the client interfaces never went quiet: {last:?}");
+    quiet(
+        || {
+            (
+                emu.client_iface_stats(false).unwrap(),
+                emu.client_iface_stats(true).unwrap(),
+            )
+        },
+        |_| true,
+    )
 }
 
 #[test]

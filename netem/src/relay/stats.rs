@@ -38,6 +38,18 @@ pub struct DirStats {
 }
 
 impl DirStats {
+    /// The mean lateness under which the relay counts as keeping to the model's schedule:
+    /// the fidelity benchmark's target, and the line past which a benchmark's numbers
+    /// describe the host as much as the link.
+    pub const FAITHFUL_LATENESS: Duration = Duration::from_micros(200);
+
+    /// Whether the relay kept to the link model over these counters: on average within
+    /// [`DirStats::FAITHFUL_LATENESS`] of its schedule, and no packet lost in the kernel
+    /// before the model saw it.
+    pub fn kept_up(&self) -> bool {
+        self.mean_lateness() < Self::FAITHFUL_LATENESS && self.kernel_dropped == 0
+    }
+
     /// Every packet dropped by the model, whatever the reason.
     pub fn dropped(&self) -> u64 {
         self.dropped_blackhole + self.dropped_loss + self.dropped_queue

@@ -273,22 +273,26 @@ fn dir_stats(emu: &Emulator, dir: Dir) -> DirStats {
     }
 }
 
-/// The emulator's totals for `dir` once nothing is on the link and two snapshots 20 ms apart
-/// agree. The relay publishes its counters one at a time, so a snapshot taken while traffic
-/// flows may mix two moments; only a quiet link gives totals that add up exactly.
+/// The emulator's totals for `dir` once nothing is on the link ([`quiet`]). The relay
+/// publishes its counters one at a time, so a snapshot taken while traffic flows may mix two
+/// moments; only a quiet link gives totals that add up exactly.
 pub fn settled(emu: &Emulator, dir: Dir) -> DirStats {
+    quiet(|| dir_stats(emu, dir), |s| s.in_flight == 0)
+}
+
+/// What `read` returns once two reads 20 ms apart agree and `idle` holds of it: counters
+/// the relay updates just after the packet they count may already have woken the reader.
+/// Fails after 30 s.
+pub fn quiet<T: PartialEq + std::fmt::Debug>(read: impl Fn() -> T, idle: impl Fn(&T) -> bool) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = dir_stats(emu, dir);
+    let mut last = read();
     loop {
         std::thread::sleep(Duration::from_millis(20));
-        let now = dir_stats(emu, dir);
-        if now == last && now.in_flight == 0 {
+        let now = read();
+        if now == last && idle(&now) {
             return now;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the link never went quiet: {now:?}"
-        );
+        assert!(Instant::now() < deadline, "never went quiet: {now:?}");
         last = now;
     }
 }
