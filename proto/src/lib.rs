@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod fetch;
 pub mod frame;
 pub mod names;
 pub mod transfer;

@@ -382,3 +382,89 @@ pub fn run_server(data: &[u8]) {
         }
     }
 }
+
+/// Drives the fetch machine ([`crate::fetch::FetchMachine`]) with arbitrary outcomes, cancels
+/// and clocks, and checks after every step: only peers it was given are asked; a resume only
+/// at the peer whose files are kept; a pause always ends in the future; an end is final; and
+/// the number of attempts stays bounded (each peer once and once afresh, plus the resume
+/// budget after each attempt that received bytes).
+pub fn run_fetch(data: &[u8]) {
+    use crate::fetch::{FetchMachine, FetchRules, Outcome, PeerId, Step};
+    const OUTCOMES: [Outcome; 12] = [
+        Outcome::Committed,
+        Outcome::Cancelled,
+        Outcome::Local,
+        Outcome::Interrupted,
+        Outcome::Unreachable,
+        Outcome::Busy,
+        Outcome::TooSlow,
+        Outcome::ShuttingDown,
+        Outcome::SnapshotGone,
+        Outcome::ResumedPrefixBad,
+        Outcome::Disproven,
+        Outcome::Refused,
+    ];
+    let mut b = Bytes(data);
+    let peers: Vec<PeerId> = (0..b.next() % 5)
+        .map(|i| PeerId::new(format!("p{i}")))
+        .collect();
+    let holder = match b.next() % 6 {
+        i if (i as usize) < peers.len() => Some(peers[i as usize].clone()),
+        _ => None,
+    };
+    let rules = FetchRules {
+        max_resumes: u32::from(b.next() % 12),
+        ..FetchRules::default()
+    };
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut m = FetchMachine::new(peers.clone(), holder.clone(), rules, now);
+    let mut kept = holder;
+    let mut ended: Option<Step> = None;
+    let mut attempts = 0u32;
+    let mut progressed = 0u32;
+    for _ in 0..400 {
+        if b.is_empty() {
+            break;
+        }
+        if b.next() % 16 == 0 {
+            m.cancel();
+        }
+        let step = m.poll(now);
+        if let Some(end) = &ended {
+            assert_eq!(&step, end, "an end is final");
+            continue;
+        }
+        match step {
+            Step::Attempt { peer, resume } => {
+                assert!(peers.contains(&peer), "asked a peer it was not given");
+                if resume {
+                    assert_eq!(kept.as_ref(), Some(&peer), "resumed another peer's files");
+                }
+                attempts += 1;
+                let outcome = OUTCOMES[b.next() as usize % OUTCOMES.len()];
+                let received = b.next() % 2 == 1;
+                // This peer's files kept, the earlier holder's left alone, or nothing.
+                let held = match b.next() % 3 {
+                    0 if crate::fetch::keeps(outcome) => Some(peer),
+                    1 => kept.clone(),
+                    _ => None,
+                };
+                progressed += u32::from(received);
+                now += b.delay();
+                m.attempt_ended(outcome, received, held.clone(), now);
+                kept = held;
+            }
+            Step::Wait(until) => {
+                assert!(until > now, "a pause that has already ended");
+                now = until;
+            }
+            end => ended = Some(end),
+        }
+        let bound = 2 * peers.len() as u32 + rules.max_resumes * (progressed + 1);
+        assert!(
+            attempts <= bound,
+            "{attempts} attempts over the bound {bound}"
+        );
+    }
+}

@@ -75,5 +75,6 @@ fn random_event_sequences_never_break_a_rule() {
         let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         script::run_client(&data);
         script::run_server(&data);
+        script::run_fetch(&data);
     }
 }
