@@ -14,8 +14,8 @@ use crate::pacing::RateLimiter;
 use crate::protocol::{codes, FileHeader, FileStart};
 use crate::wire::write_frame;
 
-use super::request::TransferEnd;
 use super::{ServerStats, Shared};
+use crate::protocol::transfer::ServerEnd;
 
 /// Sends the files of `plan` (each from its offset) on their own streams, at most
 /// `files_in_flight` at once, and returns once the client has acknowledged every byte of
@@ -27,7 +27,7 @@ pub(super) async fn push_files(
     plan: Vec<FileStart>,
     shared: &Shared,
     sent: Arc<AtomicU64>,
-) -> Result<(), TransferEnd> {
+) -> Result<(), ServerEnd> {
     let slots = Arc::new(Semaphore::new(shared.cfg.files_in_flight.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for FileStart { index, offset } in plan {
@@ -35,15 +35,15 @@ pub(super) async fn push_files(
         let file = snap
             .files
             .get(index as usize)
-            .ok_or_else(|| TransferEnd::Protocol(format!("no file {index}")))?;
+            .ok_or_else(|| ServerEnd::Protocol(format!("no file {index}")))?;
         let permit = slots
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| TransferEnd::Stream("slots closed".into()))?;
+            .map_err(|_| ServerEnd::StreamLost("slots closed".into()))?;
         // Surface a failure of an earlier file before opening more streams.
         while let Some(done) = tasks.try_join_next() {
-            done.map_err(|e| TransferEnd::Stream(e.to_string()))??;
+            done.map_err(|e| ServerEnd::StreamLost(e.to_string()))??;
         }
         let conn = conn.clone();
         let path = snap.dir.join(&file.name);
@@ -56,7 +56,7 @@ pub(super) async fn push_files(
             let stream = conn
                 .open_uni()
                 .await
-                .map_err(|e| TransferEnd::Stream(e.to_string()))?;
+                .map_err(|e| ServerEnd::StreamLost(e.to_string()))?;
             let mut guard = ResetOnDrop {
                 stream: Some(stream),
                 shutdown,
@@ -70,11 +70,12 @@ pub(super) async fn push_files(
                     offset,
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| ServerEnd::StreamLost(e.to_string()))?;
             send_file(stream, path, offset, size, &stats, &limiter, &sent).await?;
             stream
                 .finish()
-                .map_err(|e| TransferEnd::Stream(e.to_string()))?;
+                .map_err(|e| ServerEnd::StreamLost(e.to_string()))?;
             drop(permit);
             // Every byte acknowledged by the client (or the client stopped the stream).
             // Still guarded: a transfer ended meanwhile (shutdown, another file failed)
@@ -85,15 +86,15 @@ pub(super) async fn push_files(
                 Ok(None) => Ok(()),
                 // Stopped by the client: whether it gave up or will resume, its control
                 // stream says (and the transfer counts as interrupted until it does).
-                Ok(Some(code)) => Err(TransferEnd::Stream(format!(
+                Ok(Some(code)) => Err(ServerEnd::StreamLost(format!(
                     "file stream stopped with code {code}"
                 ))),
-                Err(e) => Err(TransferEnd::Stream(e.to_string())),
+                Err(e) => Err(ServerEnd::StreamLost(e.to_string())),
             }
         });
     }
     while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| TransferEnd::Stream(e.to_string()))??;
+        done.map_err(|e| ServerEnd::StreamLost(e.to_string()))??;
     }
     Ok(())
 }
@@ -190,20 +191,21 @@ async fn send_file(
     stats: &ServerStats,
     limiter: &RateLimiter,
     sent_total: &AtomicU64,
-) -> Result<(), TransferEnd> {
+) -> Result<(), ServerEnd> {
     let mut chunks = read_ahead(path, offset, size);
     let mut sent = offset;
     while sent < size {
         let chunk = chunks
             .recv()
             .await
-            .ok_or_else(|| TransferEnd::Stream("file reader gone".into()))??;
+            .ok_or_else(|| ServerEnd::StreamLost("file reader gone".into()))?
+            .map_err(|e| ServerEnd::LocalIo(e.to_string()))?;
         let n = chunk.len() as u64;
         limiter.acquire(n).await;
         stream
             .write_chunk(chunk)
             .await
-            .map_err(|e| TransferEnd::Stream(e.to_string()))?;
+            .map_err(|e| ServerEnd::StreamLost(e.to_string()))?;
         sent += n;
         sent_total.fetch_add(n, Ordering::Relaxed);
         stats.bytes_sent.fetch_add(n, Ordering::Relaxed);

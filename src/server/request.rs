@@ -29,50 +29,11 @@ use super::Shared;
 /// that passed the handshake and the allow list.
 pub const MAX_REQUEST_FRAME: usize = 1024 * 1024;
 
-/// Why a transfer ended early on the server side (logged; the client learns by stream state).
-#[derive(Debug, thiserror::Error)]
-pub(super) enum TransferEnd {
-    #[error("wire: {0}")]
-    Wire(#[from] WireError),
-    #[error("stream: {0}")]
-    Stream(String),
-    #[error("client aborted: {0}")]
-    ClientAborted(String),
-    #[error("client suspended: {0}")]
-    Suspended(String),
-    #[error("client gone: {0}")]
-    ClientGone(String),
-    #[error("protocol violation by client: {0}")]
-    Protocol(String),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("timed out")]
-    Timeout,
-    #[error("server shutting down")]
-    ShuttingDown,
-}
-
-impl TransferEnd {
-    /// True when the client may come back to resume: the transfer was interrupted (a stall,
-    /// a lost stream or path, a `Suspend`), not given up (`Abort`), refused or broken.
-    fn resumable(&self) -> bool {
-        match self {
-            Self::Wire(_)
-            | Self::Stream(_)
-            | Self::Suspended(_)
-            | Self::ClientGone(_)
-            | Self::Timeout
-            | Self::ShuttingDown => true,
-            Self::ClientAborted(_) | Self::Protocol(_) | Self::Io(_) => false,
-        }
-    }
-}
-
 /// How a transfer ended, as the machine or the driver saw it.
 enum Outcome {
     Rejected,
     Done,
-    Failed(TransferEnd),
+    Failed(ServerEnd),
 }
 
 impl From<ServerEnd> for Outcome {
@@ -80,11 +41,7 @@ impl From<ServerEnd> for Outcome {
         match end {
             ServerEnd::Rejected(_) => Self::Rejected,
             ServerEnd::Done => Self::Done,
-            ServerEnd::ClientAborted(m) => Self::Failed(TransferEnd::ClientAborted(m)),
-            ServerEnd::Suspended(m) => Self::Failed(TransferEnd::Suspended(m)),
-            ServerEnd::ClientGone(m) => Self::Failed(TransferEnd::ClientGone(m)),
-            ServerEnd::Protocol(m) => Self::Failed(TransferEnd::Protocol(m)),
-            ServerEnd::Timeout => Self::Failed(TransferEnd::Timeout),
+            other => Self::Failed(other),
         }
     }
 }
@@ -276,7 +233,7 @@ async fn serve_partition(
             }
             tracing::info!(error = %e, resumable = e.resumable(), "transfer ended early");
             let code = match e {
-                TransferEnd::ShuttingDown => codes::SHUTTING_DOWN,
+                ServerEnd::ShuttingDown => codes::SHUTTING_DOWN,
                 _ => codes::ABORTED,
             };
             let _ = control.send.reset(code.into());
@@ -297,7 +254,7 @@ async fn run_transfer(
 ) -> Outcome {
     let snap = lease.snapshot();
     let mut digesting: Option<Step<'_, _>> = Some(Box::pin(snap.digests(req.checksum)));
-    let mut pushing: Option<Step<'_, Result<(), TransferEnd>>> = None;
+    let mut pushing: Option<Step<'_, Result<(), ServerEnd>>> = None;
     // From `Accept` on this transfer sends: its connection's send window follows its path
     // within the process's budget, and its file reads are reserved from that budget up front.
     let mut _budget = None;
@@ -321,12 +278,12 @@ async fn run_transfer(
             }
             Some(ServerAction::End(end)) => {
                 return match control.wire_error.take() {
-                    Some(e) => Outcome::Failed(TransferEnd::Wire(e)),
+                    Some(e) => Outcome::Failed(ServerEnd::StreamLost(e.to_string())),
                     None => end.into(),
                 };
             }
             Some(other) => {
-                return Outcome::Failed(TransferEnd::Protocol(format!("unexpected step {other:?}")))
+                return Outcome::Failed(ServerEnd::Protocol(format!("unexpected step {other:?}")))
             }
             None => {}
         }
@@ -336,7 +293,7 @@ async fn run_transfer(
                 digesting = None;
                 let digests = match d {
                     Ok(d) => d,
-                    Err(e) => return Outcome::Failed(TransferEnd::Io(std::io::Error::other(e))),
+                    Err(e) => return Outcome::Failed(ServerEnd::LocalIo(e.to_string())),
                 };
                 let files: Vec<FileEntry> = snap
                     .files
@@ -360,11 +317,11 @@ async fn run_transfer(
             frame = control.reader.next_frame::<ControlFrame>(), if wants_control => match frame {
                 Ok(Some(f)) => control.machine.handle_frame(f),
                 Ok(None) => control.machine.handle_control_end(),
-                Err(e) => return Outcome::Failed(e.into()),
+                Err(e) => return Outcome::Failed(ServerEnd::StreamLost(e.to_string())),
             },
             // Dropping `pushing` resets every file stream with SHUTTING_DOWN (`ResetOnDrop`).
             _ = shutdown.wait_for(|down| *down), if pushing.is_some() => {
-                return Outcome::Failed(TransferEnd::ShuttingDown);
+                return Outcome::Failed(ServerEnd::ShuttingDown);
             }
             _ = tick.tick() => {
                 let now = progress();

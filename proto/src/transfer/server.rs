@@ -34,34 +34,57 @@ pub fn heartbeat_interval(idle: Duration) -> Duration {
 }
 
 /// How a transfer ended on the server (logged and counted; the client learns from frames and
-/// stream states).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// stream states). The machine's own ends and the ones its driver finds (a stream lost, a file
+/// unreadable, a shutdown) are one type, so one rule ([`Self::resumable`]) decides which
+/// snapshots stay for a resume.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ServerEnd {
     /// Refused with this reason before anything was sent.
+    #[error("rejected: {0}")]
     Rejected(RejectReason),
     /// The client confirmed with `Done`.
+    #[error("done")]
     Done,
     /// The client sent `Abort`: it gave up, nothing of this transfer will be resumed.
+    #[error("client aborted: {0}")]
     ClientAborted(String),
     /// The client sent `Suspend`: it keeps what it received and may come back to resume.
+    #[error("client suspended: {0}")]
     Suspended(String),
     /// The client went away without a word (its control stream ended early): it may come
     /// back to resume.
+    #[error("client gone: {0}")]
     ClientGone(String),
     /// The client broke the protocol.
+    #[error("protocol violation by client: {0}")]
     Protocol(String),
     /// The client stalled, or the partition timeout passed.
+    #[error("timed out")]
     Timeout,
+    /// A stream to the client broke (reset, stopped, connection lost): found by the driver.
+    #[error("stream lost: {0}")]
+    StreamLost(String),
+    /// The server could not read what it serves: found by the driver.
+    #[error("local io: {0}")]
+    LocalIo(String),
+    /// The server is stopping.
+    #[error("server shutting down")]
+    ShuttingDown,
 }
 
 impl ServerEnd {
-    /// True when the client may come back to resume: it did not say it gave up, did not
-    /// break the protocol and did not finish. The driver keeps the snapshot for the resume
-    /// window after such an end.
+    /// True when the client may come back to resume: the transfer was interrupted (a stall,
+    /// a lost stream or path, a `Suspend`, a stopping server), not finished, refused, given up
+    /// (`Abort`) or broken. The driver keeps the snapshot for the resume window after such an
+    /// end.
     pub fn resumable(&self) -> bool {
         matches!(
             self,
-            Self::Suspended(_) | Self::ClientGone(_) | Self::Timeout
+            Self::Suspended(_)
+                | Self::ClientGone(_)
+                | Self::Timeout
+                | Self::StreamLost(_)
+                | Self::ShuttingDown
         )
     }
 }
