@@ -196,7 +196,7 @@ fn run_row(work: &Path, row: &Row) -> Measured {
     let warm = work.join("warm");
     let out = fetch_command_in(Some(emu.ns_a()), &warm, &id.store, id.version, 0)
         .args(["--peer", &format!("localhost@{listen}")])
-        .args(["--partition-timeout-secs", "3600"])
+        .args(["--min-rate", "0"])
         .output()
         .expect("warm-up fetch");
     assert!(out.status.success(), "warm-up fetch failed: {out:?}");
@@ -214,7 +214,7 @@ fn run_row(work: &Path, row: &Row) -> Measured {
             let child = fetch_command_in(Some(emu.ns_a()), &dst, &id.store, id.version, 0)
                 .args(["--peer", &format!("localhost@{listen}")])
                 .args(["--json", "--read-limit", "0"])
-                .args(["--partition-timeout-secs", "3600"])
+                .args(["--min-rate", "0"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()

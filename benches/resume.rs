@@ -163,12 +163,7 @@ fn main() {
 fn fetch(ns: &str, dst: &Path, peer: &str, no_resume: bool) -> Command {
     let mut cmd = testkit::fetch_command_in(Some(ns), dst, STORE, 1, 0);
     cmd.args(["--peer", peer, "--json", "--read-limit", "0"])
-        .args([
-            "--idle-timeout-secs",
-            "30",
-            "--partition-timeout-secs",
-            "3600",
-        ])
+        .args(["--idle-timeout-secs", "30", "--min-rate", "0"])
         .stderr(Stdio::null());
     if no_resume {
         cmd.arg("--no-resume");

@@ -25,11 +25,17 @@ suites_ok=0
 for i in $(seq 1 "$runs"); do
   echo "chaos: run $i of $runs" >&2
   # One scenario at a time: they measure time to recover.
-  for t in chaos migration kafka_broker ownership admission; do
+  for t in chaos lifecycle migration kafka_broker ownership admission; do
     if cargo test --release --locked --test it -- --nocapture --test-threads 1 "$t::" >>"$log" 2>&1; then :; else
       echo "chaos: run $i: $t had failures (see the table)" >&2
     fi
   done
+  # Minutes long, so not in the test suite: an outage of 3 minutes under the default timeouts.
+  if cargo test --release --locked --test it -- --nocapture --test-threads 1 --include-ignored \
+      --exact chaos::an_outage_of_3_min_with_default_timeouts_is_outlasted_in_one_fetch \
+      >>"$log" 2>&1; then :; else
+    echo "chaos: run $i: the 3-minute outage failed (see the table)" >&2
+  fi
   # The Kafka faults that need no broker restart: a retention gap, a bad record, Kafka down
   # with peers up.
   if cargo test --release --locked --test it -- --nocapture --test-threads 1 \

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::client::commit::{self, TEMP_PREFIX};
+use crate::client::commit;
+use crate::client::workdir;
 use crate::client::{Attempt, Fallback, FetchError, FetchReport, Fetcher, Progress};
 use crate::ingest::{
     self, CatchUpConfig, CatchUpError, CatchUpReport, LogSource, Until, Watermarks,
@@ -154,6 +155,8 @@ pub async fn bootstrap<L: LogSource>(
     progress: &Progress,
 ) -> Result<BootstrapReport, BootstrapError> {
     let started = Instant::now();
+    let window = fetcher.config().resume_window;
+    workdir::sweep(root, window);
     let dir = id.dir(root);
     let present = dir.join("CURRENT").is_file();
     let local_offset = if present {
@@ -198,7 +201,7 @@ pub async fn bootstrap<L: LogSource>(
         // A partition here that the log can no longer catch up is moved aside (a temp dir
         // the sweep removes if this process dies) and deleted once it is replaced.
         let aside = match (present, gap) {
-            (true, Some(_)) => Some(move_aside(&dir, id)?),
+            (true, Some(_)) => Some(workdir::move_aside(&dir, id).map_err(StorageError::Io)?),
             _ => None,
         };
         match fetcher.fetch_with_progress(id, peers, root, progress).await {
@@ -206,7 +209,7 @@ pub async fn bootstrap<L: LogSource>(
                 attempts = report.attempts.clone();
                 transfer = Some(report);
                 if let Some(a) = aside {
-                    remove_quietly(&a);
+                    a.remove();
                 }
                 match (present, gap) {
                     (true, Some(earliest)) => BootstrapPath::PeerTransferAfterGap {
@@ -221,14 +224,16 @@ pub async fn bootstrap<L: LogSource>(
                 tracing::warn!(partition = %id, error = %e, "no peer could serve; bootstrapping from Kafka");
                 attempts = e.attempts().to_vec();
                 if let Some(a) = aside {
-                    remove_quietly(&a);
+                    a.remove();
                 }
                 gap.map_or(BootstrapPath::KafkaAllPeersFailed, from_earliest)
             }
             Err(e) => {
                 if let Some(a) = aside {
                     // Nothing replaced it: put it back as it was.
-                    let _ = std::fs::rename(&a, &dir);
+                    if let Err(e) = a.put_back(&dir) {
+                        tracing::warn!(partition = %id, error = %e, "cannot put the partition back; the next sweep does");
+                    }
                 }
                 return Err(e.into());
             }
@@ -237,7 +242,9 @@ pub async fn bootstrap<L: LogSource>(
     tracing::info!(partition = %id, ?path, ?lag, "bootstrap path chosen");
     if matches!(path, BootstrapPath::KafkaFromEarliest { .. }) && dir.join("CURRENT").is_file() {
         // No peer replaced the partition the log cannot catch up: rebuilt from scratch.
-        remove_quietly(&move_aside(&dir, id)?);
+        workdir::move_aside(&dir, id)
+            .map_err(StorageError::Io)?
+            .remove();
     }
     let fresh = !dir.join("CURRENT").is_file();
     if fresh {
@@ -250,6 +257,9 @@ pub async fn bootstrap<L: LogSource>(
     }
     let (d, format) = (dir.clone(), cfg.table_format);
     let db = Arc::new(ingest::blocking(move || partition::open(&d, format)).await?);
+    // The partition is in place, however it was built: what fetches of it kept (a killed
+    // one's, or an earlier attempt's before a fallback) can serve nothing any more.
+    workdir::sweep(root, window);
     if fresh {
         // Recorded like a transferred partition's, so a peer serving this format can serve it.
         let state = VersionState {
@@ -352,21 +362,4 @@ async fn set_base(db: &Arc<rocksdb::DB>, earliest: u64) -> Result<(), StorageErr
         ingest::blocking(move || partition::apply_batch(&db, [], base)).await?;
     }
     Ok(())
-}
-
-/// Renames a partition the log can no longer catch up to a temp dir of this process.
-fn move_aside(dir: &Path, id: &PartitionId) -> Result<std::path::PathBuf, StorageError> {
-    let aside = dir.with_file_name(format!(
-        "{TEMP_PREFIX}{}-{}-behind-retention",
-        id.partition,
-        std::process::id()
-    ));
-    std::fs::rename(dir, &aside)?;
-    Ok(aside)
-}
-
-fn remove_quietly(dir: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the replaced partition");
-    }
 }

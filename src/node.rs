@@ -110,7 +110,11 @@ impl Node {
                 dir: data_dir.clone(),
                 source,
             })?;
-            Ok::<_, NodeError>(DirLock::acquire(&data_dir.join(DATA_DIR_LOCK), wait)?)
+            let lock = DirLock::acquire(&data_dir.join(DATA_DIR_LOCK), wait)?;
+            // Temp dirs of fetches that died and that nothing can resume any more.
+            let window = crate::protocol::fetch::FetchRules::default().resume_window;
+            crate::client::workdir::sweep(&data_dir, window);
+            Ok::<_, NodeError>(lock)
         })
         .await??;
         let format = cfg.server.policy.table_format;

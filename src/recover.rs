@@ -41,7 +41,7 @@ pub struct RecoverConfig {
     /// of some partitions going while others wait for a receive slot.
     pub parallel: usize,
     /// After a cancel, how long a partition may take to end on its own: a transfer in flight
-    /// deletes what it received within it; Kafka work (a build or a catch-up) goes on until
+    /// keeps what it received (journaled, for a rerun to resume) within it; Kafka work (a build or a catch-up) goes on until
     /// then and is dropped where it stands — every batch it applied carries its offset, so the
     /// partition is valid at that offset, and a rerun goes on from there.
     pub cancel_grace: Duration,
@@ -91,7 +91,7 @@ pub struct RecoverCounts {
 
 impl RecoverProgress {
     /// Stops the recovery: partitions not started end cancelled at once, transfers in flight
-    /// delete what they received, no fallback to Kafka starts, and Kafka work in progress ends
+    /// keep what they received for a rerun to resume, no fallback to Kafka starts, and Kafka work in progress ends
     /// within [`RecoverConfig::cancel_grace`] (see there).
     pub fn cancel(&self) {
         self.switch.cancel();
@@ -343,14 +343,14 @@ where
     let result = tokio::select! {
         r = &mut run => Some(r),
         _ = progress.cancelled() => {
-            // The transfer's own cancel cleans up; a catch-up is dropped between batches
+            // The transfer's own cancel keeps what arrived; a catch-up is dropped between batches
             // (each carries its offset), so a rerun goes on from there.
             tokio::time::timeout(cfg.cancel_grace, &mut run).await.ok()
         }
     };
     one.outcome = match result {
         Some(Ok(report)) => Ok(report),
-        // A fetch that ended under a cancel left nothing, whatever it says; other errors (a
+        // A fetch that ended under a cancel is suspended, whatever it says; other errors (a
         // catch-up that stopped, local storage) keep what they say about the partition.
         Some(Err(BootstrapError::Fetch(_))) if progress.is_cancelled() => {
             Err(RecoverError::Cancelled)

@@ -183,7 +183,8 @@ impl Drop for Serve {
 }
 
 /// Runs one fetch as a child process (in namespace `ns`, if given) into `dst` and measures
-/// it; a fetch still running at `cap` gives up and counts with what it had received.
+/// it; a fetch still running at `cap` is stopped with SIGTERM (it suspends and reports) and
+/// counts with what it had received.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fetch_once(
     ns: Option<&str>,
@@ -199,8 +200,14 @@ pub(crate) fn fetch_once(
     let mut cmd = testkit::fetch_command_in(ns, dst, STORE, 1, 0);
     cmd.args(["--peer", &format!("localhost@{server_ip}:{}", port(v))])
         .args(["--checksum", checksum, "--json", "--no-shuffle"])
-        .args(["--partition-timeout-secs", &cap.as_secs().to_string()])
-        .args(["--idle-timeout-secs", "30", "--read-limit", "0"]);
+        .args([
+            "--min-rate",
+            "0",
+            "--idle-timeout-secs",
+            "30",
+            "--read-limit",
+            "0",
+        ]);
     if !v.quic {
         cmd.arg("--http")
             .args(["--http-connections", &v.connections.to_string()])
@@ -215,16 +222,22 @@ pub(crate) fn fetch_once(
     #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("spawn fetch");
     let pid = child.id() as i32;
-    // A fetch that outlives its own deadline by a minute is killed: the benchmark never hangs.
+    // At the cap the fetch is asked to stop (it suspends and writes its report); one still
+    // running a minute later is killed: the benchmark never hangs.
     let watchdog = {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let limit = cap + Duration::from_secs(60);
         std::thread::spawn(move || {
-            if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            for (wait, signal) in [
+                (cap, libc::SIGTERM),
+                (Duration::from_secs(60), libc::SIGKILL),
+            ] {
+                if rx.recv_timeout(wait) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    return;
+                }
                 // SAFETY: signalling our own child, not yet reaped (the sender is dropped
                 // only after wait4 returns).
                 unsafe {
-                    libc::kill(pid, libc::SIGKILL);
+                    libc::kill(pid, signal);
                 }
             }
         });
@@ -245,7 +258,8 @@ pub(crate) fn fetch_once(
     let outcome = report["attempts"][0]["outcome"]
         .as_str()
         .unwrap_or("no report");
-    let failed = (!completed && outcome != "partition_timeout").then(|| {
+    // "cancelled": stopped at the cap.
+    let failed = (!completed && outcome != "cancelled").then(|| {
         format!(
             "{outcome}: {}",
             report["attempts"][0]["error"]

@@ -19,13 +19,12 @@ use crate::client::attempts;
 use crate::client::commit;
 use crate::client::error::{AttemptError, SetupError};
 use crate::client::receive::{self, ByteSource, OpenFiles};
-use crate::client::{
-    check_manifest, temp_tag, FetchError, FetchPolicy, FetchReport, FetchStats, Progress,
-};
+use crate::client::{check_manifest, FetchError, FetchPolicy, FetchReport, FetchStats, Progress};
 use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
 use crate::partition::{PartitionId, PartitionMeta};
 use crate::peers::Peer;
+use crate::protocol::fetch::FetchRules;
 use crate::protocol::FileEntry;
 use crate::tls::{self, Identity};
 
@@ -111,6 +110,7 @@ async fn fetch(
     root: &Path,
     progress: &Progress,
 ) -> Result<FetchReport, FetchError> {
+    crate::client::workdir::sweep(root, FetchRules::default().resume_window);
     let target = attempts::check_target(id, root, peers)?;
     let parent = attempts::prepare_parent(id, root)?;
     let (parent, target_dir) = (&parent, &target);
@@ -120,11 +120,16 @@ async fn fetch(
         id,
         target.clone(),
         candidates,
+        None,
+        // The baseline does not resume: every attempt starts from byte 0, each peer once.
+        FetchRules {
+            max_resumes: 0,
+            ..FetchRules::default()
+        },
         progress,
         stats,
-        |peer| async move { attempt(cfg, tls, id, &peer, parent, target_dir, progress).await },
-        // The baseline does not resume: every attempt starts from byte 0.
-        |_, _| false,
+        |peer, _| async move { attempt(cfg, tls, id, &peer, parent, target_dir, progress).await },
+        || None,
     )
     .await
 }
@@ -276,10 +281,9 @@ async fn attempt(
     target: &Path,
     progress: &Progress,
 ) -> Result<(usize, PartitionMeta), AttemptError> {
-    let deadline = tokio::time::Instant::now() + cfg.policy.partition_timeout;
     let idle = cfg.policy.idle_timeout;
     let base = base(id);
-    // Until files arrive nothing is on disk: dropping this on a deadline or cancel is clean.
+    // Until files arrive nothing is on disk: dropping this on a cancel is clean.
     let setup = async {
         let mut conn = connect(cfg, tls, peer).await?;
         let resp = conn
@@ -312,19 +316,18 @@ async fn attempt(
     };
     let (conn, session, files) = tokio::select! {
         r = setup => r?,
-        _ = tokio::time::sleep_until(deadline) => return Err(AttemptError::PartitionTimeout(cfg.policy.partition_timeout)),
         _ = progress.cancelled() => return Err(AttemptError::Cancelled),
     };
     progress.total.store(
         files.iter().fold(0u64, |a, f| a.saturating_add(f.size)),
         Ordering::Relaxed,
     );
-    let tmp = commit::TempDir::create(parent, id.partition, &temp_tag())?;
+    let tmp = commit::TempDir::create(parent, id.partition)?;
     let open = OpenFiles::default();
     let mut tasks = tokio::task::JoinSet::new();
     let received = tokio::select! {
         r = receive_all(cfg, tls, peer, conn, &base, &session, &files, (tmp.path(), &open), progress, &mut tasks) => r,
-        _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(cfg.policy.partition_timeout)),
+        e = attempts::too_slow(&cfg.policy, &progress.received) => Err(e),
         _ = progress.cancelled() => Err(AttemptError::Cancelled),
     };
     // Every worker ends and every file handle closes before anyone deletes the directory.

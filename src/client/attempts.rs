@@ -1,23 +1,26 @@
 //! The part of a fetch that does not depend on the transport: getting the target ready,
-//! trying peers one by one with the bookkeeping of each attempt, and ending an attempt —
+//! driving the fetch machine (which peer next, resume or not, how long to pause) with the
+//! bookkeeping of each attempt, the rate floor, and ending an attempt —
 //! waiting for every file handle to close, then validating and committing what arrived.
 //!
 //! QUIC ([`super::Fetcher`]) and the HTTPS baseline (`crate::baseline`) both run through it, so
 //! the two cannot drift apart in what they promise: the same typed outcomes, the same
 //! next-peer / give-up decisions, the same receipt and the same atomic commit.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::partition::{PartitionId, PartitionMeta, TableFormat};
 use crate::peers::Peer;
+use crate::protocol::fetch::{FetchMachine, FetchRules, Outcome, PeerId, RateFloor, Step};
 
 use super::commit::{self, Receipt, TempDir};
 use super::error::{AttemptError, FetchError, NextStep};
 use super::receive::OpenFiles;
-use super::{Attempt, FetchReport, FetchStats, Progress};
+use super::{Attempt, FetchPolicy, FetchReport, FetchStats, Progress};
 
 /// Refuses a fetch that must not start: the partition is already there (never touched), or
 /// there is nobody to ask. Returns the partition's final directory.
@@ -36,50 +39,92 @@ pub(crate) fn check_target(
     Ok(target)
 }
 
-/// Creates the store-version directory temp dirs live in and removes the temp dirs a crashed
-/// fetch of this partition left there. Returns the directory.
+/// Creates the store-version directory temp dirs live in. Returns the directory.
 pub(crate) fn prepare_parent(id: &PartitionId, root: &Path) -> Result<PathBuf, FetchError> {
     let parent = root.join(id.store_version_dir());
     std::fs::create_dir_all(&parent)?;
-    let stale = commit::remove_dead_temp_dirs(&parent, id.partition)?;
-    if stale > 0 {
-        tracing::info!(partition = %id, removed = stale, "removed temp dirs of crashed fetches");
-    }
     Ok(parent)
 }
 
-/// Tries `candidates` in order until one attempt commits the partition or an error says to
-/// give up. A candidate comes with its connectivity verdict: a peer already known dead
-/// becomes a failed attempt without being asked. After a failed attempt `again` says whether
-/// the same peer is asked once more (a resume of what it kept). Every attempt is recorded,
-/// with its bytes (read from `progress`) and time, in the report or the error.
+/// Runs the fetch machine ([`FetchMachine`]) over `candidates` until it is done: carries out
+/// each step it hands out (an attempt, a pause, the end) and reports each attempt's outcome
+/// back. A candidate comes with its connectivity verdict: a peer already known dead becomes a
+/// failed attempt without being asked (the first time only: a holder asked again after a
+/// pause is really asked). `holder` names the peer whose files an earlier run kept; `held`
+/// tells, after an attempt, whose files are kept now. Every attempt is recorded,
+/// with its bytes (read from `progress`), time and what followed, in the report or the error.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn try_peers<F, Fut>(
     id: &PartitionId,
     target: PathBuf,
     candidates: impl IntoIterator<Item = (Peer, Result<(), AttemptError>)>,
+    holder: Option<PeerId>,
+    rules: FetchRules,
     progress: &Progress,
     stats: &FetchStats,
     mut attempt: F,
-    mut again: impl FnMut(&Peer, &AttemptError) -> bool,
+    held: impl Fn() -> Option<PeerId>,
 ) -> Result<FetchReport, FetchError>
 where
-    F: FnMut(Peer) -> Fut,
+    F: FnMut(Peer, bool) -> Fut,
     Fut: Future<Output = Result<(usize, PartitionMeta), AttemptError>>,
 {
     let started = Instant::now();
-    let mut attempts = Vec::new();
-    let mut queue: std::collections::VecDeque<_> = candidates.into_iter().collect();
-    while let Some((peer, verdict)) = queue.pop_front() {
-        // A cancel between attempts ends the fetch there: the next peer is not asked, and a
-        // run out of peers must not read as "every peer failed" (which calls for Kafka).
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut peers: HashMap<PeerId, (Peer, Option<Result<(), AttemptError>>)> = HashMap::new();
+    let mut order = Vec::new();
+    for (peer, verdict) in candidates {
+        let pid = peer.id();
+        order.push(pid.clone());
+        peers.entry(pid).or_insert((peer, Some(verdict)));
+    }
+    let mut machine = FetchMachine::new(order, holder, rules, Instant::now());
+    // The last failure, for the error of a fetch that stops.
+    let mut last: Option<(String, AttemptError)> = None;
+    loop {
         if progress.is_cancelled() {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(FetchError::GaveUp {
-                peer: peer.to_string(),
-                error: AttemptError::Cancelled,
-                attempts,
-            });
+            machine.cancel();
         }
+        let (pid, resume) = match machine.poll(Instant::now()) {
+            Step::Attempt { peer, resume } => (peer, resume),
+            Step::Wait(until) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = progress.cancelled() => machine.cancel(),
+                }
+                continue;
+            }
+            Step::Done => unreachable!("the fetch returns as soon as an attempt commits"),
+            Step::Suspend => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                let peer = last.map(|(p, _)| p).unwrap_or_default();
+                return Err(FetchError::GaveUp {
+                    peer,
+                    error: AttemptError::Cancelled,
+                    attempts,
+                });
+            }
+            Step::GiveUp => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                let (peer, error) = last
+                    .unwrap_or_else(|| (String::new(), AttemptError::LocalIo("gave up".into())));
+                return Err(FetchError::GaveUp {
+                    peer,
+                    error,
+                    attempts,
+                });
+            }
+            Step::Exhausted => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(FetchError::AllPeersFailed { attempts });
+            }
+        };
+        let Some((peer, verdict)) = peers.get_mut(&pid) else {
+            // The machine only hands out peers it was given.
+            machine.attempt_ended(Outcome::Refused, false, held(), Instant::now());
+            continue;
+        };
+        let (peer, verdict) = (peer.clone(), verdict.take());
         progress.attempts.fetch_add(1, Ordering::Relaxed);
         progress.received.store(0, Ordering::Relaxed);
         progress.total.store(0, Ordering::Relaxed);
@@ -88,26 +133,28 @@ where
         let t0 = Instant::now();
         let name = peer.to_string();
         let result = match verdict {
-            Err(e) => Err(e),
-            Ok(()) => attempt(peer.clone()).await,
+            Some(Err(e)) => Err(e),
+            _ => attempt(peer.clone(), resume).await,
         };
         let bytes = progress.received.load(Ordering::Relaxed);
         let resumed_bytes = progress.resumed.load(Ordering::Relaxed);
         let resent_bytes = progress.resent.load(Ordering::Relaxed);
         stats.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        let mut record = Attempt {
+            peer: name.clone(),
+            outcome: "ok".into(),
+            error: None,
+            next_step: None,
+            bytes,
+            resumed_bytes,
+            resent_bytes,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
         match result {
             Ok((files, meta)) => {
+                machine.attempt_ended(Outcome::Committed, bytes > 0, None, Instant::now());
                 stats.fetched.fetch_add(1, Ordering::Relaxed);
-                attempts.push(Attempt {
-                    peer: name.clone(),
-                    outcome: "ok".into(),
-                    error: None,
-                    next_step: None,
-                    bytes,
-                    resumed_bytes,
-                    resent_bytes,
-                    seconds: t0.elapsed().as_secs_f64(),
-                });
+                attempts.push(record);
                 return Ok(FetchReport {
                     partition: id.to_string(),
                     dir: target,
@@ -121,38 +168,58 @@ where
             }
             Err(e) => {
                 stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
-                let step = match e.next_step() {
-                    NextStep::GiveUp => NextStep::GiveUp,
-                    _ if again(&peer, &e) => NextStep::Resume,
-                    step => step,
+                let held = held();
+                let ours = held.as_ref() == Some(&pid);
+                let outcome = match e.outcome() {
+                    // This peer's files survive a digest failure only when the bad bytes were
+                    // a prefix held from before, dropped alone: not the peer's fault.
+                    Outcome::Disproven if ours => Outcome::ResumedPrefixBad,
+                    o => o,
+                };
+                let now = Instant::now();
+                machine.attempt_ended(outcome, bytes > 0, held, now);
+                let step = match machine.poll(now) {
+                    Step::Attempt { peer, resume: true } if peer == pid => NextStep::Resume,
+                    Step::Wait(_) => NextStep::Resume,
+                    Step::Attempt {
+                        peer,
+                        resume: false,
+                    } if peer == pid => NextStep::Afresh,
+                    Step::Suspend => NextStep::Suspend,
+                    Step::GiveUp => NextStep::GiveUp,
+                    _ if bytes > 0 && !ours => NextStep::CleanupThenNextPeer,
+                    _ => NextStep::NextPeer,
                 };
                 tracing::warn!(partition = %id, peer = %name, error = %e, next = ?step, "attempt failed");
-                attempts.push(Attempt {
-                    peer: name.clone(),
-                    outcome: e.label().into(),
-                    error: Some(e.to_string()),
-                    next_step: Some(step),
-                    bytes,
-                    resumed_bytes,
-                    resent_bytes,
-                    seconds: t0.elapsed().as_secs_f64(),
-                });
-                if step == NextStep::Resume {
-                    queue.push_front((peer, Ok(())));
-                }
-                if step == NextStep::GiveUp {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(FetchError::GaveUp {
-                        peer: name,
-                        error: e,
-                        attempts,
-                    });
-                }
+                record.outcome = e.label().into();
+                record.error = Some(e.to_string());
+                record.next_step = Some(step);
+                attempts.push(record);
+                last = Some((name, e));
             }
         }
     }
-    stats.failed.fetch_add(1, Ordering::Relaxed);
-    Err(FetchError::AllPeersFailed { attempts })
+}
+
+/// Resolves once the attempt receiving into `received` moves slower than the policy's rate
+/// floor over a whole window ([`RateFloor`]); never when the floor is off.
+pub(crate) async fn too_slow(policy: &FetchPolicy, received: &AtomicU64) -> AttemptError {
+    let mut floor = RateFloor::new(policy.min_rate, policy.rate_window, Instant::now());
+    if policy.min_rate == 0 || policy.rate_window.is_zero() {
+        return std::future::pending().await;
+    }
+    let every = (policy.rate_window / 20).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if floor.observe(received.load(Ordering::Relaxed), Instant::now()) {
+            return AttemptError::TooSlow {
+                min_rate: policy.min_rate,
+                window: policy.rate_window,
+            };
+        }
+    }
 }
 
 /// Stops every file task of an attempt and waits for each to end, then for each of its file

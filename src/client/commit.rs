@@ -4,10 +4,10 @@
 //! peer has said `Complete` does [`commit`] cross-check the shipped metadata against the offset
 //! inside the received DB, record it, fsync, and rename the temp dir into place (then fsync the
 //! parent), so the partition appears whole or not at all (docs/design.md, invariant *metadata
-//! after files*). A [`TempDir`] deletes itself when dropped unless committed, so a failed or
-//! cancelled attempt leaves nothing.
+//! after files*). A [`TempDir`] ([`super::workdir`]) deletes itself when dropped unless
+//! committed or parked for a resume, so a failed attempt leaves nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,72 +19,7 @@ use super::error::AttemptError;
 /// manifest may name it (the protocol's rule).
 pub use crate::protocol::transfer::RECEIPT_FILE;
 
-/// Prefix of temp dirs, so leftovers of a crashed process can be recognised and removed.
-pub const TEMP_PREFIX: &str = ".quicstrap-tmp-";
-
-/// A temp dir that is deleted on drop unless it was committed.
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempDir {
-    /// Creates `<parent>/.quicstrap-tmp-<partition>-<tag>`.
-    pub fn create(parent: &Path, partition: u32, tag: &str) -> Result<Self, AttemptError> {
-        let path = parent.join(format!("{TEMP_PREFIX}{partition}-{tag}"));
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(AttemptError::local)?;
-        }
-        std::fs::create_dir_all(&path).map_err(AttemptError::local)?;
-        Ok(Self { path, armed: true })
-    }
-
-    /// Takes over an existing temp dir (one kept for a resume), deleted on drop like a new
-    /// one.
-    pub fn adopt(path: PathBuf) -> Self {
-        Self { path, armed: true }
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Leaves it on disk: it was kept (parked) for a later resume.
-    pub fn disarm(mut self) {
-        self.armed = false;
-    }
-
-    /// Deletes it now.
-    pub fn remove(mut self) {
-        self.armed = false;
-        remove(&self.path);
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if self.armed {
-            remove(&self.path);
-        }
-    }
-}
-
-fn remove(path: &Path) {
-    // A fetch dropped mid-flight (not cancelled through `Progress`) cannot wait for its file
-    // tasks; one may create its file while the directory is being emptied. Retry briefly.
-    for attempt in 0..20 {
-        match std::fs::remove_dir_all(path) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) if attempt == 19 => {
-                tracing::warn!(dir = %path.display(), error = %e, "could not delete temp dir");
-            }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
-        }
-    }
-}
+pub use super::workdir::{TempDir, TEMP_PREFIX};
 
 /// Provenance written into a committed partition.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -149,7 +84,7 @@ pub fn commit(
     }
     std::fs::rename(tmp.path(), target).map_err(AttemptError::local)?;
     let mut tmp = tmp;
-    tmp.armed = false;
+    tmp.committed();
     // The partition is in place from here on; a failed parent fsync only weakens durability
     // across a power cut, and reporting failure now would misdescribe what is on disk.
     if let Some(parent) = target.parent() {
@@ -170,30 +105,6 @@ pub fn is_empty_dir(dir: &Path) -> std::io::Result<bool> {
     Ok(std::fs::read_dir(dir)?.next().is_none())
 }
 
-/// Deletes the temp dirs of `partition` in `store_dir` left by processes that no longer run
-/// (a crash mid-fetch); never a partition dir, never a live fetch's temp dir.
-pub fn remove_dead_temp_dirs(store_dir: &Path, partition: u32) -> std::io::Result<usize> {
-    let prefix = format!("{TEMP_PREFIX}{partition}-");
-    let mut n = 0;
-    let Ok(entries) = std::fs::read_dir(store_dir) else {
-        return Ok(0);
-    };
-    for e in entries {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(&prefix) else {
-            continue;
-        };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if !alive && e.path().is_dir() {
-            std::fs::remove_dir_all(e.path())?;
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +112,7 @@ mod tests {
     #[test]
     fn temp_dir_is_removed_unless_committed() {
         let root = tempfile::tempdir().unwrap();
-        let t = TempDir::create(root.path(), 3, "x").unwrap();
+        let t = TempDir::create(root.path(), 3).unwrap();
         std::fs::write(t.path().join("f"), b"1").unwrap();
         let p = t.path().to_owned();
         drop(t);
@@ -209,26 +120,9 @@ mod tests {
     }
 
     #[test]
-    fn only_dead_processes_temp_dirs_are_removed() {
-        let root = tempfile::tempdir().unwrap();
-        let dead = root.path().join(format!("{TEMP_PREFIX}4-4000000000-1"));
-        let live = root
-            .path()
-            .join(format!("{TEMP_PREFIX}4-{}-1", std::process::id()));
-        let other = root.path().join(format!("{TEMP_PREFIX}5-4000000000-1"));
-        let partition = root.path().join("4");
-        for d in [&dead, &live, &other, &partition] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        assert_eq!(remove_dead_temp_dirs(root.path(), 4).unwrap(), 1);
-        assert!(!dead.exists());
-        assert!(live.exists() && other.exists() && partition.exists());
-    }
-
-    #[test]
     fn commit_refuses_metadata_that_disagrees_with_the_data() {
         let root = tempfile::tempdir().unwrap();
-        let t = TempDir::create(root.path(), 0, "y").unwrap();
+        let t = TempDir::create(root.path(), 0).unwrap();
         crate::demo::seed::seed(t.path(), TableFormat::Block, 10, 8, 10).unwrap();
         let tmp_path = t.path().to_owned();
         let target = root.path().join("0");

@@ -32,8 +32,13 @@ pub struct FetchPolicy {
     pub connect_timeout: Duration,
     /// Give up on a peer after this long without a byte (60 s).
     pub idle_timeout: Duration,
-    /// Give up on a peer after this long for one partition (20 min).
-    pub partition_timeout: Duration,
+    /// The slow-peer floor, bytes/s (32 KiB/s): an attempt that receives less than this over
+    /// a whole [`Self::rate_window`] ends as `too_slow` — what arrived is kept, another peer is
+    /// asked if there is one. 0 turns it off. There is no wall-clock limit on a partition: a
+    /// transfer that still moves is never thrown away for being slow.
+    pub min_rate: u64,
+    /// The window the floor is measured over (2 min).
+    pub rate_window: Duration,
     /// Read-rate limit shared by every transfer of this process (default
     /// [`crate::pacing::DEFAULT_RATE`]).
     pub read_limiter: Arc<RateLimiter>,
@@ -48,7 +53,8 @@ impl FetchPolicy {
             checksum: ChecksumAlgo::Md5,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            partition_timeout: Duration::from_secs(20 * 60),
+            min_rate: 32 * 1024,
+            rate_window: Duration::from_secs(120),
             read_limiter: RateLimiter::new(crate::pacing::DEFAULT_RATE),
         }
     }
@@ -86,8 +92,14 @@ pub struct FetchConfig {
     /// How old a kept transfer's journal may be and still be resumed (10 min, the servers'
     /// default window); older ones are deleted.
     pub resume_window: Duration,
-    /// Resumes at the same peer in a row before moving on to the next peer (3).
+    /// Attempts at the peer holding kept files, in a row without a byte arriving, before
+    /// moving on to the next peer (10); with the pauses below they outlast an outage of about
+    /// four minutes.
     pub max_resumes: u32,
+    /// First pause before asking that peer again (1 s); doubles up to [`Self::backoff_max`].
+    pub backoff_first: Duration,
+    /// Longest pause between two attempts at the same peer (30 s).
+    pub backoff_max: Duration,
 }
 
 impl FetchConfig {
@@ -105,7 +117,19 @@ impl FetchConfig {
             max_recv_buffer: crate::budget::DEFAULT_CAP,
             resume: true,
             resume_window: Duration::from_secs(10 * 60),
-            max_resumes: 3,
+            max_resumes: 10,
+            backoff_first: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// The fetch machine's rules these knobs describe.
+    pub fn rules(&self) -> crate::protocol::fetch::FetchRules {
+        crate::protocol::fetch::FetchRules {
+            max_resumes: if self.resume { self.max_resumes } else { 0 },
+            backoff_first: self.backoff_first,
+            backoff_max: self.backoff_max,
+            resume_window: self.resume_window,
         }
     }
 }
@@ -155,8 +179,9 @@ pub struct FetchReport {
 }
 
 /// Live progress of a fetch, and its cancel switch: poll it from another task for a progress
-/// bar; call [`Progress::cancel`] to stop the fetch with a full cleanup (dropping the fetch
-/// future also cancels, but cannot wait for file handles to close).
+/// bar; call [`Progress::cancel`] to suspend the fetch — every file handle closed, what arrived
+/// kept with its journal for a rerun to resume (dropping the fetch future also stops it, but
+/// cannot wait for file handles to close).
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Bytes of the current attempt's manifest.
@@ -173,8 +198,9 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Asks the fetch to stop: the attempt in flight cleans up and the fetch ends with
-    /// [`super::AttemptError::Cancelled`] (no Kafka fallback).
+    /// Asks the fetch to stop: the attempt in flight ends, keeps what arrived for a resume and
+    /// tells the peer `Suspend`, and the fetch ends with [`super::AttemptError::Cancelled`]
+    /// (no Kafka fallback; a rerun resumes).
     pub fn cancel(&self) {
         self.switch.cancel();
     }

@@ -1,28 +1,35 @@
 //! What can go wrong while fetching, typed by what the caller does next.
 //!
 //! The error table of docs/design.md ("Errors and what happens next"), in code: every
-//! [`AttemptError`] says through [`AttemptError::next_step`] whether to move on to the next
-//! peer (after cleanup or not) or to stop, and a [`FetchError`] says through
-//! [`FetchError::fallback`] whether a Kafka bootstrap from the beginning follows.
+//! [`AttemptError`] names through [`AttemptError::outcome`] the row of the fetch machine's
+//! decision table ([`crate::protocol::fetch`]) it falls in — the machine alone decides what
+//! happens next — and a [`FetchError`] says through [`FetchError::fallback`] whether a Kafka
+//! bootstrap from the beginning follows.
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::protocol::fetch::Outcome;
 use crate::protocol::{codes, RejectReason};
 
-/// What the fetch loop does after a failed attempt.
+/// What the fetch did after a failed attempt, as its report shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum NextStep {
-    /// Nothing was written: try the next peer.
+    /// Nothing was written: try the next peer (or, with none left, give the node the fallback).
     NextPeer,
-    /// Partial files were written: delete the temp dir (done by the attempt), try the next peer.
+    /// Files this attempt wrote were deleted (not to be trusted, or resume off); next peer.
     CleanupThenNextPeer,
-    /// No other peer can help (cancelled, local disk trouble): stop.
+    /// Local disk trouble: stop; no other peer can help.
     GiveUp,
-    /// The attempt was interrupted and its files are kept: ask the same peer for the rest
-    /// (then the next peer, which starts afresh).
+    /// The attempt was interrupted and its files are kept: ask the same peer for the rest,
+    /// after a pause.
     Resume,
+    /// The peer no longer keeps the snapshot a resume named: ask it again from byte 0.
+    Afresh,
+    /// Cancelled (SIGTERM, the node's cancel): files kept, nothing more started; a rerun
+    /// resumes.
+    Suspend,
 }
 
 /// One failed attempt at one peer.
@@ -76,9 +83,15 @@ pub enum AttemptError {
     /// No byte arrived for the reader-idle timeout.
     #[error("no progress for {0:?}")]
     Idle(std::time::Duration),
-    /// The whole partition took longer than its timeout.
-    #[error("partition timeout after {0:?}")]
-    PartitionTimeout(std::time::Duration),
+    /// The transfer moved slower than the rate floor over a whole window (a trickling peer):
+    /// what arrived is kept; another peer is asked if there is one.
+    #[error("slower than {min_rate} B/s over {window:?}")]
+    TooSlow {
+        /// The floor, bytes/s.
+        min_rate: u64,
+        /// The window it was measured over.
+        window: std::time::Duration,
+    },
     /// Local filesystem trouble (disk full, permissions): another peer would not help.
     #[error("local io: {0}")]
     LocalIo(String),
@@ -88,32 +101,35 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
-    /// What the fetch loop does next.
-    pub fn next_step(&self) -> NextStep {
+    /// The row of the fetch machine's decision table this failure falls in
+    /// ([`crate::protocol::fetch`]): whether what arrived is kept, and what happens next.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Self::Connect(_) | Self::ConnectTimeout | Self::Rejected { .. } => NextStep::NextPeer,
-            Self::ChecksumMismatch { .. }
-            | Self::SizeMismatch { .. }
-            | Self::Protocol(_)
-            | Self::StreamReset(_)
-            | Self::PeerGone(_)
-            | Self::PeerShuttingDown
-            | Self::Idle(_)
-            | Self::PartitionTimeout(_) => NextStep::CleanupThenNextPeer,
-            Self::LocalIo(_) | Self::Cancelled => NextStep::GiveUp,
+            Self::Connect(_) | Self::ConnectTimeout => Outcome::Unreachable,
+            Self::Rejected {
+                reason: RejectReason::Busy,
+                ..
+            } => Outcome::Busy,
+            Self::Rejected {
+                reason: RejectReason::SnapshotGone,
+                ..
+            } => Outcome::SnapshotGone,
+            Self::Rejected {
+                reason: RejectReason::ShuttingDown,
+                ..
+            } => Outcome::ShuttingDown,
+            Self::Rejected { .. } => Outcome::Refused,
+            Self::ChecksumMismatch { .. } | Self::SizeMismatch { .. } | Self::Protocol(_) => {
+                Outcome::Disproven
+            }
+            // A reset stream (the server gave up: its own time limit, a file it could not
+            // read) proves nothing wrong with what validated; the resume budget bounds retries.
+            Self::StreamReset(_) | Self::PeerGone(_) | Self::Idle(_) => Outcome::Interrupted,
+            Self::PeerShuttingDown => Outcome::ShuttingDown,
+            Self::TooSlow { .. } => Outcome::TooSlow,
+            Self::LocalIo(_) => Outcome::Local,
+            Self::Cancelled => Outcome::Cancelled,
         }
-    }
-
-    /// True when what arrived before this failure is still good and may be resumed: the
-    /// transfer was interrupted (a stall, a lost path or peer, a server going down), not
-    /// proven wrong or given up. A partition timeout is not (this peer is too slow for the
-    /// partition), nor a stream the server reset (it gave up on the transfer itself: a file it
-    /// could not read, a client it had timed out).
-    pub fn interrupted(&self) -> bool {
-        matches!(
-            self,
-            Self::PeerGone(_) | Self::PeerShuttingDown | Self::Idle(_)
-        )
     }
 
     /// Short stable label for reports and metrics.
@@ -129,7 +145,7 @@ impl AttemptError {
             Self::PeerGone(_) => "peer_gone",
             Self::PeerShuttingDown => "peer_shutting_down",
             Self::Idle(_) => "idle_timeout",
-            Self::PartitionTimeout(_) => "partition_timeout",
+            Self::TooSlow { .. } => "too_slow",
             Self::LocalIo(_) => "local_io",
             Self::Cancelled => "cancelled",
         }
@@ -188,7 +204,7 @@ pub enum FetchError {
     #[error("no peers to fetch from")]
     NoPeers,
     /// Every peer was tried and failed.
-    #[error("all {} peers failed: {}", attempts.len(), summary(attempts))]
+    #[error("all {} peers failed ({} attempts): {}", peers(attempts), attempts.len(), summary(attempts))]
     AllPeersFailed {
         /// Every attempt, in order.
         attempts: Vec<super::Attempt>,
@@ -206,6 +222,15 @@ pub enum FetchError {
     /// Local setup failed before any attempt (creating directories).
     #[error("local io: {0}")]
     Local(#[from] std::io::Error),
+}
+
+/// Distinct peers among `attempts` (a peer asked again for a resume counts once).
+fn peers(attempts: &[super::Attempt]) -> usize {
+    attempts
+        .iter()
+        .map(|a| a.peer.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
 fn summary(attempts: &[super::Attempt]) -> String {
@@ -279,28 +304,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn actions_follow_the_design_table() {
+    fn failures_fall_in_the_rows_of_the_design_table() {
         let rejected = |reason| AttemptError::Rejected {
             reason,
             message: String::new(),
         };
         for r in [
             RejectReason::NotFound,
-            RejectReason::Busy,
             RejectReason::FormatMismatch,
+            RejectReason::UnsupportedVersion,
         ] {
-            assert_eq!(rejected(r).next_step(), NextStep::NextPeer);
+            assert_eq!(rejected(r).outcome(), Outcome::Refused);
         }
-        assert_eq!(AttemptError::ConnectTimeout.next_step(), NextStep::NextPeer);
+        assert_eq!(rejected(RejectReason::Busy).outcome(), Outcome::Busy);
         assert_eq!(
-            AttemptError::ChecksumMismatch { file: "x".into() }.next_step(),
-            NextStep::CleanupThenNextPeer
+            rejected(RejectReason::SnapshotGone).outcome(),
+            Outcome::SnapshotGone
         );
+        assert_eq!(AttemptError::ConnectTimeout.outcome(), Outcome::Unreachable);
         assert_eq!(
-            AttemptError::PeerGone("x".into()).next_step(),
-            NextStep::CleanupThenNextPeer
+            AttemptError::ChecksumMismatch { file: "x".into() }.outcome(),
+            Outcome::Disproven
         );
-        assert_eq!(AttemptError::Cancelled.next_step(), NextStep::GiveUp);
+        for e in [
+            AttemptError::PeerGone("x".into()),
+            AttemptError::Idle(std::time::Duration::from_secs(1)),
+            AttemptError::StreamReset(1),
+        ] {
+            assert_eq!(e.outcome(), Outcome::Interrupted);
+        }
+        assert_eq!(
+            AttemptError::PeerShuttingDown.outcome(),
+            Outcome::ShuttingDown
+        );
+        assert_eq!(AttemptError::LocalIo("x".into()).outcome(), Outcome::Local);
+        assert_eq!(AttemptError::Cancelled.outcome(), Outcome::Cancelled);
         assert_eq!(FetchError::NoPeers.fallback(), Fallback::KafkaFromStart);
         assert_eq!(
             FetchError::GaveUp {

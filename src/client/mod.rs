@@ -2,10 +2,12 @@
 //!
 //! A [`Fetcher`] owns one QUIC endpoint and keeps one connection per peer (`pool`), reused
 //! by every partition fetched from it. Before a fetch it checks every candidate at once
-//! ([`connectivity`]); then it tries them in order (`attempts`), each attempt driven by
-//! `transfer`: the protocol's client state machine fed from QUIC streams, files received
-//! into a temp dir (`receive`) and committed atomically ([`commit`]). Every failure says
-//! through [`AttemptError::next_step`] what the loop does next.
+//! ([`connectivity`]); then the fetch machine ([`crate::protocol::fetch`]) decides which
+//! peer to ask, whether to resume and how long to pause (`attempts` carries its steps out),
+//! each attempt driven by `transfer`: the protocol's client state machine fed from QUIC
+//! streams, files received into a temp dir ([`workdir`]: owned by a lock, swept when nothing
+//! can use it) and committed atomically ([`commit`]). Every failure names through
+//! [`AttemptError::outcome`] the row of the machine's decision table it falls in.
 
 pub(crate) mod attempts;
 pub mod commit;
@@ -16,10 +18,11 @@ mod pool;
 pub(crate) mod receive;
 pub mod resume;
 mod transfer;
+pub mod workdir;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,7 @@ use crate::lock::unpoisoned as lock;
 use crate::partition::PartitionId;
 use crate::peers::{self, Peer};
 use crate::protocol::codes;
+use crate::protocol::fetch::PeerId;
 use crate::protocol::transfer::{check_manifest as check_manifest_rules, ClientLimits};
 use crate::protocol::FileEntry;
 use crate::tls;
@@ -38,9 +42,6 @@ pub(crate) use config::CancelSwitch;
 pub use config::{Attempt, FetchConfig, FetchPolicy, FetchReport, FetchStats, Progress};
 pub use error::{AttemptError, Fallback, FetchError, NextStep, SetupError};
 pub use transfer::MAX_CONTROL_FRAME;
-
-/// Makes temp dir names unique across every fetcher of the process.
-static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Fetches partitions from peers. Cheap to share behind an `Arc`; one per process is typical.
 pub struct Fetcher {
@@ -190,58 +191,53 @@ impl Fetcher {
         root: &Path,
         progress: &Progress,
     ) -> Result<FetchReport, FetchError> {
+        // Whatever builds the partition next, temp dirs nothing can use go first (also those
+        // of this partition when it turns out to be present already).
+        workdir::sweep(root, self.cfg.resume_window);
         let target = attempts::check_target(id, root, peers)?;
+        let cancelled = || FetchError::GaveUp {
+            peer: String::new(),
+            error: AttemptError::Cancelled,
+            attempts: Vec::new(),
+        };
         // Wait for a turn (a cancel while queued ends the fetch with nothing done).
         let _turn = tokio::select! {
             // A cancel already made wins over a free slot.
             biased;
-            _ = progress.cancelled() => {
-                return Err(FetchError::GaveUp {
-                    peer: String::new(),
-                    error: AttemptError::Cancelled,
-                    attempts: Vec::new(),
-                })
-            }
+            _ = progress.cancelled() => return Err(cancelled()),
             p = self.partitions.clone().acquire_owned() => p.ok(),
         };
-        // A transfer of this partition kept by an earlier run is claimed before the sweep
-        // deletes what dead fetches left.
-        let kept = Mutex::new(self.adopt(id, root)?);
         let parent = attempts::prepare_parent(id, root)?;
-        let mut order = if self.cfg.shuffle {
+        // A transfer of this partition kept by an earlier run, claimed for this one.
+        let kept = Mutex::new(self.adopt(id, &parent));
+        let holder = lock(&kept)
+            .as_ref()
+            .map(|k| PeerId::new(k.journal.peer.clone()));
+        let order = if self.cfg.shuffle {
             peers::shuffled(peers.to_vec())
         } else {
             peers.to_vec()
         };
-        // The peer the kept files came from is asked first: only it can resume them.
-        if let Some(from) = lock(&kept).as_ref().map(|k| k.journal.peer.clone()) {
-            if let Some(i) = order.iter().position(|p| p.to_string() == from) {
-                let p = order.remove(i);
-                order.insert(0, p);
-            }
-        }
         // Handshake with every candidate at once; known-dead peers then fail in no time.
         let verdicts = tokio::select! {
             // Cached verdicts are ready at once; a cancel already made still wins.
             biased;
             _ = progress.cancelled() => {
-                return Err(FetchError::GaveUp {
-                    peer: String::new(),
-                    error: AttemptError::Cancelled,
-                    attempts: Vec::new(),
-                })
+                Self::park(&kept);
+                return Err(cancelled());
             }
             v = self.check_peers(&order) => v,
         };
         let (parent, target_dir, kept_ref) = (&parent, &target, &kept);
-        let mut resumes = 0u32;
         let result = attempts::try_peers(
             id,
             target.clone(),
             order.into_iter().zip(verdicts),
+            holder,
+            self.cfg.rules(),
             progress,
             &self.stats,
-            |peer| async move {
+            |peer, resume| async move {
                 let span = tracing::info_span!(
                     "fetch",
                     store = %id.store,
@@ -249,9 +245,8 @@ impl Fetcher {
                     partition = id.partition,
                     peer = %peer
                 );
-                let deadline = tokio::time::Instant::now() + self.cfg.policy.partition_timeout;
                 let result = tracing::Instrument::instrument(
-                    self.attempt(id, &peer, parent, target_dir, progress, deadline, kept_ref),
+                    self.attempt(id, &peer, resume, parent, target_dir, progress, kept_ref),
                     span,
                 )
                 .await;
@@ -262,59 +257,37 @@ impl Fetcher {
                 }
                 result
             },
-            // An interrupted attempt that kept its files asks the same peer again, a few
-            // times; a peer that cannot be reached or refuses is left for the next one, and
-            // so is one shutting down (restarted, it has new snapshots).
-            |peer, e| {
-                let kept_files = match e {
-                    AttemptError::ChecksumMismatch { .. } | AttemptError::SizeMismatch { .. } => {
-                        true
-                    }
-                    AttemptError::PeerShuttingDown => false,
-                    e => e.interrupted(),
-                };
-                let holds = lock(kept_ref)
+            || {
+                lock(kept_ref)
                     .as_ref()
-                    .is_some_and(|k| k.journal.peer == peer.to_string());
-                if !(kept_files && holds) {
-                    return false;
-                }
-                resumes += 1;
-                resumes <= self.cfg.max_resumes
+                    .map(|k| PeerId::new(k.journal.peer.clone()))
             },
         )
         .await;
-        // Kept files of a fetch that failed stay for the next fetch of the partition.
-        if let Some(k) = kept
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            resume::park(k, id.partition, &temp_tag());
-        }
+        // Kept files of a fetch that did not commit stay for the next fetch of the partition.
+        Self::park(&kept);
         result
     }
 
-    /// Claims what an earlier fetch of `id` kept for a resume, if resume is on.
-    fn adopt(&self, id: &PartitionId, root: &Path) -> Result<Option<resume::Kept>, FetchError> {
-        if !self.cfg.resume {
-            return Ok(None);
+    /// Leaves what `kept` holds on disk, unowned, for a later fetch to adopt.
+    fn park(kept: &Mutex<Option<resume::Kept>>) {
+        if let Some(k) = lock(kept).take() {
+            k.dir.park();
         }
-        let parent = root.join(id.store_version_dir());
-        std::fs::create_dir_all(&parent)?;
-        let claim = parent.join(format!(
-            "{}{}-{}",
-            commit::TEMP_PREFIX,
-            id.partition,
-            temp_tag()
-        ));
-        Ok(resume::adopt(
-            &parent,
+    }
+
+    /// Claims what an earlier fetch of `id` kept in `parent` for a resume, if resume is on.
+    fn adopt(&self, id: &PartitionId, parent: &Path) -> Option<resume::Kept> {
+        if !self.cfg.resume {
+            return None;
+        }
+        resume::adopt(
+            parent,
             id,
             self.cfg.policy.checksum,
             self.cfg.policy.table_format,
             self.cfg.resume_window,
-            claim,
-        ))
+        )
     }
 }
 
@@ -329,15 +302,6 @@ impl Fetcher {
         lingering.retain(|t| !t.is_finished());
         lingering.push(task);
     }
-}
-
-/// A temp dir tag unique across every fetch of the process, and across processes.
-pub(crate) fn temp_tag() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A manifest a client will act on ([`check_manifest_rules`]), as an attempt's error.

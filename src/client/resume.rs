@@ -9,13 +9,13 @@
 //! prefix back, so whatever is on disk — also after a crash — is checked against the
 //! manifest's full-file digest before commit, like every other byte.
 //!
-//! A kept temp dir outlives its fetch only as a *parked* dir (owner pid 0, which no process
-//! has): the next fetch of the partition, in this process or another, adopts the newest
-//! parked or dead-owner dir whose journal is younger than the resume window; the existing
-//! sweep deletes every other one.
+//! A kept temp dir outlives its fetch only as a *parked* dir, one no process holds the lock of
+//! ([`super::workdir`]): the next fetch of the partition, in this process or another, adopts
+//! the newest one whose journal is younger than the resume window; the sweep deletes the
+//! others once nothing can use them.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,7 @@ use crate::partition::{PartitionId, TableFormat};
 use crate::protocol::transfer::ResumeFrom;
 use crate::protocol::{FileEntry, FileStart, SnapshotId};
 
-use super::commit::{sync_dir, TempDir, TEMP_PREFIX};
+use super::commit::{sync_dir, TempDir};
 
 /// The journal's name inside a temp dir. Manifests cannot name it (hidden names are refused),
 /// and it is deleted before the temp dir becomes the partition.
@@ -81,7 +81,8 @@ pub(crate) struct Plan {
     pub(crate) partial: BTreeSet<u32>,
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch, as journals record time.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -154,17 +155,6 @@ impl Journal {
 }
 
 impl Kept {
-    /// What `peer` may resume: this, if its files came from `peer`; otherwise nothing, and the
-    /// files are deleted (replicas compact independently, so another peer's files differ).
-    /// `Err` carries the bytes thrown away.
-    pub(crate) fn for_peer(self, peer: &str) -> Result<Self, u64> {
-        if self.journal.peer == peer {
-            Ok(self)
-        } else {
-            Err(self.bytes_on_disk())
-        }
-    }
-
     /// Bytes of the manifest's files on disk (what discarding this dir throws away).
     pub(crate) fn bytes_on_disk(&self) -> u64 {
         self.journal
@@ -212,70 +202,17 @@ fn on_disk(dir: &Path, f: &FileEntry) -> u64 {
         .unwrap_or(0)
 }
 
-/// The owner pid of a temp dir of `partition`, from its name (`None`: not one).
-fn owner(name: &str, partition: u32) -> Option<Option<u32>> {
-    let rest = name.strip_prefix(&format!("{TEMP_PREFIX}{partition}-"))?;
-    Some(rest.split('-').next().and_then(|p| p.parse::<u32>().ok()))
-}
-
-fn alive(pid: Option<u32>) -> bool {
-    pid.is_some_and(|p| p != 0 && Path::new(&format!("/proc/{p}")).exists())
-}
-
-/// Claims the newest temp dir of `id` in `parent` that no live process owns and whose journal
-/// this fetch may resume ([`Journal::fits`]), renaming it to `claim` (atomic: of two processes
-/// only one gets it). Returns it, if any; the others stay for the sweep.
+/// Claims what an earlier fetch of `id` kept under `parent` for a resume: the newest unowned
+/// temp dir whose journal this fetch may resume ([`Journal::fits`]).
 pub(crate) fn adopt(
     parent: &Path,
     id: &PartitionId,
     checksum: ChecksumAlgo,
     format: TableFormat,
     window: Duration,
-    claim: PathBuf,
 ) -> Option<Kept> {
-    let mut best: Option<(u64, PathBuf, Journal)> = None;
-    for e in std::fs::read_dir(parent).ok()?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        match owner(&name, id.partition) {
-            Some(pid) if !alive(pid) => {}
-            _ => continue,
-        }
-        let Some(journal) = Journal::load(&e.path()) else {
-            continue;
-        };
-        if !journal.fits(id, checksum, format, window) {
-            continue;
-        }
-        if best
-            .as_ref()
-            .map_or(true, |(t, ..)| journal.written_at > *t)
-        {
-            best = Some((journal.written_at, e.path(), journal));
-        }
-    }
-    let (_, path, journal) = best?;
-    std::fs::rename(&path, &claim).ok()?;
-    Some(Kept {
-        dir: TempDir::adopt(claim),
-        journal,
-    })
-}
-
-/// Leaves `kept` on disk for a later fetch: renamed to a parked name (owner pid 0) so no
-/// live fetch of this process holds it, with its journal as last saved.
-pub(crate) fn park(kept: Kept, partition: u32, tag: &str) {
-    let parked = kept
-        .dir
-        .path()
-        .with_file_name(format!("{TEMP_PREFIX}{partition}-0-{tag}"));
-    match std::fs::rename(kept.dir.path(), &parked) {
-        Ok(()) => {
-            kept.dir.disarm();
-            tracing::info!(dir = %parked.display(), "kept the received files for a resume");
-        }
-        // Dropped: deleted. Nothing half-kept stays behind.
-        Err(e) => tracing::warn!(error = %e, "could not park the received files; deleted"),
-    }
+    super::workdir::adopt(parent, id, |j| j.fits(id, checksum, format, window))
+        .map(|(dir, journal)| Kept { dir, journal })
 }
 
 #[cfg(test)]
@@ -309,7 +246,7 @@ mod tests {
     #[test]
     fn the_plan_asks_for_what_is_not_validated_from_the_bytes_on_disk() {
         let root = tempfile::tempdir().unwrap();
-        let dir = TempDir::create(root.path(), 3, "1-1").unwrap();
+        let dir = TempDir::create(root.path(), 3).unwrap();
         let mut j = journal();
         std::fs::write(dir.path().join("CURRENT"), b"abcd").unwrap();
         std::fs::write(dir.path().join("1.sst"), b"12345").unwrap();
@@ -337,22 +274,6 @@ mod tests {
     }
 
     #[test]
-    fn only_the_peer_the_files_came_from_resumes_them() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = TempDir::create(root.path(), 3, "1-2").unwrap();
-        std::fs::write(dir.path().join("1.sst"), b"12345").unwrap();
-        let path = dir.path().to_owned();
-        let kept = Kept {
-            dir,
-            journal: journal(),
-        };
-        let kept = kept.for_peer("127.0.0.1:1").expect("the same peer");
-        // Another peer: thrown away, files and all.
-        assert_eq!(kept.for_peer("127.0.0.1:2").unwrap_err(), 5);
-        assert!(!path.exists());
-    }
-
-    #[test]
     fn a_journal_is_written_whole_and_a_bad_one_is_never_trusted() {
         let root = tempfile::tempdir().unwrap();
         let mut j = journal();
@@ -376,49 +297,5 @@ mod tests {
         let mut bad = j.clone();
         bad.validated.insert(7);
         assert!(!bad.fits(&id(), ChecksumAlgo::Md5, TableFormat::Block, window));
-    }
-
-    #[test]
-    fn only_an_unowned_dir_with_a_fitting_journal_is_adopted() {
-        let root = tempfile::tempdir().unwrap();
-        let window = Duration::from_secs(600);
-        let make = |name: String, journal: Option<Journal>| {
-            let dir = root.path().join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            if let Some(mut j) = journal {
-                j.save(&dir).unwrap();
-            }
-            dir
-        };
-        let live = make(
-            format!("{TEMP_PREFIX}3-{}-1", std::process::id()),
-            Some(journal()),
-        );
-        let no_journal = make(format!("{TEMP_PREFIX}3-4000000000-1"), None);
-        let parked = make(format!("{TEMP_PREFIX}3-0-2"), Some(journal()));
-        let claim = root
-            .path()
-            .join(format!("{TEMP_PREFIX}3-{}-9", std::process::id()));
-        let kept = adopt(
-            root.path(),
-            &id(),
-            ChecksumAlgo::Md5,
-            TableFormat::Block,
-            window,
-            claim.clone(),
-        )
-        .expect("the parked dir");
-        assert_eq!(kept.dir.path(), claim);
-        assert!(!parked.exists() && live.exists() && no_journal.exists());
-        // Nothing else fits now.
-        assert!(adopt(
-            root.path(),
-            &id(),
-            ChecksumAlgo::Md5,
-            TableFormat::Block,
-            window,
-            root.path().join("x"),
-        )
-        .is_none());
     }
 }

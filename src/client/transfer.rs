@@ -4,9 +4,9 @@
 //! control stream, feeds it frames, file streams, file outcomes and time, and carries out what
 //! it asks: write a frame, receive a file into the temp dir (digest while writing), commit.
 //! A failure ends every file task first, so no handle is open and no byte lands after the
-//! cleanup. Then an interrupted attempt (a stall, a lost path or peer) keeps its temp dir and
-//! journal for a resume and tells the server `Suspend`; any other failure deletes the temp
-//! dir and tells the server `Abort`.
+//! cleanup. Then an attempt whose files the fetch machine keeps ([`keeps`]: interrupted,
+//! too slow, cancelled, local trouble) keeps its temp dir and journal for a resume and tells
+//! the server `Suspend`; any other failure deletes the temp dir and tells the server `Abort`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,10 +19,11 @@ use crate::budget::BudgetLease;
 use crate::lock::unpoisoned as lock;
 use crate::partition::{PartitionId, PartitionMeta};
 use crate::peers::Peer;
+use crate::protocol::fetch::keeps;
 use crate::protocol::transfer::{
     ClientAction, ClientFailure, ClientLimits, ClientTransfer, ResumeFrom,
 };
-use crate::protocol::{ControlFrame, RejectReason, Request, PROTOCOL_VERSION};
+use crate::protocol::{ControlFrame, Request, PROTOCOL_VERSION};
 use crate::wire::{sleep_until, write_frame, FrameReader};
 
 use super::pool::{FileStreams, RouteGuard};
@@ -116,73 +117,69 @@ impl Fetcher {
         &self,
         id: &PartitionId,
         peer: &Peer,
+        resume: bool,
         parent: &Path,
         target: &Path,
         progress: &Progress,
-        deadline: tokio::time::Instant,
         kept: &Mutex<Option<Kept>>,
     ) -> Result<(usize, PartitionMeta), AttemptError> {
-        let limit = self.cfg.policy.partition_timeout;
-        // Replicas compact on their own: another peer's files are never resumed.
-        let mut held = match lock(kept).take().map(|k| k.for_peer(&peer.to_string())) {
-            Some(Ok(k)) if self.cfg.resume => Some(k),
-            Some(Ok(k)) => {
-                progress
-                    .resent
-                    .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
-                None
-            }
-            Some(Err(discarded)) => {
-                progress.resent.fetch_add(discarded, Ordering::Relaxed);
-                None
-            }
-            None => None,
-        };
-        // Until files arrive nothing new is on disk: dropping the work on a deadline or a
-        // cancel is a complete cleanup (what was kept goes back below).
-        let setup = async {
-            loop {
-                let plan = held.as_ref().map(Kept::plan);
-                match self
-                    .request(id, peer, plan.as_ref().map(|p| p.from.clone()))
-                    .await
-                {
-                    Err(AttemptError::Rejected {
-                        reason: RejectReason::SnapshotGone,
-                        ..
-                    }) if plan.is_some() => {
-                        // Expired, given up or restarted: start afresh from the same peer.
-                        tracing::info!(partition = %id, peer = %peer, "snapshot gone; fetching afresh");
-                        if let Some(k) = held.take() {
-                            progress
-                                .resent
-                                .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
-                        }
-                    }
-                    r => return r.map(|a| (a, plan)),
+        // Replicas compact on their own: another peer's files are never resumed — they go once
+        // this peer accepts (until then they are still good for their own peer) — and the
+        // fetch machine asks for a fresh start when the peer lost the snapshot.
+        let held = {
+            let mut slot = lock(kept);
+            match slot.take() {
+                Some(k) if k.journal.peer == peer.to_string() && resume && self.cfg.resume => {
+                    Some(k)
+                }
+                Some(k) if k.journal.peer == peer.to_string() => {
+                    progress
+                        .resent
+                        .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
+                    k.dir.remove();
+                    None
+                }
+                other => {
+                    *slot = other;
+                    None
                 }
             }
         };
+        let plan = held.as_ref().map(Kept::plan);
+        // Until files arrive nothing new is on disk: dropping the work on a cancel is a
+        // complete cleanup (what was kept goes back below).
         let setup = tokio::select! {
-            r = setup => r,
-            _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(limit)),
+            r = self.request(id, peer, plan.as_ref().map(|p| p.from.clone())) => r,
             _ = progress.cancelled() => Err(AttemptError::Cancelled),
         };
-        let (
-            Accepted {
-                _budget,
-                _route,
-                mut streams,
-                mut control,
-            },
-            plan,
-        ) = match setup {
-            Ok(accepted) => accepted,
+        let Accepted {
+            _budget,
+            _route,
+            mut streams,
+            mut control,
+        } = match setup {
+            Ok(accepted) => {
+                // Another peer's files are of no use from here on.
+                if let Some(k) = lock(kept).take() {
+                    progress
+                        .resent
+                        .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
+                    k.dir.remove();
+                }
+                accepted
+            }
             Err(e) => {
-                // Nothing was received this time; what was kept stays good unless the fetch
-                // was given up.
-                if e != AttemptError::Cancelled {
-                    *lock(kept) = held;
+                // Nothing was received this time: what was kept stays good, unless the peer
+                // no longer has its snapshot or the failure disproves it.
+                match held {
+                    Some(k) if keeps(e.outcome()) => *lock(kept) = Some(k),
+                    Some(k) => {
+                        progress
+                            .resent
+                            .fetch_add(k.bytes_on_disk(), Ordering::Relaxed);
+                        k.dir.remove();
+                    }
+                    None => {}
                 }
                 return Err(e);
             }
@@ -199,7 +196,7 @@ impl Fetcher {
         let (tmp, mut journal) = match held {
             Some(k) => (k.dir, k.journal),
             None => {
-                let tmp = commit::TempDir::create(parent, id.partition, &super::temp_tag())?;
+                let tmp = commit::TempDir::create(parent, id.partition)?;
                 let mut journal = Journal::new(
                     id,
                     peer.to_string(),
@@ -226,7 +223,7 @@ impl Fetcher {
         };
         let outcome = tokio::select! {
             r = rx.drive(&mut control, &mut streams) => r,
-            _ = tokio::time::sleep_until(deadline) => Err(AttemptError::PartitionTimeout(limit)),
+            e = attempts::too_slow(&self.cfg.policy, &progress.received) => Err(e),
             _ = progress.cancelled() => Err(AttemptError::Cancelled),
         };
         // Cleanup steps 1 and 2 (flush, close), before anyone deletes the directory.
@@ -270,7 +267,7 @@ impl Fetcher {
     }
 
     /// What an attempt that failed with `e` leaves for the next one: its temp dir and journal
-    /// when the transfer was only interrupted, minus a resumed file whose held prefix failed
+    /// when the fetch machine keeps them ([`keeps`]), minus a resumed file whose held prefix failed
     /// its digest (that file starts over); nothing (the dir is deleted) when resume is off or
     /// what arrived is not to be trusted.
     fn keep(
@@ -301,7 +298,7 @@ impl Fetcher {
                 tmp.remove();
                 return None;
             }
-        } else if !e.interrupted() {
+        } else if !keeps(e.outcome()) {
             tmp.remove();
             return None;
         }

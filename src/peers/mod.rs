@@ -42,6 +42,14 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Its identity for the fetch machine and the resume journal: the canonical text form,
+    /// compared by value.
+    pub fn id(&self) -> crate::protocol::fetch::PeerId {
+        crate::protocol::fetch::PeerId::new(self.to_string())
+    }
+}
+
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.server_name == self.addr.ip().to_string() {

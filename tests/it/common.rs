@@ -386,3 +386,46 @@ pub fn hand_played_peer() -> quinn::Endpoint {
     ));
     quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
 }
+
+/// `cmd` run as PID 1 of a new PID namespace with its own /proc, the way a container runs a
+/// process (`unshare --pid --fork --mount-proc`); killed if `unshare` dies.
+pub fn as_pid_1(cmd: &std::process::Command) -> std::process::Command {
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    wrapped
+}
+
+/// The PID (in this namespace) of the process `unshare` started ([`as_pid_1`]); asserts it is
+/// PID 1 in its own.
+pub async fn pid_1_of(unshare: &std::process::Child) -> i32 {
+    let path = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let mut pid = None;
+    wait_for(
+        "the namespace's first process",
+        Duration::from_secs(10),
+        || {
+            pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok());
+            pid.is_some()
+        },
+    )
+    .await;
+    let pid = pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .unwrap_or_default();
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
+    pid
+}

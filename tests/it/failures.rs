@@ -227,7 +227,7 @@ async fn a_cancelled_fetch_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_by_the_node_cleans_up_fully_and_asks_for_no_fallback() {
+async fn a_cancel_by_the_node_suspends_keeping_what_arrived_and_asks_for_no_fallback() {
     let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let good_src = tempfile::tempdir().unwrap();
@@ -252,8 +252,17 @@ async fn a_cancel_by_the_node_cleans_up_fully_and_asks_for_no_fallback() {
         other => panic!("unexpected {other}"),
     }
     assert_eq!(err.fallback(), Fallback::None);
-    // A cancel through the handle waits for every file handle: nothing is left, at once.
-    assert!(temp_dirs(dst.path()).is_empty());
+    assert_eq!(
+        err.attempts()[0].next_step,
+        Some(quicstrap::client::NextStep::Suspend)
+    );
+    // A cancel through the handle waits for every file handle, then keeps what arrived (with
+    // its journal) for a rerun to resume; nothing is open under it, no partition appears.
+    let kept = temp_dirs(dst.path());
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0]
+        .join(quicstrap::client::resume::JOURNAL_FILE)
+        .is_file());
     assert!(open_fds_under(dst.path()).is_empty());
     assert!(!id.dir(dst.path()).exists());
     slow.shutdown().await;
@@ -429,6 +438,16 @@ async fn a_failed_attempt_does_not_wait_for_other_partitions_files() {
 
     busy_progress.cancel();
     let _ = busy_task.await;
-    assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");
+    // Only the suspended transfer's files are left, kept for a resume with their journal.
+    let left = temp_dirs(dst.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with(&format!(".quicstrap-tmp-{}-", busy_id.partition)));
+    assert!(left[0]
+        .join(quicstrap::client::resume::JOURNAL_FILE)
+        .is_file());
     assert!(open_fds_under(dst.path()).is_empty(), "file handles left");
 }

@@ -229,6 +229,47 @@ async fn when_every_peer_fails_kafka_alone_builds_the_partition() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_killed_fetch_kept_goes_once_kafka_builds_the_partition() {
+    let _turn = turn(Needs::Broker).await;
+    let (id, _, _, model) = topic_with("killed", 1, 5_000).await;
+    // A peer that held the partition, slow enough to kill its fetch mid-transfer.
+    let src = tempfile::tempdir().unwrap();
+    crate::common::seed(src.path(), &id, 20_000, 1000, 2_000);
+    let slow = server(src.path(), |c| {
+        c.policy.write_limiter = quicstrap::pacing::RateLimiter::new(5_000_000);
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let mut cmd = testkit::fetch_command_in(None, root.path(), &id.store, id.version, 0);
+    cmd.args([
+        "--peer",
+        &format!("localhost@{}", slow.local_addr().unwrap()),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    wait_for("bytes to arrive", Duration::from_secs(60), || {
+        received(root.path()) > 4_000_000
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(temp_dirs(root.path()).len(), 1);
+    slow.shutdown().await;
+    // That peer is gone for good: Kafka builds the partition, and the kept files go with it.
+    let dead = quicstrap::Peer::new("127.0.0.1:9".parse().unwrap());
+    let f = fetcher(|c| c.policy.connect_timeout = Duration::from_millis(500));
+    let r = boot(&f, &[dead], root.path(), &id, 1_000).await;
+    assert_eq!(r.path, BootstrapPath::KafkaAllPeersFailed);
+    assert_eq!(content(&id.dir(root.path())), model);
+    assert!(
+        temp_dirs(root.path()).is_empty(),
+        "{:?}",
+        temp_dirs(root.path())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_lag_skips_the_peer_transfer() {
     let _turn = turn(Needs::Broker).await;
     let (id, _, _, model) = topic_with("lag", 1, 5_000).await;

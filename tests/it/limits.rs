@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use quicstrap::client::NextStep;
 use quicstrap::pacing::RateLimiter;
 use quicstrap::Peer;
 
@@ -18,40 +19,40 @@ fn min_seconds(bytes: u64, rate: u64) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_gives_up_a_transfer_past_its_partition_timeout() {
+async fn a_server_giving_up_past_its_partition_timeout_is_resumed_to_the_end() {
     let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let id = id(60);
     seed(src.path(), &id, 30_000, 1000, 10_000);
     let quic = server(src.path(), |c| c.partition_timeout = Duration::from_secs(2)).await;
-    // Reads at 2 MB/s: 30 MB would take 15 s. Small windows keep most of it on the
-    // server: with everything already delivered, a server giving up changes nothing for
-    // the client (a reset after the last byte is ignored), only for its own resources.
+    // Reads at 2 MB/s: 30 MB would take 15 s, and the server gives each transfer 2 s. Small
+    // windows keep most of it on the server, so each cut lands mid-transfer.
     let f = slow_fetcher(2_000_000, |c| {
         c.policy.idle_timeout = Duration::from_secs(30);
         c.tuning.idle_timeout = Duration::from_secs(30);
         c.tuning.stream_window = 1 << 20;
         c.tuning.connection_window = 2 << 20;
     });
-    let start = Instant::now();
-    let err = f
+    let r = f
         .fetch(&id, &[peer(&quic)], dst.path())
         .await
-        .expect_err("the server ends the transfer");
-    assert!(
-        start.elapsed() < Duration::from_secs(14),
-        "{:?}",
-        start.elapsed()
-    );
-    let attempts = err.attempts();
-    assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].outcome, "stream_reset", "{attempts:?}");
-    assert_eq!(quic.stats().failed.load(Ordering::Relaxed), 1);
+        .expect("resumed after every cut until done");
+    // The server's limit cut the transfer (a reset stream), the client kept what had arrived
+    // and asked the same peer for the rest, again and again: a slow transfer that still moves
+    // is never thrown away.
+    let a = &r.attempts;
+    assert!(a.len() >= 2, "{a:?}");
+    assert_eq!(a[0].outcome, "stream_reset", "{a:?}");
+    assert_eq!(a[0].next_step, Some(NextStep::Resume), "{a:?}");
+    assert!(a.iter().all(|x| x.resent_bytes == 0), "{a:?}");
+    assert!(a.last().unwrap().resumed_bytes > 0, "{a:?}");
+    assert!(quic.stats().failed.load(Ordering::Relaxed) >= 1);
     wait_for("the slot to be released", Duration::from_secs(5), || {
         quic.snapshots().users() == 0
     })
     .await;
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
     assert!(temp_dirs(dst.path()).is_empty());
     quic.shutdown().await;
 }

@@ -16,6 +16,7 @@ mod failures;
 mod hostile;
 mod kafka;
 mod kafka_broker;
+mod lifecycle;
 mod limits;
 mod metrics;
 mod migration;

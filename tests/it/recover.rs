@@ -378,6 +378,97 @@ async fn a_rerun_after_sigkill_keeps_the_valid_partitions_and_resumes_the_rest()
     store.assert_complete(b.path(), 0..4);
 }
 
+/// `recover` run as PID 1 of its own PID namespace (a container), stopped mid-transfer with
+/// `signal`, then rerun the same way: the rerun resumes at least 90 % of what had arrived.
+async fn recover_as_pid_1_stopped_then_rerun(tag: &str, signal: i32) {
+    let _turn = turn(Needs::Broker).await;
+    let mut store = Store::new(tag, 3).await;
+    for p in 0..3 {
+        store.produce(p, 8_000, 1_000).await;
+    }
+    let a = tempfile::tempdir().unwrap();
+    let serving = source_node(&store, a.path(), "0-2", 3);
+    let conf = tempfile::tempdir().unwrap();
+    let port = serving.addr.port();
+    let records: Vec<_> = (0..3).map(|p| (p, port, 0)).collect();
+    let (_dns, server) = dns(conf.path(), &store, &records);
+    let discover = format!("srv:{DOMAIN}");
+    let flags = [
+        "--discover",
+        &discover,
+        "--dns-server",
+        &server,
+        "--lag-threshold",
+        "100",
+    ];
+    let b = tempfile::tempdir().unwrap();
+    let mut cmd = store.recover(b.path(), "0-2", &flags);
+    cmd.args(["--read-limit", "2000000"]);
+    let child = as_pid_1(&cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = pid_1_of(&child).await;
+    wait_for("bytes arrive", Duration::from_secs(60), || {
+        received(b.path()) > 6_000_000
+    })
+    .await;
+    // SAFETY: signalling a process this test started, not yet reaped (unshare waits for it).
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let (code, lines, stderr) = finish(child);
+    if signal == libc::SIGTERM {
+        // Suspended: its own exit code and a line that says a rerun resumes.
+        assert_eq!(code, 75, "{lines:?} {stderr}");
+        assert!(stderr.contains("rerun"), "{stderr}");
+        for v in lines.values().filter(|v| v["ok"] == false) {
+            assert_eq!(v["error_kind"], "cancelled", "{v}");
+        }
+    } else {
+        assert_ne!(code, 0);
+    }
+    let kept = received(b.path());
+    assert!(kept > 6_000_000, "kept {kept}");
+    let left = temp_dirs(b.path());
+    assert!(!left.is_empty());
+    for d in &left {
+        assert!(
+            d.join(quicstrap::client::resume::JOURNAL_FILE).is_file(),
+            "{d:?}"
+        );
+    }
+    let start = std::time::Instant::now();
+    let rerun = as_pid_1(&store.recover(b.path(), "0-2", &flags))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, lines, stderr) = finish(rerun);
+    assert_eq!(code, 0, "{lines:?} {stderr}");
+    let resumed: u64 = lines
+        .values()
+        .flat_map(|v| attempts(v).into_iter().map(|t| t.2))
+        .sum();
+    assert!(
+        resumed * 10 >= kept * 9,
+        "resumed {resumed} of the {kept} bytes kept: {lines:?}"
+    );
+    store.assert_complete(b.path(), 0..3);
+    let scenario = format!("recover_pid1_{tag}");
+    chaos_outcome(&scenario, true, start.elapsed(), 0);
+    println!("{scenario}: kept {kept} bytes, resumed {resumed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_as_pid_1_killed_mid_transfer_resumes_on_rerun() {
+    recover_as_pid_1_stopped_then_rerun("sigkill", libc::SIGKILL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_as_pid_1_stopped_with_sigterm_suspends_and_resumes_on_rerun() {
+    recover_as_pid_1_stopped_then_rerun("sigterm", libc::SIGTERM).await;
+}
+
 /// Copies the store-version directory `from` (with its partitions) into `root`.
 fn copy_dir(from: &Path, root: &Path) {
     let status = Command::new("cp")

@@ -166,13 +166,14 @@ async fn past_the_resume_window_the_snapshot_is_gone_and_the_fetch_starts_afresh
     let rejected = stats.rejected.load(Ordering::Relaxed);
     let (code, r) = report(fetch_process(&quic, &id, dst.path()));
     assert_eq!(code, 0, "{r}");
-    let attempt = &r["attempts"][0];
+    // The resume is refused; what was kept is discarded, and the same peer is asked afresh.
+    let gone = &r["attempts"][0];
+    assert_eq!(gone["outcome"], "snapshot_gone", "{r}");
+    assert_eq!(gone["next_step"], "Afresh", "{r}");
+    assert!(gone["resent_bytes"].as_u64().unwrap() >= total / 4, "{r}");
+    let attempt = &r["attempts"][1];
     assert_eq!(attempt["outcome"], "ok", "{r}");
     assert_eq!(attempt["resumed_bytes"], 0, "{r}");
-    assert!(
-        attempt["resent_bytes"].as_u64().unwrap() >= total / 4,
-        "{r}"
-    );
     // Everything crossed the link again: nothing of the discarded files was reused.
     assert!(attempt["bytes"].as_u64().unwrap() >= total * 9 / 10, "{r}");
     assert_eq!(
@@ -205,10 +206,19 @@ async fn a_restarted_peer_no_longer_has_the_snapshot_so_the_fetch_starts_afresh(
         // The retry came before the restart: the next fetch resumes what was kept.
         Err(_) => f.fetch(&id, &peers, dst.path()).await.unwrap(),
     };
-    let last = report.attempts.last().unwrap();
+    // The restarted peer refused the resume; the same peer was asked afresh and what was kept
+    // was thrown away, counted as re-sent.
+    let a = &report.attempts;
+    let gone = a.iter().position(|x| x.outcome == "snapshot_gone");
+    let gone = gone.unwrap_or_else(|| panic!("{report:?}"));
+    assert_eq!(a[gone].next_step, Some(quicstrap::client::NextStep::Afresh));
+    assert!(
+        a.iter().map(|x| x.resent_bytes).sum::<u64>() > 0,
+        "{report:?}"
+    );
+    let last = a.last().unwrap();
     assert_eq!(last.outcome, "ok");
     assert_eq!(last.resumed_bytes, 0, "{report:?}");
-    assert!(last.resent_bytes > 0, "{report:?}");
     assert!(last.bytes >= total * 9 / 10, "{report:?}");
     assert_same(&id.dir(src.path()), &id.dir(dst.path()));
     assert!(temp_dirs(dst.path()).is_empty());

@@ -137,9 +137,21 @@ pub struct TransferArgs {
     /// Give up on a peer after this many seconds without a byte.
     #[arg(long, default_value_t = 60)]
     pub idle_timeout_secs: u64,
-    /// Give up on a peer after this many seconds for the partition.
-    #[arg(long, default_value_t = 1200)]
-    pub partition_timeout_secs: u64,
+    /// Slow-peer floor, bytes/s: an attempt that receives less over a whole
+    /// --rate-window-secs ends as too_slow, keeps what arrived, and another peer is asked if
+    /// there is one (0 = off). There is no wall-clock limit per partition.
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub min_rate: u64,
+    /// The window the slow-peer floor is measured over, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub rate_window_secs: u64,
+    /// Attempts at the peer holding kept files, in a row without a byte arriving, before
+    /// moving on to the next peer; pauses between them double from 1 s to 30 s.
+    #[arg(long, default_value_t = 10)]
+    pub max_resumes: u32,
+    /// How old kept files may be and still be resumed, seconds (the servers' window).
+    #[arg(long, default_value_t = 600)]
+    pub resume_window_secs: u64,
     /// Try peers in the order given instead of shuffling.
     #[arg(long)]
     pub no_shuffle: bool,
@@ -169,7 +181,10 @@ impl TransferArgs {
         policy.checksum = self.checksum;
         policy.connect_timeout = Duration::from_secs(self.connect_timeout_secs);
         policy.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
-        policy.partition_timeout = Duration::from_secs(self.partition_timeout_secs);
+        policy.min_rate = self.min_rate;
+        policy.rate_window = Duration::from_secs(self.rate_window_secs);
+        cfg.max_resumes = self.max_resumes;
+        cfg.resume_window = Duration::from_secs(self.resume_window_secs);
         policy.read_limiter = quicstrap::pacing::RateLimiter::new(self.read_limit);
         cfg.shuffle = !self.no_shuffle;
         cfg.resume = !self.no_resume;

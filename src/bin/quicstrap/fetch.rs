@@ -166,6 +166,10 @@ async fn fetch(a: FetchArgs) -> Result<(), Failure> {
         None => None,
     };
     let progress = Arc::new(Progress::default());
+    let _stop = AbortOnDrop(tokio::spawn({
+        let progress = progress.clone();
+        crate::stop::suspend_on_signal("fetch", move || progress.cancel())
+    }));
     let bar = Bar::on_terminal(&progress);
     if let Some(brokers) = &a.kafka {
         let result = bootstrap(
@@ -218,6 +222,10 @@ async fn fetch_http(
     cfg.congestion = a.tcp_congestion.clone();
     let fetcher = HttpFetcher::new(cfg).map_err(CliError::unusable)?;
     let progress = Arc::new(Progress::default());
+    let _stop = AbortOnDrop(tokio::spawn({
+        let progress = progress.clone();
+        crate::stop::suspend_on_signal("fetch", move || progress.cancel())
+    }));
     let bar = Bar::on_terminal(&progress);
     let result = fetcher
         .fetch(id, peers, &a.transfer.data_dir, &progress)
@@ -229,7 +237,7 @@ async fn fetch_http(
 /// Prints the outcome of a fetch (human or JSON).
 fn report_fetch(a: &FetchArgs, result: Result<FetchReport, FetchError>) -> Result<(), Failure> {
     let report = result.map_err(|e| Failure::Reported {
-        error: CliError::failed(&e),
+        error: fetch_failed(&e),
         kind: e.label(),
         details: Some(serde_json::json!({
             "fallback": format!("{:?}", e.fallback()),
@@ -249,6 +257,25 @@ fn report_fetch(a: &FetchArgs, result: Result<FetchReport, FetchError>) -> Resul
         )
     })?;
     Ok(())
+}
+
+/// The one line a failed fetch says: a suspended one says what a rerun does.
+fn fetch_failed(e: &FetchError) -> CliError {
+    match e {
+        FetchError::GaveUp {
+            error: quicstrap::client::AttemptError::Cancelled,
+            attempts,
+            ..
+        } => {
+            let kept: u64 = attempts
+                .last()
+                .map_or(0, |a| a.bytes.saturating_add(a.resumed_bytes));
+            CliError::Suspended(format!(
+                "suspended: {kept} bytes kept for a rerun, which resumes them"
+            ))
+        }
+        e => CliError::failed(e),
+    }
 }
 
 /// `fetch --kafka`: the whole bootstrap, then optionally follow until interrupted.
@@ -308,7 +335,7 @@ async fn bootstrap(
         );
         tokio::select! {
             r = follow => { r.map_err(CliError::failed)?; }
-            _ = tokio::signal::ctrl_c() => {}
+            _ = crate::stop::signalled() => {}
         }
     }
     Ok(())
@@ -323,8 +350,12 @@ fn bootstrap_failed(e: BootstrapError) -> Failure {
             BootstrapError::Fetch(f) => Some(serde_json::json!({ "attempts": f.attempts() })),
             _ => None,
         });
+    let error = match &e {
+        BootstrapError::Fetch(f) => fetch_failed(f),
+        e => CliError::failed(e),
+    };
     Failure::Reported {
-        error: CliError::failed(&e),
+        error,
         kind: e.label(),
         details,
     }

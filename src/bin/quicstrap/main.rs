@@ -9,6 +9,7 @@ mod recover;
 mod report;
 mod seed;
 mod serve;
+mod stop;
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -51,6 +52,8 @@ pub enum CliError {
     /// The work was tried and did not succeed (every peer failed, catch-up stopped, the
     /// demo's result differs): exit 1.
     Failed(String),
+    /// Stopped by a signal with the work kept: a rerun resumes it (exit [`stop::SUSPENDED`]).
+    Suspended(String),
 }
 
 impl CliError {
@@ -67,7 +70,7 @@ impl CliError {
     /// The line said on stderr (after `quicstrap: `).
     pub fn message(&self) -> &str {
         match self {
-            Self::Unusable(m) | Self::Failed(m) => m,
+            Self::Unusable(m) | Self::Failed(m) | Self::Suspended(m) => m,
         }
     }
 
@@ -75,6 +78,7 @@ impl CliError {
         ExitCode::from(match self {
             Self::Unusable(_) => 2,
             Self::Failed(_) => 1,
+            Self::Suspended(_) => stop::SUSPENDED,
         })
     }
 }

@@ -117,7 +117,12 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
     };
     let progress = Arc::new(RecoverProgress::default());
     let view = view(progress.clone());
-    let stop = tokio::spawn(cancel_on_signal(progress.clone()));
+    // Ctrl-C or SIGTERM suspends: transfers keep what arrived, Kafka work stops within the
+    // grace, and a rerun picks up the partitions not valid yet.
+    let stop = tokio::spawn({
+        let progress = progress.clone();
+        crate::stop::suspend_on_signal("recovery", move || progress.cancel())
+    });
     let json = a.json;
     let mut stdout_gone = false;
     let sources = Sources {
@@ -168,6 +173,12 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
     let mut failed = report.failed();
     match failed.next() {
         None => Ok(()),
+        Some(_) if progress.is_cancelled() => Err(CliError::Suspended(format!(
+            "suspended: {} of {} partitions not recovered yet; what arrived is kept and a rerun \
+             resumes them",
+            counts.total - counts.valid,
+            counts.total
+        ))),
         Some(first) => Err(CliError::Failed(format!(
             "{} of {} partitions not recovered (a rerun resumes them); first: {}: {}",
             counts.total - counts.valid,
@@ -180,24 +191,6 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
                 .map_or_else(String::new, ToString::to_string)
         ))),
     }
-}
-
-/// Cancels the recovery on Ctrl-C or SIGTERM: transfers in flight delete what they received,
-/// Kafka work stops within the grace, and a rerun picks up the partitions not valid yet. A
-/// second signal exits at once.
-async fn cancel_on_signal(progress: Arc<RecoverProgress>) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let mut signal = async || {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            Some(_) = async { term.as_mut()?.recv().await } => {}
-        }
-    };
-    signal().await;
-    eprintln!("quicstrap: cancelling the recovery (again to exit at once)");
-    progress.cancel();
-    signal().await;
-    std::process::exit(130);
 }
 
 /// One partition's report line: where it is, how it was built, or why it is not.
