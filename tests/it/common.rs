@@ -429,3 +429,22 @@ pub async fn pid_1_of(unshare: &std::process::Child) -> i32 {
     assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
     pid
 }
+
+/// A source partition `id(partition)` of `records` records of 1 000 bytes, 4 000 to an SST:
+/// its root, its id and its bytes on disk.
+pub fn seeded(partition: u32, records: u64) -> (tempfile::TempDir, PartitionId, u64) {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(partition);
+    seed(src.path(), &id, records, 1000, 4_000);
+    let total = testkit::dir_bytes(&id.dir(src.path()));
+    (src, id, total)
+}
+
+/// A server of `src` writing at `rate` bytes/s, so a test can act mid-transfer.
+pub async fn server_at(src: &Path, rate: u64, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+    server(src, |c| {
+        c.policy.write_limiter = quicstrap::pacing::RateLimiter::new(rate);
+        tweak(c);
+    })
+    .await
+}

@@ -14,23 +14,12 @@ use quicstrap::client::resume::JOURNAL_FILE;
 const RECORDS: u64 = 40_000;
 
 fn source(partition: u32) -> (tempfile::TempDir, quicstrap::PartitionId, u64) {
-    let src = tempfile::tempdir().unwrap();
-    let id = id(partition);
-    seed(src.path(), &id, RECORDS, 1000, 4_000);
-    let total = std::fs::read_dir(id.dir(src.path()))
-        .unwrap()
-        .flatten()
-        .map(|e| e.metadata().unwrap().len())
-        .sum();
-    (src, id, total)
+    seeded(partition, RECORDS)
 }
 
 /// A server writing at 5 MB/s, so a test can act mid-transfer.
 async fn slow_server(src: &Path) -> quicstrap::Server {
-    server(src, |c| {
-        c.policy.write_limiter = quicstrap::pacing::RateLimiter::new(5_000_000);
-    })
-    .await
+    server_at(src, 5_000_000, |_| {}).await
 }
 
 /// `quicstrap fetch --json` of `id` from `server` into `dst`, as PID 1 of a new PID namespace

@@ -154,6 +154,50 @@ fn source_node(store: &Store, root: &Path, partitions: &str, count: usize) -> Se
     ServeProcess::start(root, &[])
 }
 
+/// A serving node holding every partition of a store, published in DNS: what a recovering
+/// node discovers. Dropping it stops both.
+struct ServingNode {
+    _root: tempfile::TempDir,
+    _serving: ServeProcess,
+    _conf: tempfile::TempDir,
+    _dns: Dnsmasq,
+    discover: String,
+    dns_server: String,
+}
+
+impl ServingNode {
+    /// `recover` flags that find this node (and skip no transfer for lag).
+    fn flags(&self) -> [&str; 6] {
+        [
+            "--discover",
+            &self.discover,
+            "--dns-server",
+            &self.dns_server,
+            "--lag-threshold",
+            "100",
+        ]
+    }
+}
+
+/// Partitions `0..count` of `store` built from Kafka on one node, served, and published.
+fn one_node_serves_all(store: &Store, count: u32) -> ServingNode {
+    let root = tempfile::tempdir().unwrap();
+    let range = format!("0-{}", count - 1);
+    let serving = source_node(store, root.path(), &range, count as usize);
+    let conf = tempfile::tempdir().unwrap();
+    let port = serving.addr.port();
+    let records: Vec<_> = (0..count).map(|p| (p, port, 0)).collect();
+    let (dns, dns_server) = dns(conf.path(), store, &records);
+    ServingNode {
+        _root: root,
+        _serving: serving,
+        _conf: conf,
+        _dns: dns,
+        discover: format!("srv:{DOMAIN}"),
+        dns_server,
+    }
+}
+
 /// The attempts of a partition's report: (peer port, outcome, resumed bytes).
 fn attempts(v: &Value) -> Vec<(u16, String, u64)> {
     v["report"]["attempts"]
@@ -315,21 +359,8 @@ async fn a_rerun_after_sigkill_keeps_the_valid_partitions_and_resumes_the_rest()
     for p in 1..4 {
         store.produce(p, 6_000, 1_000).await;
     }
-    let a = tempfile::tempdir().unwrap();
-    let serving = source_node(&store, a.path(), "0-3", 4);
-    let conf = tempfile::tempdir().unwrap();
-    let port = serving.addr.port();
-    let records: Vec<_> = (0..4).map(|p| (p, port, 0)).collect();
-    let (_dns, server) = dns(conf.path(), &store, &records);
-    let discover = format!("srv:{DOMAIN}");
-    let flags = [
-        "--discover",
-        &discover,
-        "--dns-server",
-        &server,
-        "--lag-threshold",
-        "100",
-    ];
+    let node = one_node_serves_all(&store, 4);
+    let flags = node.flags();
 
     let b = tempfile::tempdir().unwrap();
     let mut child = store
@@ -386,21 +417,8 @@ async fn recover_as_pid_1_stopped_then_rerun(tag: &str, signal: i32) {
     for p in 0..3 {
         store.produce(p, 8_000, 1_000).await;
     }
-    let a = tempfile::tempdir().unwrap();
-    let serving = source_node(&store, a.path(), "0-2", 3);
-    let conf = tempfile::tempdir().unwrap();
-    let port = serving.addr.port();
-    let records: Vec<_> = (0..3).map(|p| (p, port, 0)).collect();
-    let (_dns, server) = dns(conf.path(), &store, &records);
-    let discover = format!("srv:{DOMAIN}");
-    let flags = [
-        "--discover",
-        &discover,
-        "--dns-server",
-        &server,
-        "--lag-threshold",
-        "100",
-    ];
+    let node = one_node_serves_all(&store, 3);
+    let flags = node.flags();
     let b = tempfile::tempdir().unwrap();
     let mut cmd = store.recover(b.path(), "0-2", &flags);
     cmd.args(["--read-limit", "2000000"]);
@@ -481,7 +499,7 @@ fn copy_dir(from: &Path, root: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_recovery_leaves_each_partition_valid_or_absent_and_nothing_else() {
+async fn a_cancelled_recovery_leaves_each_partition_valid_or_suspended_and_nothing_else() {
     use quicstrap::ingest::local::LocalLog;
     use quicstrap::peers::StaticPeers;
     use quicstrap::recover::{recover, RecoverConfig, RecoverError, RecoverProgress, Sources};
@@ -515,26 +533,37 @@ async fn a_cancelled_recovery_leaves_each_partition_valid_or_absent_and_nothing_
     let (report, ()) = tokio::join!(run, cancel);
     assert_eq!(report.partitions.len(), 4);
     assert_eq!(heard, 4);
-    let mut cancelled = 0;
+    let mut cancelled = Vec::new();
     for one in &report.partitions {
         match &one.outcome {
             Ok(_) => assert!(one.dir.join("CURRENT").is_file(), "{one:?}"),
             Err(RecoverError::Cancelled) => {
-                cancelled += 1;
+                cancelled.push(one.partition.rsplit('/').next().unwrap().to_owned());
                 assert!(!one.dir.exists(), "{one:?}");
             }
             Err(e) => panic!("{}: {e}", one.partition),
         }
     }
-    assert!(cancelled > 0, "the cancel came too late: {report:?}");
+    assert!(
+        !cancelled.is_empty(),
+        "the cancel came too late: {report:?}"
+    );
     let counts = progress.snapshot();
     assert_eq!(counts.valid + counts.failed, 4);
-    assert_eq!(counts.failed, cancelled);
-    assert!(
-        temp_dirs(dst.path()).is_empty(),
-        "{:?}",
-        temp_dirs(dst.path())
-    );
+    assert_eq!(counts.failed, cancelled.len());
+    // What a suspended transfer received is kept for a rerun, journaled; nothing else is.
+    for d in temp_dirs(dst.path()) {
+        let name = d.file_name().unwrap().to_string_lossy().into_owned();
+        let partition = name
+            .strip_prefix(".quicstrap-tmp-")
+            .and_then(|r| r.split('-').next())
+            .unwrap();
+        assert!(cancelled.iter().any(|c| c == partition), "{name}");
+        assert!(
+            d.join(quicstrap::client::resume::JOURNAL_FILE).is_file(),
+            "{name}"
+        );
+    }
     assert!(open_fds_under(dst.path()).is_empty());
 
     // Cancelled before it starts: nothing is asked of anybody, Kafka included.

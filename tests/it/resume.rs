@@ -21,15 +21,7 @@ use quicstrap::wire::write_frame;
 const RECORDS: u64 = 40_000;
 
 fn source(partition: u32) -> (tempfile::TempDir, quicstrap::PartitionId, u64) {
-    let src = tempfile::tempdir().unwrap();
-    let id = id(partition);
-    seed(src.path(), &id, RECORDS, 1000, 4_000);
-    let total = std::fs::read_dir(id.dir(src.path()))
-        .unwrap()
-        .flatten()
-        .map(|e| e.metadata().unwrap().len())
-        .sum();
-    (src, id, total)
+    seeded(partition, RECORDS)
 }
 
 /// A server writing at 5 MB/s, so a test can act mid-transfer.
@@ -37,11 +29,7 @@ async fn slow_server(
     src: &Path,
     tweak: impl FnOnce(&mut quicstrap::server::ServerConfig),
 ) -> quicstrap::Server {
-    server(src, |c| {
-        c.policy.write_limiter = quicstrap::pacing::RateLimiter::new(5_000_000);
-        tweak(c);
-    })
-    .await
+    server_at(src, 5_000_000, tweak).await
 }
 
 /// `quicstrap fetch --json` of `id` from `server` into `dst`.
