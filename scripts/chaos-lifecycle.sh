@@ -39,7 +39,9 @@ section="$(mktemp)"
   echo "own PID namespace, stopped mid-transfer, then rerun; each rerun resumed at least 90 % of"
   echo "what had arrived (asserted), and time to recover is the rerun's. \`outage_*\`: the link"
   echo "dark for 25 s past a 10 s idle timeout, or for 3 minutes under the default timeouts; one"
-  echo "fetch rides it out, and time to recover runs from the link's return."
+  echo "fetch rides it out, and time to recover runs from the link's return (the pause before"
+  echo "the next attempt is at most 30 s). \`slow_path_16mbit_window_10s\`: 40 MB over 16 Mbit/s"
+  echo "(about 20 s) with a 10 s rate window, in one attempt; time to recover is the whole fetch."
   echo
   python3 scripts/chaos_table.py <"$log"
   echo

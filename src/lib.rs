@@ -90,10 +90,11 @@
 //! serving process cannot.
 //!
 //! **4. Metrics, throttling and cancel.** [`recover::RecoverProgress`] is the live view (valid,
-//! failed, receiving, bytes) and the cancel switch: after `cancel()` transfers in flight delete
-//! what they received, no Kafka fallback starts, and Kafka work stops within
-//! `RecoverConfig::cancel_grace`; every partition is then valid (possibly at an older offset)
-//! or absent, and a later run picks up cleanly. `on_done` hears each partition as it ends.
+//! failed, receiving, bytes) and the cancel switch: after `cancel()` transfers in flight suspend
+//! — what they received stays, journaled, and the peer is told `Suspend` — no Kafka fallback
+//! starts, and Kafka work stops within `RecoverConfig::cancel_grace`; every partition is then
+//! valid (possibly at an older offset) or absent with its kept files, and a later run resumes
+//! them. Call it on SIGTERM: that is what `quicstrap fetch` and `recover` do. `on_done` hears each partition as it ends.
 //! Register the fetcher, the server and ingestion with [`metrics`] for Prometheus. Throttle
 //! with the fetcher's `policy.read_limiter` and the server's write limiter
 //! ([`pacing::RateLimiter`], shared by every transfer), or let [`throttle::Throttler`] move
