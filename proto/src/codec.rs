@@ -212,6 +212,31 @@ mod tests {
     }
 
     #[test]
+    fn digests_keep_their_wire_encoding() {
+        // The hex form is for JSON only: on the wire a digest is the bytes postcard always
+        // wrote for a `Vec<u8>`, so peers of either build read each other.
+        #[derive(serde::Serialize)]
+        struct Plain {
+            name: String,
+            size: u64,
+            digest: Vec<u8>,
+        }
+        let entry = FileEntry {
+            name: "CURRENT".into(),
+            size: 16,
+            digest: (0..16).collect(),
+        };
+        let plain = Plain {
+            name: entry.name.clone(),
+            size: entry.size,
+            digest: entry.digest.clone(),
+        };
+        let wire = postcard::to_stdvec(&entry).unwrap();
+        assert_eq!(wire, postcard::to_stdvec(&plain).unwrap());
+        assert_eq!(postcard::from_bytes::<FileEntry>(&wire).unwrap(), entry);
+    }
+
+    #[test]
     fn wanted_asks_for_exactly_one_frame() {
         let bytes = encode(&ControlFrame::Complete);
         let mut dec = FrameDecoder::new(64);

@@ -116,8 +116,64 @@ pub struct FileEntry {
     pub name: String,
     /// Exact size in bytes.
     pub size: u64,
-    /// Digest of the content with the requested algorithm.
+    /// Digest of the content with the requested algorithm. On the wire raw bytes; in JSON
+    /// (journals, reports, the HTTPS baseline) a hex string, not a list of numbers.
+    #[serde(with = "digest_text")]
     pub digest: Vec<u8>,
+}
+
+/// A digest as raw bytes in binary formats and as hex in human-readable ones. Reads the older
+/// list of numbers too, so journals written before stay resumable.
+mod digest_text {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(digest: &Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return digest.serialize(s);
+        }
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        s.serialize_str(&hex)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if !d.is_human_readable() {
+            return Vec::<u8>::deserialize(d);
+        }
+        d.deserialize_any(Text)
+    }
+
+    struct Text;
+
+    impl<'de> Visitor<'de> for Text {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a hex digest")
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            if v.len() % 2 != 0 {
+                return Err(E::custom("odd hex length"));
+            }
+            (0..v.len())
+                .step_by(2)
+                .map(|i| {
+                    v.get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .ok_or_else(|| E::custom("not hex"))
+                })
+                .collect()
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// A refusal, typed so the client knows what to do next (every reason means "next peer").

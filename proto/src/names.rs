@@ -9,6 +9,29 @@ pub const MAX_STORE_LEN: usize = 128;
 /// Longest file name accepted.
 pub const MAX_FILE_NAME_LEN: usize = 255;
 
+/// Most characters of a peer's free text (a reject reason, an abort reason) kept for logs and
+/// reports.
+pub const MAX_PEER_TEXT: usize = 200;
+
+/// A peer's free text as it may be logged and reported: control and other unprintable
+/// characters escaped, cut after [`MAX_PEER_TEXT`] characters with the length it had. A peer
+/// cannot forge log lines or fill a report.
+pub fn peer_text(text: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == MAX_PEER_TEXT {
+            out.push_str(&format!("… ({} bytes)", text.len()));
+            break;
+        }
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -67,6 +90,22 @@ pub fn validate_file_name(name: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_is_escaped_and_cut() {
+        assert_eq!(peer_text("busy"), "busy");
+        assert_eq!(
+            peer_text("a\nfake line\x1b[31m"),
+            "a\\nfake line\\u{1b}[31m"
+        );
+        let long = "é".repeat(100_000);
+        let shown = peer_text(&long);
+        assert_eq!(
+            shown.chars().count(),
+            MAX_PEER_TEXT + " (200000 bytes)".len() + 1
+        );
+        assert!(shown.ends_with("… (200000 bytes)"), "{shown}");
+    }
 
     #[test]
     fn rocksdb_names_pass() {

@@ -66,6 +66,17 @@ pub enum ChecksumAlgo {
     Blake3,
 }
 
+impl ChecksumAlgo {
+    /// Bytes of one digest. A manifest entry whose digest has another length is refused, so a
+    /// peer cannot make a receiver hold (and journal) digests of any size it likes.
+    pub const fn digest_len(self) -> usize {
+        match self {
+            Self::Md5 => 16,
+            Self::Blake3 => 32,
+        }
+    }
+}
+
 impl FromStr for ChecksumAlgo {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -273,6 +273,7 @@ impl Sim {
                                 _ => Outcome::Refused,
                             },
                             ClientFailure::Protocol(_) => Outcome::Disproven,
+                            ClientFailure::Unprepared(_) => Outcome::Busy,
                             ClientFailure::Idle(_) | ClientFailure::ConnectionClosed => {
                                 Outcome::Interrupted
                             }

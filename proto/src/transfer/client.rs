@@ -4,7 +4,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::frame::{Accept, ControlFrame, FileEntry, FileHeader, RejectReason, Request, Resume};
-use crate::types::{PartitionMeta, SnapshotId};
+use crate::names::peer_text;
+use crate::types::{ChecksumAlgo, PartitionMeta, SnapshotId};
 
 use super::manifest::check_manifest;
 use super::resume::{check_resume, ResumeFrom};
@@ -22,9 +23,28 @@ pub struct ClientLimits {
     /// bytes may still drain, but nothing new will come, so waiting out `idle` would only
     /// delay the next peer.
     pub closed_grace: Duration,
-    /// Most files a manifest may list.
+    /// Most files a manifest may list ([`MAX_FILES`]).
     pub max_files: usize,
+    /// Longest wait for `Accept` or `Reject` after the request, however many `Preparing`
+    /// heartbeats come ([`MAX_PREPARE`]): a server that only ever prepares holds no fetch
+    /// longer than this.
+    pub prepare: Duration,
 }
+
+/// Most files a manifest may list by default. A 10 GB partition of 64 MB SST files has ~160
+/// files and a 1 TB one of 16 MB files ~65 000; a manifest of 100 000 names of up to 255
+/// bytes with 32-byte digests decodes to at most ~33 MB, and the control frame that carries
+/// it is capped lower still (the driver's frame limit).
+pub const MAX_FILES: usize = 100_000;
+
+/// Longest a server may answer `Preparing` before `Accept` by default (5 minutes). Digesting
+/// a cold 10 GB partition takes ~12 s on an idle server; this leaves room for a busy one.
+pub const MAX_PREPARE: Duration = Duration::from_secs(300);
+
+/// Most files of one transfer a client receives at once; a server sends no more at a time.
+/// Each costs the client a receive buffer reserved from its receive budget and an open file.
+/// Streams a server opens beyond it wait, unread, until a file finishes.
+pub const MAX_FILES_IN_FLIGHT: usize = 16;
 
 impl Default for ClientLimits {
     fn default() -> Self {
@@ -32,7 +52,8 @@ impl Default for ClientLimits {
             idle: Duration::from_secs(60),
             complete_grace: Duration::from_secs(2),
             closed_grace: Duration::from_secs(1),
-            max_files: 1_000_000,
+            max_files: MAX_FILES,
+            prepare: MAX_PREPARE,
         }
     }
 }
@@ -54,6 +75,8 @@ pub enum ClientFailure {
     Idle(Duration),
     /// No progress since the connection closed: its close reason says why.
     ConnectionClosed,
+    /// The server answered only `Preparing` for the prepare limit.
+    Unprepared(Duration),
 }
 
 /// What the driver does next.
@@ -101,6 +124,10 @@ enum Phase {
 #[derive(Debug)]
 pub struct ClientTransfer {
     limits: ClientLimits,
+    /// The digest algorithm asked for: every manifest digest must have its length.
+    checksum: ChecksumAlgo,
+    /// When the request went out: `Accept` must come within the prepare limit.
+    requested_at: Instant,
     phase: Phase,
     actions: VecDeque<ClientAction>,
     files: Vec<FileEntry>,
@@ -154,6 +181,8 @@ impl ClientTransfer {
     ) -> Self {
         Self {
             limits,
+            checksum: request.checksum,
+            requested_at: now,
             phase: Phase::Requested,
             actions: VecDeque::from([ClientAction::Send(ControlFrame::Request(request))]),
             files: Vec::new(),
@@ -215,7 +244,10 @@ impl ClientTransfer {
             Phase::Requested | Phase::Receiving => {}
             Phase::Committing | Phase::Ended => return None,
         }
-        let idle = self.last_progress + self.idle_limit();
+        let mut idle = self.last_progress + self.idle_limit();
+        if self.phase == Phase::Requested {
+            idle = idle.min(self.requested_at + self.limits.prepare);
+        }
         let grace = self
             .complete_at
             .filter(|_| self.started.iter().any(|s| !s))
@@ -238,7 +270,7 @@ impl ClientTransfer {
             // "Still working": the server is making and digesting the snapshot.
             (Phase::Requested, ControlFrame::Preparing) => {}
             (Phase::Requested, ControlFrame::Accept(Accept { files, snapshot })) => {
-                if let Err(e) = check_manifest(&files, self.limits.max_files) {
+                if let Err(e) = check_manifest(&files, self.limits.max_files, self.checksum) {
                     return self.fail(ClientFailure::Protocol(e.to_string()));
                 }
                 self.started = vec![false; files.len()];
@@ -277,10 +309,11 @@ impl ClientTransfer {
             }
             (Phase::Requested, ControlFrame::Reject(r)) => self.fail(ClientFailure::Rejected {
                 reason: r.reason,
-                message: r.message,
+                message: peer_text(&r.message),
             }),
             (Phase::Requested, other) => self.fail(ClientFailure::Protocol(format!(
-                "expected Accept or Reject, got {other:?}"
+                "expected Accept or Reject, got {}",
+                other.name()
             ))),
             (Phase::Receiving, ControlFrame::Metadata(m))
                 if self.meta.is_none() && self.complete_at.is_none() =>
@@ -292,7 +325,8 @@ impl ClientTransfer {
                 self.check_finished();
             }
             (Phase::Receiving, other) => self.fail(ClientFailure::Protocol(format!(
-                "unexpected frame {other:?}"
+                "unexpected frame {}",
+                other.name()
             ))),
             (Phase::Committing | Phase::Ended, _) => {}
         }
@@ -386,6 +420,11 @@ impl ClientTransfer {
                     "Complete before every file was sent".into(),
                 ));
             }
+        }
+        if self.phase == Phase::Requested
+            && now.saturating_duration_since(self.requested_at) >= self.limits.prepare
+        {
+            return self.fail(ClientFailure::Unprepared(self.limits.prepare));
         }
         if now.saturating_duration_since(self.last_progress) >= self.idle_limit() {
             let failure = if self.closed {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use crate::frame::{FileEntry, RejectReason, Request};
 use crate::names;
-use crate::types::TableFormat;
+use crate::types::{ChecksumAlgo, TableFormat};
 
 /// The file a receiver writes beside the data to record where a partition came from. A
 /// manifest naming it would overwrite that record, so no manifest may.
@@ -33,17 +33,38 @@ pub enum ManifestError {
     /// No `CURRENT`: RocksDB could not open the result.
     #[error("manifest has no CURRENT file")]
     NoCurrent,
+    /// A digest whose length is not the algorithm's.
+    #[error("digest of {file} is {len} bytes, not the {want} of the requested algorithm")]
+    DigestLength {
+        /// File name.
+        file: String,
+        /// Length sent.
+        len: usize,
+        /// Length of the algorithm's digests.
+        want: usize,
+    },
 }
 
-/// A manifest a receiver will act on: at most `max_files` files, safe unique names, sizes
-/// that add up, and a `CURRENT` file.
-pub fn check_manifest(files: &[FileEntry], max_files: usize) -> Result<(), ManifestError> {
+/// A manifest a receiver will act on: at most `max_files` files, safe unique names, digests
+/// of `checksum`'s length, sizes that add up, and a `CURRENT` file.
+pub fn check_manifest(
+    files: &[FileEntry],
+    max_files: usize,
+    checksum: ChecksumAlgo,
+) -> Result<(), ManifestError> {
     if files.len() > max_files {
         return Err(ManifestError::TooManyFiles(files.len()));
     }
     let mut seen = HashSet::new();
     for f in files {
         names::validate_file_name(&f.name).map_err(ManifestError::BadName)?;
+        if f.digest.len() != checksum.digest_len() {
+            return Err(ManifestError::DigestLength {
+                file: f.name.clone(),
+                len: f.digest.len(),
+                want: checksum.digest_len(),
+            });
+        }
         if f.name == RECEIPT_FILE {
             return Err(ManifestError::Reserved);
         }

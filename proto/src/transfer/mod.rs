@@ -29,7 +29,10 @@ mod resume;
 pub mod script;
 mod server;
 
-pub use client::{ClientAction, ClientFailure, ClientLimits, ClientTransfer};
+pub use client::{
+    ClientAction, ClientFailure, ClientLimits, ClientTransfer, MAX_FILES, MAX_FILES_IN_FLIGHT,
+    MAX_PREPARE,
+};
 pub use manifest::{check_manifest, check_partition, check_request, ManifestError, RECEIPT_FILE};
 pub use resume::{check_resume, push_plan, ResumeFrom};
 pub use server::{heartbeat_interval, ServerAction, ServerEnd, ServerLimits, ServerTransfer};

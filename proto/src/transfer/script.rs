@@ -89,11 +89,17 @@ fn entry(name: &str) -> FileEntry {
 /// A manifest: valid ones of 1 to 4 files, or one of several invalid ones.
 fn manifest(pick: u8) -> Vec<FileEntry> {
     let valid = ["CURRENT", "MANIFEST-000001", "000001.sst", "OPTIONS-000002"];
-    match pick % 8 {
+    match pick % 9 {
         n @ 0..=3 => valid[..=n as usize].iter().map(|n| entry(n)).collect(),
         4 => vec![entry("CURRENT"), entry("CURRENT")],
         5 => vec![entry("../CURRENT")],
         6 => vec![entry("000001.sst")],
+        7 => {
+            // A digest of another algorithm's length.
+            let mut long = entry("CURRENT");
+            long.digest = vec![0; 32];
+            vec![long]
+        }
         _ => vec![entry("CURRENT"), entry(RECEIPT_FILE)],
     }
 }
@@ -234,7 +240,7 @@ fn check_client_action(action: &ClientAction, seen: &mut Seen) {
             assert!(!seen.ended, "file asked for after the end");
             let files = seen.manifest.as_ref().expect("file before a manifest");
             assert!(
-                check_manifest(files, 4).is_ok(),
+                check_manifest(files, 4, ChecksumAlgo::Md5).is_ok(),
                 "file of an invalid manifest"
             );
             let wanted = match &seen.resume {
@@ -260,7 +266,7 @@ fn check_client_action(action: &ClientAction, seen: &mut Seen) {
             assert!(!seen.ended, "commit after the end");
             let files = seen.manifest.as_ref().expect("commit without a manifest");
             assert!(
-                check_manifest(files, 4).is_ok(),
+                check_manifest(files, 4, ChecksumAlgo::Md5).is_ok(),
                 "commit of an invalid manifest"
             );
             assert!(seen.complete, "commit before Complete");
@@ -279,7 +285,7 @@ fn check_client_action(action: &ClientAction, seen: &mut Seen) {
         ClientAction::Accepted => {
             let files = seen.manifest.as_ref().expect("accepted without a manifest");
             assert!(
-                check_manifest(files, 4).is_ok(),
+                check_manifest(files, 4, ChecksumAlgo::Md5).is_ok(),
                 "accepted an invalid manifest"
             );
             if let Some(r) = &seen.resume {

@@ -7,6 +7,7 @@ use crate::codec::{peek_request_version, DecodeError};
 use crate::frame::{
     Accept, ControlFrame, FileEntry, FileStart, Reject, RejectReason, Request, Resume,
 };
+use crate::names::peer_text;
 use crate::types::{PartitionMeta, SnapshotId, TableFormat};
 
 use super::manifest::{check_request, unsupported};
@@ -298,8 +299,8 @@ impl ServerTransfer {
             return;
         }
         let end = match (self.phase, frame) {
-            (_, ControlFrame::Abort { reason }) => ServerEnd::ClientAborted(reason),
-            (_, ControlFrame::Suspend { reason }) => ServerEnd::Suspended(reason),
+            (_, ControlFrame::Abort { reason }) => ServerEnd::ClientAborted(peer_text(&reason)),
+            (_, ControlFrame::Suspend { reason }) => ServerEnd::Suspended(peer_text(&reason)),
             (Phase::AwaitingDone, ControlFrame::Done) => ServerEnd::Done,
             (_, other) => ServerEnd::Protocol(format!("unexpected {}", other.name())),
         };

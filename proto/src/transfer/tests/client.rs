@@ -12,6 +12,7 @@ const LIMITS: ClientLimits = ClientLimits {
     complete_grace: Duration::from_secs(2),
     closed_grace: Duration::from_secs(1),
     max_files: 100,
+    prepare: Duration::from_secs(60),
 };
 
 fn drain(c: &mut ClientTransfer) -> Vec<ClientAction> {
@@ -95,6 +96,54 @@ fn preparing_heartbeats_are_skipped_and_keep_the_wait_alive() {
 }
 
 #[test]
+fn heartbeats_hold_a_request_no_longer_than_the_prepare_limit() {
+    let t0 = Instant::now();
+    let mut c = ClientTransfer::new(request(1), LIMITS, t0);
+    drain(&mut c);
+    // A heartbeat every 5 s keeps the idle limit (10 s) from ever firing...
+    for s in (5..60).step_by(5) {
+        let now = t0 + secs(s as f64);
+        c.handle_frame(ControlFrame::Preparing, now);
+        c.handle_timeout(now);
+        assert!(drain(&mut c).is_empty());
+    }
+    // ...but not the prepare limit (60 s), which the timer points at.
+    assert_eq!(c.poll_timeout(), Some(t0 + LIMITS.prepare));
+    c.handle_frame(ControlFrame::Preparing, t0 + secs(59.9));
+    c.handle_timeout(t0 + LIMITS.prepare);
+    assert_eq!(
+        failure(&mut c),
+        Some(ClientFailure::Unprepared(LIMITS.prepare))
+    );
+    // Once accepted, the limit no longer applies.
+    let mut c = accepted(t0);
+    c.handle_frame(ControlFrame::Metadata(meta()), t0 + secs(59.0));
+    c.handle_timeout(t0 + secs(65.0));
+    assert!(failure(&mut c).is_none());
+}
+
+#[test]
+fn a_rejection_message_is_escaped_and_cut() {
+    let t0 = Instant::now();
+    let mut c = ClientTransfer::new(request(1), LIMITS, t0);
+    drain(&mut c);
+    c.handle_frame(
+        ControlFrame::Reject(Reject {
+            reason: RejectReason::Busy,
+            message: format!("line\nforged {}", "x".repeat(1 << 20)),
+        }),
+        t0,
+    );
+    match failure(&mut c) {
+        Some(ClientFailure::Rejected { message, .. }) => {
+            assert!(message.starts_with("line\\nforged xxx"), "{message}");
+            assert!(message.len() < 300, "{} bytes kept", message.len());
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
 fn no_answer_within_the_idle_limit_is_an_idle_failure() {
     let t0 = Instant::now();
     let mut c = ClientTransfer::new(request(1), LIMITS, t0);
@@ -141,7 +190,7 @@ fn a_reject_is_typed_and_anything_else_first_is_a_violation() {
 #[test]
 fn manifests_with_path_tricks_or_lies_are_refused() {
     let ok = manifest();
-    check_manifest(&ok, 100).unwrap();
+    check_manifest(&ok, 100, ChecksumAlgo::Md5).unwrap();
     for bad in [
         "../CURRENT",
         "/etc/passwd",
@@ -152,21 +201,46 @@ fn manifests_with_path_tricks_or_lies_are_refused() {
     ] {
         let mut m = ok.clone();
         m.push(entry(bad, 1));
-        assert!(check_manifest(&m, 100).is_err(), "{bad:?} accepted");
+        assert!(
+            check_manifest(&m, 100, ChecksumAlgo::Md5).is_err(),
+            "{bad:?} accepted"
+        );
     }
     let mut twice = ok.clone();
     twice.push(entry("000001.sst", 10));
     assert_eq!(
-        check_manifest(&twice, 100),
+        check_manifest(&twice, 100, ChecksumAlgo::Md5),
         Err(ManifestError::Duplicate("000001.sst".into()))
     );
     assert_eq!(
-        check_manifest(&[entry("000001.sst", 1)], 100),
+        check_manifest(&[entry("000001.sst", 1)], 100, ChecksumAlgo::Md5),
         Err(ManifestError::NoCurrent)
     );
     let huge = vec![entry("CURRENT", u64::MAX), entry("x.sst", 2)];
-    assert_eq!(check_manifest(&huge, 100), Err(ManifestError::SizeOverflow));
-    assert_eq!(check_manifest(&ok, 1), Err(ManifestError::TooManyFiles(2)));
+    assert_eq!(
+        check_manifest(&huge, 100, ChecksumAlgo::Md5),
+        Err(ManifestError::SizeOverflow)
+    );
+    assert_eq!(
+        check_manifest(&ok, 1, ChecksumAlgo::Md5),
+        Err(ManifestError::TooManyFiles(2))
+    );
+    // A digest of another length than the algorithm's: a peer cannot make the receiver hold
+    // and journal digests of any size.
+    let mut long = ok.clone();
+    long[0].digest = vec![0; 100 << 20];
+    assert!(matches!(
+        check_manifest(&long, 100, ChecksumAlgo::Md5),
+        Err(ManifestError::DigestLength { len, want: 16, .. }) if len == 100 << 20
+    ));
+    assert!(matches!(
+        check_manifest(&ok, 100, ChecksumAlgo::Blake3),
+        Err(ManifestError::DigestLength {
+            len: 16,
+            want: 32,
+            ..
+        })
+    ));
 
     // The machine refuses such an Accept before asking for any file.
     let t0 = Instant::now();
