@@ -10,7 +10,10 @@
 //! watermark) and peers are tried first; catch-up then retries until its deadline. Records
 //! that retention has removed (a partition here, or an empty start, behind the log's first
 //! offset) cannot be replayed: a peer's newer snapshot replaces the partition, or with no
-//! peer it is rebuilt from the earliest offset the log still holds, and the path says so.
+//! peer the log is replayed from the earliest offset it still holds, onto the partition's own
+//! data (never deleted for want of a peer), and the path names the offsets lost. A peer's
+//! snapshot the log cannot continue (behind its first offset, or past its end) is refused
+//! before it is committed, and the next peer asked.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use serde::Serialize;
 
 use crate::client::commit;
 use crate::client::workdir;
-use crate::client::{Attempt, Fallback, FetchError, FetchReport, Fetcher, Progress};
+use crate::client::{Attempt, Fallback, FetchError, FetchReport, Fetcher, LogWindow, Progress};
 use crate::ingest::{
     self, CatchUpConfig, CatchUpError, CatchUpReport, LogSource, Until, Watermarks,
 };
@@ -74,14 +77,36 @@ pub enum BootstrapPath {
         /// First offset the log still held.
         earliest: u64,
     },
-    /// Records before `earliest` are gone from the log and no peer could serve: built from
-    /// `earliest`. The partition lacks whatever only those records wrote.
+    /// Records before `earliest` are gone from the log and no peer could serve: replayed from
+    /// `earliest`, onto the partition's own data when it was here (kept, never deleted), else
+    /// onto an empty one. The partition lacks whatever only the records of `lost` wrote.
     KafkaFromEarliest {
         /// Offset the partition held before (`None`: it was not here).
         have: Option<u64>,
-        /// First offset the log held, where the rebuild started.
+        /// First offset the log held, where the replay started.
         earliest: u64,
+        /// The offsets neither the partition nor the log holds.
+        lost: LostRange,
     },
+}
+
+/// Offsets a partition never applied and the log no longer holds, first and last included.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct LostRange {
+    /// First lost offset.
+    pub first: u64,
+    /// Last lost offset.
+    pub last: u64,
+}
+
+impl LostRange {
+    /// What a partition at `have` misses of a log starting at `earliest`.
+    pub fn between(have: Option<u64>, earliest: u64) -> Self {
+        Self {
+            first: have.map_or(0, |h| h.saturating_add(1)),
+            last: earliest.saturating_sub(1),
+        }
+    }
 }
 
 /// What a bootstrap did.
@@ -190,6 +215,7 @@ pub async fn bootstrap<L: LogSource>(
     let from_earliest = |earliest| BootstrapPath::KafkaFromEarliest {
         have: local_offset,
         earliest,
+        lost: LostRange::between(local_offset, earliest),
     };
     let path = if present && gap.is_none() {
         BootstrapPath::LocalResume
@@ -204,7 +230,15 @@ pub async fn bootstrap<L: LogSource>(
             (true, Some(_)) => Some(workdir::move_aside(&dir, id).map_err(StorageError::Io)?),
             _ => None,
         };
-        match fetcher.fetch_with_progress(id, peers, root, progress).await {
+        // A snapshot this log cannot continue is refused before it is committed.
+        let log_window = wm.map(|w| LogWindow {
+            low: w.low,
+            high: w.high,
+        });
+        match fetcher
+            .fetch_within(id, peers, root, progress, log_window)
+            .await
+        {
             Ok(report) => {
                 attempts = report.attempts.clone();
                 transfer = Some(report);
@@ -224,7 +258,9 @@ pub async fn bootstrap<L: LogSource>(
                 tracing::warn!(partition = %id, error = %e, "no peer could serve; bootstrapping from Kafka");
                 attempts = e.attempts().to_vec();
                 if let Some(a) = aside {
-                    a.remove();
+                    // Peers failing (for whatever reason) is no reason to lose its data: the
+                    // log is replayed onto it from its earliest offset.
+                    a.put_back(&dir).map_err(StorageError::Io)?;
                 }
                 gap.map_or(BootstrapPath::KafkaAllPeersFailed, from_earliest)
             }
@@ -240,12 +276,6 @@ pub async fn bootstrap<L: LogSource>(
         }
     };
     tracing::info!(partition = %id, ?path, ?lag, "bootstrap path chosen");
-    if matches!(path, BootstrapPath::KafkaFromEarliest { .. }) && dir.join("CURRENT").is_file() {
-        // No peer replaced the partition the log cannot catch up: rebuilt from scratch.
-        workdir::move_aside(&dir, id)
-            .map_err(StorageError::Io)?
-            .remove();
-    }
     let fresh = !dir.join("CURRENT").is_file();
     if fresh {
         // Building from Kafka: a fresh DB. A leftover empty directory is fine; anything else
@@ -268,9 +298,11 @@ pub async fn bootstrap<L: LogSource>(
         };
         let w = db.clone();
         ingest::blocking(move || partition::write_version_state(&w, &state)).await?;
-        if let BootstrapPath::KafkaFromEarliest { earliest, .. } = path {
-            set_base(&db, earliest).await?;
-        }
+    }
+    if let BootstrapPath::KafkaFromEarliest { earliest, lost, .. } = &path {
+        // Fresh or the partition's own data: the replay starts where the log does.
+        tracing::warn!(partition = %id, first = lost.first, last = lost.last, "offsets lost to retention: no peer could serve them");
+        set_base(&db, *earliest).await?;
     }
     let mut report = BootstrapReport {
         partition: id.to_string(),
@@ -301,6 +333,7 @@ pub async fn bootstrap<L: LogSource>(
                 report.path = BootstrapPath::KafkaFromEarliest {
                     have: None,
                     earliest: *earliest,
+                    lost: LostRange::between(None, *earliest),
                 };
                 set_base(&db, *earliest).await?;
             }

@@ -31,8 +31,9 @@ use crate::tls::{self, Identity};
 use super::{Manifest, TcpCongestion, REJECT_HEADER};
 use crate::protocol::RejectReason;
 
-/// Largest manifest or metadata body read (a manifest of a million files fits).
-const MAX_JSON_BODY: usize = 100 * 1024 * 1024;
+/// Largest JSON body (a manifest) the baseline client reads: the QUIC client's control-frame
+/// limit, so both transports bound a hostile server alike.
+const MAX_JSON_BODY: usize = crate::client::MAX_CONTROL_FRAME;
 
 /// Knobs of the baseline's fetching side.
 #[derive(Clone, Debug)]
@@ -219,7 +220,7 @@ impl Conn {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.parse().unwrap_or(RejectReason::ServerError));
         let body = read_json_body(resp, idle).await.unwrap_or_default();
-        let message = String::from_utf8_lossy(&body).trim().to_owned();
+        let message = crate::protocol::names::peer_text(String::from_utf8_lossy(&body).trim());
         Err(match reason {
             Some(reason) => AttemptError::Rejected { reason, message },
             None => AttemptError::Protocol(format!("HTTP {status}: {message}")),
@@ -311,7 +312,7 @@ async fn attempt(
                 })
             })
             .collect::<Result<Vec<_>, AttemptError>>()?;
-        check_manifest(&files)?;
+        check_manifest(&files, cfg.policy.checksum)?;
         Ok::<_, AttemptError>((conn, manifest.session, files))
     };
     let (conn, session, files) = tokio::select! {

@@ -168,6 +168,16 @@ where
             }
             Err(e) => {
                 stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
+                let bound = match &e {
+                    AttemptError::InsufficientSpace(_) => Some(&stats.insufficient_space),
+                    AttemptError::StaleSnapshot { .. } => Some(&stats.stale_snapshot),
+                    AttemptError::Protocol(_) => Some(&stats.protocol_violation),
+                    AttemptError::Unprepared(_) => Some(&stats.not_ready),
+                    _ => None,
+                };
+                if let Some(counter) = bound {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
                 let held = held();
                 let ours = held.as_ref() == Some(&pid);
                 let outcome = match e.outcome() {

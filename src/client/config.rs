@@ -257,4 +257,13 @@ pub struct FetchStats {
     pub failed: AtomicU64,
     /// Attempts that failed (each moved on to the next peer or gave up).
     pub attempts_failed: AtomicU64,
+    /// Attempts that ended because the partition did not fit on the local disk.
+    pub insufficient_space: AtomicU64,
+    /// Attempts whose snapshot the log could not continue (refused before commit).
+    pub stale_snapshot: AtomicU64,
+    /// Attempts that ended on a peer breaking the protocol or a bound (a manifest or frame
+    /// over its limit, a digest of the wrong length, a lie about a file).
+    pub protocol_violation: AtomicU64,
+    /// Attempts that ended with the peer still preparing after the prepare limit.
+    pub not_ready: AtomicU64,
 }

@@ -83,6 +83,9 @@ pub enum AttemptError {
     /// No byte arrived for the reader-idle timeout.
     #[error("no progress for {0:?}")]
     Idle(std::time::Duration),
+    /// The peer answered only "preparing" for the prepare limit: it may be ready later.
+    #[error("no answer but \"preparing\" for {0:?}")]
+    Unprepared(std::time::Duration),
     /// The transfer moved slower than the rate floor over a whole window (a trickling peer):
     /// what arrived is kept; another peer is asked if there is one.
     #[error("slower than {min_rate} B/s over {window:?}")]
@@ -92,12 +95,29 @@ pub enum AttemptError {
         /// The window it was measured over.
         window: std::time::Duration,
     },
-    /// Local filesystem trouble (disk full, permissions): another peer would not help.
+    /// Local filesystem trouble (permissions, I/O errors): another peer would not help.
     #[error("local io: {0}")]
     LocalIo(String),
+    /// The partition does not fit on the local disk: found before the first byte from the
+    /// manifest's sizes, or when the disk filled up while bytes arrived. What arrived is kept
+    /// for a resume once space is freed; no Kafka rebuild onto the same disk follows.
+    #[error("insufficient space: {0}")]
+    InsufficientSpace(String),
     /// The node cancelled the fetch.
     #[error("cancelled")]
     Cancelled,
+    /// The peer's snapshot is at an offset the log cannot continue from: below its first
+    /// offset (the peer stopped following and retention moved on) or past its end (another
+    /// cluster, a recreated topic). Its files are deleted; another peer is asked.
+    #[error("stale snapshot: offset {offset:?}, the log holds [{low}, {high})")]
+    StaleSnapshot {
+        /// The snapshot's offset.
+        offset: Option<u64>,
+        /// First offset of the log.
+        low: u64,
+        /// High watermark of the log.
+        high: u64,
+    },
 }
 
 impl AttemptError {
@@ -109,7 +129,8 @@ impl AttemptError {
             Self::Rejected {
                 reason: RejectReason::Busy,
                 ..
-            } => Outcome::Busy,
+            }
+            | Self::Unprepared(_) => Outcome::Busy,
             Self::Rejected {
                 reason: RejectReason::SnapshotGone,
                 ..
@@ -118,7 +139,7 @@ impl AttemptError {
                 reason: RejectReason::ShuttingDown,
                 ..
             } => Outcome::ShuttingDown,
-            Self::Rejected { .. } => Outcome::Refused,
+            Self::Rejected { .. } | Self::StaleSnapshot { .. } => Outcome::Refused,
             Self::ChecksumMismatch { .. } | Self::SizeMismatch { .. } | Self::Protocol(_) => {
                 Outcome::Disproven
             }
@@ -127,7 +148,7 @@ impl AttemptError {
             Self::StreamReset(_) | Self::PeerGone(_) | Self::Idle(_) => Outcome::Interrupted,
             Self::PeerShuttingDown => Outcome::ShuttingDown,
             Self::TooSlow { .. } => Outcome::TooSlow,
-            Self::LocalIo(_) => Outcome::Local,
+            Self::LocalIo(_) | Self::InsufficientSpace(_) => Outcome::Local,
             Self::Cancelled => Outcome::Cancelled,
         }
     }
@@ -145,9 +166,12 @@ impl AttemptError {
             Self::PeerGone(_) => "peer_gone",
             Self::PeerShuttingDown => "peer_shutting_down",
             Self::Idle(_) => "idle_timeout",
+            Self::Unprepared(_) => "not_ready",
             Self::TooSlow { .. } => "too_slow",
             Self::LocalIo(_) => "local_io",
+            Self::InsufficientSpace(_) => "insufficient_space",
             Self::Cancelled => "cancelled",
+            Self::StaleSnapshot { .. } => "stale_snapshot",
         }
     }
 
@@ -190,6 +214,9 @@ impl AttemptError {
     }
 
     pub(crate) fn local(e: std::io::Error) -> Self {
+        if super::space::is_full(&e) {
+            return Self::InsufficientSpace(e.to_string());
+        }
         Self::LocalIo(e.to_string())
     }
 }
@@ -285,7 +312,13 @@ impl FetchError {
     pub fn fallback(&self) -> Fallback {
         match self {
             Self::NoPeers | Self::AllPeersFailed { .. } => Fallback::KafkaFromStart,
-            Self::GaveUp { error, .. } if *error != AttemptError::Cancelled => {
+            // A full disk would be filled again by a rebuild from the log.
+            Self::GaveUp { error, .. }
+                if !matches!(
+                    error,
+                    AttemptError::Cancelled | AttemptError::InsufficientSpace(_)
+                ) =>
+            {
                 Fallback::KafkaFromStart
             }
             _ => Fallback::None,
@@ -339,6 +372,19 @@ mod tests {
         );
         assert_eq!(AttemptError::LocalIo("x".into()).outcome(), Outcome::Local);
         assert_eq!(AttemptError::Cancelled.outcome(), Outcome::Cancelled);
+        let full = AttemptError::local(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.label(), "insufficient_space");
+        assert_eq!(full.outcome(), Outcome::Local);
+        assert_eq!(
+            FetchError::GaveUp {
+                peer: "p".into(),
+                error: full,
+                attempts: vec![]
+            }
+            .fallback(),
+            Fallback::None,
+            "no rebuild from the log onto a full disk"
+        );
         assert_eq!(FetchError::NoPeers.fallback(), Fallback::KafkaFromStart);
         assert_eq!(
             FetchError::GaveUp {

@@ -17,6 +17,7 @@ pub mod error;
 mod pool;
 pub(crate) mod receive;
 pub mod resume;
+pub mod space;
 mod transfer;
 pub mod workdir;
 
@@ -33,7 +34,7 @@ use crate::peers::{self, Peer};
 use crate::protocol::codes;
 use crate::protocol::fetch::PeerId;
 use crate::protocol::transfer::{check_manifest as check_manifest_rules, ClientLimits};
-use crate::protocol::FileEntry;
+use crate::protocol::{ChecksumAlgo, FileEntry};
 use crate::tls;
 use crate::transport;
 
@@ -82,7 +83,12 @@ impl Fetcher {
             transport::CONTROL_WINDOW,
         );
         Ok(Self {
-            pool: pool::Pool::new(endpoint, client_cfg, cfg.policy.connect_timeout),
+            pool: pool::Pool::new(
+                endpoint,
+                client_cfg,
+                cfg.policy.connect_timeout,
+                cfg.tuning.pool_idle,
+            ),
             cfg,
             next_transfer: AtomicU64::new(1),
             lingering: Mutex::default(),
@@ -191,6 +197,22 @@ impl Fetcher {
         root: &Path,
         progress: &Progress,
     ) -> Result<FetchReport, FetchError> {
+        self.fetch_within(id, peers, root, progress, None).await
+    }
+
+    /// [`Self::fetch_with_progress`] of a partition the log `log` will catch up: a snapshot
+    /// whose offset that log cannot continue from (a peer that stopped following and fell
+    /// behind retention, or one ahead of the log: another cluster, a recreated topic) is
+    /// refused as [`AttemptError::StaleSnapshot`] before it is committed, and the next peer
+    /// is asked.
+    pub async fn fetch_within(
+        &self,
+        id: &PartitionId,
+        peers: &[Peer],
+        root: &Path,
+        progress: &Progress,
+        log: Option<LogWindow>,
+    ) -> Result<FetchReport, FetchError> {
         // Whatever builds the partition next, temp dirs nothing can use go first (also those
         // of this partition when it turns out to be present already).
         workdir::sweep(root, self.cfg.resume_window);
@@ -246,7 +268,14 @@ impl Fetcher {
                     peer = %peer
                 );
                 let result = tracing::Instrument::instrument(
-                    self.attempt(id, &peer, resume, parent, target_dir, progress, kept_ref),
+                    self.attempt(
+                        id,
+                        &peer,
+                        transfer::Terms { resume, log },
+                        (parent, target_dir),
+                        progress,
+                        kept_ref,
+                    ),
                     span,
                 )
                 .await;
@@ -304,8 +333,37 @@ impl Fetcher {
     }
 }
 
+/// The offsets a log holds, as known before a transfer: a snapshot is only of use when the log
+/// continues right after its offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogWindow {
+    /// First offset the log still holds.
+    pub low: u64,
+    /// One past the last offset written (the high watermark).
+    pub high: u64,
+}
+
+impl LogWindow {
+    /// `Ok` when a snapshot at `offset` (its last applied record; `None`: none applied) can be
+    /// caught up from this log: the next offset it needs lies in `[low, high]`.
+    pub fn admits(&self, offset: Option<u64>) -> Result<(), AttemptError> {
+        let next = offset.map_or(0, |o| o.saturating_add(1));
+        if next < self.low || next > self.high {
+            return Err(AttemptError::StaleSnapshot {
+                offset,
+                low: self.low,
+                high: self.high,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A manifest a client will act on ([`check_manifest_rules`]), as an attempt's error.
-pub(crate) fn check_manifest(files: &[FileEntry]) -> Result<(), AttemptError> {
-    check_manifest_rules(files, ClientLimits::default().max_files)
+pub(crate) fn check_manifest(
+    files: &[FileEntry],
+    checksum: ChecksumAlgo,
+) -> Result<(), AttemptError> {
+    check_manifest_rules(files, ClientLimits::default().max_files, checksum)
         .map_err(|e| AttemptError::Protocol(e.to_string()))
 }

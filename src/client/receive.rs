@@ -11,14 +11,15 @@ use std::sync::Arc;
 
 use crate::checksum::{ChecksumAlgo, Hasher};
 use crate::pacing::RateLimiter;
+use crate::protocol::transfer::MAX_FILES_IN_FLIGHT;
 use crate::protocol::{codes, FileEntry};
 
 use super::error::AttemptError;
 
 const BUF: usize = 256 * 1024;
-/// Receive buffers one transfer holds outside quinn: one per file in flight, for the eight
-/// files a server sends at once by default.
-pub(crate) const RESERVED: u64 = 8 * BUF as u64;
+/// Receive buffers one transfer holds outside quinn: one per file in flight, at most
+/// [`MAX_FILES_IN_FLIGHT`] (streams a server opens beyond it wait unread).
+pub(crate) const RESERVED: u64 = (MAX_FILES_IN_FLIGHT * BUF) as u64;
 
 /// Files one attempt has open for receiving. The attempt's cleanup waits for this to drop to
 /// zero before deleting or committing its temp dir, so no handle outlives its directory; only

@@ -146,7 +146,8 @@ impl Journal {
             && self.checksum == checksum
             && self.table_format == format
             && unix_now().saturating_sub(self.written_at) <= window.as_secs()
-            && crate::protocol::transfer::check_manifest(&self.manifest, usize::MAX).is_ok()
+            && crate::protocol::transfer::check_manifest(&self.manifest, usize::MAX, checksum)
+                .is_ok()
             && self
                 .validated
                 .iter()
@@ -291,6 +292,18 @@ mod tests {
         let mut old = j.clone();
         old.written_at -= 601;
         assert!(!old.fits(&id(), ChecksumAlgo::Md5, TableFormat::Block, window));
+        // Digests are hex, not lists of numbers; a journal of the older form still loads.
+        let text = std::fs::read_to_string(root.path().join(JOURNAL_FILE)).unwrap();
+        assert!(
+            text.contains(&format!("\"digest\":\"{}\"", "00".repeat(16))),
+            "{text}"
+        );
+        let older = text.replace(
+            &format!("\"{}\"", "00".repeat(16)),
+            &format!("[{}]", vec!["0"; 16].join(",")),
+        );
+        std::fs::write(root.path().join(JOURNAL_FILE), older).unwrap();
+        assert_eq!(Journal::load(root.path()), Some(j.clone()));
         // Garbage, a cut-off file, an index outside the manifest: discarded.
         std::fs::write(root.path().join(JOURNAL_FILE), b"{\"layout\":1,").unwrap();
         assert_eq!(Journal::load(root.path()), None);

@@ -21,21 +21,37 @@ use crate::partition::{PartitionId, PartitionMeta};
 use crate::peers::Peer;
 use crate::protocol::fetch::keeps;
 use crate::protocol::transfer::{
-    ClientAction, ClientFailure, ClientLimits, ClientTransfer, ResumeFrom,
+    ClientAction, ClientFailure, ClientLimits, ClientTransfer, ResumeFrom, MAX_FILES_IN_FLIGHT,
 };
 use crate::protocol::{ControlFrame, Request, PROTOCOL_VERSION};
 use crate::wire::{sleep_until, write_frame, FrameReader};
 
 use super::pool::{FileStreams, RouteGuard};
 use super::resume::{Journal, Kept};
-use super::{attempts, commit, receive, AttemptError, Fetcher, Progress};
+use super::{attempts, commit, receive, space, AttemptError, Fetcher, LogWindow, Progress};
 
-/// Largest control frame a client accepts (a manifest or metadata): Venice's 100 MB.
-pub const MAX_CONTROL_FRAME: usize = 100 * 1024 * 1024;
+/// Largest control frame a client accepts (a manifest or metadata): 8 MiB. A manifest of a
+/// real partition is far smaller (~160 files, ~10 KB, for 10 GB of 64 MB SSTs; ~3 MB for the
+/// most files a manifest may list, [`crate::protocol::transfer::MAX_FILES`], under RocksDB's
+/// own names), and a hostile server can make a client hold no more than this and its
+/// decoding.
+pub const MAX_CONTROL_FRAME: usize = 8 << 20;
 /// How often received bytes are looked at, to tell a slow transfer from a stalled one.
 const PROGRESS_TICK: Duration = Duration::from_millis(250);
 /// Least time between two saves of the resume journal while files arrive.
 const JOURNAL_EVERY: Duration = Duration::from_secs(1);
+
+/// An action's name, for errors: never its payload, which may be a whole manifest.
+fn step_name(action: &ClientAction) -> &'static str {
+    match action {
+        ClientAction::Send(_) => "Send",
+        ClientAction::Accepted => "Accepted",
+        ClientAction::ReceiveFile { .. } => "ReceiveFile",
+        ClientAction::Commit(_) => "Commit",
+        ClientAction::Fail(_) => "Fail",
+        ClientAction::FinishSend => "FinishSend",
+    }
+}
 
 /// A transfer's control stream and machine, with what keeps the transfer's resources held.
 struct Control {
@@ -83,6 +99,7 @@ impl Control {
             }
             ClientFailure::Protocol(m) => AttemptError::Protocol(m),
             ClientFailure::Idle(d) => AttemptError::Idle(d),
+            ClientFailure::Unprepared(d) => AttemptError::Unprepared(d),
             ClientFailure::ConnectionClosed => match self.conn.close_reason() {
                 Some(e) => AttemptError::from_connection(&e),
                 None => AttemptError::PeerGone("connection closed".into()),
@@ -108,18 +125,26 @@ struct Accepted {
     control: Control,
 }
 
+/// What an attempt must respect besides its peer and place.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Terms {
+    /// Whether it may resume kept files (the fetch machine's choice for this attempt).
+    pub(super) resume: bool,
+    /// The offsets the log can continue from, when known: a snapshot outside them is refused
+    /// before commit.
+    pub(super) log: Option<LogWindow>,
+}
+
 impl Fetcher {
     /// One attempt: request (a resume of `kept` when it holds part of this peer's snapshot),
     /// receive, validate, commit. Returns the files and the metadata. An interrupted attempt
     /// leaves its files and journal in `kept` for the next one.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
         id: &PartitionId,
         peer: &Peer,
-        resume: bool,
-        parent: &Path,
-        target: &Path,
+        Terms { resume, log }: Terms,
+        (parent, target): (&Path, &Path),
         progress: &Progress,
         kept: &Mutex<Option<Kept>>,
     ) -> Result<(usize, PartitionMeta), AttemptError> {
@@ -189,10 +214,19 @@ impl Fetcher {
             progress.resumed.store(p.held, Ordering::Relaxed);
         }
         let files = control.machine.files();
-        progress.total.store(
-            files.iter().fold(0u64, |a, f| a.saturating_add(f.size)),
-            Ordering::Relaxed,
-        );
+        let total = files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
+        progress.total.store(total, Ordering::Relaxed);
+        // Before the first byte: the rest of the partition must fit, with headroom.
+        let needed = total.saturating_sub(plan.as_ref().map_or(0, |p| p.held));
+        if let Err(e) = space::check(parent, needed, total) {
+            if let Some(k) = held {
+                // What is held stays for a resume once space is freed.
+                *lock(kept) = Some(k);
+            }
+            control.machine.suspend(e.to_string());
+            control.goodbye(self).await;
+            return Err(e);
+        }
         let (tmp, mut journal) = match held {
             Some(k) => (k.dir, k.journal),
             None => {
@@ -217,6 +251,7 @@ impl Fetcher {
             fetcher: self,
             open: receive::OpenFiles::default(),
             tasks: JoinSet::new(),
+            waiting: Default::default(),
             journal: &mut journal,
             saved: Instant::now(),
             dirty: false,
@@ -230,6 +265,11 @@ impl Fetcher {
         attempts::end_file_tasks(&mut rx.tasks, &rx.open).await;
         drop(rx);
         // Every file task has ended here: no handle is open, no byte can land any more.
+        // A snapshot the log cannot continue is of no use, however good its files.
+        let outcome = outcome.and_then(|meta| match log {
+            Some(log) => log.admits(meta.offset).map(|()| meta),
+            None => Ok(meta),
+        });
         let meta = match outcome {
             Ok(meta) => meta,
             Err(e) => {
@@ -304,6 +344,15 @@ impl Fetcher {
         }
         match journal.save(tmp.path()) {
             Ok(()) => Some(Kept { dir: tmp, journal }),
+            // An older journal on disk (saved at Accept and every second since) still
+            // describes this transfer: files it does not list as validated are read back and
+            // digested on resume like any partial file, so keeping it is safe — and on a full
+            // disk, where this save fails, it is what lets the fetch resume once space is
+            // freed.
+            Err(err) if Journal::load(tmp.path()).is_some() => {
+                tracing::warn!(error = %err, "could not update the resume journal; keeping the last one saved");
+                Some(Kept { dir: tmp, journal })
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "could not write the resume journal; files deleted");
                 tmp.remove();
@@ -361,7 +410,8 @@ impl Fetcher {
                 Some(ClientAction::Fail(f)) => return Err(control.failure(f)),
                 Some(other) => {
                     return Err(AttemptError::Protocol(format!(
-                        "unexpected step {other:?} before Accept"
+                        "unexpected step {} before Accept",
+                        step_name(&other)
                     )))
                 }
                 None => {}
@@ -389,6 +439,8 @@ struct Receiving<'a> {
     fetcher: &'a Fetcher,
     open: receive::OpenFiles,
     tasks: JoinSet<(u32, Result<u64, AttemptError>)>,
+    /// File streams handed out by the machine, not yet received ([`Self::start_waiting`]).
+    waiting: std::collections::VecDeque<(u32, crate::protocol::FileEntry, u64, quinn::RecvStream)>,
     /// Which files validated, saved now and then so a killed process loses little.
     journal: &'a mut Journal,
     saved: Instant,
@@ -407,6 +459,29 @@ impl Receiving<'_> {
         }
         self.saved = Instant::now();
         self.dirty = false;
+    }
+
+    /// Starts receiving waiting streams, oldest first, while fewer than
+    /// [`MAX_FILES_IN_FLIGHT`] files are being received. Oldest first keeps an honest server
+    /// from ever stalling: the streams it has not finished sending are its newest, at most its
+    /// own files in flight, which is no more than this limit.
+    fn start_waiting(&mut self) {
+        while self.tasks.len() < MAX_FILES_IN_FLIGHT {
+            let Some((index, entry, offset, stream)) = self.waiting.pop_front() else {
+                return;
+            };
+            let fut = receive::receive_file(
+                stream,
+                self.dir.join(&entry.name),
+                entry,
+                offset,
+                self.fetcher.cfg.policy.checksum,
+                self.progress.clone(),
+                self.fetcher.cfg.policy.read_limiter.clone(),
+                self.open.clone(),
+            );
+            self.tasks.spawn(async move { (index, fut.await) });
+        }
     }
 
     /// Tells the machine when file bytes arrived since the last look.
@@ -441,17 +516,11 @@ impl Receiving<'_> {
                     let stream = pending.take().ok_or_else(|| {
                         AttemptError::Protocol(format!("no stream for file {index}"))
                     })?;
-                    let fut = receive::receive_file(
-                        stream,
-                        self.dir.join(&entry.name),
-                        entry,
-                        offset,
-                        self.fetcher.cfg.policy.checksum,
-                        self.progress.clone(),
-                        self.fetcher.cfg.policy.read_limiter.clone(),
-                        self.open.clone(),
-                    );
-                    self.tasks.spawn(async move { (index, fut.await) });
+                    // Beyond the files a transfer receives at once, a stream waits unread:
+                    // a server opening streams by the hundred costs no buffer and no open
+                    // file, and one keeping to the limit never stalls (`start_waiting`).
+                    self.waiting.push_back((index, entry, offset, stream));
+                    self.start_waiting();
                     continue;
                 }
                 Some(ClientAction::Commit(meta)) => {
@@ -469,7 +538,10 @@ impl Receiving<'_> {
                 }
                 Some(ClientAction::Fail(f)) => return Err(control.failure(f)),
                 Some(other) => {
-                    return Err(AttemptError::Protocol(format!("unexpected step {other:?}")))
+                    return Err(AttemptError::Protocol(format!(
+                        "unexpected step {}",
+                        step_name(&other)
+                    )))
                 }
                 None => {}
             }
@@ -486,6 +558,7 @@ impl Receiving<'_> {
                     control.machine.handle_file_done(index, result?, Instant::now());
                     self.journal.validated.insert(index);
                     self.dirty = true;
+                    self.start_waiting();
                 }
                 frame = control.reader.next_frame::<ControlFrame>(), if control.machine.wants_control() => {
                     control.feed(frame)?;

@@ -61,17 +61,17 @@ fn entry(name: &str, content: &[u8]) -> FileEntry {
     }
 }
 
-/// Answers the request with `Accept` for `files`.
+/// Answers the request with `Accept` for `files` (a client that refuses it may stop reading
+/// before it is all written: that is no failure of the hostile side).
 async fn accept(s: &mut Session, files: Vec<FileEntry>) {
-    write_frame(
+    let _ = write_frame(
         &mut s.send,
         &ControlFrame::Accept(Accept {
             files,
             snapshot: Default::default(),
         }),
     )
-    .await
-    .unwrap();
+    .await;
 }
 
 /// Ends the transfer as a server does: `Metadata` (empty), then `Complete`.
@@ -292,4 +292,238 @@ async fn a_file_trickling_in_below_one_buffer_per_idle_timeout_is_not_idle() {
     // commit's check that they form a database refuses them (they do not).
     let attempts = expect_rejection(addr, "protocol_violation").await;
     assert_eq!(attempts[0].bytes, (CURRENT.len() + sst.len()) as u64);
+}
+
+// ---- What a hostile server can make a fetcher spend (bounded, then the next peer) ----
+
+/// A field of `/proc/self/status`, in bytes.
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The receive budget of the fetchers below: the bound on what a transfer holds unread.
+const BUDGET: u64 = 32 << 20;
+/// What a hostile server may make a fetcher hold beyond its receive budget.
+const SLACK: u64 = 64 << 20;
+
+/// What a fetch that met the hostile server at `addr` first spent before it moved on.
+struct Spent {
+    /// Growth of the process's peak RSS over its RSS before the fetch.
+    peak_rss: u64,
+    /// The largest resume journal seen on disk.
+    journal: u64,
+    /// The most files the fetch had open at once.
+    open_files: usize,
+}
+
+/// Fetches from the hostile server at `addr`, then from a good server with the partition: the
+/// fetch must end at the good one, after an attempt at the hostile one ending in `outcome`.
+async fn next_peer_after(addr: SocketAddr, outcome: &str, scenario: &str) -> Spent {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let id = id(0);
+    seed(src.path(), &id, 1_000, 100, 500);
+    let good = server(src.path(), |_| {}).await;
+    let f = fetcher(|c| {
+        c.policy.idle_timeout = Duration::from_secs(2);
+        c.max_resumes = 0;
+        c.max_recv_buffer = BUDGET;
+    });
+    // Peak RSS counts from here (5 in clear_refs resets VmHWM to the current RSS).
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = status_bytes("VmRSS:");
+    let (journal, open_files) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
+    let watch = {
+        let (dst, journal, open_files) =
+            (dst.path().to_owned(), journal.clone(), open_files.clone());
+        let good_stats = good.stats();
+        tokio::spawn(async move {
+            loop {
+                // What the hostile peer made the client write and hold open, measured while
+                // only it has sent anything (the good peer's transfer has its own journal, and
+                // its partition is opened as a database to be vetted and committed).
+                if good_stats.accepted.load(Ordering::Relaxed) > 0 {
+                    return;
+                }
+                for d in temp_dirs(&dst) {
+                    let j = d.join(quicstrap::client::resume::JOURNAL_FILE);
+                    let len = std::fs::metadata(j).map(|m| m.len()).unwrap_or(0);
+                    journal.fetch_max(len, Ordering::Relaxed);
+                }
+                // Received files: not the journal, nor a temp dir held open for its lock.
+                let receiving = open_fds_under(&dst)
+                    .into_iter()
+                    .filter(|p| {
+                        !p.ends_with(quicstrap::client::resume::JOURNAL_FILE) && p.is_file()
+                    })
+                    .count();
+                open_files.fetch_max(receiving, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        f.fetch(&id, &[quicstrap::Peer::new(addr), peer(&good)], dst.path()),
+    )
+    .await
+    .expect("the client moved on in bounded time")
+    .unwrap();
+    let peak = status_bytes("VmHWM:");
+    watch.abort();
+    let _ = watch.await;
+    assert_eq!(report.attempts[0].outcome, outcome, "{:?}", report.attempts);
+    assert_eq!(report.attempts.last().unwrap().outcome, "ok");
+    assert_same(&id.dir(src.path()), &id.dir(dst.path()));
+    assert!(
+        temp_dirs(dst.path()).is_empty(),
+        "the hostile peer's files went"
+    );
+    good.shutdown().await;
+    let spent = Spent {
+        peak_rss: peak.saturating_sub(before),
+        journal: journal.load(Ordering::Relaxed),
+        open_files: open_files.load(Ordering::Relaxed),
+    };
+    assert!(
+        spent.peak_rss <= BUDGET + SLACK,
+        "peak RSS grew by {} MiB",
+        spent.peak_rss >> 20
+    );
+    println!(
+        "{scenario}: peak RSS +{} MiB, journal {} bytes, {} files open at most",
+        spent.peak_rss >> 20,
+        spent.journal,
+        spent.open_files
+    );
+    // For CHAOS.md: time to a complete partition from the good peer, nothing lost.
+    chaos_outcome(scenario, true, started.elapsed(), 0);
+    spent
+}
+
+/// A manifest entry with a digest of `len` bytes (MD5's is 16).
+fn with_digest(name: &str, len: usize) -> FileEntry {
+    FileEntry {
+        name: name.into(),
+        size: 1,
+        digest: vec![0xab; len],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_longer_than_its_algorithm_is_refused_and_never_journaled() {
+    let _turn = turn(Needs::Process).await;
+    // 7 MiB of digest: under the control-frame limit, so only its length can refuse it. Once
+    // accepted it would be held, cloned into the journal and written out as JSON.
+    let (_ep, addr) = hostile(|mut s| async move {
+        accept(&mut s, vec![with_digest("CURRENT", 7 << 20)]).await;
+        s
+    })
+    .await;
+    let spent = next_peer_after(addr, "protocol_violation", "hostile_digest_7mib").await;
+    assert_eq!(spent.journal, 0, "nothing of it was journaled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_over_the_frame_limit_or_the_file_limit_is_refused() {
+    let _turn = turn(Needs::Process).await;
+    // Over the 8 MiB control-frame limit: refused before it is buffered.
+    let (_ep, addr) = hostile(|mut s| async move {
+        let mut files = vec![entry("CURRENT", CURRENT)];
+        files.extend((0..40_000).map(|i| with_digest(&format!("{i:0>250}"), 16)));
+        accept(&mut s, files).await;
+        s
+    })
+    .await;
+    next_peer_after(addr, "protocol_violation", "hostile_manifest_10mb").await;
+    // More files than any partition has (100 000), in a frame under the limit.
+    let (_ep, addr) = hostile(|mut s| async move {
+        let mut files = vec![entry("CURRENT", CURRENT)];
+        files.extend(
+            (0..quicstrap::protocol::transfer::MAX_FILES)
+                .map(|i| with_digest(&format!("{i}.sst"), 16)),
+        );
+        accept(&mut s, files).await;
+        s
+    })
+    .await;
+    next_peer_after(addr, "protocol_violation", "hostile_manifest_100001_files").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_manifest_costs_a_journal_of_its_file_list_and_little_more() {
+    let _turn = turn(Needs::Process).await;
+    // 25 000 files of 240-character names: a valid manifest of ~6.5 MB; the server then goes
+    // silent, so the attempt stalls and keeps a journal.
+    let names: Vec<String> = (0..25_000).map(|i| format!("{i:0>240}")).collect();
+    let list: u64 = names.iter().map(|n| n.len() as u64 + 2 * 16).sum();
+    let (_ep, addr) = hostile(move |mut s| async move {
+        let mut files = vec![entry("CURRENT", CURRENT)];
+        files.extend(names.iter().map(|n| with_digest(n, 16)));
+        accept(&mut s, files).await;
+        s
+    })
+    .await;
+    let spent = next_peer_after(addr, "idle_timeout", "hostile_25000_long_names").await;
+    assert!(
+        spent.journal > list,
+        "the journal was written: {} bytes",
+        spent.journal
+    );
+    assert!(
+        spent.journal <= (1 << 20) + list,
+        "journal of {} bytes for a file list of {list}",
+        spent.journal
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_file_streams_waits_unread_beyond_the_files_in_flight() {
+    let _turn = turn(Needs::Process).await;
+    // 400 files, every stream opened at once with a few bytes and never finished: a client
+    // that received each at once would hold 400 buffers and 400 open files.
+    const FILES: usize = 400;
+    let (_ep, addr) = hostile(|mut s| async move {
+        let mut files = vec![entry("CURRENT", CURRENT)];
+        files.extend((1..FILES).map(|i| entry(&format!("{i:06}.sst"), &[7u8; 4096])));
+        accept(&mut s, files).await;
+        let mut held = Vec::new();
+        for i in 0..FILES as u32 {
+            let opened =
+                tokio::time::timeout(Duration::from_secs(1), send_file(&s, i, &[7u8; 16], false))
+                    .await;
+            match opened {
+                Ok(st) => held.push(st),
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(held);
+        s
+    })
+    .await;
+    let spent = next_peer_after(addr, "idle_timeout", "hostile_400_file_streams").await;
+    let most = quicstrap::protocol::transfer::MAX_FILES_IN_FLIGHT;
+    assert!(
+        spent.open_files <= most,
+        "{} files open at once, more than {most}",
+        spent.open_files
+    );
+    assert!(
+        spent.open_files > 0,
+        "the watch saw the files being received"
+    );
 }

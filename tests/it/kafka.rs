@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use quicstrap::bootstrap::BootstrapError;
-use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
+use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath, LostRange};
 use quicstrap::client::Progress;
 use quicstrap::demo::seed;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
@@ -545,14 +545,22 @@ async fn a_partition_behind_retention_is_replaced_by_a_peer_or_rebuilt_from_the_
         r.path,
         BootstrapPath::KafkaFromEarliest {
             have: Some(99),
-            earliest: 2_000
+            earliest: 2_000,
+            lost: LostRange {
+                first: 100,
+                last: 1_999
+            }
         }
     );
     assert_eq!(r.catch_up.from_offset, Some(1_999));
+    // Its own data is kept and the log replayed onto it: only offsets 100..=1 999 are lost.
+    let mut kept = Model::new();
+    apply(&mut kept, &records(0, 100));
+    apply(&mut kept, &records(2_000, 1_000));
     assert_eq!(
         content(&id.dir(c_root.path())),
-        tail,
-        "exactly the records the log kept"
+        kept,
+        "the partition's own records, then the records the log kept"
     );
     assert!(temp_dirs(c_root.path()).is_empty());
 
@@ -566,11 +574,93 @@ async fn a_partition_behind_retention_is_replaced_by_a_peer_or_rebuilt_from_the_
         r.path,
         BootstrapPath::KafkaFromEarliest {
             have: None,
-            earliest: 2_000
+            earliest: 2_000,
+            lost: LostRange {
+                first: 0,
+                last: 1_999
+            }
         }
     );
     assert_eq!(content(&id.dir(e_root.path())), tail);
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_log_cannot_continue_is_skipped_for_a_good_peer_and_never_wedges() {
+    let _turn = turn(Needs::Broker).await;
+    let b = brokers();
+    let id = PartitionId::new(&unique_store("stale"), 1, 0).unwrap();
+    let w = KafkaWriter::new(&b).unwrap();
+    let mut all = Model::new();
+    produce(&w, &id, 0, 3_000, &mut all).await;
+    let mut tail = Model::new();
+    apply(&mut tail, &records(2_000, 1_000));
+    // A good peer follows the whole log.
+    let good_root = tempfile::tempdir().unwrap();
+    let f = fetcher(|_| {});
+    boot(&f, &[], good_root.path(), &id, 0).await;
+    let good = server(good_root.path(), |_| {}).await;
+    delete_before(&id, 2_000).await;
+    // One peer stopped following at 99, long before retention's 2 000; another holds offsets
+    // this log never reached (another cluster, a recreated topic).
+    let (behind_root, ahead_root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    partition_with(behind_root.path(), &id, &records(0, 100), 99);
+    partition_with(ahead_root.path(), &id, &records(0, 100), 10_000);
+    let behind = server(behind_root.path(), |_| {}).await;
+    let ahead = server(ahead_root.path(), |_| {}).await;
+
+    // Stale peers first: each is refused before its snapshot is committed, the good one serves.
+    let root = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let r = boot(
+        &f,
+        &[peer(&behind), peer(&ahead), peer(&good)],
+        root.path(),
+        &id,
+        0,
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(r.path, BootstrapPath::PeerTransfer);
+    let outcomes: Vec<&str> = r.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["stale_snapshot", "stale_snapshot", "ok"]);
+    assert_eq!(content(&id.dir(root.path())), all);
+    assert!(temp_dirs(root.path()).is_empty(), "stale files deleted");
+    chaos_outcome("stale_peers_then_a_good_one", true, took, 0);
+
+    // Only stale peers: not wedged. The log is replayed from its start, and the report says why.
+    let root = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let r = boot(&f, &[peer(&behind), peer(&ahead)], root.path(), &id, 0).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            r.path,
+            BootstrapPath::KafkaFromEarliest {
+                have: None,
+                earliest: 2_000,
+                ..
+            }
+        ),
+        "{:?}",
+        r.path
+    );
+    let outcomes: Vec<&str> = r.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["stale_snapshot", "stale_snapshot"]);
+    assert!(r.attempts[0]
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("offset Some(99)"));
+    assert_eq!(content(&id.dir(root.path())), tail);
+    assert_eq!(offset(&id.dir(root.path())), Some(2_999));
+    chaos_outcome("only_stale_peers", true, took, 0);
+    // A rerun finds a partition it can catch up: nothing to refuse, nothing wedged.
+    let r = boot(&f, &[peer(&ahead)], root.path(), &id, 0).await;
+    assert_eq!(r.path, BootstrapPath::LocalResume);
+    for s in [good, behind, ahead] {
+        s.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,16 +717,36 @@ async fn bad_records_are_skipped_and_counted_or_stop_ingestion_by_policy() {
 async fn offsets_no_log_can_reach_are_typed_errors() {
     let _turn = turn(Needs::Broker).await;
     let (id, b, _, _) = topic_with("ahead", 1, 10).await;
-    // A peer whose partition claims offset 999 of a log that ends at 9.
+    // A peer whose partition claims offset 999 of a log that ends at 9: refused before commit
+    // (`stale_snapshot`), and the partition is built from the log instead.
     let src = tempfile::tempdir().unwrap();
     seed(src.path(), &id, 1_000, 10, 1_000);
     let s = server(src.path(), |_| {}).await;
     let root = tempfile::tempdir().unwrap();
     let mut log = KafkaLog::new(&b, &ingest::topic(&id), 0).unwrap();
-    let err = bootstrap(
+    let r = bootstrap(
         &fetcher(|_| {}),
         &[peer(&s)],
         root.path(),
+        &id,
+        &mut log,
+        &cfg(0),
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.path, BootstrapPath::KafkaAllPeersFailed);
+    let outcomes: Vec<&str> = r.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["stale_snapshot"]);
+    assert_eq!(offset(&id.dir(root.path())), Some(9));
+    s.shutdown().await;
+
+    // A partition already here that claims offsets the log never reached (written before
+    // snapshots were vetted, or the topic was recreated since) is a typed error, not a replay.
+    let err = bootstrap(
+        &fetcher(|_| {}),
+        &[],
+        src.path(),
         &id,
         &mut log,
         &cfg(0),
@@ -657,9 +767,7 @@ async fn offsets_no_log_can_reach_are_typed_errors() {
         ),
         "{error}"
     );
-    assert_eq!(report.path, BootstrapPath::PeerTransfer);
-    assert!(report.transfer.is_some());
-    s.shutdown().await;
+    assert_eq!(report.path, BootstrapPath::LocalResume);
 
     // A stored offset no Kafka offset can follow: checked, not wrapped.
     let other = tempfile::tempdir().unwrap();

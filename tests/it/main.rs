@@ -8,9 +8,11 @@ mod common;
 
 mod admission;
 mod baseline;
+mod bounds;
 mod chaos;
 mod cli;
 mod connectivity;
+mod disk;
 mod dns;
 mod failures;
 mod hostile;

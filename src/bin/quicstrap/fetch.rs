@@ -274,6 +274,12 @@ fn fetch_failed(e: &FetchError) -> CliError {
                 "suspended: {kept} bytes kept for a rerun, which resumes them"
             ))
         }
+        FetchError::GaveUp {
+            error: quicstrap::client::AttemptError::InsufficientSpace(_),
+            ..
+        } => CliError::NoSpace(format!(
+            "{e}; what arrived is kept, and a rerun once space is freed resumes it"
+        )),
         e => CliError::failed(e),
     }
 }

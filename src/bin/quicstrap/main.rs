@@ -1,6 +1,7 @@
 //! `quicstrap`: a thin command-line front end over the library. This file parses, hands the
 //! subcommand its options, and turns the outcome into the exit code: 0 done, 1 the work
-//! failed, 2 bad arguments or input the command cannot use.
+//! failed, 2 bad arguments or input the command cannot use, 73 the partition does not fit on
+//! the disk, 75 stopped by a signal with the work kept.
 
 mod args;
 mod demo;
@@ -54,7 +55,14 @@ pub enum CliError {
     Failed(String),
     /// Stopped by a signal with the work kept: a rerun resumes it (exit [`stop::SUSPENDED`]).
     Suspended(String),
+    /// The partition does not fit on the disk; what arrived is kept, and a rerun once space
+    /// is freed resumes it (exit [`NO_SPACE`]).
+    NoSpace(String),
 }
+
+/// Exit code of a fetch that stopped for lack of disk space (sysexits' `EX_CANTCREAT`): no
+/// retry helps until someone frees space, unlike an ordinary failure.
+pub const NO_SPACE: u8 = 73;
 
 impl CliError {
     /// For `map_err`: an error that means the command cannot run as asked.
@@ -70,7 +78,7 @@ impl CliError {
     /// The line said on stderr (after `quicstrap: `).
     pub fn message(&self) -> &str {
         match self {
-            Self::Unusable(m) | Self::Failed(m) | Self::Suspended(m) => m,
+            Self::Unusable(m) | Self::Failed(m) | Self::Suspended(m) | Self::NoSpace(m) => m,
         }
     }
 
@@ -79,6 +87,7 @@ impl CliError {
             Self::Unusable(_) => 2,
             Self::Failed(_) => 1,
             Self::Suspended(_) => stop::SUSPENDED,
+            Self::NoSpace(_) => NO_SPACE,
         })
     }
 }
