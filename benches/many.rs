@@ -37,6 +37,8 @@ async fn start(root: &Path, n: usize) -> Server {
     );
     cfg.policy.write_limiter = RateLimiter::unlimited();
     cfg.snapshots.max_users = 128;
+    // One fetcher asks for every partition at once: the whole server is its share.
+    cfg.snapshots.max_users_per_client = 128;
     Server::start(
         cfg,
         Arc::new(DataDir::new(root.to_owned(), TableFormat::Block)),

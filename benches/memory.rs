@@ -190,6 +190,9 @@ fn run_row(work: &Path, row: &Row) -> Measured {
         .arg(work.join("snapshots"))
         // The link is the limit, not the pacer.
         .args(["--write-limit", "0"])
+        // Every client here has one address and one certificate: to the server they are one
+        // client, so its share is the whole of --max-users (30), as before there were shares.
+        .args(["--max-users-per-client", "30"])
         .stderr(Stdio::null());
     let serve = ServeProcess::spawn(cmd);
     // The checkpoint and its digests, made once before the clock starts.

@@ -71,6 +71,15 @@ pub struct TransportTuning {
     pub idle_timeout: Duration,
     /// Keep-alive ping interval, so an idle but healthy connection is not timed out.
     pub keep_alive: Duration,
+    /// Client side: a pooled connection to a peer that no transfer has used for this long is
+    /// closed (default 30 s); the next partition from that peer connects again. Keep-alive
+    /// pings keep a connection open for good otherwise, and a fleet of fetchers between
+    /// partitions would hold the servers' connection cap. Shorter than a server's own idle
+    /// close (`ServerConfig::connection_idle`, 60 s), so the client closes first and never
+    /// loses a connection under a request it is about to send. Long enough that a good
+    /// handshake of the connectivity check stays warm for the transfer that follows it, and
+    /// that a pause between attempts at the same peer (at most 30 s) rarely reconnects.
+    pub pool_idle: Duration,
     /// Concurrent control streams a client may open on one connection (default 64): bounds a
     /// flood of control streams.
     pub max_control_streams: u32,
@@ -101,6 +110,7 @@ impl Default for TransportTuning {
             congestion: Congestion::Bbr,
             idle_timeout: Duration::from_secs(60),
             keep_alive: Duration::from_secs(5),
+            pool_idle: Duration::from_secs(30),
             max_control_streams: 64,
             max_file_streams: 512,
             initial_mtu: 1452,

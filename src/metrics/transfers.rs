@@ -72,11 +72,18 @@ pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttl
         ("failed", |s| &s.failed),
         ("rejected", |s| &s.rejected),
         ("busy", |s| &s.busy),
+        ("busy_per_client", |s| &s.busy_per_client),
+        ("connection_refused", |s| &s.refused),
+        ("connection_refused_per_host", |s| &s.refused_per_host),
+        ("connection_idle_closed", |s| &s.idle_closed),
     ];
     register_outcomes(
         r,
         "quicstrap_server_transfers_total",
-        "Requests served, by outcome (busy is also counted in rejected, resumed in accepted).",
+        "Requests served, by outcome (busy is also counted in rejected, busy_per_client in \
+         busy, resumed in accepted); connections refused before authentication \
+         (connection_refused_per_host also counted in connection_refused) and connections \
+         closed for carrying no transfer (connection_idle_closed).",
         &[],
         &stats,
         outcomes,
@@ -150,13 +157,20 @@ pub fn register_https(r: &Registry, server: &HttpServer) {
         ("started", |s| &s.started),
         ("completed", |s| &s.completed),
         ("rejected", |s| &s.rejected),
+        ("busy_per_client", |s| &s.busy_per_client),
         ("handshake_refused", |s| &s.handshakes_refused),
+        ("connection_refused", |s| &s.connections_refused),
+        ("connection_refused_per_host", |s| {
+            &s.connections_refused_per_host
+        }),
     ];
     register_outcomes(
         r,
         "quicstrap_https_transfers_total",
         "HTTPS baseline transfers by outcome (started: manifest served; completed: \
-             metadata served; rejected: requests refused).",
+             metadata served; rejected: requests refused, busy_per_client of them over the \
+             client's share of snapshot users); connections refused at accept \
+             (connection_refused_per_host also counted in connection_refused).",
         &[("listener", &addr)],
         &stats,
         outcomes,
@@ -178,11 +192,18 @@ pub fn register_client(r: &Registry, fetcher: &Arc<Fetcher>, throttler: Option<&
         ("fetched", |s| &s.fetched),
         ("failed", |s| &s.failed),
         ("attempt_failed", |s| &s.attempts_failed),
+        ("insufficient_space", |s| &s.insufficient_space),
+        ("stale_snapshot", |s| &s.stale_snapshot),
+        ("protocol_violation", |s| &s.protocol_violation),
+        ("not_ready", |s| &s.not_ready),
     ];
     register_outcomes(
         r,
         "quicstrap_client_transfers_total",
-        "Fetches by outcome, and failed attempts (each moved on to the next peer or gave up).",
+        "Fetches by outcome, and failed attempts (each moved on to the next peer or gave up); \
+         of those, the ones a bound ended: insufficient_space (the partition did not fit on \
+         the disk), stale_snapshot (a snapshot the log cannot continue), protocol_violation \
+         (a peer over a limit or lying), not_ready (still preparing after the prepare limit).",
         &[],
         &stats,
         outcomes,

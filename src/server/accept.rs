@@ -4,11 +4,15 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{watch, Semaphore};
 
 use crate::admission::{PerIp, PerIpLimit};
 use crate::lock::unpoisoned as lock;
+use crate::protocol::codes;
+use crate::snapshot::ClientKey;
 
 use super::Shared;
 
@@ -35,6 +39,10 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
         else {
             // Before any cryptography: refusing costs one small packet.
             stats.refused.fetch_add(1, Ordering::Relaxed);
+            if connections.available_permits() > 0 && handshakes.available_permits() > 0 {
+                // Only the host's own cap stood in the way.
+                stats.refused_per_host.fetch_add(1, Ordering::Relaxed);
+            }
             incoming.refuse();
             continue;
         };
@@ -79,14 +87,32 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
     }
 }
 
+/// Serves the control streams of one connection, each a transfer, until it ends; closes it
+/// once it has carried no transfer for the configured idle time (`OK`, reason `idle`), so
+/// connections kept open without use cannot hold the connection cap.
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%remote, "connection up");
     lock(&shared.conns).insert(conn.stable_id(), conn.clone());
+    // Who this connection's requests are from, for the per-client share: fixed at the
+    // handshake, so a client that moves to another address stays the same client.
+    let client = Arc::new(client_of(&conn));
     let ids: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    // Control streams of this connection being served right now.
+    let live = Arc::new(watch::Sender::new(0usize));
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            a = conn.accept_bi() => a,
+            () = idle_for(&live, shared.cfg.connection_idle) => {
+                shared.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, "idle connection closed");
+                conn.close(codes::OK.into(), IDLE_REASON);
+                lock(&shared.conns).remove(&conn.stable_id());
+                return;
+            }
+        };
+        let (send, recv) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "connection ended");
@@ -98,9 +124,59 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         let tokens = (shared.tasks.clone(), shared.transfers.clone());
         let conn = conn.clone();
         let ids = ids.clone();
+        let client = client.clone();
+        // Counted here, before the next turn of the loop starts its idle clock.
+        let stream = LiveStream::new(&live);
         tokio::spawn(async move {
             let _tokens = tokens;
-            super::request::serve_control(conn, send, recv, shared, ids).await;
+            let _stream = stream;
+            super::request::serve_control(conn, send, recv, shared, ids, client).await;
         });
+    }
+}
+
+/// The reason an idle connection is closed with (code `OK`).
+pub(crate) const IDLE_REASON: &[u8] = b"idle";
+
+/// The client of `conn` for the per-client share: the certificate it presented in the
+/// handshake (the allow list made it present one) at its host.
+fn client_of(conn: &quinn::Connection) -> ClientKey {
+    let chain = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok());
+    ClientKey::from_chain(
+        chain.as_deref().map(Vec::as_slice),
+        conn.remote_address().ip(),
+    )
+}
+
+/// One control stream being served, counted in its connection's `live` until dropped.
+struct LiveStream(Arc<watch::Sender<usize>>);
+
+impl LiveStream {
+    fn new(live: &Arc<watch::Sender<usize>>) -> Self {
+        live.send_modify(|n| *n += 1);
+        Self(live.clone())
+    }
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Resolves once no control stream has been live for `limit` without a break.
+async fn idle_for(live: &watch::Sender<usize>, limit: Duration) {
+    let mut rx = live.subscribe();
+    loop {
+        if rx.wait_for(|n| *n == 0).await.is_err() {
+            // Cannot happen while the caller holds the sender; never idle then.
+            std::future::pending::<()>().await;
+        }
+        // Any change restarts the clock: a stream came (and maybe went) meanwhile.
+        if tokio::time::timeout(limit, rx.changed()).await.is_err() {
+            return;
+        }
     }
 }

@@ -78,7 +78,10 @@ pub struct ServerConfig {
     pub snapshots: SnapshotConfig,
     /// QUIC knobs.
     pub tuning: TransportTuning,
-    /// Files of one transfer in flight at once (default 8).
+    /// Files of one transfer in flight at once (default 8; at most the
+    /// [`MAX_FILES_IN_FLIGHT`](crate::protocol::transfer::MAX_FILES_IN_FLIGHT) a client reads at
+    /// once, larger values count as that): a stream a client does not read yet only holds
+    /// send buffer here.
     pub files_in_flight: usize,
     /// Longest a transfer may take on the server side (60 min).
     pub partition_timeout: Duration,
@@ -89,8 +92,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Handshakes in progress at once (default 64); more are refused.
     pub max_handshakes: usize,
-    /// Handshakes in progress at once from one IP address (default 8): one flooding host
-    /// cannot take every handshake slot from the others.
+    /// Handshakes in progress at once from one host — an IPv4 address, or an IPv6 /64
+    /// (default 8): one flooding host cannot take every handshake slot from the others, and
+    /// one holding a whole /64 counts once, not once per address.
     pub max_handshakes_per_ip: usize,
     /// Past this many handshakes in progress (default 16), a client must first prove it
     /// owns its address (a QUIC Retry round trip), so a spoofed-source flood costs the
@@ -101,6 +105,13 @@ pub struct ServerConfig {
     /// quinn holds plus the file reads waiting to be written. A storage node gives up no more
     /// than this to serving, however many clients come and however slow their paths.
     pub max_send_buffer: u64,
+    /// Close a connection that has carried no transfer for this long (default 60 s), so
+    /// connections kept open without use — a fleet of fetchers between partitions, a client
+    /// that connects and asks for nothing — cannot hold the [`Self::max_connections`] cap.
+    /// Twice the fetchers' own idle close of pooled connections
+    /// ([`TransportTuning::pool_idle`], 30 s), so a fetcher closes its connection first and
+    /// never has it closed under a request it is about to send.
+    pub connection_idle: Duration,
 }
 
 impl ServerConfig {
@@ -125,6 +136,7 @@ impl ServerConfig {
             max_handshakes_per_ip: 8,
             retry_above: 16,
             max_send_buffer: crate::budget::DEFAULT_CAP,
+            connection_idle: Duration::from_secs(60),
         }
     }
 }
@@ -163,8 +175,16 @@ pub struct ServerStats {
     /// Requests answered `Busy` (also counted in `rejected`): the adaptive throttle's signal
     /// that this server is asked for more than it serves.
     pub busy: AtomicU64,
+    /// Of those, requests whose client held its share of snapshot users
+    /// ([`SnapshotConfig::max_users_per_client`]) while the server had slots left.
+    pub busy_per_client: AtomicU64,
     /// Incoming connections refused unauthenticated: over the connection or handshake cap.
     pub refused: AtomicU64,
+    /// Of those, connections refused only because their host (an IPv4 address or an IPv6
+    /// /64) held its share of handshakes ([`ServerConfig::max_handshakes_per_ip`]).
+    pub refused_per_host: AtomicU64,
+    /// Connections closed after carrying no transfer for [`ServerConfig::connection_idle`].
+    pub idle_closed: AtomicU64,
     /// Incoming connections asked to validate their address (QUIC Retry) first.
     pub retried: AtomicU64,
     /// Handshakes that failed or timed out.
@@ -187,6 +207,16 @@ pub(crate) struct Shared {
     conns: Mutex<std::collections::HashMap<usize, quinn::Connection>>,
     /// Send windows and read buffers of every transfer, bounded together.
     budget: Arc<BufferBudget>,
+}
+
+impl Shared {
+    /// Files of one transfer sent at once: the configured number, within what a client reads
+    /// at once.
+    pub(crate) fn files_in_flight(&self) -> usize {
+        self.cfg
+            .files_in_flight
+            .clamp(1, crate::protocol::transfer::MAX_FILES_IN_FLIGHT)
+    }
 }
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves its tasks running until the
@@ -280,6 +310,11 @@ impl Server {
     /// Live counters.
     pub fn stats(&self) -> Arc<ServerStats> {
         self.shared.stats.clone()
+    }
+
+    /// Connections open right now (handshake done), for metrics and tests.
+    pub fn open_connections(&self) -> usize {
+        lock(&self.shared.conns).len()
     }
 
     /// The snapshot manager (for inspection and tests).

@@ -28,7 +28,7 @@ pub(super) async fn push_files(
     shared: &Shared,
     sent: Arc<AtomicU64>,
 ) -> Result<(), ServerEnd> {
-    let slots = Arc::new(Semaphore::new(shared.cfg.files_in_flight.max(1)));
+    let slots = Arc::new(Semaphore::new(shared.files_in_flight()));
     let mut tasks = tokio::task::JoinSet::new();
     for FileStart { index, offset } in plan {
         // The machine checked the plan against this very manifest.

@@ -18,7 +18,7 @@ use crate::protocol::transfer::{
     heartbeat_interval, ServerAction, ServerEnd, ServerLimits, ServerTransfer,
 };
 use crate::protocol::{codes, ControlFrame, FileEntry, RejectReason, Request};
-use crate::snapshot::SnapshotLease;
+use crate::snapshot::{AcquireError, ClientKey, SnapshotLease};
 use crate::wire::{sleep_until, write_frame, FrameReader, WireError};
 
 use super::push::{push_files, HELD_PER_FILE};
@@ -107,6 +107,7 @@ pub(super) async fn serve_control(
     recv: quinn::RecvStream,
     shared: Arc<Shared>,
     ids: Arc<Mutex<HashSet<u64>>>,
+    client: Arc<ClientKey>,
 ) {
     let mut control = Control {
         machine: ServerTransfer::new(limits(&shared), Instant::now()),
@@ -162,7 +163,7 @@ pub(super) async fn serve_control(
         transfer = req.transfer_id
     );
     tracing::Instrument::instrument(
-        serve_partition(&conn, &mut control, &req, &id, &shared),
+        serve_partition(&conn, &mut control, &req, &id, &shared, &client),
         span,
     )
     .await;
@@ -176,16 +177,22 @@ async fn serve_partition(
     req: &Request,
     id: &PartitionId,
     shared: &Shared,
+    client: &ClientKey,
 ) {
     let stats = &shared.stats;
     let leased = match &req.resume {
         Some(r) => {
             shared
                 .snapshots
-                .acquire_for_resume(id, r.snapshot, Instant::now())
+                .acquire_for_resume(Some(client), id, r.snapshot, Instant::now())
                 .await
         }
-        None => shared.snapshots.acquire(id, Instant::now()).await,
+        None => {
+            shared
+                .snapshots
+                .acquire_as(Some(client), id, Instant::now())
+                .await
+        }
     };
     let lease = match leased {
         Ok(l) => l,
@@ -193,6 +200,9 @@ async fn serve_partition(
             let reason = e.reason();
             if reason == RejectReason::Busy {
                 stats.busy.fetch_add(1, Ordering::Relaxed);
+            }
+            if matches!(e, AcquireError::ClientBusy { .. }) {
+                stats.busy_per_client.fetch_add(1, Ordering::Relaxed);
             }
             control.machine.handle_refused(reason, format!("{id}: {e}"));
             control.next_action(shared).await;
@@ -270,7 +280,7 @@ async fn run_transfer(
                 if req.resume.is_some() {
                     shared.stats.resumed.fetch_add(1, Ordering::Relaxed);
                 }
-                let reads = shared.cfg.files_in_flight.max(1) as u64 * HELD_PER_FILE;
+                let reads = shared.files_in_flight() as u64 * HELD_PER_FILE;
                 _budget = Some(shared.budget.lease(conn, reads));
                 let push = push_files(conn, req.transfer_id, snap, plan, shared, sent.clone());
                 pushing = Some(Box::pin(push));

@@ -67,7 +67,10 @@ pub(super) fn take_root(cfg: &SnapshotConfig) -> Result<DirLock, RootError> {
 }
 
 impl SnapshotManager {
-    /// Deletes every snapshot that is stale at `now` and unused; returns how many.
+    /// Deletes every snapshot that is stale at `now` and unused; returns how many. Then drops
+    /// the entries of partitions left without a snapshot that no request is using (a
+    /// partition this host no longer holds, or whose checkpoint failed), so the map holds no
+    /// more than the partitions asked for since the last sweep that are still here.
     pub async fn collect(&self, now: Instant) -> usize {
         let slots: Vec<_> = lock(&self.inner.slots).values().cloned().collect();
         let mut removed = 0;
@@ -83,7 +86,17 @@ impl SnapshotManager {
                 }
             }
         }
+        self.prune();
         removed
+    }
+
+    /// Removes every entry without a snapshot that nobody holds. Under the map's lock, where
+    /// every other holder takes its clone: an entry only the map holds cannot be picked up
+    /// meanwhile, and one whose lock is taken is in use.
+    pub(super) fn prune(&self) {
+        lock(&self.inner.slots).retain(|_, slot| {
+            Arc::strong_count(slot) > 1 || slot.try_lock().map_or(true, |s| s.current.is_some())
+        });
     }
 
     /// Runs [`Self::collect`] every `cleanup_interval` until the manager's last handle is gone

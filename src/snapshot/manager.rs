@@ -1,6 +1,11 @@
 //! The snapshot manager: one current snapshot per partition, leased to each transfer. A fresh
 //! snapshot (younger than the TTL) is shared by every request; concurrent first requests wait
-//! for one checkpoint. Leases count users, and the number of users on the host is capped.
+//! for one checkpoint. Leases count users; the users on the host are capped, and so are those
+//! of any one client (its share).
+//!
+//! The manager keeps state only for partitions this host holds: a request for one it does not
+//! hold is answered `NotFound` from the source and leaves nothing behind, so a client asking
+//! for ever new names cannot make the server's memory grow.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::checkpoint::make_checkpoint;
 use super::cleanup::{remove_snapshot_dir, retire, take_root};
-use super::{policy, PartitionSource, RootError, Snapshot};
+use super::{policy, ClientKey, PartitionSource, RootError, Snapshot};
+use crate::admission::{PerKey, PerKeyLimit};
 use crate::lock::unpoisoned as lock;
 use crate::lock::DirLock;
 use crate::partition::{self, PartitionId, StorageError, TableFormat};
@@ -30,6 +36,14 @@ pub struct SnapshotConfig {
     pub cleanup_interval: Duration,
     /// Concurrent snapshot users (transfers) on this host before `Busy` (30).
     pub max_users: usize,
+    /// Concurrent snapshot users one client ([`ClientKey`]: its certificate at its host) may
+    /// be before it is answered `Busy` while others are still served (20, at least 1). 20 is
+    /// the most partitions one fetcher receives at once (`FetchConfig::max_partitions`), so a
+    /// node restoring itself is not refused for its share even when a single peer holds
+    /// everything it needs (a refused fetch with no other peer would fall back to Kafka);
+    /// below the default [`Self::max_users`] (30), so one client — however many partitions it
+    /// asks for, however slowly it reads — leaves a third of the slots to the others.
+    pub max_users_per_client: usize,
     /// How long to wait for another process to release the root (0: refuse at once). A
     /// rolling restart starts the new process with a wait, so it takes over the root the
     /// moment the old one exits.
@@ -47,6 +61,7 @@ impl SnapshotConfig {
             ttl: Duration::from_secs(60 * 60),
             cleanup_interval: Duration::from_secs(120 * 60),
             max_users: 30,
+            max_users_per_client: 20,
             lock_wait: Duration::ZERO,
             resume_window: Duration::from_secs(10 * 60),
         }
@@ -62,6 +77,13 @@ pub enum AcquireError {
     /// Every user slot is taken.
     #[error("too many concurrent snapshot users")]
     Busy,
+    /// The asking client already holds its share of the user slots
+    /// ([`SnapshotConfig::max_users_per_client`]); others may still be served.
+    #[error("this client already holds its per-client share of {share} concurrent snapshot users")]
+    ClientBusy {
+        /// The share: users one client may be at once.
+        share: usize,
+    },
     /// Making the checkpoint failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -79,7 +101,7 @@ impl AcquireError {
     pub fn reason(&self) -> RejectReason {
         match self {
             Self::NotFound => RejectReason::NotFound,
-            Self::Busy => RejectReason::Busy,
+            Self::Busy | Self::ClientBusy { .. } => RejectReason::Busy,
             Self::Storage(_) => RejectReason::ServerError,
             Self::Stale(_) => RejectReason::Stale,
             Self::SnapshotGone(_) => RejectReason::SnapshotGone,
@@ -99,8 +121,13 @@ pub(super) struct Inner {
     /// Held for the manager's life: no other process wipes or sweeps this root meanwhile.
     _lock: DirLock,
     source: Arc<dyn PartitionSource>,
+    /// One entry per partition this host holds that was asked for; never one for a partition
+    /// it does not hold (see [`SnapshotManager::acquire_as`]), and one without a snapshot
+    /// that nobody uses goes with the next sweep ([`SnapshotManager::collect`]).
     pub(super) slots: Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<Slot>>>>,
     permits: Arc<Semaphore>,
+    /// What each client holds of `permits`.
+    pub(super) shares: Arc<PerKeyLimit<ClientKey>>,
     seq: AtomicU64,
     created: AtomicU64,
     /// Random per manager: snapshot ids of a restarted server never match an old one's.
@@ -117,7 +144,13 @@ pub struct SnapshotManager {
 /// stale meanwhile and this was its last user, deletes it.
 pub struct SnapshotLease {
     snapshot: Arc<Snapshot>,
+    _users: Users,
+}
+
+/// A user slot on the host and, for a request from a known client, one of its share.
+struct Users {
     _permit: OwnedSemaphorePermit,
+    _share: Option<PerKey<ClientKey>>,
 }
 
 impl SnapshotLease {
@@ -147,6 +180,7 @@ impl SnapshotManager {
     pub fn new(cfg: SnapshotConfig, source: Arc<dyn PartitionSource>) -> Result<Self, RootError> {
         let lock = take_root(&cfg)?;
         let permits = Arc::new(Semaphore::new(cfg.max_users));
+        let shares = Arc::new(PerKeyLimit::new(cfg.max_users_per_client));
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -154,6 +188,7 @@ impl SnapshotManager {
                 source,
                 slots: Mutex::new(HashMap::new()),
                 permits,
+                shares,
                 seq: AtomicU64::new(0),
                 created: AtomicU64::new(0),
                 nonce: rand::random(),
@@ -166,15 +201,21 @@ impl SnapshotManager {
         &self.inner.cfg
     }
 
-    /// Leases snapshot `snapshot` of `id` for a resume at `now`: only while it is in use or
-    /// held for a resume ([`Self::keep_for_resume`]), else [`AcquireError::SnapshotGone`].
+    /// Leases snapshot `snapshot` of `id` for a resume by `client` (counted in its share;
+    /// `None`: in nobody's) at `now`: only while it is in use or held for a resume
+    /// ([`Self::keep_for_resume`]), else [`AcquireError::SnapshotGone`].
     pub async fn acquire_for_resume(
         &self,
+        client: Option<&ClientKey>,
         id: &PartitionId,
         snapshot: SnapshotId,
         now: Instant,
     ) -> Result<SnapshotLease, AcquireError> {
-        let (permit, slot) = self.slot(id)?;
+        let users = self.take_users(client, id)?;
+        // No entry, no snapshot: nothing to resume, and nothing is added for asking.
+        let slot = self
+            .existing(id)
+            .ok_or(AcquireError::SnapshotGone(snapshot))?;
         let slot = slot.lock().await;
         match &slot.current {
             // In use (a transfer of it may be the very one being resumed, not yet seen to be
@@ -186,7 +227,7 @@ impl SnapshotManager {
                 snap.users.fetch_add(1, Ordering::SeqCst);
                 Ok(SnapshotLease {
                     snapshot: snap.clone(),
-                    _permit: permit,
+                    _users: users,
                 })
             }
             _ => Err(AcquireError::SnapshotGone(snapshot)),
@@ -203,11 +244,13 @@ impl SnapshotManager {
         *held = Some(held.map_or(until, |h| h.max(until)));
     }
 
-    /// A user slot and the partition's slot, or why not.
-    fn slot(
+    /// A user slot for `client` (and one of its share), or why not. Refused before anything
+    /// else is looked at, so the slots also bound the source lookups that requests cause.
+    fn take_users(
         &self,
+        client: Option<&ClientKey>,
         id: &PartitionId,
-    ) -> Result<(OwnedSemaphorePermit, Arc<tokio::sync::Mutex<Slot>>), AcquireError> {
+    ) -> Result<Users, AcquireError> {
         if let Some(why) = self.inner.source.stale(id) {
             return Err(AcquireError::Stale(why));
         }
@@ -217,37 +260,83 @@ impl SnapshotManager {
             .clone()
             .try_acquire_owned()
             .map_err(|_| AcquireError::Busy)?;
-        let slot = lock(&self.inner.slots)
-            .entry(id.clone())
-            .or_default()
-            .clone();
-        Ok((permit, slot))
+        let share = match client {
+            None => None,
+            Some(c) => Some(PerKey::take(&self.inner.shares, c.clone()).ok_or(
+                AcquireError::ClientBusy {
+                    share: self.inner.shares.max(),
+                },
+            )?),
+        };
+        Ok(Users {
+            _permit: permit,
+            _share: share,
+        })
     }
 
-    /// Leases a snapshot of `id` at time `now`: reuses a fresh one, else makes a new
-    /// checkpoint. Concurrent first requests wait for one checkpoint and share it.
+    /// The partition's slot, if it has one.
+    fn existing(&self, id: &PartitionId) -> Option<Arc<tokio::sync::Mutex<Slot>>> {
+        lock(&self.inner.slots).get(id).cloned()
+    }
+
+    /// The open DB of `id` from the source, or [`AcquireError::NotFound`].
+    async fn lookup(&self, id: &PartitionId) -> Result<Arc<DB>, AcquireError> {
+        let source = self.inner.source.clone();
+        let lookup = id.clone();
+        tokio::task::spawn_blocking(move || source.get(&lookup))
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))??
+            .ok_or(AcquireError::NotFound)
+    }
+
+    /// Leases a snapshot of `id` at time `now`, counted in no client's share (for an
+    /// embedding node's own use and for tests): [`Self::acquire_as`] without a client.
     pub async fn acquire(
         &self,
         id: &PartitionId,
         now: Instant,
     ) -> Result<SnapshotLease, AcquireError> {
-        let (permit, slot) = self.slot(id)?;
+        self.acquire_as(None, id, now).await
+    }
+
+    /// Leases a snapshot of `id` for `client` (counted in its share; `None`: in nobody's) at
+    /// time `now`: reuses a fresh one, else makes a new checkpoint. Concurrent first requests
+    /// wait for one checkpoint and share it.
+    ///
+    /// A partition gets its entry only once the source has it: a request for one this host
+    /// does not hold is answered [`AcquireError::NotFound`] and leaves no state behind.
+    pub async fn acquire_as(
+        &self,
+        client: Option<&ClientKey>,
+        id: &PartitionId,
+        now: Instant,
+    ) -> Result<SnapshotLease, AcquireError> {
+        let users = self.take_users(client, id)?;
+        let (slot, mut found) = match self.existing(id) {
+            Some(slot) => (slot, None),
+            None => {
+                let db = self.lookup(id).await?;
+                let slot = lock(&self.inner.slots)
+                    .entry(id.clone())
+                    .or_default()
+                    .clone();
+                (slot, Some(db))
+            }
+        };
         let mut slot = slot.lock().await;
         if let Some(snap) = &slot.current {
             if policy::reusable(snap.created, now, self.inner.cfg.ttl) {
                 snap.users.fetch_add(1, Ordering::SeqCst);
                 return Ok(SnapshotLease {
                     snapshot: snap.clone(),
-                    _permit: permit,
+                    _users: users,
                 });
             }
         }
-        let source = self.inner.source.clone();
-        let lookup = id.clone();
-        let db = tokio::task::spawn_blocking(move || source.get(&lookup))
-            .await
-            .map_err(|e| StorageError::Io(std::io::Error::other(e)))??
-            .ok_or(AcquireError::NotFound)?;
+        let db = match found.take() {
+            Some(db) => db,
+            None => self.lookup(id).await?,
+        };
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let dir = self
             .inner
@@ -286,7 +375,7 @@ impl SnapshotManager {
         }
         Ok(SnapshotLease {
             snapshot: snap,
-            _permit: permit,
+            _users: users,
         })
     }
 
@@ -329,5 +418,11 @@ impl SnapshotManager {
     /// Snapshot users right now, across partitions.
     pub fn users(&self) -> usize {
         self.inner.cfg.max_users - self.inner.permits.available_permits()
+    }
+
+    /// Partitions the manager keeps an entry for: ones this host holds that were asked for
+    /// (for inspection and tests: it never counts a name this host does not hold).
+    pub fn partitions(&self) -> usize {
+        lock(&self.inner.slots).len()
     }
 }

@@ -13,6 +13,7 @@
 //! * `digest` — a snapshot's digests: computed once, shared, cancelled when nobody waits.
 //! * `cleanup` — taking the root at start, retiring stale snapshots, the periodic sweep.
 //! * `source` — where live partitions come from ([`PartitionSource`], [`DataDir`]).
+//! * `share` — who a request is from, for the per-client share of users ([`ClientKey`]).
 //! * [`policy`] — reuse and collection as pure functions of time.
 
 mod checkpoint;
@@ -20,6 +21,7 @@ mod cleanup;
 mod digest;
 mod manager;
 pub mod policy;
+mod share;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -27,4 +29,5 @@ mod tests;
 pub use checkpoint::{Snapshot, SnapshotFile};
 pub use cleanup::RootError;
 pub use manager::{AcquireError, SnapshotConfig, SnapshotLease, SnapshotManager};
+pub use share::ClientKey;
 pub use source::{DataDir, PartitionSource};

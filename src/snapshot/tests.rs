@@ -31,3 +31,124 @@ fn a_resume_is_served_while_in_use_or_within_the_window_never_past_the_ttl() {
     assert!(resumable(1, None, t0));
     assert!(resumable(2, Some(until), until + window));
 }
+
+mod manager {
+    //! The manager's bounds, over a real data dir: what a request for a partition this host
+    //! does not hold leaves behind, and the per-client share of users.
+
+    use std::net::IpAddr;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use crate::partition::{PartitionId, TableFormat};
+    use crate::snapshot::{AcquireError, ClientKey, DataDir, SnapshotConfig, SnapshotManager};
+
+    fn manager(root: &std::path::Path, tweak: impl FnOnce(&mut SnapshotConfig)) -> SnapshotManager {
+        let mut cfg = SnapshotConfig::new(root.join(".snapshots"));
+        tweak(&mut cfg);
+        let source = Arc::new(DataDir::new(root.to_owned(), TableFormat::Block));
+        SnapshotManager::new(cfg, source).unwrap()
+    }
+
+    fn client(cert: &[u8], ip: &str) -> ClientKey {
+        ClientKey::new(Some(cert), ip.parse::<IpAddr>().unwrap())
+    }
+
+    #[tokio::test]
+    async fn requests_for_missing_partitions_leave_no_entry() {
+        let root = tempfile::tempdir().unwrap();
+        let mgr = manager(root.path(), |_| {});
+        let who = client(b"cert", "192.0.2.1");
+        for n in 0..1000u32 {
+            let id = PartitionId::new(&format!("missing-{n}-{}", "x".repeat(100)), 1, n).unwrap();
+            let got = mgr.acquire_as(Some(&who), &id, Instant::now()).await;
+            assert!(matches!(got, Err(AcquireError::NotFound)), "{n}");
+            let resume = mgr
+                .acquire_for_resume(Some(&who), &id, Default::default(), Instant::now())
+                .await;
+            assert!(matches!(resume, Err(AcquireError::SnapshotGone(_))), "{n}");
+        }
+        assert_eq!(
+            mgr.partitions(),
+            0,
+            "entries for partitions that do not exist"
+        );
+        assert_eq!(mgr.users(), 0);
+        assert_eq!(
+            mgr.inner.shares.keys(),
+            0,
+            "share counts of clients holding nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_client_gets_its_share_and_others_are_still_served() {
+        let root = tempfile::tempdir().unwrap();
+        let id = PartitionId::new("store", 1, 0).unwrap();
+        crate::demo::seed::seed(&id.dir(root.path()), TableFormat::Block, 100, 10, 100).unwrap();
+        let mgr = manager(root.path(), |c| {
+            c.max_users = 5;
+            c.max_users_per_client = 2;
+        });
+        let now = Instant::now();
+        let a = client(b"node-a", "192.0.2.1");
+        let held = [
+            mgr.acquire_as(Some(&a), &id, now).await.unwrap(),
+            mgr.acquire_as(Some(&a), &id, now).await.unwrap(),
+        ];
+        let over = mgr.acquire_as(Some(&a), &id, now).await;
+        let Err(e @ AcquireError::ClientBusy { share: 2 }) = over else {
+            panic!("{:?}", over.err())
+        };
+        assert_eq!(e.reason(), crate::protocol::RejectReason::Busy);
+        assert!(e.to_string().contains("per-client share"), "{e}");
+        // The same client from another /64, and another certificate at the same host, are
+        // other clients; so is the node's own use without a client.
+        let b = client(b"node-a", "2001:db8:0:1::7");
+        let c = client(b"node-c", "192.0.2.1");
+        let others = [
+            mgr.acquire_as(Some(&b), &id, now).await.unwrap(),
+            mgr.acquire_as(Some(&c), &id, now).await.unwrap(),
+            mgr.acquire(&id, now).await.unwrap(),
+        ];
+        assert_eq!(mgr.users(), 5);
+        // The host's cap still holds for everyone.
+        let d = client(b"node-d", "192.0.2.9");
+        assert!(matches!(
+            mgr.acquire_as(Some(&d), &id, now).await,
+            Err(AcquireError::Busy)
+        ));
+        drop(others);
+        // One of a's leases ends: a has room again.
+        let [first, _second] = held;
+        drop(first);
+        let again = mgr.acquire_as(Some(&a), &id, now).await.unwrap();
+        drop((again, _second));
+        assert_eq!(mgr.users(), 0);
+        assert_eq!(mgr.inner.shares.keys(), 0);
+        assert_eq!(
+            mgr.partitions(),
+            1,
+            "the partition that exists keeps its entry"
+        );
+        assert_eq!(mgr.created(), 1, "one snapshot shared by every lease");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_entries_of_partitions_no_longer_here() {
+        let root = tempfile::tempdir().unwrap();
+        let id = PartitionId::new("store", 1, 0).unwrap();
+        crate::demo::seed::seed(&id.dir(root.path()), TableFormat::Block, 100, 10, 100).unwrap();
+        let mgr = manager(root.path(), |_| {});
+        let t0 = Instant::now();
+        let lease = mgr.acquire(&id, t0).await.unwrap();
+        drop(lease);
+        // While its snapshot is fresh, the entry stays; once the sweep retires the snapshot,
+        // the entry goes with it.
+        assert_eq!(mgr.collect(t0).await, 0);
+        assert_eq!(mgr.partitions(), 1);
+        let later = t0 + mgr.config().ttl * 2;
+        assert_eq!(mgr.collect(later).await, 1);
+        assert_eq!(mgr.partitions(), 0);
+    }
+}

@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::admission::PerIp;
+use crate::snapshot::ClientKey;
 
 use super::handlers::{expire_sessions, handle};
 use super::*;
@@ -38,14 +39,19 @@ pub(super) async fn accept_loop(
         };
         // Admission before authentication: over a cap, the socket is closed unread.
         let per_ip = PerIp::enter(&state.per_ip, remote.ip());
-        let (true, Some(per_ip)) = (
-            state.connections.load(Ordering::SeqCst) < state.cfg.max_connections,
-            per_ip,
-        ) else {
+        let room = state.connections.load(Ordering::SeqCst) < state.cfg.max_connections;
+        let (true, Some(per_ip)) = (room, per_ip) else {
             state
                 .stats
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
+            if room {
+                // Only the host's own cap stood in the way.
+                state
+                    .stats
+                    .connections_refused_per_host
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             drop(tcp);
             continue;
         };
@@ -92,9 +98,16 @@ pub(super) async fn accept_loop(
                     return;
                 }
             };
+            // Who this connection's requests are from, for the per-client share.
+            let client = Arc::new(ClientKey::from_chain(
+                tls.get_ref().1.peer_certificates(),
+                remote.ip(),
+            ));
             let service = {
                 let (state, wire) = (state.clone(), wire.clone());
-                hyper::service::service_fn(move |req| handle(req, state.clone(), wire.clone()))
+                hyper::service::service_fn(move |req| {
+                    handle(req, state.clone(), wire.clone(), client.clone())
+                })
             };
             let mut http = hyper::server::conn::http1::Builder::new();
             http.keep_alive(true)

@@ -16,7 +16,7 @@ use crate::checksum::ChecksumAlgo;
 use crate::partition::PartitionId;
 use crate::protocol::transfer::check_partition;
 use crate::protocol::{names, RejectReason};
-use crate::snapshot::SnapshotLease;
+use crate::snapshot::{AcquireError, ClientKey, SnapshotLease};
 
 use super::{query_pairs, Manifest, ManifestFile, REJECT_HEADER};
 use crate::lock::unpoisoned as lock;
@@ -94,8 +94,9 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
     wire: Arc<Wire>,
+    client: Arc<ClientKey>,
 ) -> Result<Response<Body>, Infallible> {
-    let (what, resp) = answer(&req, &state, wire).await;
+    let (what, resp) = answer(&req, &state, wire, &client).await;
     // Counted once, here, from what the request asked and whether it was refused.
     let stats = &state.stats;
     if resp.headers().contains_key(REJECT_HEADER) {
@@ -113,6 +114,7 @@ async fn answer<'r>(
     req: &'r Request<Incoming>,
     state: &State,
     wire: Arc<Wire>,
+    client: &ClientKey,
 ) -> (Option<&'r str>, Response<Body>) {
     if state.shutting_down.load(Ordering::SeqCst) {
         let mut resp = refuse(RejectReason::ShuttingDown, "server shutting down".into());
@@ -131,7 +133,7 @@ async fn answer<'r>(
     };
     let query = req.uri().query();
     let resp = match (route.what, route.file) {
-        ("manifest", None) => manifest(state, &route.id, query).await,
+        ("manifest", None) => manifest(state, &route.id, query, client).await,
         ("files", Some(name)) => file(state, &route.id, name, query, wire).await,
         ("metadata", None) => metadata(state, &route.id, query),
         _ => refuse(RejectReason::BadRequest, "no such resource".into()),
@@ -139,7 +141,12 @@ async fn answer<'r>(
     (Some(route.what), resp)
 }
 
-async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Body> {
+async fn manifest(
+    state: &State,
+    id: &PartitionId,
+    query: Option<&str>,
+    client: &ClientKey,
+) -> Response<Body> {
     let mut algo = ChecksumAlgo::Md5;
     let mut format = state.cfg.policy.table_format;
     for (k, v) in query_pairs(query) {
@@ -159,9 +166,16 @@ async fn manifest(state: &State, id: &PartitionId, query: Option<&str>) -> Respo
     if let Err((reason, msg)) = check_partition(&id.store, format, state.cfg.policy.table_format) {
         return refuse(reason, msg);
     }
-    let lease = match state.snapshots.acquire(id, Instant::now()).await {
+    let lease = match state
+        .snapshots
+        .acquire_as(Some(client), id, Instant::now())
+        .await
+    {
         Ok(l) => l,
         Err(e) => {
+            if matches!(e, AcquireError::ClientBusy { .. }) {
+                state.stats.busy_per_client.fetch_add(1, Ordering::Relaxed);
+            }
             return refuse(e.reason(), format!("{id}: {e}"));
         }
     };

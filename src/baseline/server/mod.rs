@@ -51,8 +51,8 @@ pub struct HttpServerConfig {
     /// Connections held at once (default 256), counted from `accept`, before TLS: more are
     /// closed at once.
     pub max_connections: usize,
-    /// Connections held at once from one IP address (default 32): one flooding host cannot
-    /// take every slot from the others.
+    /// Connections held at once from one host — an IPv4 address, or an IPv6 /64 (default
+    /// 32): one flooding host cannot take every slot from the others.
     pub max_connections_per_ip: usize,
     /// Longest a client may take to send a request's headers once the connection is ready
     /// for them (default 30 s): a slowloris client cannot hold a connection. The clock
@@ -126,10 +126,16 @@ pub struct HttpStats {
     pub completed: AtomicU64,
     /// Requests refused with a typed reason (busy, not found, bad request, ...).
     pub rejected: AtomicU64,
+    /// Of those, manifests refused `Busy` because their client held its share of snapshot
+    /// users (`SnapshotConfig::max_users_per_client`) while the server had slots left.
+    pub busy_per_client: AtomicU64,
     /// TLS handshakes refused (unknown or disallowed client) or timed out.
     pub handshakes_refused: AtomicU64,
     /// Connections closed unserved at `accept`: over the connection cap.
     pub connections_refused: AtomicU64,
+    /// Of those, connections refused only because their host (an IPv4 address or an IPv6
+    /// /64) held its share ([`HttpServerConfig::max_connections_per_ip`]).
+    pub connections_refused_per_host: AtomicU64,
     /// Connections ended because a response stopped draining (the client stopped reading).
     pub write_stalls: AtomicU64,
 }

@@ -62,9 +62,22 @@ pub struct ServeArgs {
     /// Concurrent transfers before answering Busy.
     #[arg(long, default_value_t = 30)]
     pub max_users: usize,
-    /// Files of one transfer in flight at once.
-    #[arg(long, default_value_t = 8)]
-    pub files_in_flight: usize,
+    /// Concurrent transfers of one client (its certificate at its host: an IPv4 address or an
+    /// IPv6 /64) before answering it Busy, while others are still served. The default is the
+    /// most partitions one fetcher receives at once, so a node restoring itself from this peer
+    /// alone is not refused; below the default --max-users, so one client that asks for many
+    /// partitions and reads them slowly cannot hold every slot.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_users_per_client: u64,
+    /// Close a QUIC connection that has carried no transfer for this many seconds, so idle
+    /// connections cannot hold the connection cap. Fetchers close their own idle connections
+    /// after 30 s, before this.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_connection_secs: u64,
+    /// Files of one transfer in flight at once (1 to 16: a fetcher reads at most 16 file
+    /// streams of a transfer at once).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub files_in_flight: u64,
     /// Server-side limit for one partition transfer, seconds.
     #[arg(long, default_value_t = 3600)]
     pub partition_timeout_secs: u64,
@@ -164,8 +177,11 @@ fn node_config(a: &ServeArgs, identity: Identity) -> Result<NodeConfig, CliError
     server.snapshots.cleanup_interval = Duration::from_secs(a.snapshot_cleanup_secs.max(1));
     server.snapshots.resume_window = Duration::from_secs(a.resume_window_secs);
     server.snapshots.max_users = a.max_users;
+    server.snapshots.max_users_per_client =
+        usize::try_from(a.max_users_per_client).unwrap_or(usize::MAX);
+    server.connection_idle = Duration::from_secs(a.idle_connection_secs);
     server.snapshots.lock_wait = Duration::from_secs(a.wait_for_lock);
-    server.files_in_flight = a.files_in_flight;
+    server.files_in_flight = a.files_in_flight as usize;
     server.partition_timeout = Duration::from_secs(a.partition_timeout_secs);
     server.tuning.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
     server.policy.idle_timeout = server.tuning.idle_timeout;
