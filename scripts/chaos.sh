@@ -5,7 +5,7 @@
 #   - the hostile-peer, security and failure-path suites (tests/it/hostile.rs, security.rs,
 #     failures.rs, baseline.rs), N times;
 #   - every fuzz target for F seconds (scripts/fuzz.sh).
-# The lifecycle section of CHAOS.md is scripts/chaos-lifecycle.sh's; this keeps it as it is.
+# The lifecycle and bounds sections of CHAOS.md are scripts/chaos-rows.sh's; this keeps them.
 # Usage: scripts/chaos.sh [runs=3] [fuzz-seconds-per-target=60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +60,11 @@ fuzz=$(./scripts/fuzz.sh "$fuzz_secs" 2>/dev/null | grep '^FUZZ' || true)
   echo
   echo "Raw output of the run: \`/var/tmp/quicstrap-chaos.log\`."
   echo
-  # The lifecycle section (scripts/chaos-lifecycle.sh) is kept as it was.
-  sed -n '/^<!-- lifecycle -->$/,/^<!-- \/lifecycle -->$/p' CHAOS.md 2>/dev/null || true
+  # The sections of scripts/chaos-rows.sh are kept as they were.
+  for kept in lifecycle bounds; do
+    sed -n "/^<!-- $kept -->\$/,/^<!-- \/$kept -->\$/p" CHAOS.md 2>/dev/null || true
+    echo
+  done
   echo
   echo "A scenario missing from the table, or with fewer runs than the others, failed an"
   echo "assertion before reporting (see \`cargo test --release --test it -- --nocapture chaos::\`)."

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tabulates the CHAOS lines of a test log (read on stdin) as CHAOS.md's scenario table:
 one row per scenario with its runs, passes, bytes lost, median bytes re-sent and median time
-to recover. Used by scripts/chaos.sh and scripts/chaos-lifecycle.sh."""
+to recover. Used by scripts/chaos.sh and scripts/chaos-rows.sh."""
 import re
 import statistics
 import sys
