@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::digest_cache::DIGEST_CACHE_DIR;
 use super::{policy, Snapshot, SnapshotConfig, SnapshotManager};
 use crate::lock::unpoisoned as lock;
 use crate::lock::{DirLock, LockError};
@@ -52,7 +53,9 @@ pub(super) fn take_root(cfg: &SnapshotConfig) -> Result<DirLock, RootError> {
     // Ours now: everything but the lock is a crashed run's leftover.
     for entry in std::fs::read_dir(&cfg.root)? {
         let entry = entry?;
-        if entry.file_name() == SNAPSHOT_LOCK {
+        // The lock, and the digests of SST files, which outlive any run (their entries are
+        // checked against each file's identity before use).
+        if entry.file_name() == SNAPSHOT_LOCK || entry.file_name() == DIGEST_CACHE_DIR {
             continue;
         }
         let path = entry.path();

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::digest_cache::{DigestCache, FileIdentity};
 use super::Snapshot;
 use crate::checksum::{digest_file_unless, ChecksumAlgo};
 use crate::lock::unpoisoned as lock;
+use crate::partition::PartitionId;
 use crate::partition::StorageError;
 
 /// Digests of a snapshot's files, or why there are none.
@@ -91,14 +93,20 @@ impl Snapshot {
             .is_some_and(|j| j.done.borrow().is_none() || j.waiters > 0);
         if !running {
             self.digest_runs.fetch_add(1, Ordering::Relaxed);
-            let paths: Vec<PathBuf> = self.files.iter().map(|f| self.dir.join(&f.name)).collect();
+            let files: Vec<(String, PathBuf)> = self
+                .files
+                .iter()
+                .map(|f| (f.name.clone(), self.dir.join(&f.name)))
+                .collect();
             let cancel = Arc::new(AtomicBool::new(false));
             let (tx, done) = tokio::sync::watch::channel(None);
             let (flag, bytes) = (cancel.clone(), self.digest_bytes.clone());
+            let (cache, id) = (self.cache.clone(), self.id.clone());
             let live = LiveJob::start(&self.digest_live);
             tokio::task::spawn_blocking(move || {
                 let _live = live;
-                let result = digest_all(&paths, algo, &flag, &bytes)
+                let cache = cache.as_deref().map(|c| (c, &id));
+                let result = digest_all(&files, algo, &flag, &bytes, cache)
                     .map(Arc::new)
                     .map_err(|e| match e {
                         StorageError::Io(io) if io.kind() == std::io::ErrorKind::Interrupted => {
@@ -164,8 +172,51 @@ impl Drop for LiveJob {
 /// How a cancelled digest job's error starts.
 const CANCELLED: &str = "cancelled";
 
+/// Digests of `files` (name, path) in order: from `cache` where it knows a file, the rest
+/// read in parallel across cores; the cache then holds exactly these files' digests.
 fn digest_all(
-    paths: &[PathBuf],
+    files: &[(String, PathBuf)],
+    algo: ChecksumAlgo,
+    cancel: &AtomicBool,
+    bytes: &AtomicU64,
+    cache: Option<(&DigestCache, &PartitionId)>,
+) -> Result<Vec<Vec<u8>>, StorageError> {
+    let identities: Vec<Option<FileIdentity>> = files
+        .iter()
+        .map(|(name, path)| FileIdentity::of(name, path))
+        .collect();
+    let known = cache.map(|(c, id)| c.load(id, algo)).unwrap_or_default();
+    let cached: Vec<Option<Vec<u8>>> = identities
+        .iter()
+        .map(|i| i.as_ref().and_then(|i| known.get(i).cloned()))
+        .collect();
+    let todo: Vec<usize> = (0..files.len()).filter(|&i| cached[i].is_none()).collect();
+    let computed = digest_each(files, &todo, algo, cancel, bytes)?;
+    let mut out = cached;
+    for (i, d) in todo.iter().zip(computed) {
+        out[*i] = Some(d);
+    }
+    let out: Vec<Vec<u8>> = out.into_iter().map(Option::unwrap_or_default).collect();
+    if let Some((c, id)) = cache {
+        let entries: Vec<(FileIdentity, Vec<u8>)> = identities
+            .into_iter()
+            .zip(&out)
+            .filter_map(|(i, d)| Some((i?, d.clone())))
+            .collect();
+        // Rewritten only when it would hold something else: a new file, or one gone.
+        let same =
+            entries.len() == known.len() && entries.iter().all(|(i, d)| known.get(i) == Some(d));
+        if !same {
+            c.store(id, algo, entries);
+        }
+    }
+    Ok(out)
+}
+
+/// Digests of the files at `which` of `files`, in that order, read in parallel across cores.
+fn digest_each(
+    files: &[(String, PathBuf)],
+    which: &[usize],
     algo: ChecksumAlgo,
     cancel: &AtomicBool,
     bytes: &AtomicU64,
@@ -173,21 +224,22 @@ fn digest_all(
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .min(paths.len().max(1));
+        .min(which.len().max(1));
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<std::io::Result<Vec<u8>>>>> =
-        Mutex::new((0..paths.len()).map(|_| None).collect());
+        Mutex::new((0..which.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= paths.len() {
+                if i >= which.len() {
                     break;
                 }
                 let count = |n| {
                     bytes.fetch_add(n, Ordering::Relaxed);
                 };
-                let r = digest_file_unless(&paths[i], algo, cancel, &count).map(|(_, d)| d);
+                let path = &files[which[i]].1;
+                let r = digest_file_unless(path, algo, cancel, &count).map(|(_, d)| d);
                 lock(&results)[i] = Some(r);
             });
         }

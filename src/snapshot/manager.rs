@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::checkpoint::make_checkpoint;
 use super::cleanup::{remove_snapshot_dir, retire, take_root};
+use super::digest_cache::DigestCache;
 use super::{policy, ClientKey, PartitionSource, RootError, Snapshot};
 use crate::admission::{PerKey, PerKeyLimit};
 use crate::lock::unpoisoned as lock;
@@ -128,6 +129,8 @@ pub(super) struct Inner {
     permits: Arc<Semaphore>,
     /// What each client holds of `permits`.
     pub(super) shares: Arc<PerKeyLimit<ClientKey>>,
+    /// Digests of SST files from earlier snapshots, kept across restarts.
+    digests: Arc<DigestCache>,
     seq: AtomicU64,
     created: AtomicU64,
     /// Random per manager: snapshot ids of a restarted server never match an old one's.
@@ -181,6 +184,7 @@ impl SnapshotManager {
         let lock = take_root(&cfg)?;
         let permits = Arc::new(Semaphore::new(cfg.max_users));
         let shares = Arc::new(PerKeyLimit::new(cfg.max_users_per_client));
+        let digests = Arc::new(DigestCache::new(&cfg.root));
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -189,6 +193,7 @@ impl SnapshotManager {
                 slots: Mutex::new(HashMap::new()),
                 permits,
                 shares,
+                digests,
                 seq: AtomicU64::new(0),
                 created: AtomicU64::new(0),
                 nonce: rand::random(),
@@ -369,6 +374,7 @@ impl SnapshotManager {
             digest_bytes: Arc::default(),
             digest_live: Arc::default(),
             jobs: Mutex::default(),
+            cache: Some(self.inner.digests.clone()),
         });
         if let Some(old) = slot.current.replace(snap.clone()) {
             retire(&old);

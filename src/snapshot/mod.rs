@@ -11,6 +11,7 @@
 //! * `manager` — [`SnapshotManager`]: one current snapshot per partition, leased to transfers.
 //! * `checkpoint` — one [`Snapshot`]: making the checkpoint, its files and its offset.
 //! * `digest` — a snapshot's digests: computed once, shared, cancelled when nobody waits.
+//! * `digest_cache` — SST digests kept across snapshots and restarts (SST files never change).
 //! * `cleanup` — taking the root at start, retiring stale snapshots, the periodic sweep.
 //! * `source` — where live partitions come from ([`PartitionSource`], [`DataDir`]).
 //! * `share` — who a request is from, for the per-client share of users ([`ClientKey`]).
@@ -19,6 +20,7 @@
 mod checkpoint;
 mod cleanup;
 mod digest;
+mod digest_cache;
 mod manager;
 pub mod policy;
 mod share;

@@ -151,4 +151,66 @@ mod manager {
         assert_eq!(mgr.collect(later).await, 1);
         assert_eq!(mgr.partitions(), 0);
     }
+
+    #[tokio::test]
+    async fn a_new_snapshot_of_unchanged_sst_files_reads_only_the_small_files_again() {
+        use crate::checksum::ChecksumAlgo;
+        let root = tempfile::tempdir().unwrap();
+        let id = PartitionId::new("store", 1, 0).unwrap();
+        crate::demo::seed::seed(&id.dir(root.path()), TableFormat::Block, 20_000, 100, 1_000)
+            .unwrap();
+        let t0 = Instant::now();
+        let (total, sst_bytes) = {
+            let mgr = manager(root.path(), |_| {});
+            let lease = mgr.acquire(&id, t0).await.unwrap();
+            let snap = lease.snapshot().clone();
+            let first = snap.digests(ChecksumAlgo::Md5).await.unwrap();
+            let total: u64 = snap.files.iter().map(|f| f.size).sum();
+            let sst: u64 = snap
+                .files
+                .iter()
+                .filter(|f| f.name.ends_with(".sst"))
+                .map(|f| f.size)
+                .sum();
+            assert_eq!(
+                snap.digest_bytes(),
+                total,
+                "a cold snapshot reads everything"
+            );
+            // A later snapshot (past the TTL) of the same files.
+            let later = t0 + mgr.config().ttl * 2;
+            let again = mgr.acquire(&id, later).await.unwrap();
+            assert_ne!(again.snapshot().snapshot_id, snap.snapshot_id);
+            let second = again.snapshot().digests(ChecksumAlgo::Md5).await.unwrap();
+            assert_eq!(second, first);
+            assert_eq!(again.snapshot().digest_bytes(), total - sst);
+            (total, sst)
+        };
+        assert!(sst_bytes > total / 2, "the partition is mostly SST files");
+        // A restarted server (a new manager on the same root; reopening the database writes
+        // a new MANIFEST and OPTIONS) keeps the SST digests.
+        let mgr = manager(root.path(), |_| {});
+        let lease = mgr.acquire(&id, Instant::now()).await.unwrap();
+        let snap = lease.snapshot();
+        let digests = snap.digests(ChecksumAlgo::Md5).await.unwrap();
+        let now_total: u64 = snap.files.iter().map(|f| f.size).sum();
+        let now_sst: u64 = snap
+            .files
+            .iter()
+            .filter(|f| f.name.ends_with(".sst"))
+            .map(|f| f.size)
+            .sum();
+        assert_eq!(now_sst, sst_bytes, "the same SST files");
+        assert_eq!(snap.digest_bytes(), now_total - now_sst);
+        // The digests taken from the cache are those of the files' bytes.
+        for (f, d) in snap.files.iter().zip(digests.iter()) {
+            let (_, want) =
+                crate::checksum::digest_file(&snap.dir.join(&f.name), ChecksumAlgo::Md5).unwrap();
+            assert_eq!(d, &want, "{}", f.name);
+        }
+        // BLAKE3 has its own entries: computed once, in full.
+        let b3 = snap.digests(ChecksumAlgo::Blake3).await.unwrap();
+        assert_eq!(b3.len(), digests.len());
+        assert_eq!(snap.digest_bytes(), 2 * now_total - now_sst);
+    }
 }

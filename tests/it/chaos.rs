@@ -489,10 +489,15 @@ fn a_full_disk_is_a_clear_error_with_nothing_left_behind() {
     let serve = bed.serve(src.path(), 7000, &[]);
     let t0 = Instant::now();
     let (code, r) = report(bed.fetch(&id, &[&serve.peer], mnt.path(), &[]));
-    assert_eq!(code, 1, "{r}");
-    assert_eq!(r["attempts"][0]["outcome"], "local_io", "{r}");
+    // Found from the manifest's sizes, before the first byte (exit 73, EX_CANTCREAT).
+    assert_eq!(code, 73, "{r}");
+    assert_eq!(r["attempts"][0]["outcome"], "insufficient_space", "{r}");
+    assert_eq!(r["attempts"][0]["bytes"], 0, "{r}");
     assert!(
-        r["error"].as_str().unwrap_or("").contains("No space left"),
+        r["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("insufficient space"),
         "{r}"
     );
     assert!(!complete_or_absent(src.path(), mnt.path(), &id, code));

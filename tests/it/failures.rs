@@ -366,7 +366,11 @@ async fn sigterm_mid_transfer_gives_a_prompt_typed_error_and_releases_snapshots(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status:?}");
-    let left: Vec<_> = walk_files(&snaps);
+    // (The digests of SST files stay: they outlive every run, checked before use.)
+    let left: Vec<_> = walk_files(&snaps)
+        .into_iter()
+        .filter(|p| !p.starts_with(snaps.join("digests")))
+        .collect();
     assert!(left.is_empty(), "snapshot files left: {left:?}");
     // New requests to it are refused.
     let dst2 = tempfile::tempdir().unwrap();
@@ -450,4 +454,61 @@ async fn a_failed_attempt_does_not_wait_for_other_partitions_files() {
         .join(quicstrap::client::resume::JOURNAL_FILE)
         .is_file());
     assert!(open_fds_under(dst.path()).is_empty(), "file handles left");
+}
+
+/// A byte of an SST file changes on the serving disk without its identity changing (bit
+/// rot: same inode, size and modification time), after the server cached the file's digest.
+/// The next snapshot ships the cached digest with the changed bytes, and the client refuses
+/// them: a cached digest can fail a transfer, never pass a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_under_its_cached_digest_is_caught() {
+    let _turn = turn(Needs::Nothing).await;
+    let src = tempfile::tempdir().unwrap();
+    let id = id(9);
+    seed(src.path(), &id, 20_000, 500, 5_000);
+    // Every request makes a new snapshot, which takes SST digests from the cache.
+    let s = server(src.path(), |c| c.snapshots.ttl = Duration::ZERO).await;
+    let first = fetch_ok(&s, &id).await;
+    assert_same(&id.dir(src.path()), &id.dir(first.path()));
+    let sst = std::fs::read_dir(id.dir(src.path()))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("an SST file");
+    let started = Instant::now();
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let modified = std::fs::metadata(&sst).unwrap().modified().unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&sst)
+            .unwrap();
+        let middle = f.metadata().unwrap().len() / 2;
+        let mut byte = [0u8; 1];
+        f.seek(SeekFrom::Start(middle)).unwrap();
+        f.read_exact(&mut byte).unwrap();
+        f.seek(SeekFrom::Start(middle)).unwrap();
+        f.write_all(&[byte[0] ^ 0x20]).unwrap();
+        f.set_modified(modified).unwrap();
+        f.sync_all().unwrap();
+    }
+    let dst = tempfile::tempdir().unwrap();
+    let err = fetcher(|_| {})
+        .fetch(&id, &[peer(&s)], dst.path())
+        .await
+        .unwrap_err();
+    let FetchError::AllPeersFailed { attempts } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts[0].outcome, "checksum_mismatch", "{attempts:?}");
+    assert!(!id.dir(dst.path()).exists(), "partition dir appeared");
+    assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");
+    assert!(
+        s.stats().accepted.load(Ordering::Relaxed) >= 2,
+        "the second fetch was served from a new snapshot"
+    );
+    chaos_outcome("cached_digest_file_flipped", true, started.elapsed(), 0);
+    s.shutdown().await;
 }
