@@ -62,10 +62,7 @@ esac
 log="/var/tmp/quicstrap-chaos-$section.log"
 : >"$log"
 cargo build --release --locked --tests >/dev/null
-trap './scripts/kafka.sh stop >/dev/null' EXIT
-./scripts/kafka.sh start
-export QUICSTRAP_KAFKA="127.0.0.1:${QUICSTRAP_KAFKA_PORT:-19092}"
-export QUICSTRAP_KAFKA_TLS="127.0.0.1:${QUICSTRAP_KAFKA_TLS_PORT:-$(( ${QUICSTRAP_KAFKA_PORT:-19092} + 2 ))}"
+kafka_up
 for i in $(seq 1 "$runs"); do
   echo "chaos-rows $section: run $i of $runs" >&2
   if cargo test --release --locked --test it -- --nocapture --test-threads 1 --include-ignored \

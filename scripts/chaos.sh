@@ -18,10 +18,7 @@ log=/var/tmp/quicstrap-chaos.log
 : >"$log"
 cargo build --release --locked --tests >/dev/null
 # The broker-outage scenarios stop and restart a real Kafka; the others need one up.
-trap './scripts/kafka.sh stop >/dev/null' EXIT
-./scripts/kafka.sh start
-export QUICSTRAP_KAFKA="127.0.0.1:${QUICSTRAP_KAFKA_PORT:-19092}"
-export QUICSTRAP_KAFKA_TLS="127.0.0.1:${QUICSTRAP_KAFKA_TLS_PORT:-$(( ${QUICSTRAP_KAFKA_PORT:-19092} + 2 ))}"
+kafka_up
 suites_ok=0
 for i in $(seq 1 "$runs"); do
   echo "chaos: run $i of $runs" >&2

@@ -9,12 +9,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::frame::{ControlFrame, FileEntry, FileHeader, FileStart, RejectReason, Request};
+use crate::frame::{ControlFrame, FileEntry, FileHeader, FileStart, RejectReason};
 use crate::transfer::{
     ClientAction, ClientFailure, ClientLimits, ClientTransfer, ResumeFrom, ServerAction,
     ServerLimits, ServerTransfer,
 };
-use crate::types::{ChecksumAlgo, PartitionMeta, SnapshotId, TableFormat};
+use crate::types::{PartitionMeta, SnapshotId, TableFormat};
 
 const MB: u64 = 1_000_000;
 /// The simulation's time step.
@@ -195,16 +195,7 @@ impl Sim {
             self.now += self.connect_timeout;
             return (Outcome::Unreachable, 0);
         }
-        let request = Request {
-            version: crate::PROTOCOL_VERSION,
-            transfer_id: 1,
-            store: "s".into(),
-            store_version: 1,
-            partition: 0,
-            table_format: TableFormat::Block,
-            checksum: ChecksumAlgo::Md5,
-            resume: None,
-        };
+        let request = crate::transfer::script::request(crate::PROTOCOL_VERSION);
         let mut client = match self.disk.from.as_ref().filter(|_| ours) {
             Some((_, snapshot)) => {
                 let files = (0..self.files.len())

@@ -104,7 +104,8 @@ fn manifest(pick: u8) -> Vec<FileEntry> {
     }
 }
 
-fn request(version: u16) -> Request {
+/// A request for the one partition scripts and simulations play with.
+pub(crate) fn request(version: u16) -> Request {
     Request {
         version,
         transfer_id: 1,
