@@ -47,12 +47,13 @@ pub struct ProgressBar(Redraw);
 
 impl ProgressBar {
     /// Starts redrawing the bar from `progress` every 100 ms: the attempt, bytes of the
-    /// partition received so far, and the rate.
+    /// partition received so far, the rate, and the time left at that rate (a 10 GB partition
+    /// takes minutes; whoever watches wants to know how many).
     pub fn spawn(progress: Arc<Progress>) -> Self {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} attempt {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                "{spinner} attempt {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
