@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::client::commit;
 use crate::client::workdir;
-use crate::client::{Attempt, Fallback, FetchError, FetchReport, Fetcher, LogWindow, Progress};
+use crate::client::{Attempt, Fallback, FetchError, FetchReport, Fetcher, Progress};
 use crate::ingest::{
     self, CatchUpConfig, CatchUpError, CatchUpReport, LogSource, Until, Watermarks,
 };
@@ -231,14 +231,7 @@ pub async fn bootstrap<L: LogSource>(
             _ => None,
         };
         // A snapshot this log cannot continue is refused before it is committed.
-        let log_window = wm.map(|w| LogWindow {
-            low: w.low,
-            high: w.high,
-        });
-        match fetcher
-            .fetch_within(id, peers, root, progress, log_window)
-            .await
-        {
+        match fetcher.fetch_within(id, peers, root, progress, wm).await {
             Ok(report) => {
                 attempts = report.attempts.clone();
                 transfer = Some(report);

@@ -211,7 +211,7 @@ impl Fetcher {
         peers: &[Peer],
         root: &Path,
         progress: &Progress,
-        log: Option<LogWindow>,
+        log: Option<crate::ingest::Watermarks>,
     ) -> Result<FetchReport, FetchError> {
         // Whatever builds the partition next, temp dirs nothing can use go first (also those
         // of this partition when it turns out to be present already).
@@ -330,32 +330,6 @@ impl Fetcher {
         let mut lingering = lock(&self.lingering);
         lingering.retain(|t| !t.is_finished());
         lingering.push(task);
-    }
-}
-
-/// The offsets a log holds, as known before a transfer: a snapshot is only of use when the log
-/// continues right after its offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LogWindow {
-    /// First offset the log still holds.
-    pub low: u64,
-    /// One past the last offset written (the high watermark).
-    pub high: u64,
-}
-
-impl LogWindow {
-    /// `Ok` when a snapshot at `offset` (its last applied record; `None`: none applied) can be
-    /// caught up from this log: the next offset it needs lies in `[low, high]`.
-    pub fn admits(&self, offset: Option<u64>) -> Result<(), AttemptError> {
-        let next = offset.map_or(0, |o| o.saturating_add(1));
-        if next < self.low || next > self.high {
-            return Err(AttemptError::StaleSnapshot {
-                offset,
-                low: self.low,
-                high: self.high,
-            });
-        }
-        Ok(())
     }
 }
 

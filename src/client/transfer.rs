@@ -28,7 +28,8 @@ use crate::wire::{sleep_until, write_frame, FrameReader};
 
 use super::pool::{FileStreams, RouteGuard};
 use super::resume::{Journal, Kept};
-use super::{attempts, commit, receive, space, AttemptError, Fetcher, LogWindow, Progress};
+use super::{attempts, commit, receive, space, AttemptError, Fetcher, Progress};
+use crate::ingest::{self, Watermarks};
 
 /// Largest control frame a client accepts (a manifest or metadata): 8 MiB. A manifest of a
 /// real partition is far smaller (~160 files, ~10 KB, for 10 GB of 64 MB SSTs; ~3 MB for the
@@ -40,18 +41,6 @@ pub const MAX_CONTROL_FRAME: usize = 8 << 20;
 const PROGRESS_TICK: Duration = Duration::from_millis(250);
 /// Least time between two saves of the resume journal while files arrive.
 const JOURNAL_EVERY: Duration = Duration::from_secs(1);
-
-/// An action's name, for errors: never its payload, which may be a whole manifest.
-fn step_name(action: &ClientAction) -> &'static str {
-    match action {
-        ClientAction::Send(_) => "Send",
-        ClientAction::Accepted => "Accepted",
-        ClientAction::ReceiveFile { .. } => "ReceiveFile",
-        ClientAction::Commit(_) => "Commit",
-        ClientAction::Fail(_) => "Fail",
-        ClientAction::FinishSend => "FinishSend",
-    }
-}
 
 /// A transfer's control stream and machine, with what keeps the transfer's resources held.
 struct Control {
@@ -130,9 +119,9 @@ struct Accepted {
 pub(super) struct Terms {
     /// Whether it may resume kept files (the fetch machine's choice for this attempt).
     pub(super) resume: bool,
-    /// The offsets the log can continue from, when known: a snapshot outside them is refused
-    /// before commit.
-    pub(super) log: Option<LogWindow>,
+    /// The log the partition will catch up from, when known: a snapshot it cannot continue
+    /// is refused before commit.
+    pub(super) log: Option<Watermarks>,
 }
 
 impl Fetcher {
@@ -266,8 +255,16 @@ impl Fetcher {
         drop(rx);
         // Every file task has ended here: no handle is open, no byte can land any more.
         // A snapshot the log cannot continue is of no use, however good its files.
+        // (The rule is catch-up's own: what it would refuse is refused here.)
         let outcome = outcome.and_then(|meta| match log {
-            Some(log) => log.admits(meta.offset).map(|()| meta),
+            Some(wm) => match ingest::check_position(meta.offset, wm) {
+                Ok(()) => Ok(meta),
+                Err(_) => Err(AttemptError::StaleSnapshot {
+                    offset: meta.offset,
+                    low: wm.low,
+                    high: wm.high,
+                }),
+            },
             None => Ok(meta),
         });
         let meta = match outcome {
@@ -411,7 +408,7 @@ impl Fetcher {
                 Some(other) => {
                     return Err(AttemptError::Protocol(format!(
                         "unexpected step {} before Accept",
-                        step_name(&other)
+                        other.name()
                     )))
                 }
                 None => {}
@@ -540,7 +537,7 @@ impl Receiving<'_> {
                 Some(other) => {
                     return Err(AttemptError::Protocol(format!(
                         "unexpected step {}",
-                        step_name(&other)
+                        other.name()
                     )))
                 }
                 None => {}

@@ -54,8 +54,8 @@ pub struct Snapshot {
     pub(super) digest_bytes: Arc<AtomicU64>,
     /// Digest computations still reading, wherever their job slot has gone.
     pub(super) digest_live: Arc<AtomicUsize>,
-    /// Digests of SST files computed for earlier snapshots (`None`: none kept).
-    pub(super) cache: Option<Arc<super::digest_cache::DigestCache>>,
+    /// Digests of SST files computed for earlier snapshots.
+    pub(super) cache: Arc<super::digest_cache::DigestCache>,
 }
 
 impl Snapshot {

@@ -105,8 +105,7 @@ impl Snapshot {
             let live = LiveJob::start(&self.digest_live);
             tokio::task::spawn_blocking(move || {
                 let _live = live;
-                let cache = cache.as_deref().map(|c| (c, &id));
-                let result = digest_all(&files, algo, &flag, &bytes, cache)
+                let result = digest_all(&files, algo, &flag, &bytes, (&cache, &id))
                     .map(Arc::new)
                     .map_err(|e| match e {
                         StorageError::Io(io) if io.kind() == std::io::ErrorKind::Interrupted => {
@@ -179,13 +178,13 @@ fn digest_all(
     algo: ChecksumAlgo,
     cancel: &AtomicBool,
     bytes: &AtomicU64,
-    cache: Option<(&DigestCache, &PartitionId)>,
+    (cache, id): (&DigestCache, &PartitionId),
 ) -> Result<Vec<Vec<u8>>, StorageError> {
     let identities: Vec<Option<FileIdentity>> = files
         .iter()
         .map(|(name, path)| FileIdentity::of(name, path))
         .collect();
-    let known = cache.map(|(c, id)| c.load(id, algo)).unwrap_or_default();
+    let known = cache.load(id, algo);
     let cached: Vec<Option<Vec<u8>>> = identities
         .iter()
         .map(|i| i.as_ref().and_then(|i| known.get(i).cloned()))
@@ -197,18 +196,15 @@ fn digest_all(
         out[*i] = Some(d);
     }
     let out: Vec<Vec<u8>> = out.into_iter().map(Option::unwrap_or_default).collect();
-    if let Some((c, id)) = cache {
-        let entries: Vec<(FileIdentity, Vec<u8>)> = identities
-            .into_iter()
-            .zip(&out)
-            .filter_map(|(i, d)| Some((i?, d.clone())))
-            .collect();
-        // Rewritten only when it would hold something else: a new file, or one gone.
-        let same =
-            entries.len() == known.len() && entries.iter().all(|(i, d)| known.get(i) == Some(d));
-        if !same {
-            c.store(id, algo, entries);
-        }
+    let entries: Vec<(FileIdentity, Vec<u8>)> = identities
+        .into_iter()
+        .zip(&out)
+        .filter_map(|(i, d)| Some((i?, d.clone())))
+        .collect();
+    // Rewritten only when it would hold something else: a new file, or one gone.
+    let same = entries.len() == known.len() && entries.iter().all(|(i, d)| known.get(i) == Some(d));
+    if !same {
+        cache.store(id, algo, entries);
     }
     Ok(out)
 }

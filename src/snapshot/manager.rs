@@ -374,7 +374,7 @@ impl SnapshotManager {
             digest_bytes: Arc::default(),
             digest_live: Arc::default(),
             jobs: Mutex::default(),
-            cache: Some(self.inner.digests.clone()),
+            cache: self.inner.digests.clone(),
         });
         if let Some(old) = slot.current.replace(snap.clone()) {
             retire(&old);

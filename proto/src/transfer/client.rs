@@ -107,6 +107,21 @@ pub enum ClientAction {
     FinishSend,
 }
 
+impl ClientAction {
+    /// The variant's name, for errors and logs (never the payload, which may be a whole
+    /// manifest).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Send(_) => "Send",
+            Self::Accepted => "Accepted",
+            Self::ReceiveFile { .. } => "ReceiveFile",
+            Self::Commit(_) => "Commit",
+            Self::Fail(_) => "Fail",
+            Self::FinishSend => "FinishSend",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// Request sent; waiting for `Accept` or `Reject`.
