@@ -47,6 +47,7 @@ fn codec(c: &mut Criterion) {
     let frame = ControlFrame::Accept(Accept {
         files,
         snapshot: Default::default(),
+        meta: Default::default(),
     });
     let bytes = encode(&frame);
     c.bench_function("encode manifest of 1000 files", |b| {

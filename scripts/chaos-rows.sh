@@ -16,10 +16,14 @@
 #     - peers whose snapshots the log cannot continue (tests/it/kafka.rs);
 #     - a server asked for 100 000 missing partitions, a client over its share of users,
 #       idle connections (tests/it/bounds.rs).
-# Usage: scripts/chaos-rows.sh lifecycle|bounds [runs=3]
+#   digests — a corrupted byte under protocol version 3 (digests sent after each file):
+#     - a server whose digest trailer lies, contradicts the manifest or is missing
+#       (tests/it/hostile.rs);
+#     - an SST file flipped on disk under its cached digest (tests/it/failures.rs).
+# Usage: scripts/chaos-rows.sh lifecycle|bounds|digests [runs=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-section="${1:?usage: scripts/chaos-rows.sh lifecycle|bounds [runs=3]}"
+section="${1:?usage: scripts/chaos-rows.sh lifecycle|bounds|digests [runs=3]}"
 runs="${2:-3}"
 case "$section" in
   lifecycle)
@@ -52,8 +56,22 @@ server's RSS after 100 000 requests for distinct missing partitions (asserted wi
 QUIC and HTTPS while other clients are served. \`idle_connection_closed\`: a connection
 carrying no transfer is closed by the server, one carrying a longer transfer is not."
     ;;
+  digests)
+    title="A corrupted byte under digest-while-sending"
+    filters=(hostile::a_wrong_digest_trailer hostile::a_trailer_that_contradicts
+      failures::a_file_changed_under_its_cached_digest)
+    about="Since protocol version 3 a server sends each digest it does not know yet after the
+file, computed in the read that sent it. \`v3_wrong_trailer\`: a server over real QUIC sends a
+file with no digest in the manifest and a trailer one bit off: \`checksum_mismatch\`, nothing
+committed, no temp dir, no open handle. \`v3_trailer_contradicts_or_missing\`: bytes that
+match their trailer but not the manifest's digest, then a stream without a trailer: both
+\`protocol_violation\`, nothing left. \`cached_digest_file_flipped\`: one bit of an SST file
+flipped on the server's disk with its modification time restored, under the digest cached
+from the first fetch: the next snapshot lists the cached digest, the client's digest of the
+bytes sent differs, \`checksum_mismatch\`. Time to recover is to the refusal."
+    ;;
   *)
-    echo "unknown section $section (lifecycle or bounds)" >&2
+    echo "unknown section $section (lifecycle, bounds or digests)" >&2
     exit 2
     ;;
 esac

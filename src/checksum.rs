@@ -92,21 +92,13 @@ impl Hasher {
 
 /// Digest and size of a whole file, read in large blocks.
 pub fn digest_file(path: &Path, algo: ChecksumAlgo) -> std::io::Result<(u64, Vec<u8>)> {
-    digest_file_unless(
-        path,
-        algo,
-        &std::sync::atomic::AtomicBool::new(false),
-        &|_| {},
-    )
+    digest_file_counting(path, algo, &|_| {})
 }
 
-/// [`digest_file`] that gives up between 1 MiB blocks once `cancel` is set (an
-/// `Interrupted` error), and reports each block's size to `read`: a digest nobody waits
-/// for any more must not keep a disk busy for a whole partition.
-pub fn digest_file_unless(
+/// [`digest_file`] that reports each block's size to `read`, for a count of digest work.
+pub fn digest_file_counting(
     path: &Path,
     algo: ChecksumAlgo,
-    cancel: &std::sync::atomic::AtomicBool,
     read: &dyn Fn(u64),
 ) -> std::io::Result<(u64, Vec<u8>)> {
     let mut f = std::fs::File::open(path)?;
@@ -114,12 +106,6 @@ pub fn digest_file_unless(
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "digest cancelled: nobody waits for it",
-            ));
-        }
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;

@@ -95,8 +95,11 @@ pub(crate) struct Run {
     pub(crate) completed: bool,
     /// Failed for another reason than the cap (left out of the medians, reported).
     pub(crate) failed: Option<String>,
-    bytes: u64,
-    seconds: f64,
+    pub(crate) bytes: u64,
+    pub(crate) seconds: f64,
+    /// From the successful attempt's start to its first file byte, and its commit.
+    pub(crate) first_byte_s: Option<f64>,
+    pub(crate) commit_s: Option<f64>,
     pub(crate) client_cpu: f64,
     pub(crate) server_cpu: f64,
     pub(crate) client_rss_mib: f64,
@@ -297,12 +300,19 @@ pub(crate) fn fetch_once(
         eprintln!("    {} did not finish within {cap:?}", v.name);
     }
     let _ = std::fs::remove_dir_all(dst);
+    let last = report["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .unwrap_or_default();
     Run {
         goodput_mbs: bytes as f64 / seconds / 1e6,
         completed,
         failed,
         bytes,
         seconds,
+        first_byte_s: last["first_byte_seconds"].as_f64(),
+        commit_s: last["commit_seconds"].as_f64(),
         client_cpu,
         server_cpu,
         client_rss_mib,

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use quicstrap_proto::codec::peek_request_version;
-use quicstrap_proto::{encode, names, ControlFrame, FileHeader, FrameDecoder};
+use quicstrap_proto::{encode, names, ControlFrame, FileHeader, FileTrailer, FrameDecoder, MAX_TRAILER};
 
 const LIMIT: usize = 1 << 16;
 
@@ -34,5 +34,8 @@ fuzz_target!(|data: &[u8]| {
     let mut hdr = FrameDecoder::new(1024);
     hdr.push(data);
     let _ = hdr.next_frame::<FileHeader>();
+    let mut trailer = FrameDecoder::new(MAX_TRAILER);
+    trailer.push(data);
+    let _ = trailer.next_frame::<FileTrailer>();
     let _ = peek_request_version(data);
 });

@@ -32,12 +32,23 @@ fn main() -> std::io::Result<()> {
         (
             "accept",
             ControlFrame::Accept(Accept {
-                files: vec![FileEntry {
-                    name: "000001.sst".into(),
-                    size: 42,
-                    digest: vec![1; 16],
-                }],
+                files: vec![
+                    FileEntry {
+                        name: "000001.sst".into(),
+                        size: 42,
+                        digest: vec![1; 16],
+                    },
+                    FileEntry {
+                        name: "000002.sst".into(),
+                        size: 7,
+                        digest: Vec::new(),
+                    },
+                ],
                 snapshot: SnapshotId([5; 16]),
+                meta: PartitionMeta {
+                    offset: Some(7),
+                    version_state: None,
+                },
             }),
         ),
         (
@@ -71,6 +82,12 @@ fn main() -> std::io::Result<()> {
             transfer_id: 3,
             index: 9,
             offset: 0,
+        }),
+    )?;
+    std::fs::write(
+        dir.join("file_trailer"),
+        encode(&FileTrailer {
+            digest: vec![2; 16],
         }),
     )?;
     Ok(())

@@ -14,7 +14,9 @@ pub enum ControlFrame {
     Accept(Accept),
     /// Server → client: the transfer will not happen, and why (the client tries another peer).
     Reject(Reject),
-    /// Server → client, after every file stream is finished: offset and version state.
+    /// Server → client, after every file stream is finished: offset and version state. Up to
+    /// version 2 only: since version 3 `Accept` carries them, and a client refuses this
+    /// frame. Kept so the variants after it keep their wire index.
     Metadata(PartitionMeta),
     /// Server → client: nothing more will come for this transfer.
     Complete,
@@ -25,9 +27,9 @@ pub enum ControlFrame {
         /// Human-readable reason, for the server's log.
         reason: String,
     },
-    /// Server → client, before `Accept`, while the snapshot is made and digested: "still
-    /// working". Without it a slow first digest of a large partition would look like a dead
-    /// peer, and a dead peer could only be told from a slow one by the partition timeout.
+    /// Server → client, before `Accept`, while the snapshot is made: "still working".
+    /// Without it a slow checkpoint of a large partition on a busy disk would look like a
+    /// dead peer, and a dead peer could only be told from a slow one by the partition timeout.
     Preparing,
     /// Client → server: the client stops this attempt but keeps what it received and will
     /// come back to resume it (a stall, a lost path): the server keeps the snapshot for its
@@ -107,6 +109,10 @@ pub struct Accept {
     pub files: Vec<FileEntry>,
     /// The snapshot the files come from, for a later resume. Since version 2.
     pub snapshot: SnapshotId,
+    /// The snapshot's offset and version state, known before any file is sent: a client
+    /// whose log cannot continue from this offset says so before the first byte, not after
+    /// the last. Since version 3.
+    pub meta: PartitionMeta,
 }
 
 /// One file of a snapshot.
@@ -116,10 +122,21 @@ pub struct FileEntry {
     pub name: String,
     /// Exact size in bytes.
     pub size: u64,
-    /// Digest of the content with the requested algorithm. On the wire raw bytes; in JSON
-    /// (journals, reports, the HTTPS baseline) a hex string, not a list of numbers.
+    /// Digest of the content with the requested algorithm, when the server already knows it
+    /// (cached from an earlier snapshot of the same SST file, or computed while sending it
+    /// before); empty when it does not, and the file's [`FileTrailer`] brings it. Waiting for
+    /// every digest before `Accept` would hold the first byte back by a full read of the
+    /// partition. On the wire raw bytes; in JSON (journals, reports, the HTTPS baseline) a
+    /// hex string, not a list of numbers.
     #[serde(with = "digest_text")]
     pub digest: Vec<u8>,
+}
+
+impl FileEntry {
+    /// True when the manifest already gave this file's digest.
+    pub fn digest_known(&self) -> bool {
+        !self.digest.is_empty()
+    }
 }
 
 /// A digest as raw bytes in binary formats and as hex in human-readable ones. Reads the older
@@ -275,6 +292,19 @@ pub struct FileHeader {
     /// Since version 2.
     pub offset: u64,
 }
+
+/// Last frame of a file stream, after the file's last byte: the digest of the whole file
+/// (from byte 0, also when the stream started at a resume offset), as the server read it while
+/// sending. Since version 3.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileTrailer {
+    /// Digest with the requested algorithm.
+    pub digest: Vec<u8>,
+}
+
+/// Largest [`FileTrailer`] frame payload a receiver reads: a 32-byte digest and its length
+/// fit with room to spare; anything longer is bytes past the file's announced end.
+pub const MAX_TRAILER: usize = 64;
 
 /// Application error codes used to close connections and reset streams.
 pub mod codes {

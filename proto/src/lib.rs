@@ -11,10 +11,12 @@
 //! # Streams of one partition transfer
 //!
 //! * **Control stream** (bidirectional, opened by the client): `Request` →
-//!   `Accept { manifest }` or `Reject { reason }`; later, after every file stream has been
-//!   finished, `Metadata` then `Complete`; the client answers `Done` or `Abort`.
+//!   `Accept { manifest, metadata }` or `Reject { reason }`; later, after every file stream
+//!   has been finished, `Complete`; the client answers `Done` or `Abort`.
 //! * **File streams** (unidirectional, opened by the server, one per file): a [`FileHeader`]
-//!   frame naming the transfer and the manifest entry, then the raw bytes of the file.
+//!   frame naming the transfer and the manifest entry, the raw bytes of the file, then a
+//!   [`FileTrailer`] frame with the file's digest, computed by the server in the same read
+//!   that sent the bytes.
 //!
 //! Every frame is a 4-byte big-endian length followed by its postcard encoding, and the
 //! decoder refuses lengths over a hard limit before buffering them.
@@ -42,7 +44,12 @@ pub use types::{ChecksumAlgo, PartitionMeta, SnapshotId, TableFormat, VersionSta
 ///   frame and the `SnapshotGone` reason. Each side refuses the other version with a typed
 ///   `UnsupportedVersion` (a version-1 server reads a version-2 request's version and refuses
 ///   it; a version-2 server peeks at a version-1 request's version and refuses it).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// * 3 — digest while sending: `Accept` lists digests only where the server already knows
+///   them (empty otherwise) and carries the partition's metadata, so a snapshot the log
+///   cannot continue is refused before its first byte; every file stream ends with a
+///   [`FileTrailer`]; the `Metadata` frame is no longer sent. The `Request` layout is
+///   version 2's, so each side reads the other's version and refuses it typed.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN identifier: peers that do not speak it fail the TLS handshake.
 pub const ALPN: &[u8] = b"quicstrap/1";

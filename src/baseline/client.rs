@@ -18,7 +18,7 @@ use crate::checksum::ChecksumAlgo;
 use crate::client::attempts;
 use crate::client::commit;
 use crate::client::error::{AttemptError, SetupError};
-use crate::client::receive::{self, ByteSource, OpenFiles};
+use crate::client::receive::{self, BadTrailer, ByteSource, OpenFiles};
 use crate::client::{check_manifest, FetchError, FetchPolicy, FetchReport, FetchStats, Progress};
 use crate::lock::unpoisoned as lock;
 use crate::pacing::RateLimiter;
@@ -28,7 +28,7 @@ use crate::protocol::fetch::FetchRules;
 use crate::protocol::FileEntry;
 use crate::tls::{self, Identity};
 
-use super::{Manifest, TcpCongestion, REJECT_HEADER};
+use super::{Manifest, TcpCongestion, DIGEST_TRAILER, REJECT_HEADER};
 use crate::protocol::RejectReason;
 
 /// Largest JSON body (a manifest) the baseline client reads: the QUIC client's control-frame
@@ -194,8 +194,11 @@ impl Conn {
         path: &str,
         idle: Duration,
     ) -> Result<Response<Incoming>, AttemptError> {
+        // A file's digest follows its body as a trailer, which HTTP/1.1 sends only to a client
+        // that says it takes them.
         let req = Request::get(path)
             .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::TE, "trailers")
             .body(Empty::new())
             .map_err(|e| AttemptError::Protocol(format!("request: {e}")))?;
         let resp = tokio::time::timeout(idle, async {
@@ -241,27 +244,60 @@ async fn read_json_body(resp: Response<Incoming>, idle: Duration) -> Result<Byte
 struct BodySource {
     body: Incoming,
     pending: Bytes,
+    /// The trailer fields, once the body's last frame brought them.
+    trailers: Option<hyper::HeaderMap>,
     idle: Duration,
+}
+
+impl BodySource {
+    /// The next data of the body into `pending`; `false` at its end (trailers or none).
+    async fn fill(&mut self) -> Result<bool, AttemptError> {
+        while self.pending.is_empty() {
+            if self.trailers.is_some() {
+                return Ok(false);
+            }
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Err(AttemptError::Idle(self.idle)),
+                Ok(None) => return Ok(false),
+                Ok(Some(Err(e))) => return Err(AttemptError::PeerGone(e.to_string())),
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.pending = data,
+                    Err(frame) => self.trailers = frame.into_trailers().ok(),
+                },
+            }
+        }
+        Ok(true)
+    }
 }
 
 impl ByteSource for BodySource {
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError> {
-        while self.pending.is_empty() {
-            match tokio::time::timeout(self.idle, self.body.frame()).await {
-                Err(_) => return Err(AttemptError::Idle(self.idle)),
-                Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => return Err(AttemptError::PeerGone(e.to_string())),
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.pending = data;
-                    }
-                }
-            }
+        if !self.fill().await? {
+            return Ok(None);
         }
         let n = buf.len().min(self.pending.len());
         buf[..n].copy_from_slice(&self.pending[..n]);
         self.pending.advance(n);
         Ok(Some(n))
+    }
+
+    async fn trailer(&mut self) -> Result<Result<Vec<u8>, BadTrailer>, AttemptError> {
+        if self.fill().await? {
+            return Ok(Err(BadTrailer::More));
+        }
+        let digest = self
+            .trailers
+            .as_ref()
+            .and_then(|t| t.get(DIGEST_TRAILER))
+            .and_then(|v| v.to_str().ok())
+            .map(hex::decode);
+        Ok(match digest {
+            Some(Ok(d)) => Ok(d),
+            Some(Err(e)) => Err(BadTrailer::Malformed(format!("digest trailer: {e}"))),
+            None => Err(BadTrailer::Malformed(
+                "the body ended without a digest trailer".into(),
+            )),
+        })
     }
 
     fn cut(&mut self) {
@@ -349,6 +385,7 @@ async fn attempt(
         files.len(),
         bytes,
         meta.clone(),
+        progress,
     )
     .await?;
     Ok((files.len(), meta))
@@ -408,7 +445,7 @@ async fn receive_all(
             dir.to_owned(),
             cfg.policy.checksum,
             cfg.policy.idle_timeout,
-            progress.received.clone(),
+            (progress.received.clone(), progress.first_byte.clone()),
             cfg.policy.read_limiter.clone(),
             open.clone(),
         ));
@@ -443,7 +480,7 @@ async fn worker(
     dir: std::path::PathBuf,
     algo: ChecksumAlgo,
     idle: Duration,
-    received: Arc<AtomicU64>,
+    (received, first_byte): (Arc<AtomicU64>, crate::client::FirstByte),
     limiter: Arc<RateLimiter>,
     open: OpenFiles,
 ) -> Result<(Conn, u64), AttemptError> {
@@ -459,9 +496,11 @@ async fn worker(
                 idle,
             )
             .await?;
+        first_byte.mark();
         let source = BodySource {
             body: resp.into_body(),
             pending: Bytes::new(),
+            trailers: None,
             idle,
         };
         let path = dir.join(&entry.name);

@@ -3,7 +3,8 @@
 //!
 //! Venice's way: a manifest, then each file one after another on one keep-alive connection,
 //! then the metadata. The server shares the QUIC server's [`SnapshotManager`] (same
-//! checkpoints, same cached digests) and the client feeds the bodies through the very same
+//! checkpoints, same digests: known ones in the manifest, the rest computed in the read that
+//! sends the file and sent after it, as QUIC's trailer) and the client feeds the bodies through the very same
 //! receive → validate → commit path as QUIC, so the benchmark compares transports and
 //! nothing else. Two knobs come from the TCP world: the kernel's congestion control per socket
 //! (`TCP_CONGESTION`: cubic, bbr) and N parallel connections pulling files from one queue
@@ -13,8 +14,10 @@
 //!
 //! * `GET /v1/<store>/<version>/<partition>/manifest?checksum=md5|blake3&format=block|plain`
 //!   leases a snapshot and answers JSON `{session, files: [{name, size, digest}]}` (hex
-//!   digests);
-//! * `GET /v1/<store>/<version>/<partition>/files/<name>?session=<session>` is one file;
+//!   digests; empty where the server does not know it yet);
+//! * `GET /v1/<store>/<version>/<partition>/files/<name>?session=<session>` is one file, sent
+//!   chunked with its hex digest in the [`DIGEST_TRAILER`] trailer field (ask with
+//!   `TE: trailers`, as HTTP/1.1 requires; curl: `--raw` shows it);
 //! * `GET /v1/<store>/<version>/<partition>/metadata?session=<session>` is the offset and
 //!   version state (JSON) and ends the session; an abandoned session ends after the idle
 //!   timeout.
@@ -36,6 +39,10 @@ pub use server::{HttpServer, HttpServerConfig, HttpStats};
 /// Header carrying the typed reason of a refusal.
 pub const REJECT_HEADER: &str = "x-quicstrap-reject";
 
+/// Trailer field carrying a file's hex digest after its body: the HTTPS form of the QUIC
+/// file stream's digest trailer.
+pub const DIGEST_TRAILER: &str = "x-quicstrap-digest";
+
 /// The manifest as JSON: what curl users and the client see.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -52,7 +59,7 @@ pub struct ManifestFile {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// Hex digest in the requested algorithm.
+    /// Hex digest in the requested algorithm; empty when it comes in the file's trailer.
     pub digest: String,
 }
 

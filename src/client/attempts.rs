@@ -21,6 +21,7 @@ use super::commit::{self, Receipt, TempDir};
 use super::error::{AttemptError, FetchError, NextStep};
 use super::receive::OpenFiles;
 use super::{Attempt, FetchPolicy, FetchReport, FetchStats, Progress};
+use crate::lock::unpoisoned as lock;
 
 /// Refuses a fetch that must not start: the partition is already there (never touched), or
 /// there is nobody to ask. Returns the partition's final directory.
@@ -130,6 +131,8 @@ where
         progress.total.store(0, Ordering::Relaxed);
         progress.resumed.store(0, Ordering::Relaxed);
         progress.resent.store(0, Ordering::Relaxed);
+        progress.first_byte.take();
+        lock(&progress.commit).take();
         let t0 = Instant::now();
         let name = peer.to_string();
         let result = match verdict {
@@ -149,6 +152,11 @@ where
             resumed_bytes,
             resent_bytes,
             seconds: t0.elapsed().as_secs_f64(),
+            first_byte_seconds: progress
+                .first_byte
+                .take()
+                .map(|at| at.saturating_duration_since(t0).as_secs_f64()),
+            commit_seconds: lock(&progress.commit).take().map(|d| d.as_secs_f64()),
         };
         match result {
             Ok((files, meta)) => {
@@ -249,6 +257,7 @@ pub(crate) async fn end_file_tasks<T: 'static>(
 
 /// Validates what arrived in `tmp` against `meta`, writes the receipt and renames `tmp` to
 /// `target` atomically ([`commit::commit`], on a blocking thread). On error `tmp` is gone.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn commit_received(
     tmp: TempDir,
     target: &Path,
@@ -257,7 +266,9 @@ pub(crate) async fn commit_received(
     files: usize,
     bytes: u64,
     meta: PartitionMeta,
+    progress: &Progress,
 ) -> Result<(), AttemptError> {
+    let started = Instant::now();
     let receipt = Receipt {
         meta,
         peer: peer.to_string(),
@@ -269,7 +280,10 @@ pub(crate) async fn commit_received(
             .unwrap_or(0),
     };
     let target = target.to_owned();
-    tokio::task::spawn_blocking(move || commit::commit(tmp, &target, format, &receipt))
-        .await
-        .map_err(|e| AttemptError::LocalIo(e.to_string()))?
+    let committed =
+        tokio::task::spawn_blocking(move || commit::commit(tmp, &target, format, &receipt))
+            .await
+            .map_err(|e| AttemptError::LocalIo(e.to_string()))?;
+    *lock(&progress.commit) = Some(started.elapsed());
+    committed
 }

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -155,6 +155,14 @@ pub struct Attempt {
     pub resent_bytes: u64,
     /// Wall time of the attempt.
     pub seconds: f64,
+    /// Seconds from the attempt's start to its first file byte: what the peer's preparation
+    /// cost (absent when no file byte came).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_seconds: Option<f64>,
+    /// Seconds the commit took: checking the database, the receipt, the rename (absent when
+    /// the attempt did not get that far).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_seconds: Option<f64>,
 }
 
 /// A successful fetch.
@@ -194,7 +202,27 @@ pub struct Progress {
     pub resumed: AtomicU64,
     /// Bytes held from an earlier attempt that the current one discarded.
     pub resent: AtomicU64,
+    /// When the current attempt's first file byte arrived.
+    pub(crate) first_byte: FirstByte,
+    /// How long the current attempt's commit took.
+    pub(crate) commit: Mutex<Option<Duration>>,
     switch: CancelSwitch,
+}
+
+/// When an attempt's first file byte arrived, shared with the tasks that receive its files.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FirstByte(Arc<Mutex<Option<Instant>>>);
+
+impl FirstByte {
+    /// A file's bytes are arriving: the first call of an attempt sets the time.
+    pub(crate) fn mark(&self) {
+        crate::lock::unpoisoned(&self.0).get_or_insert_with(Instant::now);
+    }
+
+    /// The time set since the last call, if any, and forgets it (a new attempt starts).
+    pub(crate) fn take(&self) -> Option<Instant> {
+        crate::lock::unpoisoned(&self.0).take()
+    }
 }
 
 impl Progress {

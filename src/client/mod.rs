@@ -39,8 +39,8 @@ use crate::tls;
 use crate::transport;
 
 pub use commit::{Receipt, RECEIPT_FILE};
-pub(crate) use config::CancelSwitch;
 pub use config::{Attempt, FetchConfig, FetchPolicy, FetchReport, FetchStats, Progress};
+pub(crate) use config::{CancelSwitch, FirstByte};
 pub use error::{AttemptError, Fallback, FetchError, NextStep, SetupError};
 pub use transfer::MAX_CONTROL_FRAME;
 

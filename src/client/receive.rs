@@ -1,8 +1,9 @@
 //! Receiving one file: bytes go to disk and through the digest in the same pass.
 //!
-//! No second read of the file is ever needed: the size is checked as bytes arrive (a peer that
-//! sends more than announced is cut off at once) and the digest is compared at end of stream.
-//! The file is fsynced before it counts as received.
+//! No second read of the file is ever needed: the size is checked as bytes arrive (no more than
+//! announced is read as file bytes; anything but a digest trailer after them is refused), and
+//! the digest is compared at end of stream with the manifest's or, when the manifest had none,
+//! the trailer's. The file is fsynced before it counts as received.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +12,9 @@ use std::sync::Arc;
 
 use crate::checksum::{ChecksumAlgo, Hasher};
 use crate::pacing::RateLimiter;
-use crate::protocol::transfer::MAX_FILES_IN_FLIGHT;
-use crate::protocol::{codes, FileEntry};
+use crate::protocol::codec::LEN_PREFIX;
+use crate::protocol::transfer::{expected_digest, MAX_FILES_IN_FLIGHT};
+use crate::protocol::{codes, FileEntry, FileTrailer, FrameDecoder, MAX_TRAILER};
 
 use super::error::AttemptError;
 
@@ -56,8 +58,19 @@ impl Drop for TrackedFile {
 pub(crate) trait ByteSource {
     /// Reads some bytes into `buf`; `None` at end of file.
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError>;
+    /// After the file's last byte: the digest trailer, and nothing after it.
+    async fn trailer(&mut self) -> Result<Result<Vec<u8>, BadTrailer>, AttemptError>;
     /// Tells the sender to stop: it sent more than announced.
     fn cut(&mut self);
+}
+
+/// Why what followed a file's last byte is no trailer.
+#[derive(Debug)]
+pub(crate) enum BadTrailer {
+    /// More bytes than a trailer holds: the file is longer than announced.
+    More,
+    /// No trailer, or one that does not decode.
+    Malformed(String),
 }
 
 impl ByteSource for quinn::RecvStream {
@@ -67,8 +80,40 @@ impl ByteSource for quinn::RecvStream {
             .map_err(|e| AttemptError::from_read(&e))
     }
 
+    async fn trailer(&mut self) -> Result<Result<Vec<u8>, BadTrailer>, AttemptError> {
+        // The frame and the end of the stream; one byte more is already too many.
+        let limit = LEN_PREFIX + MAX_TRAILER;
+        let mut buf = [0u8; LEN_PREFIX + MAX_TRAILER + 1];
+        let mut filled = 0;
+        while let Some(n) = self
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|e| AttemptError::from_read(&e))?
+        {
+            filled += n;
+            if filled > limit {
+                return Ok(Err(BadTrailer::More));
+            }
+        }
+        Ok(decode_trailer(&buf[..filled]))
+    }
+
     fn cut(&mut self) {
         let _ = self.stop(codes::PROTOCOL.into());
+    }
+}
+
+/// The trailer frame that `bytes` must be, exactly.
+fn decode_trailer(bytes: &[u8]) -> Result<Vec<u8>, BadTrailer> {
+    let mut dec = FrameDecoder::new(MAX_TRAILER);
+    dec.push(bytes);
+    match dec.next_frame::<FileTrailer>() {
+        Ok(Some(t)) if dec.pending() == 0 => Ok(t.digest),
+        Ok(Some(_)) | Err(crate::protocol::DecodeError::TooLarge { .. }) => Err(BadTrailer::More),
+        Ok(None) => Err(BadTrailer::Malformed(
+            "the stream ended without a digest trailer".into(),
+        )),
+        Err(e) => Err(BadTrailer::Malformed(format!("digest trailer: {e}"))),
     }
 }
 
@@ -142,11 +187,13 @@ pub(crate) async fn receive_file(
     };
     let mut buf = vec![0u8; BUF];
     let mut total = offset;
-    loop {
+    // No more than the file's bytes are read as file bytes: its trailer follows them.
+    while total < entry.size {
+        let want = BUF.min((entry.size - total) as usize);
         let mut filled = 0;
         let mut eof = false;
-        while filled < buf.len() {
-            match stream.read_some(&mut buf[filled..]).await? {
+        while filled < want {
+            match stream.read_some(&mut buf[filled..want]).await? {
                 Some(n) => {
                     filled += n;
                     // Progress is every byte as it arrives, not per buffer written: on a
@@ -158,15 +205,6 @@ pub(crate) async fn receive_file(
                     eof = true;
                     break;
                 }
-            }
-            if total + filled as u64 > entry.size {
-                stream.cut();
-                return Err(AttemptError::SizeMismatch {
-                    file: entry.name,
-                    expected: entry.size,
-                    got: total + filled as u64,
-                    more: true,
-                });
             }
         }
         if filled > 0 {
@@ -180,18 +218,32 @@ pub(crate) async fn receive_file(
             limiter.acquire(filled as u64).await;
         }
         if eof {
-            break;
+            return Err(AttemptError::SizeMismatch {
+                file: entry.name,
+                expected: entry.size,
+                got: total,
+                more: false,
+            });
         }
     }
-    if total != entry.size {
-        return Err(AttemptError::SizeMismatch {
-            file: entry.name,
-            expected: entry.size,
-            got: total,
-            more: false,
-        });
-    }
-    if hasher.finish() != entry.digest {
+    let trailer = match stream.trailer().await? {
+        Ok(digest) => digest,
+        Err(BadTrailer::More) => {
+            stream.cut();
+            return Err(AttemptError::SizeMismatch {
+                file: entry.name,
+                expected: entry.size,
+                got: entry.size + 1,
+                more: true,
+            });
+        }
+        Err(BadTrailer::Malformed(m)) => {
+            return Err(AttemptError::Protocol(format!("{}: {m}", entry.name)))
+        }
+    };
+    let want = expected_digest(&entry, &trailer, algo)
+        .map_err(|e| AttemptError::Protocol(e.to_string()))?;
+    if hasher.finish() != want {
         return Err(AttemptError::ChecksumMismatch { file: entry.name });
     }
     tokio::task::spawn_blocking(move || {

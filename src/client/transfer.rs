@@ -104,6 +104,19 @@ impl Control {
     }
 }
 
+/// Whether a partition at the snapshot's offset (`meta`, from `Accept`) can catch up from
+/// `log`; `Ok` when the log is not known.
+fn continues(meta: Option<&PartitionMeta>, log: Option<Watermarks>) -> Result<(), AttemptError> {
+    let (Some(meta), Some(wm)) = (meta, log) else {
+        return Ok(());
+    };
+    ingest::check_position(meta.offset, wm).map_err(|_| AttemptError::StaleSnapshot {
+        offset: meta.offset,
+        low: wm.low,
+        high: wm.high,
+    })
+}
+
 /// What an accepted request leaves for the receive phase.
 struct Accepted {
     /// Counts this transfer against the receive budget until the attempt ends.
@@ -120,7 +133,7 @@ pub(super) struct Terms {
     /// Whether it may resume kept files (the fetch machine's choice for this attempt).
     pub(super) resume: bool,
     /// The log the partition will catch up from, when known: a snapshot it cannot continue
-    /// is refused before commit.
+    /// is refused before its first byte.
     pub(super) log: Option<Watermarks>,
 }
 
@@ -198,6 +211,17 @@ impl Fetcher {
                 return Err(e);
             }
         };
+        // A snapshot the log cannot continue is of no use, however good its files: refused
+        // before its first byte (the rule is catch-up's own: what it would refuse is refused
+        // here).
+        if let Err(e) = continues(control.machine.meta(), log) {
+            if let Some(k) = held {
+                k.dir.remove();
+            }
+            control.machine.abort(e.to_string());
+            control.goodbye(self).await;
+            return Err(e);
+        }
         // Counted once the peer agreed to resume: only then are these bytes not sent again.
         if let Some(p) = &plan {
             progress.resumed.store(p.held, Ordering::Relaxed);
@@ -237,6 +261,7 @@ impl Fetcher {
         let mut rx = Receiving {
             dir: tmp.path(),
             progress: progress.received.clone(),
+            first_byte: progress.first_byte.clone(),
             fetcher: self,
             open: receive::OpenFiles::default(),
             tasks: JoinSet::new(),
@@ -254,19 +279,6 @@ impl Fetcher {
         attempts::end_file_tasks(&mut rx.tasks, &rx.open).await;
         drop(rx);
         // Every file task has ended here: no handle is open, no byte can land any more.
-        // A snapshot the log cannot continue is of no use, however good its files.
-        // (The rule is catch-up's own: what it would refuse is refused here.)
-        let outcome = outcome.and_then(|meta| match log {
-            Some(wm) => match ingest::check_position(meta.offset, wm) {
-                Ok(()) => Ok(meta),
-                Err(_) => Err(AttemptError::StaleSnapshot {
-                    offset: meta.offset,
-                    low: wm.low,
-                    high: wm.high,
-                }),
-            },
-            None => Ok(meta),
-        });
         let meta = match outcome {
             Ok(meta) => meta,
             Err(e) => {
@@ -293,6 +305,7 @@ impl Fetcher {
             files,
             total,
             meta.clone(),
+            progress,
         )
         .await;
         control
@@ -433,6 +446,7 @@ impl Fetcher {
 struct Receiving<'a> {
     dir: &'a Path,
     progress: Arc<AtomicU64>,
+    first_byte: super::FirstByte,
     fetcher: &'a Fetcher,
     open: receive::OpenFiles,
     tasks: JoinSet<(u32, Result<u64, AttemptError>)>,
@@ -546,6 +560,8 @@ impl Receiving<'_> {
             pending = None;
             tokio::select! {
                 Some((header, stream)) = streams.recv() => {
+                    // A file stream's header comes with its first bytes.
+                    self.first_byte.mark();
                     pending = Some(stream);
                     control.machine.handle_file_stream(header, Instant::now());
                 }

@@ -1,17 +1,17 @@
 //! Sending a snapshot's files: one stream per file, a bounded number at once, each read ahead
-//! in chunks by one blocking thread per file and paced by the shared write limiter; a stream
-//! cut off before its last byte was acknowledged is reset, never finished short.
+//! in chunks by one blocking thread per file (digesting as it reads) and paced by the shared
+//! write limiter; each stream ends with the file's digest trailer. A stream cut off before its
+//! last byte was acknowledged is reset, never finished short.
 
-use std::io::{Read, Seek};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
+use crate::checksum::ChecksumAlgo;
 use crate::pacing::RateLimiter;
-use crate::protocol::{codes, FileHeader, FileStart};
+use crate::protocol::{codes, FileHeader, FileStart, FileTrailer};
+use crate::snapshot::{Piece, Snapshot};
 use crate::wire::write_frame;
 
 use super::{ServerStats, Shared};
@@ -22,8 +22,8 @@ use crate::protocol::transfer::ServerEnd;
 /// every one.
 pub(super) async fn push_files(
     conn: &quinn::Connection,
-    transfer_id: u64,
-    snap: &Arc<crate::snapshot::Snapshot>,
+    (transfer_id, algo): (u64, ChecksumAlgo),
+    snap: &Arc<Snapshot>,
     plan: Vec<FileStart>,
     shared: &Shared,
     sent: Arc<AtomicU64>,
@@ -32,10 +32,11 @@ pub(super) async fn push_files(
     let mut tasks = tokio::task::JoinSet::new();
     for FileStart { index, offset } in plan {
         // The machine checked the plan against this very manifest.
-        let file = snap
+        let size = snap
             .files
             .get(index as usize)
-            .ok_or_else(|| ServerEnd::Protocol(format!("no file {index}")))?;
+            .ok_or_else(|| ServerEnd::Protocol(format!("no file {index}")))?
+            .size;
         let permit = slots
             .clone()
             .acquire_owned()
@@ -46,8 +47,7 @@ pub(super) async fn push_files(
             done.map_err(|e| ServerEnd::StreamLost(e.to_string()))??;
         }
         let conn = conn.clone();
-        let path = snap.dir.join(&file.name);
-        let size = file.size;
+        let snap = snap.clone();
         let stats = shared.stats.clone();
         let limiter = shared.cfg.policy.write_limiter.clone();
         let sent = sent.clone();
@@ -72,7 +72,8 @@ pub(super) async fn push_files(
             )
             .await
             .map_err(|e| ServerEnd::StreamLost(e.to_string()))?;
-            send_file(stream, path, offset, size, &stats, &limiter, &sent).await?;
+            let pieces = snap.read_file(index as usize, offset, algo);
+            send_file(stream, pieces, (offset, size), &stats, &limiter, &sent).await?;
             stream
                 .finish()
                 .map_err(|e| ServerEnd::StreamLost(e.to_string()))?;
@@ -132,74 +133,36 @@ impl Drop for ResetOnDrop {
     }
 }
 
-/// Bytes read from a file at a time. Under glibc's mmap threshold (128 KiB), so a chunk comes
-/// from, and goes back to, the allocator's free lists: no fresh pages to fault in and zero per
-/// chunk, as a 256 KiB or 1 MiB buffer would get. quinn keeps each chunk until it is
-/// acknowledged, so they cannot be reused by hand.
-const CHUNK: usize = 64 << 10;
-/// Chunks a file's reader may have ready ahead of its stream: the disk keeps going while the
-/// stream waits for flow control or pacing.
-const READ_AHEAD: usize = 2;
-/// Most bytes of one file in flight held outside quinn: the chunks read ahead, the one being
-/// read and the one being written (256 KiB, what one 256 KiB chunk per file held before the
-/// reads moved ahead, so the send budget's reservations are unchanged).
-pub(super) const HELD_PER_FILE: u64 = (READ_AHEAD + 2) as u64 * CHUNK as u64;
-
-/// Reads `path` from `offset` to `size` on one blocking thread, `READ_AHEAD` chunks ahead of
-/// whoever takes them: one hand-off per file, not one per chunk. Each chunk is read into fresh
-/// uninitialised capacity (`read_to_end`), so nothing is zeroed first. The reader stops once
-/// the receiver is dropped (the stream failed or was reset); a file shorter than announced
-/// ends in an `UnexpectedEof` error, never in a short stream.
-fn read_ahead(path: PathBuf, offset: u64, size: u64) -> mpsc::Receiver<std::io::Result<Bytes>> {
-    let (tx, rx) = mpsc::channel(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let read = |tx: &mpsc::Sender<std::io::Result<Bytes>>| -> std::io::Result<()> {
-            let mut f = std::fs::File::open(&path)?;
-            f.seek(std::io::SeekFrom::Start(offset))?;
-            let mut at = offset;
-            while at < size {
-                let want = CHUNK.min((size - at) as usize);
-                let mut buf = Vec::with_capacity(want);
-                (&mut f).take(want as u64).read_to_end(&mut buf)?;
-                if buf.is_empty() {
-                    // The snapshot file shrank under us: never send fewer bytes than
-                    // announced silently.
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("{} shorter than its manifest size", path.display()),
-                    ));
-                }
-                at += buf.len() as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    break; // Nobody sends this file any more.
-                }
-            }
-            Ok(())
-        };
-        if let Err(e) = read(&tx) {
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
-    rx
-}
-
+/// Writes the file's bytes from `offset` to `size` as the reader hands them out, then its
+/// digest trailer.
 async fn send_file(
     stream: &mut quinn::SendStream,
-    path: PathBuf,
-    offset: u64,
-    size: u64,
+    mut pieces: tokio::sync::mpsc::Receiver<std::io::Result<Piece>>,
+    (offset, size): (u64, u64),
     stats: &ServerStats,
     limiter: &RateLimiter,
     sent_total: &AtomicU64,
 ) -> Result<(), ServerEnd> {
-    let mut chunks = read_ahead(path, offset, size);
     let mut sent = offset;
-    while sent < size {
-        let chunk = chunks
+    loop {
+        let piece = pieces
             .recv()
             .await
             .ok_or_else(|| ServerEnd::StreamLost("file reader gone".into()))?
             .map_err(|e| ServerEnd::LocalIo(e.to_string()))?;
+        let chunk = match piece {
+            Piece::Data(chunk) => chunk,
+            Piece::Digest(digest) if sent == size => {
+                return write_frame(stream, &FileTrailer { digest })
+                    .await
+                    .map_err(|e| ServerEnd::StreamLost(e.to_string()));
+            }
+            Piece::Digest(_) => {
+                return Err(ServerEnd::LocalIo(format!(
+                    "file read ended at byte {sent} of {size}"
+                )))
+            }
+        };
         let n = chunk.len() as u64;
         limiter.acquire(n).await;
         stream
@@ -210,5 +173,4 @@ async fn send_file(
         sent_total.fetch_add(n, Ordering::Relaxed);
         stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
     }
-    Ok(())
 }

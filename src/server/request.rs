@@ -1,9 +1,9 @@
 //! One transfer on the server: the QUIC driver of [`ServerTransfer`].
 //!
 //! The machine holds the rules (what the request must be, when heartbeats go out, the order of
-//! `Accept`, `Metadata` and `Complete`, how long a silent client is waited for); this driver
-//! reads the control stream, leases the snapshot, computes the manifest, pushes the files, and
-//! carries out what the machine asks.
+//! `Accept` and `Complete`, how long a silent client is waited for); this driver reads the
+//! control stream, leases the snapshot, lists the manifest (digests where known), pushes the
+//! files (digesting as it reads), and carries out what the machine asks.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -17,12 +17,13 @@ use crate::partition::PartitionId;
 use crate::protocol::transfer::{
     heartbeat_interval, ServerAction, ServerEnd, ServerLimits, ServerTransfer,
 };
-use crate::protocol::{codes, ControlFrame, FileEntry, RejectReason, Request};
+use crate::protocol::{codes, ControlFrame, RejectReason, Request};
 use crate::snapshot::{AcquireError, ClientKey, SnapshotLease};
 use crate::wire::{sleep_until, write_frame, FrameReader, WireError};
 
-use super::push::{push_files, HELD_PER_FILE};
+use super::push::push_files;
 use super::Shared;
+use crate::snapshot::HELD_PER_FILE;
 
 /// Largest request frame a server reads: a request is a few dozen bytes, a resume lists the
 /// files still needed (a few bytes each, so tens of thousands fit). Read only from clients
@@ -253,7 +254,7 @@ async fn serve_partition(
     drop(lease);
 }
 
-/// Digests, accepts, pushes and closes, as the machine directs, while watching the control
+/// Lists the manifest, accepts, pushes and closes, as the machine directs, while watching the control
 /// stream (an `Abort` or a vanished client ends it), the clock, progress and shutdown.
 async fn run_transfer(
     conn: &quinn::Connection,
@@ -263,7 +264,12 @@ async fn run_transfer(
     shared: &Shared,
 ) -> Outcome {
     let snap = lease.snapshot();
-    let mut digesting: Option<Step<'_, _>> = Some(Box::pin(snap.digests(req.checksum)));
+    // The digest cache is read on first use: a file read and a `stat` per file, off the
+    // runtime's threads.
+    let (listing, algo) = (snap.clone(), req.checksum);
+    let mut digesting: Option<Step<'_, _>> = Some(Box::pin(async move {
+        tokio::task::spawn_blocking(move || listing.manifest(algo)).await
+    }));
     let mut pushing: Option<Step<'_, Result<(), ServerEnd>>> = None;
     // From `Accept` on this transfer sends: its connection's send window follows its path
     // within the process's budget, and its file reads are reserved from that budget up front.
@@ -282,7 +288,8 @@ async fn run_transfer(
                 }
                 let reads = shared.files_in_flight() as u64 * HELD_PER_FILE;
                 _budget = Some(shared.budget.lease(conn, reads));
-                let push = push_files(conn, req.transfer_id, snap, plan, shared, sent.clone());
+                let transfer = (req.transfer_id, req.checksum);
+                let push = push_files(conn, transfer, snap, plan, shared, sent.clone());
                 pushing = Some(Box::pin(push));
                 continue;
             }
@@ -301,28 +308,19 @@ async fn run_transfer(
         tokio::select! {
             d = async { digesting.as_mut().expect("guarded").await }, if digesting.is_some() => {
                 digesting = None;
-                let digests = match d {
-                    Ok(d) => d,
+                let files = match d {
+                    Ok(files) => files,
                     Err(e) => return Outcome::Failed(ServerEnd::LocalIo(e.to_string())),
                 };
-                let files: Vec<FileEntry> = snap
-                    .files
-                    .iter()
-                    .zip(digests.iter())
-                    .map(|(f, d)| FileEntry {
-                        name: f.name.clone(),
-                        size: f.size,
-                        digest: d.clone(),
-                    })
-                    .collect();
-                control.machine.handle_manifest(files, snap.snapshot_id, Instant::now());
+                let meta = snap.meta.clone();
+                control.machine.handle_manifest(files, snap.snapshot_id, meta, Instant::now());
             }
             r = async { pushing.as_mut().expect("guarded").await }, if pushing.is_some() => {
                 pushing = None;
                 if let Err(e) = r {
                     return Outcome::Failed(e);
                 }
-                control.machine.handle_files_acked(snap.meta.clone(), Instant::now());
+                control.machine.handle_files_acked(Instant::now());
             }
             frame = control.reader.next_frame::<ControlFrame>(), if wants_control => match frame {
                 Ok(Some(f)) => control.machine.handle_frame(f),

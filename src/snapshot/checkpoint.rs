@@ -3,14 +3,14 @@
 //! data shipped.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rocksdb::DB;
 
 use super::cleanup::remove_snapshot_dir;
-use super::digest::DigestJob;
+use super::digest::DigestBook;
 use crate::partition::{self, PartitionId, PartitionMeta, StorageError, TableFormat};
 use crate::protocol::{names, SnapshotId};
 
@@ -23,7 +23,7 @@ pub struct SnapshotFile {
     pub size: u64,
 }
 
-/// A checkpoint of one partition, with lazily computed, cached digests.
+/// A checkpoint of one partition, with the digests of its files as they become known.
 pub struct Snapshot {
     /// The partition it is a checkpoint of.
     pub id: PartitionId,
@@ -40,20 +40,12 @@ pub struct Snapshot {
     pub files: Vec<SnapshotFile>,
     /// Offset and version state read from the checkpoint itself (so never ahead of its data).
     pub meta: PartitionMeta,
-    /// Digests per algorithm, once computed ([`Snapshot::digests`]).
-    pub(super) md5: tokio::sync::OnceCell<Arc<Vec<Vec<u8>>>>,
-    pub(super) blake3: tokio::sync::OnceCell<Arc<Vec<Vec<u8>>>>,
-    /// The digest computation running per algorithm (md5, blake3), shared by every request
-    /// waiting for it.
-    pub(super) jobs: Mutex<[Option<DigestJob>; 2]>,
+    /// The digests known so far, per algorithm ([`Snapshot::manifest`]).
+    pub(super) book: DigestBook,
     /// Leases held on it.
     pub(super) users: AtomicUsize,
     /// Retired: deleted when its last user leaves.
     pub(super) stale: AtomicBool,
-    pub(super) digest_runs: AtomicUsize,
-    pub(super) digest_bytes: Arc<AtomicU64>,
-    /// Digest computations still reading, wherever their job slot has gone.
-    pub(super) digest_live: Arc<AtomicUsize>,
     /// Digests of SST files computed for earlier snapshots.
     pub(super) cache: Arc<super::digest_cache::DigestCache>,
 }

@@ -1,221 +1,202 @@
-//! A snapshot's digests: computed on first need per algorithm, in parallel across cores,
-//! shared by every request waiting for them and cached for every later one. A computation
-//! nobody waits for any more stops between blocks, so a client that loops request →
-//! disconnect cannot stack full-partition reads.
+//! A snapshot's digests. A transfer never waits for them: the manifest lists the ones already
+//! known — cached from an earlier snapshot of the same SST files, or computed while this
+//! snapshot was sent before — and the rest are computed in the very read that sends a file
+//! ([`Snapshot::read_file`](super::Snapshot::read_file)), then remembered here for the next
+//! request and, through the digest cache, for the next snapshot and the next server run.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use super::digest_cache::{DigestCache, FileIdentity};
+use super::digest_cache::FileIdentity;
 use super::Snapshot;
-use crate::checksum::{digest_file_unless, ChecksumAlgo};
+use crate::checksum::{digest_file_counting, ChecksumAlgo};
 use crate::lock::unpoisoned as lock;
-use crate::partition::PartitionId;
 use crate::partition::StorageError;
+use crate::protocol::FileEntry;
 
-/// Digests of a snapshot's files, or why there are none.
-type DigestResult = Result<Arc<Vec<Vec<u8>>>, String>;
+/// Least time between two writes of the digest cache while digests are learned one file at a
+/// time: a partition of many small files must not rewrite its cache once per file. The rest is
+/// written when every file is known, or when the snapshot goes.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
-/// One background digest computation and the requests waiting for it. When the last waiter
-/// goes (its client disconnected), the job is cancelled between blocks: a client that
-/// loops request → disconnect cannot stack full-partition reads.
-pub(super) struct DigestJob {
-    waiters: usize,
-    cancel: Arc<AtomicBool>,
-    done: tokio::sync::watch::Receiver<Option<DigestResult>>,
+/// What a snapshot knows of its files' digests, per algorithm (MD5, BLAKE3).
+#[derive(Default)]
+pub(super) struct DigestBook {
+    /// The identity of each file, for the digest cache (looked up once).
+    identities: OnceLock<Vec<Option<FileIdentity>>>,
+    books: Mutex<[Option<Book>; 2]>,
+    /// Bytes read to compute digests, all algorithms.
+    bytes: AtomicU64,
 }
 
-/// One request waiting on a [`DigestJob`]; cancels the job if it was the last.
-struct DigestWaiter<'a> {
-    snapshot: &'a Snapshot,
-    slot: usize,
+/// The digests of one algorithm.
+struct Book {
+    digests: Vec<Option<Vec<u8>>>,
+    /// Digests learned since the cache was last written.
+    unsaved: usize,
+    saved_at: Instant,
 }
 
-impl Drop for DigestWaiter<'_> {
-    fn drop(&mut self) {
-        let mut jobs = lock(&self.snapshot.jobs);
-        if let Some(job) = jobs[self.slot].as_mut() {
-            job.waiters -= 1;
-            if job.waiters == 0 {
-                job.cancel.store(true, Ordering::Relaxed);
-            }
-        }
+fn slot(algo: ChecksumAlgo) -> usize {
+    match algo {
+        ChecksumAlgo::Md5 => 0,
+        ChecksumAlgo::Blake3 => 1,
     }
 }
 
 impl Snapshot {
-    /// Digests of every file (in `files` order), computed on first call per algorithm, in
-    /// parallel across cores, and cached for every later request. Concurrent requests share
-    /// one computation; one that nobody waits for any more stops between blocks.
-    pub async fn digests(&self, algo: ChecksumAlgo) -> Result<Arc<Vec<Vec<u8>>>, StorageError> {
-        let (cell, slot) = match algo {
-            ChecksumAlgo::Md5 => (&self.md5, 0),
-            ChecksumAlgo::Blake3 => (&self.blake3, 1),
-        };
-        loop {
-            if let Some(d) = cell.get() {
-                return Ok(d.clone());
-            }
-            let (mut done, waiter) = self.join_digest_job(algo, slot);
-            let result = done
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
-                .clone();
-            drop(waiter);
-            match result {
-                Some(Ok(d)) => {
-                    let _ = cell.set(d.clone());
-                    return Ok(d);
-                }
-                // Cancelled just before this request joined: run it again.
-                Some(Err(e)) if e.starts_with(CANCELLED) => continue,
-                Some(Err(e)) => return Err(StorageError::Io(std::io::Error::other(e))),
-                None => continue,
-            }
-        }
-    }
-
-    /// Joins the running digest job of `algo`, starting one if none runs (or the last one
-    /// ended without a result anybody used).
-    fn join_digest_job(
-        &self,
-        algo: ChecksumAlgo,
-        slot: usize,
-    ) -> (
-        tokio::sync::watch::Receiver<Option<DigestResult>>,
-        DigestWaiter<'_>,
-    ) {
-        let mut jobs = lock(&self.jobs);
-        let running = jobs[slot]
-            .as_ref()
-            .is_some_and(|j| j.done.borrow().is_none() || j.waiters > 0);
-        if !running {
-            self.digest_runs.fetch_add(1, Ordering::Relaxed);
-            let files: Vec<(String, PathBuf)> = self
-                .files
+    fn identities(&self) -> &[Option<FileIdentity>] {
+        self.book.identities.get_or_init(|| {
+            self.files
                 .iter()
-                .map(|f| (f.name.clone(), self.dir.join(&f.name)))
-                .collect();
-            let cancel = Arc::new(AtomicBool::new(false));
-            let (tx, done) = tokio::sync::watch::channel(None);
-            let (flag, bytes) = (cancel.clone(), self.digest_bytes.clone());
-            let (cache, id) = (self.cache.clone(), self.id.clone());
-            let live = LiveJob::start(&self.digest_live);
-            tokio::task::spawn_blocking(move || {
-                let _live = live;
-                let result = digest_all(&files, algo, &flag, &bytes, (&cache, &id))
-                    .map(Arc::new)
-                    .map_err(|e| match e {
-                        StorageError::Io(io) if io.kind() == std::io::ErrorKind::Interrupted => {
-                            format!("{CANCELLED}: {io}")
-                        }
-                        other => other.to_string(),
-                    });
-                let _ = tx.send(Some(result));
-            });
-            jobs[slot] = Some(DigestJob {
-                waiters: 0,
-                cancel,
-                done,
-            });
+                .map(|f| FileIdentity::of(&f.name, &self.dir.join(&f.name)))
+                .collect()
+        })
+    }
+
+    /// Runs `f` on the book of `algo`, opening it from the digest cache on first use.
+    fn with_book<T>(&self, algo: ChecksumAlgo, f: impl FnOnce(&mut Book) -> T) -> T {
+        let identities = self.identities();
+        let mut books = lock(&self.book.books);
+        let book = books[slot(algo)].get_or_insert_with(|| {
+            let cached = self.cache.load(&self.id, algo);
+            Book {
+                digests: identities
+                    .iter()
+                    .map(|i| i.as_ref().and_then(|i| cached.get(i).cloned()))
+                    .collect(),
+                unsaved: 0,
+                saved_at: Instant::now(),
+            }
+        });
+        f(book)
+    }
+
+    /// The manifest for `algo`: every file with its size, and its digest where already known
+    /// (empty where its trailer will bring it). Reads the digest cache on first use per
+    /// algorithm (blocking: a file read and one `stat` per file).
+    pub fn manifest(&self, algo: ChecksumAlgo) -> Vec<FileEntry> {
+        self.with_book(algo, |book| {
+            self.files
+                .iter()
+                .zip(&book.digests)
+                .map(|(f, d)| FileEntry {
+                    name: f.name.clone(),
+                    size: f.size,
+                    digest: d.clone().unwrap_or_default(),
+                })
+                .collect()
+        })
+    }
+
+    /// The digest of file `index` with `algo`, when known.
+    pub(super) fn known_digest(&self, algo: ChecksumAlgo, index: usize) -> Option<Vec<u8>> {
+        self.with_book(algo, |b| b.digests.get(index).cloned().flatten())
+    }
+
+    /// Remembers the digest of file `index`, computed while reading it, for later requests and
+    /// (at most once a second, and once every file is known) for later snapshots. Blocking.
+    pub(super) fn learn(&self, algo: ChecksumAlgo, index: usize, digest: Vec<u8>) {
+        let save = self.with_book(algo, |book| {
+            let d = book.digests.get_mut(index)?;
+            if d.is_some() {
+                return None;
+            }
+            *d = Some(digest);
+            book.unsaved += 1;
+            let complete = book.digests.iter().all(Option::is_some);
+            (complete || book.saved_at.elapsed() >= SAVE_EVERY).then(|| book.take_unsaved())
+        });
+        if let Some(digests) = save {
+            self.save(algo, digests);
         }
-        let job = jobs[slot].as_mut().expect("set above");
-        job.waiters += 1;
-        // Wanted again before it noticed: let it go on.
-        job.cancel.store(false, Ordering::Relaxed);
-        (
-            job.done.clone(),
-            DigestWaiter {
-                snapshot: self,
-                slot,
-            },
-        )
     }
 
-    /// Bytes read by digest computations of this snapshot so far, all algorithms.
+    /// Writes what `digests` knows to the digest cache (blocking).
+    fn save(&self, algo: ChecksumAlgo, digests: Vec<Option<Vec<u8>>>) {
+        let entries = self
+            .identities()
+            .iter()
+            .zip(digests)
+            .filter_map(|(i, d)| Some((i.clone()?, d?)))
+            .collect();
+        self.cache.store(&self.id, algo, entries);
+    }
+
+    /// Counts `n` bytes read to compute a digest.
+    pub(super) fn count_digested(&self, n: u64) {
+        self.book.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes read to compute digests of this snapshot so far, all algorithms: 0 for a snapshot
+    /// whose SST digests were all cached, one read of each file for a cold one.
     pub fn digest_bytes(&self) -> u64 {
-        self.digest_bytes.load(Ordering::Relaxed)
+        self.book.bytes.load(Ordering::Relaxed)
     }
 
-    /// Whether a digest computation of this snapshot is still running (a cancelled one stops
-    /// at its next block), so a caller can tell an abandoned job from one still reading.
-    pub fn digesting(&self) -> bool {
-        self.digest_live.load(Ordering::Acquire) > 0
+    /// Every file's digest (in `files` order), computing the ones not yet known now, in
+    /// parallel across cores. For tools and tests that want them all at once; a transfer never
+    /// waits for this (its digests come while sending).
+    pub async fn digests(
+        self: &std::sync::Arc<Self>,
+        algo: ChecksumAlgo,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let snap = self.clone();
+        tokio::task::spawn_blocking(move || snap.digest_all(algo))
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
     }
 
-    /// How many times digests were computed for this snapshot (one per algorithm at most).
-    pub fn digest_runs(&self) -> usize {
-        self.digest_runs.load(Ordering::Relaxed)
+    fn digest_all(&self, algo: ChecksumAlgo) -> Result<Vec<Vec<u8>>, StorageError> {
+        let known = self.manifest(algo);
+        let todo: Vec<(usize, PathBuf)> = known
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.digest_known())
+            .map(|(i, f)| (i, self.dir.join(&f.name)))
+            .collect();
+        let computed = digest_each(&todo, algo, &|n| self.count_digested(n))?;
+        for ((i, _), d) in todo.iter().zip(computed) {
+            self.learn(algo, *i, d);
+        }
+        Ok(self.manifest(algo).into_iter().map(|f| f.digest).collect())
     }
 }
 
-/// Counts one running digest computation for as long as it lives (until its thread ends,
-/// however it ends).
-struct LiveJob(Arc<AtomicUsize>);
-
-impl LiveJob {
-    fn start(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Self(count.clone())
+impl Book {
+    fn take_unsaved(&mut self) -> Vec<Option<Vec<u8>>> {
+        self.unsaved = 0;
+        self.saved_at = Instant::now();
+        self.digests.clone()
     }
 }
 
-impl Drop for LiveJob {
+impl Drop for Snapshot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        // What was learned in the last second before the snapshot went is kept too.
+        let pending: Vec<_> = lock(&self.book.books)
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let b = b.as_mut().filter(|b| b.unsaved > 0)?;
+                let algo = [ChecksumAlgo::Md5, ChecksumAlgo::Blake3][i];
+                Some((algo, b.take_unsaved()))
+            })
+            .collect();
+        for (algo, digests) in pending {
+            self.save(algo, digests);
+        }
     }
 }
 
-/// How a cancelled digest job's error starts.
-const CANCELLED: &str = "cancelled";
-
-/// Digests of `files` (name, path) in order: from `cache` where it knows a file, the rest
-/// read in parallel across cores; the cache then holds exactly these files' digests.
-fn digest_all(
-    files: &[(String, PathBuf)],
-    algo: ChecksumAlgo,
-    cancel: &AtomicBool,
-    bytes: &AtomicU64,
-    (cache, id): (&DigestCache, &PartitionId),
-) -> Result<Vec<Vec<u8>>, StorageError> {
-    let identities: Vec<Option<FileIdentity>> = files
-        .iter()
-        .map(|(name, path)| FileIdentity::of(name, path))
-        .collect();
-    let known = cache.load(id, algo);
-    let cached: Vec<Option<Vec<u8>>> = identities
-        .iter()
-        .map(|i| i.as_ref().and_then(|i| known.get(i).cloned()))
-        .collect();
-    let todo: Vec<usize> = (0..files.len()).filter(|&i| cached[i].is_none()).collect();
-    let computed = digest_each(files, &todo, algo, cancel, bytes)?;
-    let mut out = cached;
-    for (i, d) in todo.iter().zip(computed) {
-        out[*i] = Some(d);
-    }
-    let out: Vec<Vec<u8>> = out.into_iter().map(Option::unwrap_or_default).collect();
-    let entries: Vec<(FileIdentity, Vec<u8>)> = identities
-        .into_iter()
-        .zip(&out)
-        .filter_map(|(i, d)| Some((i?, d.clone())))
-        .collect();
-    // Rewritten only when it would hold something else: a new file, or one gone.
-    let same = entries.len() == known.len() && entries.iter().all(|(i, d)| known.get(i) == Some(d));
-    if !same {
-        cache.store(id, algo, entries);
-    }
-    Ok(out)
-}
-
-/// Digests of the files at `which` of `files`, in that order, read in parallel across cores.
+/// Digests of the files at `which` (index, path), in that order, read in parallel across
+/// cores; `read` counts the bytes.
 fn digest_each(
-    files: &[(String, PathBuf)],
-    which: &[usize],
+    which: &[(usize, PathBuf)],
     algo: ChecksumAlgo,
-    cancel: &AtomicBool,
-    bytes: &AtomicU64,
+    read: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Vec<u8>>, StorageError> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -231,11 +212,7 @@ fn digest_each(
                 if i >= which.len() {
                     break;
                 }
-                let count = |n| {
-                    bytes.fetch_add(n, Ordering::Relaxed);
-                };
-                let path = &files[which[i]].1;
-                let r = digest_file_unless(path, algo, cancel, &count).map(|(_, d)| d);
+                let r = digest_file_counting(&which[i].1, algo, read).map(|(_, d)| d);
                 lock(&results)[i] = Some(r);
             });
         }

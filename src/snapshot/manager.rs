@@ -366,14 +366,9 @@ impl SnapshotManager {
             resume_until: Mutex::default(),
             files,
             meta,
-            md5: Default::default(),
-            blake3: Default::default(),
+            book: Default::default(),
             users: AtomicUsize::new(1),
             stale: AtomicBool::new(false),
-            digest_runs: AtomicUsize::new(0),
-            digest_bytes: Arc::default(),
-            digest_live: Arc::default(),
-            jobs: Mutex::default(),
             cache: self.inner.digests.clone(),
         });
         if let Some(old) = slot.current.replace(snap.clone()) {

@@ -213,4 +213,69 @@ mod manager {
         assert_eq!(b3.len(), digests.len());
         assert_eq!(snap.digest_bytes(), 2 * now_total - now_sst);
     }
+
+    /// Everything a file's reader hands out, until its digest.
+    async fn read_all(
+        snap: &Arc<crate::snapshot::Snapshot>,
+        index: usize,
+        offset: u64,
+    ) -> (Vec<u8>, Vec<u8>) {
+        use crate::snapshot::Piece;
+        let mut rx = snap.read_file(index, offset, crate::checksum::ChecksumAlgo::Md5);
+        let mut bytes = Vec::new();
+        loop {
+            match rx.recv().await.unwrap().unwrap() {
+                Piece::Data(d) => bytes.extend_from_slice(&d),
+                Piece::Digest(d) => return (bytes, d),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_digests_its_file_once_covers_a_resumed_prefix_and_stops_when_left() {
+        use crate::checksum::{digest_file, ChecksumAlgo};
+        let root = tempfile::tempdir().unwrap();
+        let id = PartitionId::new("store", 1, 0).unwrap();
+        crate::demo::seed::seed(&id.dir(root.path()), TableFormat::Block, 5_000, 1000, 5_000)
+            .unwrap();
+        let mgr = manager(root.path(), |_| {});
+        let lease = mgr.acquire(&id, Instant::now()).await.unwrap();
+        let snap = lease.snapshot().clone();
+        let (big, _) = snap
+            .files
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, f)| f.size)
+            .unwrap();
+        let size = snap.files[big].size;
+        assert!(size > 1 << 20, "a file of several chunks ({size} bytes)");
+        let (_, want) =
+            digest_file(&snap.dir.join(&snap.files[big].name), ChecksumAlgo::Md5).unwrap();
+        assert!(!snap.manifest(ChecksumAlgo::Md5)[big].digest_known());
+
+        // A reader nobody takes from stops: it read no more than a few chunks.
+        let mut rx = snap.read_file(big, 0, ChecksumAlgo::Md5);
+        rx.recv().await.unwrap().unwrap();
+        drop(rx);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(snap.digest_bytes() <= 8 * crate::snapshot::CHUNK as u64);
+        assert!(!snap.manifest(ChecksumAlgo::Md5)[big].digest_known());
+
+        // A resume from the middle: the digest still covers the whole file.
+        let before = snap.digest_bytes();
+        let (tail, digest) = read_all(&snap, big, size / 2).await;
+        assert_eq!(tail.len() as u64, size - size / 2);
+        assert_eq!(digest, want);
+        assert_eq!(
+            snap.digest_bytes() - before,
+            size,
+            "prefix and tail, once each"
+        );
+        // Known from now on: listed in the manifest, read without digesting again.
+        assert_eq!(snap.manifest(ChecksumAlgo::Md5)[big].digest, want);
+        let before = snap.digest_bytes();
+        let (all, digest) = read_all(&snap, big, 0).await;
+        assert_eq!((all.len() as u64, digest), (size, want));
+        assert_eq!(snap.digest_bytes(), before);
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::common::*;
 use quicstrap::client::FetchError;
 use quicstrap::protocol::{
-    encode, Accept, ControlFrame, FileEntry, FileHeader, PartitionMeta, Request,
+    encode, Accept, ControlFrame, FileEntry, FileHeader, FileTrailer, PartitionMeta, Request,
 };
 use quicstrap::wire::{write_frame, FrameReader};
 
@@ -51,42 +51,54 @@ where
     (ep, addr)
 }
 
-fn entry(name: &str, content: &[u8]) -> FileEntry {
+fn md5(content: &[u8]) -> Vec<u8> {
     let mut h = quicstrap::checksum::Hasher::new(quicstrap::checksum::ChecksumAlgo::Md5);
     h.update(content);
+    h.finish()
+}
+
+fn entry(name: &str, content: &[u8]) -> FileEntry {
     FileEntry {
         name: name.into(),
         size: content.len() as u64,
-        digest: h.finish(),
+        digest: md5(content),
     }
 }
 
 /// Answers the request with `Accept` for `files` (a client that refuses it may stop reading
 /// before it is all written: that is no failure of the hostile side).
 async fn accept(s: &mut Session, files: Vec<FileEntry>) {
+    accept_at(s, files, PartitionMeta::default()).await
+}
+
+/// [`accept`] of a snapshot at `meta`.
+async fn accept_at(s: &mut Session, files: Vec<FileEntry>, meta: PartitionMeta) {
     let _ = write_frame(
         &mut s.send,
         &ControlFrame::Accept(Accept {
             files,
             snapshot: Default::default(),
+            meta,
         }),
     )
     .await;
 }
 
-/// Ends the transfer as a server does: `Metadata` (empty), then `Complete`.
-async fn metadata_then_complete(s: &mut Session) {
-    write_frame(
-        &mut s.send,
-        &ControlFrame::Metadata(PartitionMeta::default()),
-    )
-    .await
-    .unwrap();
+/// Ends the transfer as a server does: `Complete`.
+async fn complete(s: &mut Session) {
     write_frame(&mut s.send, &ControlFrame::Complete)
         .await
         .unwrap();
 }
 
+/// Ends a file stream as a server does: the digest trailer, then the end of the stream.
+async fn finish_file(st: &mut quinn::SendStream, digest: Vec<u8>) {
+    write_frame(st, &FileTrailer { digest }).await.unwrap();
+    st.finish().unwrap();
+}
+
+/// Sends file `index` as `bytes`; `finish` ends it with the trailer an honest server would
+/// send for those bytes.
 async fn send_file(s: &Session, index: u32, bytes: &[u8], finish: bool) -> quinn::SendStream {
     let mut st = s.conn.open_uni().await.unwrap();
     write_frame(
@@ -101,7 +113,7 @@ async fn send_file(s: &Session, index: u32, bytes: &[u8], finish: bool) -> quinn
     .unwrap();
     st.write_all(bytes).await.unwrap();
     if finish {
-        st.finish().unwrap();
+        finish_file(&mut st, md5(bytes)).await;
     }
     st
 }
@@ -156,7 +168,7 @@ async fn complete_before_every_file_is_rejected() {
         let files = vec![entry("CURRENT", CURRENT), entry("000007.sst", &[7u8; 4096])];
         accept(&mut s, files).await;
         send_file(&s, 0, CURRENT, true).await;
-        metadata_then_complete(&mut s).await;
+        complete(&mut s).await;
         s
     })
     .await;
@@ -188,6 +200,83 @@ async fn more_bytes_than_announced_are_cut_off() {
     })
     .await;
     expect_rejection(addr, "size_mismatch").await;
+}
+
+/// A file whose manifest entry has no digest (the server computes it while sending), and the
+/// trailer that should bring it lies: the bytes are caught, nothing is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_digest_trailer_is_caught() {
+    let _turn = turn(Needs::Nothing).await;
+    let started = std::time::Instant::now();
+    let (_ep, addr) = hostile(|mut s| async move {
+        let mut unknown = entry("CURRENT", CURRENT);
+        unknown.digest.clear();
+        accept(&mut s, vec![unknown]).await;
+        let mut st = send_file(&s, 0, CURRENT, false).await;
+        let mut lie = md5(CURRENT);
+        lie[0] ^= 1;
+        finish_file(&mut st, lie).await;
+        complete(&mut s).await;
+        s
+    })
+    .await;
+    expect_rejection(addr, "checksum_mismatch").await;
+    chaos_outcome("v3_wrong_trailer", true, started.elapsed(), 0);
+}
+
+/// Bytes that match the trailer but not the digest the manifest gave: the server contradicts
+/// itself; and a stream that ends without its trailer. Both refused, nothing committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailer_that_contradicts_the_manifest_or_is_missing_is_refused() {
+    let _turn = turn(Needs::Nothing).await;
+    let started = std::time::Instant::now();
+    let (_ep, addr) = hostile(|mut s| async move {
+        accept(&mut s, vec![entry("CURRENT", CURRENT)]).await;
+        let other = b"MANIFEST-000009\n";
+        let mut st = send_file(&s, 0, other, false).await;
+        finish_file(&mut st, md5(other)).await;
+        complete(&mut s).await;
+        s
+    })
+    .await;
+    expect_rejection(addr, "protocol_violation").await;
+
+    let (_ep, addr) = hostile(|mut s| async move {
+        accept(&mut s, vec![entry("CURRENT", CURRENT)]).await;
+        let mut st = send_file(&s, 0, CURRENT, false).await;
+        st.finish().unwrap();
+        complete(&mut s).await;
+        s
+    })
+    .await;
+    expect_rejection(addr, "protocol_violation").await;
+    chaos_outcome(
+        "v3_trailer_contradicts_or_missing",
+        true,
+        started.elapsed(),
+        0,
+    );
+}
+
+/// A server of protocol version 2 ends a transfer with `Metadata`; since version 3 the
+/// metadata came with `Accept`, and a second, later one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_frame_after_the_files_is_refused() {
+    let _turn = turn(Needs::Nothing).await;
+    let (_ep, addr) = hostile(|mut s| async move {
+        accept(&mut s, vec![entry("CURRENT", CURRENT)]).await;
+        send_file(&s, 0, CURRENT, true).await;
+        write_frame(
+            &mut s.send,
+            &ControlFrame::Metadata(PartitionMeta::default()),
+        )
+        .await
+        .unwrap();
+        complete(&mut s).await;
+        s
+    })
+    .await;
+    expect_rejection(addr, "protocol_violation").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,17 +333,14 @@ async fn a_corrupt_database_with_valid_checksums_never_appears() {
     // commit's cross-check of the metadata against the data refuses it.
     let (_ep, addr) = hostile(|mut s| async move {
         let files = vec![entry("CURRENT", CURRENT)];
-        accept(&mut s, files).await;
-        send_file(&s, 0, CURRENT, true).await;
         let meta = PartitionMeta {
             offset: Some(41),
             version_state: None,
         };
+        accept_at(&mut s, files, meta).await;
+        send_file(&s, 0, CURRENT, true).await;
         s.send
-            .write_all(&encode(&ControlFrame::Metadata(meta)))
-            .await
-            .unwrap();
-        write_frame(&mut s.send, &ControlFrame::Complete)
+            .write_all(&encode(&ControlFrame::Complete))
             .await
             .unwrap();
         s
@@ -282,9 +368,9 @@ async fn a_file_trickling_in_below_one_buffer_per_idle_timeout_is_not_idle() {
             tokio::time::sleep(Duration::from_millis(250)).await;
             st.write_all(slice).await.unwrap();
         }
-        st.finish().unwrap();
+        finish_file(&mut st, md5(&sst)).await;
         let _ = st.stopped().await;
-        metadata_then_complete(&mut s).await;
+        complete(&mut s).await;
         s
     })
     .await;

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use quicstrap::checksum::ChecksumAlgo;
 use quicstrap::tls::{self, AllowList};
 
 /// Waits (bounded) for a child to exit; its status.
@@ -128,49 +127,6 @@ async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0].outcome, "shutting_down", "{attempts:?}");
     assert!(temp_dirs(dst.path()).is_empty());
-    quic.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn digest_work_nobody_waits_for_stops_instead_of_stacking() {
-    let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(43);
-    // ~200 MB: a whole digest takes longer than each request below waits for it.
-    seed(src.path(), &id, 200_000, 1000, 50_000);
-    let quic = server(src.path(), |_| {}).await;
-    let lease = quic.snapshots().acquire(&id, Instant::now()).await.unwrap();
-    let snap = lease.snapshot().clone();
-    let size: u64 = snap.files.iter().map(|f| f.size).sum();
-    // A client looping request -> disconnect, ten times. Without cancellation each
-    // abandoned request leaves a whole-partition read running: ten partitions' worth.
-    for _ in 0..10 {
-        let _ =
-            tokio::time::timeout(Duration::from_millis(10), snap.digests(ChecksumAlgo::Md5)).await;
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    // Nobody waits now: the job stops at its next block, and what it read is final.
-    wait_for(
-        "the abandoned digest job to end",
-        Duration::from_secs(60),
-        || !snap.digesting(),
-    )
-    .await;
-    let last = snap.digest_bytes();
-    println!("digests: {last} bytes read for ten abandoned requests, partition {size} bytes");
-    assert!(
-        last < 3 * size,
-        "read {last} bytes for ten abandoned requests of a {size}-byte partition"
-    );
-    // Asked again, it still completes, and equals a fresh computation.
-    let d = snap.digests(ChecksumAlgo::Md5).await.unwrap();
-    let expect =
-        quicstrap::checksum::digest_file(&snap.dir.join(&snap.files[0].name), ChecksumAlgo::Md5)
-            .unwrap()
-            .1;
-    assert_eq!(d[0], expect);
-    assert!(snap.digest_bytes() < last + 2 * size);
-    drop(lease);
     quic.shutdown().await;
 }
 

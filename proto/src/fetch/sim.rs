@@ -293,7 +293,12 @@ impl Sim {
                         }
                         _ => {
                             server.handle_leased(self.now);
-                            server.handle_manifest(self.files.clone(), snapshot, self.now);
+                            server.handle_manifest(
+                                self.files.clone(),
+                                snapshot,
+                                PartitionMeta::default(),
+                                self.now,
+                            );
                         }
                     },
                     ServerAction::PushFiles(plan) => {
@@ -352,7 +357,7 @@ impl Sim {
                     && pushing.iter().all(|(i, n)| *n == self.files[*i].size)
                 {
                     acked = true;
-                    server.handle_files_acked(PartitionMeta::default(), self.now);
+                    server.handle_files_acked(self.now);
                 }
             }
             self.now += DT;

@@ -7,7 +7,7 @@ use crate::frame::{Accept, ControlFrame, FileEntry, FileHeader, RejectReason, Re
 use crate::names::peer_text;
 use crate::types::{ChecksumAlgo, PartitionMeta, SnapshotId};
 
-use super::manifest::check_manifest;
+use super::manifest::{check_manifest, merge_digests, same_files};
 use super::resume::{check_resume, ResumeFrom};
 
 /// The client's time limits and bounds.
@@ -37,8 +37,9 @@ pub struct ClientLimits {
 /// it is capped lower still (the driver's frame limit).
 pub const MAX_FILES: usize = 100_000;
 
-/// Longest a server may answer `Preparing` before `Accept` by default (5 minutes). Digesting
-/// a cold 10 GB partition takes ~12 s on an idle server; this leaves room for a busy one.
+/// Longest a server may answer `Preparing` before `Accept` by default (5 minutes). A
+/// checkpoint takes well under a second on an idle server (digests come while sending); this
+/// leaves room for a server whose disk is saturated.
 pub const MAX_PREPARE: Duration = Duration::from_secs(300);
 
 /// Most files of one transfer a client receives at once; a server sends no more at a time.
@@ -84,10 +85,13 @@ pub enum ClientFailure {
 pub enum ClientAction {
     /// Write this frame on the control stream.
     Send(ControlFrame),
-    /// The manifest was accepted ([`ClientTransfer::files`]): make room for the files.
+    /// The manifest was accepted ([`ClientTransfer::files`], [`ClientTransfer::meta`]): check
+    /// the snapshot can be continued, make room for the files.
     Accepted,
     /// Receive the file stream just handed in into manifest entry `index`, checking its size
-    /// and digest against `entry`; report the outcome with [`ClientTransfer::handle_file_done`].
+    /// against `entry` and its digest against `entry`'s or, when the manifest had none, the
+    /// stream's trailer ([`crate::transfer::expected_digest`]); report the outcome with
+    /// [`ClientTransfer::handle_file_done`].
     ReceiveFile {
         /// Manifest index.
         index: u32,
@@ -97,8 +101,8 @@ pub enum ClientAction {
         /// digest covers the held prefix read back from disk plus the stream.
         offset: u64,
     },
-    /// Every file has validated and the server has sent `Metadata` and `Complete`: commit,
-    /// then report with [`ClientTransfer::handle_committed`].
+    /// Every file has validated and the server has sent `Complete`: commit with the
+    /// `Accept`'s metadata, then report with [`ClientTransfer::handle_committed`].
     Commit(PartitionMeta),
     /// The transfer failed: end every file task, clean up, then call
     /// [`ClientTransfer::abort`] so the server learns why.
@@ -227,6 +231,11 @@ impl ClientTransfer {
         self.bytes
     }
 
+    /// The accepted snapshot's offset and version state (`None` before `Accept`).
+    pub fn meta(&self) -> Option<&PartitionMeta> {
+        self.meta.as_ref()
+    }
+
     /// The snapshot the accepted manifest belongs to (`None` before `Accept`): a resume
     /// names it.
     pub fn snapshot(&self) -> Option<SnapshotId> {
@@ -284,7 +293,14 @@ impl ClientTransfer {
         match (self.phase, frame) {
             // "Still working": the server is making and digesting the snapshot.
             (Phase::Requested, ControlFrame::Preparing) => {}
-            (Phase::Requested, ControlFrame::Accept(Accept { files, snapshot })) => {
+            (
+                Phase::Requested,
+                ControlFrame::Accept(Accept {
+                    mut files,
+                    snapshot,
+                    meta,
+                }),
+            ) => {
                 if let Err(e) = check_manifest(&files, self.limits.max_files, self.checksum) {
                     return self.fail(ClientFailure::Protocol(e.to_string()));
                 }
@@ -292,12 +308,13 @@ impl ClientTransfer {
                 self.done = vec![false; files.len()];
                 self.offsets = vec![0; files.len()];
                 if let Some(from) = &self.resume {
-                    if snapshot != from.snapshot || files != from.manifest {
+                    if snapshot != from.snapshot || !same_files(&from.manifest, &files) {
                         return self.fail(ClientFailure::Protocol(format!(
                             "resume of snapshot {} answered with snapshot {snapshot} or another manifest",
                             from.snapshot
                         )));
                     }
+                    files = merge_digests(&from.manifest, files);
                     let asked = Resume {
                         snapshot,
                         files: from.files.clone(),
@@ -318,6 +335,7 @@ impl ClientTransfer {
                 }
                 self.files = files;
                 self.snapshot = Some(snapshot);
+                self.meta = Some(meta);
                 self.phase = Phase::Receiving;
                 self.actions.push_back(ClientAction::Accepted);
                 self.check_finished();
@@ -330,11 +348,6 @@ impl ClientTransfer {
                 "expected Accept or Reject, got {}",
                 other.name()
             ))),
-            (Phase::Receiving, ControlFrame::Metadata(m))
-                if self.meta.is_none() && self.complete_at.is_none() =>
-            {
-                self.meta = Some(m);
-            }
             (Phase::Receiving, ControlFrame::Complete) if self.complete_at.is_none() => {
                 self.complete_at = Some(now);
                 self.check_finished();
@@ -515,12 +528,9 @@ impl ClientTransfer {
         {
             return;
         }
-        match self.meta.take() {
-            Some(meta) => {
-                self.phase = Phase::Committing;
-                self.actions.push_back(ClientAction::Commit(meta));
-            }
-            None => self.fail(ClientFailure::Protocol("Complete without Metadata".into())),
-        }
+        // Set with the manifest: the phase is past `Accept`.
+        let meta = self.meta.clone().unwrap_or_default();
+        self.phase = Phase::Committing;
+        self.actions.push_back(ClientAction::Commit(meta));
     }
 }

@@ -46,7 +46,8 @@ pub enum ManifestError {
 }
 
 /// A manifest a receiver will act on: at most `max_files` files, safe unique names, digests
-/// of `checksum`'s length, sizes that add up, and a `CURRENT` file.
+/// of `checksum`'s length where given (an empty one comes in the file's trailer), sizes that
+/// add up, and a `CURRENT` file.
 pub fn check_manifest(
     files: &[FileEntry],
     max_files: usize,
@@ -58,7 +59,7 @@ pub fn check_manifest(
     let mut seen = HashSet::new();
     for f in files {
         names::validate_file_name(&f.name).map_err(ManifestError::BadName)?;
-        if f.digest.len() != checksum.digest_len() {
+        if f.digest_known() && f.digest.len() != checksum.digest_len() {
             return Err(ManifestError::DigestLength {
                 file: f.name.clone(),
                 len: f.digest.len(),
@@ -83,6 +84,69 @@ pub fn check_manifest(
         return Err(ManifestError::NoCurrent);
     }
     Ok(())
+}
+
+/// Why a file's trailer cannot be believed. Each one is a protocol violation by the sender.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TrailerError {
+    /// A digest whose length is not the algorithm's.
+    #[error("trailer of {file} is {len} bytes, not the {want} of the requested algorithm")]
+    Length {
+        /// File name.
+        file: String,
+        /// Length sent.
+        len: usize,
+        /// Length of the algorithm's digests.
+        want: usize,
+    },
+    /// The manifest gave one digest and the trailer another: the server contradicts itself.
+    #[error("trailer of {0} contradicts its manifest digest")]
+    Contradicts(String),
+}
+
+/// The digest a received file must match: the manifest's when it gave one, else the
+/// trailer's. Both come from the server; the receiver's own digest of the bytes it wrote is
+/// compared with the result, so a file is committed only when the two agree.
+pub fn expected_digest<'a>(
+    entry: &'a FileEntry,
+    trailer: &'a [u8],
+    checksum: ChecksumAlgo,
+) -> Result<&'a [u8], TrailerError> {
+    if trailer.len() != checksum.digest_len() {
+        return Err(TrailerError::Length {
+            file: entry.name.clone(),
+            len: trailer.len(),
+            want: checksum.digest_len(),
+        });
+    }
+    if entry.digest_known() && entry.digest != trailer {
+        return Err(TrailerError::Contradicts(entry.name.clone()));
+    }
+    Ok(trailer)
+}
+
+/// True when `later` lists the same files as `earlier` (names and sizes, in order) and no
+/// digest known to both differs: what a resumed transfer's `Accept` must be of the manifest
+/// the client holds part of. The server may know more digests the second time (it computed
+/// them while sending the first), never other ones.
+pub fn same_files(earlier: &[FileEntry], later: &[FileEntry]) -> bool {
+    earlier.len() == later.len()
+        && earlier.iter().zip(later).all(|(a, b)| {
+            a.name == b.name
+                && a.size == b.size
+                && (!a.digest_known() || !b.digest_known() || a.digest == b.digest)
+        })
+}
+
+/// What the client holds after a resumed `Accept`: `later`'s entries, with `earlier`'s
+/// digests where only `earlier` knew them. Call only after [`same_files`].
+pub fn merge_digests(earlier: &[FileEntry], mut later: Vec<FileEntry>) -> Vec<FileEntry> {
+    for (a, b) in earlier.iter().zip(later.iter_mut()) {
+        if !b.digest_known() {
+            b.digest = a.digest.clone();
+        }
+    }
+    later
 }
 
 /// A decoded request a server will lease a snapshot for: this protocol version, a safe store

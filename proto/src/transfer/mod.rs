@@ -8,11 +8,12 @@
 //! with simulated time and fuzzable with arbitrary event sequences.
 //!
 //! * [`ClientTransfer`]: request → `Accept` or `Reject` (skipping `Preparing` heartbeats) →
-//!   one file stream per manifest entry → `Metadata` then `Complete` → commit → `Done` or
-//!   `Abort`.
+//!   one file stream per manifest entry, each ending in its digest trailer → `Complete` →
+//!   commit → `Done` or `Abort`.
 //! * [`ServerTransfer`]: request validation (with the version peek for requests it cannot
-//!   decode) → lease → `Preparing` heartbeats while digesting → `Accept` → file pushes →
-//!   `Metadata` and `Complete` once every byte is acknowledged → wait for `Done`.
+//!   decode) → lease → `Preparing` heartbeats while the snapshot is made → `Accept` → file
+//!   pushes, digesting as they read → `Complete` once every byte is acknowledged → wait for
+//!   `Done`.
 //!
 //! A transfer may resume an earlier one from the same peer ([`ResumeFrom`]): the request
 //! names the snapshot and the files still needed, each from an offset; the server checks the
@@ -33,7 +34,10 @@ pub use client::{
     ClientAction, ClientFailure, ClientLimits, ClientTransfer, MAX_FILES, MAX_FILES_IN_FLIGHT,
     MAX_PREPARE,
 };
-pub use manifest::{check_manifest, check_partition, check_request, ManifestError, RECEIPT_FILE};
+pub use manifest::{
+    check_manifest, check_partition, check_request, expected_digest, merge_digests, same_files,
+    ManifestError, TrailerError, RECEIPT_FILE,
+};
 pub use resume::{check_resume, push_plan, ResumeFrom};
 pub use server::{heartbeat_interval, ServerAction, ServerEnd, ServerLimits, ServerTransfer};
 

@@ -239,7 +239,7 @@ impl ServerTransfer {
         self.reject(reason, message)
     }
 
-    /// The snapshot is leased and its digests are being computed; heartbeats start.
+    /// The snapshot is leased and its manifest is being made; heartbeats start.
     pub fn handle_leased(&mut self, now: Instant) {
         if self.phase != Phase::Leasing {
             return;
@@ -250,10 +250,17 @@ impl ServerTransfer {
         self.deadline = Some(now + self.limits.partition_timeout);
     }
 
-    /// The manifest of snapshot `snapshot` is ready: accept and push (for a resume, only
-    /// the files asked for, from their offsets; a list that does not fit the manifest is a
-    /// `BadRequest`).
-    pub fn handle_manifest(&mut self, files: Vec<FileEntry>, snapshot: SnapshotId, now: Instant) {
+    /// The manifest of snapshot `snapshot` is ready (digests where already known, the rest
+    /// to follow in trailers), with the snapshot's metadata: accept and push (for a resume,
+    /// only the files asked for, from their offsets; a list that does not fit the manifest
+    /// is a `BadRequest`).
+    pub fn handle_manifest(
+        &mut self,
+        files: Vec<FileEntry>,
+        snapshot: SnapshotId,
+        meta: PartitionMeta,
+        now: Instant,
+    ) {
         if self.phase != Phase::Preparing {
             return;
         }
@@ -267,6 +274,7 @@ impl ServerTransfer {
             .push_back(ServerAction::Send(ControlFrame::Accept(Accept {
                 files,
                 snapshot,
+                meta,
             })));
         self.actions.push_back(ServerAction::PushFiles(plan));
     }
@@ -278,16 +286,14 @@ impl ServerTransfer {
         }
     }
 
-    /// The client acknowledged every byte of every file: only now do `Metadata` and
-    /// `Complete` go out, so the client can hold a missing file stream for a lie.
-    pub fn handle_files_acked(&mut self, meta: PartitionMeta, now: Instant) {
+    /// The client acknowledged every byte of every file: only now does `Complete` go out, so
+    /// the client can hold a missing file stream for a lie.
+    pub fn handle_files_acked(&mut self, now: Instant) {
         if self.phase != Phase::Pushing {
             return;
         }
         self.phase = Phase::AwaitingDone;
         self.since = now;
-        self.actions
-            .push_back(ServerAction::Send(ControlFrame::Metadata(meta)));
         self.actions
             .push_back(ServerAction::Send(ControlFrame::Complete));
         self.actions.push_back(ServerAction::FinishSend);

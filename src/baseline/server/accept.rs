@@ -181,11 +181,20 @@ async fn write_stalled(wire: &Wire, limit: Duration) {
     }
 }
 
-/// Waits until the socket's send queue is empty: the client has every byte of the body.
-/// Ending a body only then starts hyper's header timeout for the next request when the
-/// client can actually send it, however slow its link.
-pub(super) async fn drained(wire: &Wire) {
-    while wire.unacked() > 0 {
+/// Waits until what is left in the socket's send queue would leave within `limit` at the rate
+/// this response's bytes have left so far (`start`: when it began and the connection's body
+/// bytes then). A body ends — and hyper's header timeout for the next request starts — only
+/// once the client can send that request well within the timeout, however slow its link; on a
+/// fast link the end follows the last byte at once, costing no round trip.
+pub(super) async fn drains_within(wire: &Wire, start: (Instant, u64), limit: Duration) {
+    loop {
+        let queued = wire.unacked();
+        let body = wire.body_bytes.load(Ordering::Relaxed);
+        let left = body.saturating_sub(start.1).saturating_sub(queued);
+        let rate = left as f64 / start.0.elapsed().as_secs_f64().max(1e-3);
+        if queued == 0 || queued as f64 <= rate * limit.as_secs_f64() {
+            return;
+        }
         tokio::time::sleep(WIRE_POLL).await;
     }
 }

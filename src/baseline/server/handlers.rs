@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -16,12 +15,13 @@ use crate::checksum::ChecksumAlgo;
 use crate::partition::PartitionId;
 use crate::protocol::transfer::check_partition;
 use crate::protocol::{names, RejectReason};
-use crate::snapshot::{AcquireError, ClientKey, SnapshotLease};
+use crate::snapshot::{AcquireError, ClientKey, Piece, SnapshotLease};
 
 use super::{query_pairs, Manifest, ManifestFile, REJECT_HEADER};
+use crate::baseline::DIGEST_TRAILER;
 use crate::lock::unpoisoned as lock;
 
-use super::accept::{drained, Wire};
+use super::accept::{drains_within, Wire};
 use super::*;
 
 pub(super) fn expire_sessions(state: &State, now: Instant) {
@@ -179,30 +179,30 @@ async fn manifest(
             return refuse(e.reason(), format!("{id}: {e}"));
         }
     };
+    // Digests where known; the others follow each file in its trailer, as over QUIC.
     let snap = lease.snapshot().clone();
-    let digests = match snap.digests(algo).await {
-        Ok(d) => d,
-        Err(e) => return refuse(RejectReason::ServerError, format!("digests: {e}")),
+    let files = match tokio::task::spawn_blocking(move || snap.manifest(algo)).await {
+        Ok(files) => files,
+        Err(e) => return refuse(RejectReason::ServerError, format!("manifest: {e}")),
     };
     let session = rand::random::<u64>();
     lock(&state.sessions).insert(
         session,
         Session {
             lease: Arc::new(lease),
+            algo,
             last_used: Arc::new(Mutex::new(Instant::now())),
             active: Arc::default(),
         },
     );
     json(&Manifest {
         session: format!("{session:016x}"),
-        files: snap
-            .files
-            .iter()
-            .zip(digests.iter())
-            .map(|(f, d)| ManifestFile {
-                name: f.name.clone(),
+        files: files
+            .into_iter()
+            .map(|f| ManifestFile {
+                digest: hex::encode(&f.digest),
+                name: f.name,
                 size: f.size,
-                digest: hex::encode(d),
             })
             .collect(),
     })
@@ -215,6 +215,7 @@ type Refusal = (RejectReason, String);
 type SessionHandles = (
     u64,
     Arc<SnapshotLease>,
+    ChecksumAlgo,
     Arc<AtomicUsize>,
     Arc<Mutex<Instant>>,
 );
@@ -240,7 +241,13 @@ fn session(
         ));
     }
     *lock(&s.last_used) = Instant::now();
-    Ok((key, s.lease.clone(), s.active.clone(), s.last_used.clone()))
+    Ok((
+        key,
+        s.lease.clone(),
+        s.algo,
+        s.active.clone(),
+        s.last_used.clone(),
+    ))
 }
 
 /// Counts a running body in its session and keeps the snapshot leased until it ends.
@@ -265,7 +272,7 @@ async fn file(
     query: Option<&str>,
     wire: Arc<Wire>,
 ) -> Response<Body> {
-    let (_, lease, active, last_used) = match session(state, id, query) {
+    let (_, lease, algo, active, last_used) = match session(state, id, query) {
         Ok(s) => s,
         Err((reason, msg)) => return refuse(reason, msg),
     };
@@ -273,55 +280,91 @@ async fn file(
         return refuse(RejectReason::BadRequest, "bad file name".into());
     }
     let snap = lease.snapshot();
-    let Some(entry) = snap.files.iter().find(|f| f.name == name) else {
+    let Some(index) = snap.files.iter().position(|f| f.name == name) else {
         return refuse(
             RejectReason::NotFound,
             format!("{name} not in the snapshot"),
         );
     };
-    let f = match tokio::fs::File::open(snap.dir.join(&entry.name)).await {
-        Ok(f) => f,
-        Err(e) => return refuse(RejectReason::ServerError, format!("{name}: {e}")),
-    };
     active.fetch_add(1, Ordering::SeqCst);
-    let guard = Arc::new(Streaming {
-        active,
-        last_used,
-        _lease: lease.clone(),
-    });
-    let limiter = state.cfg.policy.write_limiter.clone();
-    let stats = state.stats.clone();
-    let counted = wire.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(f, CHUNK).then(move |chunk| {
-        let limiter = limiter.clone();
-        let stats = stats.clone();
-        let wire = counted.clone();
-        let _alive = guard.clone();
-        async move {
-            let chunk = chunk?;
-            limiter.acquire(chunk.len() as u64).await;
-            stats
-                .bytes_sent
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            wire.body_bytes
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            Ok::<_, std::io::Error>(Frame::data(chunk))
+    let body = FileBody {
+        pieces: snap.read_file(index, 0, algo),
+        limiter: state.cfg.policy.write_limiter.clone(),
+        stats: state.stats.clone(),
+        start: (Instant::now(), wire.body_bytes.load(Ordering::Relaxed)),
+        header_timeout: state.cfg.header_timeout,
+        wire,
+        _alive: Streaming {
+            active,
+            last_used,
+            _lease: lease.clone(),
+        },
+    };
+    // Chunked (no length), so the digest can follow the last byte as a trailer.
+    let stream = futures_util::stream::unfold(Some(body), |body| async move {
+        let mut body = body?;
+        match body.next().await {
+            Some(Ok(frame)) => Some((Ok(frame), Some(body))),
+            // Nothing after an error or the trailer: hyper ends the response there.
+            Some(Err(e)) => Some((Err(e), None)),
+            None => None,
         }
     });
-    // The body ends only once the socket has drained (see `drained`); it yields nothing.
-    let end = futures_util::stream::once(async move { drained(&wire).await })
-        .filter_map(|()| async { None::<Result<Frame<Bytes>, std::io::Error>> });
-    let stream = stream.chain(end);
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    // Announced, as HTTP/1.1 asks: hyper sends only the trailer fields named here.
     resp.headers_mut().insert(
-        hyper::header::CONTENT_LENGTH,
-        hyper::header::HeaderValue::from(entry.size),
+        hyper::header::TRAILER,
+        hyper::header::HeaderValue::from_static(DIGEST_TRAILER),
     );
     resp
 }
 
+/// One file's response body: its bytes as the snapshot's reader hands them out, paced and
+/// counted, then its digest as a trailer.
+struct FileBody {
+    pieces: tokio::sync::mpsc::Receiver<std::io::Result<Piece>>,
+    limiter: Arc<crate::pacing::RateLimiter>,
+    stats: Arc<HttpStats>,
+    /// When the body began and the connection's body bytes then, for [`drains_within`].
+    start: (Instant, u64),
+    header_timeout: std::time::Duration,
+    wire: Arc<Wire>,
+    /// Keeps the session's count and the snapshot until the body ends.
+    _alive: Streaming,
+}
+
+impl FileBody {
+    async fn next(&mut self) -> Option<std::io::Result<Frame<Bytes>>> {
+        let piece = match self.pieces.recv().await? {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        match piece {
+            Piece::Data(chunk) => {
+                let n = chunk.len() as u64;
+                self.limiter.acquire(n).await;
+                self.stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
+                self.wire.body_bytes.fetch_add(n, Ordering::Relaxed);
+                Some(Ok(Frame::data(chunk)))
+            }
+            Piece::Digest(digest) => {
+                // The trailer ends the body: hyper's header timeout for the next request
+                // starts once the client can send it well within that timeout.
+                drains_within(&self.wire, self.start, self.header_timeout / 4).await;
+                let mut trailers = hyper::HeaderMap::new();
+                let value = hyper::header::HeaderValue::from_str(&hex::encode(digest))
+                    .map_err(std::io::Error::other);
+                Some(value.map(|v| {
+                    trailers.insert(DIGEST_TRAILER, v);
+                    Frame::trailers(trailers)
+                }))
+            }
+        }
+    }
+}
+
 fn metadata(state: &State, id: &PartitionId, query: Option<&str>) -> Response<Body> {
-    let (key, lease, _, _) = match session(state, id, query) {
+    let (key, lease, _, _, _) = match session(state, id, query) {
         Ok(s) => s,
         Err((reason, msg)) => return refuse(reason, msg),
     };

@@ -18,6 +18,7 @@ use http_body_util::combinators::BoxBody;
 use tokio::sync::watch;
 
 use crate::admission::PerIpLimit;
+use crate::checksum::ChecksumAlgo;
 use crate::partition::TableFormat;
 use crate::server::{ServePolicy, ServerError};
 use crate::snapshot::{SnapshotLease, SnapshotManager};
@@ -28,8 +29,6 @@ use crate::lock::unpoisoned as lock;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-/// Chunk read from disk per body frame.
-const CHUNK: usize = 256 * 1024;
 /// Longest [`HttpServer::shutdown`] waits for open connections to hear `shutting_down`.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -56,9 +55,9 @@ pub struct HttpServerConfig {
     pub max_connections_per_ip: usize,
     /// Longest a client may take to send a request's headers once the connection is ready
     /// for them (default 30 s): a slowloris client cannot hold a connection. The clock
-    /// starts only after the previous response has drained from the socket (see
-    /// `drained`), so a keep-alive client on a slow link is never cut while it is still
-    /// receiving the last body.
+    /// starts only once what is left of the previous response in the socket would drain
+    /// well within it (see `drains_within`), so a keep-alive client on a slow link is never
+    /// cut while it is still receiving the last body.
     pub header_timeout: Duration,
     /// A response whose bytes stop leaving for this long (default 60 s) ends its
     /// connection: a client that stops reading a body releases its snapshot slot.
@@ -93,6 +92,8 @@ impl HttpServerConfig {
 /// A leased snapshot between the manifest and the metadata request.
 struct Session {
     lease: Arc<SnapshotLease>,
+    /// The digest algorithm its manifest was listed with: file trailers use the same.
+    algo: ChecksumAlgo,
     /// Touched by every request and by the end of every body: a file that takes longer than
     /// the idle timeout to stream must not expire the session under the next request.
     last_used: Arc<Mutex<Instant>>,

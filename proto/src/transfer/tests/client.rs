@@ -30,6 +30,7 @@ fn accepted(t0: Instant) -> ClientTransfer {
         ControlFrame::Accept(Accept {
             files: manifest(),
             snapshot: SNAP,
+            meta: meta(),
         }),
         t0,
     );
@@ -88,6 +89,7 @@ fn preparing_heartbeats_are_skipped_and_keep_the_wait_alive() {
         ControlFrame::Accept(Accept {
             files: manifest(),
             snapshot: SNAP,
+            meta: meta(),
         }),
         t0 + secs(31.0),
     );
@@ -117,7 +119,7 @@ fn heartbeats_hold_a_request_no_longer_than_the_prepare_limit() {
     );
     // Once accepted, the limit no longer applies.
     let mut c = accepted(t0);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0 + secs(59.0));
+    c.handle_file_progress(t0 + secs(59.0));
     c.handle_timeout(t0 + secs(65.0));
     assert!(failure(&mut c).is_none());
 }
@@ -250,6 +252,7 @@ fn manifests_with_path_tricks_or_lies_are_refused() {
         ControlFrame::Accept(Accept {
             files: twice,
             snapshot: SNAP,
+            meta: meta(),
         }),
         t0,
     );
@@ -281,7 +284,6 @@ fn a_done_report_for_a_file_never_handed_out_counts_for_nothing() {
     let mut c = accepted(t0);
     c.handle_file_done(0, 5, t0);
     c.handle_file_done(1, 5, t0);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
     c.handle_frame(ControlFrame::Complete, t0);
     assert!(
         drain(&mut c).is_empty(),
@@ -290,10 +292,9 @@ fn a_done_report_for_a_file_never_handed_out_counts_for_nothing() {
 }
 
 #[test]
-fn commit_comes_only_after_every_file_metadata_and_complete() {
+fn commit_comes_only_after_every_file_and_complete_with_the_accepts_metadata() {
     let t0 = Instant::now();
     let mut c = accepted(t0);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
     c.handle_file_stream(header(0), t0);
     drain(&mut c);
     c.handle_file_done(0, 16, t0);
@@ -321,20 +322,14 @@ fn commit_comes_only_after_every_file_metadata_and_complete() {
 }
 
 #[test]
-fn complete_without_metadata_or_metadata_after_complete_are_violations() {
+fn a_version_2_metadata_frame_is_a_violation_before_or_after_complete() {
     let t0 = Instant::now();
     let mut c = accepted(t0);
-    receive_all(&mut c, t0);
-    c.handle_frame(ControlFrame::Complete, t0);
-    protocol_failure(&mut c, "Complete without Metadata");
-
-    let mut c = accepted(t0);
-    c.handle_frame(ControlFrame::Complete, t0);
     c.handle_frame(ControlFrame::Metadata(meta()), t0);
     protocol_failure(&mut c, "unexpected frame Metadata");
 
     let mut c = accepted(t0);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
+    c.handle_frame(ControlFrame::Complete, t0);
     c.handle_frame(ControlFrame::Metadata(meta()), t0);
     protocol_failure(&mut c, "unexpected frame Metadata");
 
@@ -351,7 +346,6 @@ fn complete_without_metadata_or_metadata_after_complete_are_violations() {
 fn the_control_stream_may_end_after_complete() {
     let t0 = Instant::now();
     let mut c = accepted(t0);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
     c.handle_frame(ControlFrame::Complete, t0);
     c.handle_control_end(t0);
     assert!(!c.wants_control());
@@ -364,7 +358,6 @@ fn file_streams_may_trail_complete_by_the_grace_period_only() {
     let t0 = Instant::now();
     // Within the grace period: fine.
     let mut c = accepted(t0);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
     c.handle_frame(ControlFrame::Complete, t0);
     assert_eq!(c.poll_timeout(), Some(t0 + LIMITS.complete_grace));
     c.handle_timeout(t0 + secs(1.9));
@@ -376,7 +369,6 @@ fn file_streams_may_trail_complete_by_the_grace_period_only() {
     let mut c = accepted(t0);
     c.handle_file_stream(header(0), t0);
     drain(&mut c);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
     c.handle_frame(ControlFrame::Complete, t0);
     c.handle_file_progress(t0 + secs(1.5));
     c.handle_timeout(t0 + LIMITS.complete_grace);
@@ -451,7 +443,6 @@ fn a_failure_asks_for_cleanup_first_and_the_abort_goes_out_once() {
 fn a_failed_commit_tells_the_server_abort() {
     let t0 = Instant::now();
     let mut c = accepted(t0);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
     receive_all(&mut c, t0);
     c.handle_frame(ControlFrame::Complete, t0);
     drain(&mut c);
@@ -505,11 +496,12 @@ fn a_resume_receives_only_what_it_asked_for_from_where_it_asked() {
         ControlFrame::Accept(Accept {
             files: manifest(),
             snapshot: SNAP,
+            meta: meta(),
         }),
         t0,
     );
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
-    // File 1 from byte 4; file 0 was validated before and comes with Metadata/Complete.
+    // File 1 from byte 4; file 0 was validated before.
     c.handle_file_stream(
         FileHeader {
             transfer_id: 7,
@@ -527,7 +519,6 @@ fn a_resume_receives_only_what_it_asked_for_from_where_it_asked() {
         }]
     );
     c.handle_file_done(1, 6, t0);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
     c.handle_frame(ControlFrame::Complete, t0);
     assert_eq!(drain(&mut c), vec![ClientAction::Commit(meta())]);
     assert_eq!(c.bytes(), 6);
@@ -556,6 +547,7 @@ fn a_resume_receives_only_what_it_asked_for_from_where_it_asked() {
             ControlFrame::Accept(Accept {
                 files: manifest(),
                 snapshot: SNAP,
+                meta: meta(),
             }),
             t0,
         );
@@ -578,7 +570,14 @@ fn a_resume_accepts_only_the_snapshot_and_manifest_it_holds_part_of() {
                 offset: 0,
             }],
         );
-        c.handle_frame(ControlFrame::Accept(Accept { files, snapshot }), t0);
+        c.handle_frame(
+            ControlFrame::Accept(Accept {
+                files,
+                snapshot,
+                meta: meta(),
+            }),
+            t0,
+        );
         protocol_failure(&mut c, "resume of snapshot");
     }
     // The server no longer has it: a typed refusal, for a fresh start.
@@ -613,11 +612,11 @@ fn a_resume_with_every_file_held_commits_on_complete() {
         ControlFrame::Accept(Accept {
             files: manifest(),
             snapshot: SNAP,
+            meta: meta(),
         }),
         t0,
     );
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
-    c.handle_frame(ControlFrame::Metadata(meta()), t0);
     c.handle_frame(ControlFrame::Complete, t0);
     assert_eq!(drain(&mut c), vec![ClientAction::Commit(meta())]);
 }
@@ -639,4 +638,114 @@ fn a_suspend_tells_the_server_to_keep_the_snapshot() {
     // Said once: a later abort adds nothing.
     c.abort("late".into());
     assert!(drain(&mut c).is_empty());
+}
+
+#[test]
+fn digests_the_manifest_leaves_out_come_in_the_trailer_and_must_agree() {
+    // A manifest with no digest for the SST: the server computes it while sending.
+    let mut files = manifest();
+    files[1].digest.clear();
+    assert!(check_manifest(&files, 10, ChecksumAlgo::Md5).is_ok());
+    let t0 = Instant::now();
+    let mut c = ClientTransfer::new(request(crate::PROTOCOL_VERSION), LIMITS, t0);
+    drain(&mut c);
+    c.handle_frame(
+        ControlFrame::Accept(Accept {
+            files: files.clone(),
+            snapshot: SNAP,
+            meta: meta(),
+        }),
+        t0,
+    );
+    assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
+    assert_eq!(
+        c.meta(),
+        Some(&meta()),
+        "the offset is known before any byte"
+    );
+
+    // The trailer is what the file must match when the manifest has nothing...
+    let md5 = ChecksumAlgo::Md5;
+    assert_eq!(
+        expected_digest(&files[1], &[3; 16], md5),
+        Ok(&[3u8; 16][..])
+    );
+    // ...of the algorithm's length...
+    assert!(matches!(
+        expected_digest(&files[1], &[3; 32], md5),
+        Err(TrailerError::Length {
+            len: 32,
+            want: 16,
+            ..
+        })
+    ));
+    // ...and it may not contradict a digest the manifest gave.
+    assert_eq!(
+        expected_digest(&files[0], &files[0].digest, md5),
+        Ok(&files[0].digest[..])
+    );
+    assert_eq!(
+        expected_digest(&files[0], &[9; 16], md5),
+        Err(TrailerError::Contradicts("CURRENT".into()))
+    );
+}
+
+#[test]
+fn a_resume_takes_digests_learned_since_but_refuses_other_ones() {
+    let t0 = Instant::now();
+    // The first Accept knew no digest of file 1; the resumed one does.
+    let mut first = manifest();
+    first[1].digest.clear();
+    let mut c = ClientTransfer::resume(
+        request(crate::PROTOCOL_VERSION),
+        ResumeFrom {
+            snapshot: SNAP,
+            manifest: first.clone(),
+            files: vec![FileStart {
+                index: 1,
+                offset: 4,
+            }],
+        },
+        LIMITS,
+        t0,
+    );
+    drain(&mut c);
+    c.handle_frame(
+        ControlFrame::Accept(Accept {
+            files: manifest(),
+            snapshot: SNAP,
+            meta: meta(),
+        }),
+        t0,
+    );
+    assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
+    assert_eq!(c.files(), manifest().as_slice(), "learned digest kept");
+
+    // The other way round: the client keeps the digest it had.
+    assert_eq!(merge_digests(&manifest(), first.clone()), manifest());
+    // A digest both know, but different: another file.
+    let mut other = manifest();
+    other[0].digest = vec![9; 16];
+    assert!(!same_files(&manifest(), &other));
+    assert!(same_files(&first, &manifest()));
+    let mut c = ClientTransfer::resume(
+        request(crate::PROTOCOL_VERSION),
+        ResumeFrom {
+            snapshot: SNAP,
+            manifest: manifest(),
+            files: Vec::new(),
+        },
+        LIMITS,
+        t0,
+    );
+    drain(&mut c);
+    c.handle_frame(
+        ControlFrame::Accept(Accept {
+            files: other,
+            snapshot: SNAP,
+            meta: meta(),
+        }),
+        t0,
+    );
+    protocol_failure(&mut c, "resume of snapshot");
 }

@@ -72,13 +72,14 @@ fn leased(t0: Instant) -> ServerTransfer {
 /// A server transfer pushing files since `t0`.
 fn pushing(t0: Instant) -> ServerTransfer {
     let mut s = leased(t0);
-    s.handle_manifest(manifest(), SNAP, t0);
+    s.handle_manifest(manifest(), SNAP, meta(), t0);
     assert_eq!(
         sdrain(&mut s),
         vec![
             ServerAction::Send(ControlFrame::Accept(Accept {
                 files: manifest(),
-                snapshot: SNAP
+                snapshot: SNAP,
+                meta: meta(),
             })),
             ServerAction::PushFiles(vec![
                 FileStart {
@@ -197,13 +198,14 @@ fn a_resume_pushes_only_the_files_asked_for_from_their_offsets() {
         offset: 4,
     }];
     let mut s = leased_resume(t0, wanted.clone());
-    s.handle_manifest(manifest(), SNAP, t0);
+    s.handle_manifest(manifest(), SNAP, meta(), t0);
     assert_eq!(
         sdrain(&mut s),
         vec![
             ServerAction::Send(ControlFrame::Accept(Accept {
                 files: manifest(),
-                snapshot: SNAP
+                snapshot: SNAP,
+                meta: meta(),
             })),
             ServerAction::PushFiles(wanted)
         ]
@@ -247,7 +249,7 @@ fn a_resume_that_does_not_fit_the_manifest_is_a_bad_request() {
         ],
     ] {
         let mut s = leased_resume(t0, files);
-        s.handle_manifest(manifest(), SNAP, t0);
+        s.handle_manifest(manifest(), SNAP, meta(), t0);
         assert_eq!(refused(&mut s, false).0, RejectReason::BadRequest);
     }
 }
@@ -354,27 +356,26 @@ fn heartbeats_go_out_while_the_snapshot_is_digested() {
 }
 
 #[test]
-fn metadata_and_complete_go_out_only_after_every_file_is_acknowledged() {
+fn complete_goes_out_only_after_every_file_is_acknowledged() {
     let t0 = Instant::now();
     let mut s = pushing(t0);
     assert!(s.wants_control());
     s.handle_send_progress(t0 + secs(5.0));
     s.handle_timeout(t0 + secs(10.0));
     assert!(sdrain(&mut s).is_empty());
-    s.handle_files_acked(meta(), t0 + secs(11.0));
+    s.handle_files_acked(t0 + secs(11.0));
     assert_eq!(
         sdrain(&mut s),
         vec![
-            ServerAction::Send(ControlFrame::Metadata(meta())),
             ServerAction::Send(ControlFrame::Complete),
             ServerAction::FinishSend,
         ]
     );
     s.handle_frame(ControlFrame::Done);
     assert_eq!(sdrain(&mut s), vec![ServerAction::End(ServerEnd::Done)]);
-    // Nothing before the manifest: no Accept while digesting.
+    // Nothing before the manifest: no Complete while the snapshot is made.
     let mut s = leased(t0);
-    s.handle_files_acked(meta(), t0);
+    s.handle_files_acked(t0);
     assert!(sdrain(&mut s).is_empty());
 }
 
@@ -390,7 +391,7 @@ fn a_client_that_takes_nothing_is_given_up_on() {
 
     // Nor may it sit on the snapshot without answering Complete.
     let mut s = pushing(t0);
-    s.handle_files_acked(meta(), t0);
+    s.handle_files_acked(t0);
     sdrain(&mut s);
     s.handle_timeout(t0 + SERVER.idle);
     assert_eq!(sdrain(&mut s), vec![ServerAction::End(ServerEnd::Timeout)]);
@@ -439,7 +440,7 @@ fn client_frames_while_pushing_end_the_transfer_typed() {
         ))]
     );
     let mut s = pushing(t0);
-    s.handle_files_acked(meta(), t0);
+    s.handle_files_acked(t0);
     sdrain(&mut s);
     s.handle_control_end();
     assert_eq!(
@@ -456,7 +457,7 @@ fn client_frames_while_pushing_end_the_transfer_typed() {
 fn a_failure_the_driver_reports_drops_what_was_still_to_do() {
     let t0 = Instant::now();
     let mut s = leased(t0);
-    s.handle_manifest(manifest(), SNAP, t0);
+    s.handle_manifest(manifest(), SNAP, meta(), t0);
     // Writing Accept failed: the push that was queued behind it must not start.
     assert!(matches!(s.poll_action(), Some(ServerAction::Send(_))));
     s.fail(ServerEnd::ClientAborted("stream gone".into()));
