@@ -142,7 +142,13 @@ pub fn open_with(
 
 /// Opens a partition (or checkpoint) read-only, whatever column families it has.
 pub fn open_read_only(dir: &Path, format: TableFormat) -> Result<DB, StorageError> {
-    let opts = db_options(format);
+    let mut opts = db_options(format);
+    // Open table files when read, not all at once: a read-only open is for a few keys (the
+    // offset record, a check), and opening every SST of a 10 GB partition up front — index
+    // blocks and properties of ~160 files — held a snapshot's first byte and every commit
+    // back by most of a second.
+    opts.set_max_open_files(64);
+    opts.set_skip_stats_update_on_db_open(true);
     // Every column family with the partition's own table options: opened with defaults, a
     // PLAIN_TABLE file would be read as block-based and fail.
     let descs: Vec<ColumnFamilyDescriptor> = DB::list_cf(&opts, dir)?
