@@ -147,11 +147,12 @@ fn secs(s: Option<f64>) -> String {
 
 fn line(r: &Run) -> String {
     format!(
-        "first byte {} s, total {:.1} s ({:.0} MB/s), commit {} s",
+        "first byte {} s, total {:.1} s ({:.0} MB/s), commit {} s, {} attempt(s)",
         secs(r.first_byte_s),
         r.seconds,
         r.goodput_mbs,
-        secs(r.commit_s)
+        secs(r.commit_s),
+        r.attempts
     )
 }
 

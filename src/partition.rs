@@ -89,6 +89,10 @@ pub fn db_options(format: TableFormat) -> Options {
     if format == TableFormat::Block {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_format_version(SST_FORMAT_VERSION);
+        // Index and filter blocks in the block cache, not on the heap beside each open table:
+        // otherwise an open partition holds ~13 MiB per GB of data for as long as it is open,
+        // and a server's memory grows with the size of what it serves.
+        table.set_cache_index_and_filter_blocks(true);
         opts.set_block_based_table_factory(&table);
     }
     if format == TableFormat::Plain {

@@ -100,6 +100,8 @@ pub(crate) struct Run {
     /// From the successful attempt's start to its first file byte, and its commit.
     pub(crate) first_byte_s: Option<f64>,
     pub(crate) commit_s: Option<f64>,
+    /// Attempts the fetch made (1: it never had to resume or move on).
+    pub(crate) attempts: usize,
     pub(crate) client_cpu: f64,
     pub(crate) server_cpu: f64,
     pub(crate) client_rss_mib: f64,
@@ -311,6 +313,7 @@ pub(crate) fn fetch_once(
         failed,
         bytes,
         seconds,
+        attempts: report["attempts"].as_array().map_or(0, Vec::len),
         first_byte_s: last["first_byte_seconds"].as_f64(),
         commit_s: last["commit_seconds"].as_f64(),
         client_cpu,

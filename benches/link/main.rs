@@ -314,9 +314,11 @@ fn main() {
                         let relay = RelayHealth::of(&emu.stats().1.since(&before));
                         r.relay = Some(relay);
                         eprintln!(
-                            "rtt {rtt} ms loss {l}% {:<13} rep {rep}: {:6.1} MB/s{}{}",
+                            "rtt {rtt} ms loss {l}% {:<13} rep {rep}: {:6.1} MB/s, {} attempt(s), first byte {:.2} s{}{}",
                             v.name,
                             r.goodput_mbs,
+                            r.attempts,
+                            r.first_byte_s.unwrap_or(f64::NAN),
                             if r.completed { "" } else { " (cut)" },
                             if relay.kept_up {
                                 String::new()
