@@ -169,6 +169,81 @@ impl BootstrapError {
     }
 }
 
+/// What a bootstrap knows before it tries anything: the partition here, the log, the peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Situation {
+    /// A partition is on disk here (its `CURRENT` exists).
+    pub present: bool,
+    /// The offset it holds (`None`: not here, or made by a tool that keeps none).
+    pub offset: Option<u64>,
+    /// The log's watermarks, when Kafka answered.
+    pub log: Option<Watermarks>,
+    /// Whether any peer is known.
+    pub peers: bool,
+    /// Replay instead of transferring when the lag is below this many offsets.
+    pub lag_threshold: u64,
+}
+
+/// The first step of a bootstrap, chosen from its [`Situation`] alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Build or catch up from Kafka without asking a peer, by this path.
+    Log(BootstrapPath),
+    /// Ask the peers; [`after_peers`] names the path once they answered. `gap`: the first
+    /// offset the log still holds, when it no longer holds the next one the partition (or an
+    /// empty start) needs. A partition here is then moved aside while the peers are asked.
+    Peers {
+        /// The log's first offset, past a retention gap.
+        gap: Option<u64>,
+    },
+}
+
+/// The path of a bootstrap in `s`, or why none can start (a partition here whose offset the
+/// log cannot have written: an operator must look). Pure, so every case is one row of a
+/// table test: a partition here resumes from its own offset; a lag below the threshold is
+/// replayed; otherwise peers are asked, or with none the log is replayed — from its earliest
+/// offset when retention removed records the partition never applied.
+pub fn choose(s: &Situation) -> Result<Plan, CatchUpError> {
+    let next = ingest::next_offset(s.offset)?;
+    let gap = match s.log.map(|wm| ingest::check_position(s.offset, wm)) {
+        Some(Err(CatchUpError::OffsetOutOfRange { earliest, .. })) => Some(earliest),
+        Some(Err(error)) => return Err(error),
+        _ => None,
+    };
+    let lag = s.log.map(|wm| wm.high.saturating_sub(next));
+    Ok(match (gap, lag) {
+        (None, _) if s.present => Plan::Log(BootstrapPath::LocalResume),
+        (None, Some(lag)) if lag < s.lag_threshold => {
+            Plan::Log(BootstrapPath::KafkaLagBelowThreshold { lag })
+        }
+        (gap, _) if s.peers => Plan::Peers { gap },
+        (None, _) => Plan::Log(BootstrapPath::KafkaNoPeers),
+        (Some(earliest), _) => Plan::Log(from_earliest(s.offset, earliest)),
+    })
+}
+
+/// The path once the peers of [`Plan::Peers`] answered: `transferred` when one's snapshot
+/// was committed, else every peer failed in a way that calls for the log.
+pub fn after_peers(s: &Situation, gap: Option<u64>, transferred: bool) -> BootstrapPath {
+    match (transferred, gap) {
+        (true, Some(earliest)) if s.present => BootstrapPath::PeerTransferAfterGap {
+            have: s.offset,
+            earliest,
+        },
+        (true, _) => BootstrapPath::PeerTransfer,
+        (false, Some(earliest)) => from_earliest(s.offset, earliest),
+        (false, None) => BootstrapPath::KafkaAllPeersFailed,
+    }
+}
+
+fn from_earliest(have: Option<u64>, earliest: u64) -> BootstrapPath {
+    BootstrapPath::KafkaFromEarliest {
+        have,
+        earliest,
+        lost: LostRange::between(have, earliest),
+    }
+}
+
 /// Bootstraps `id` under `root` from `peers` and `log`.
 pub async fn bootstrap<L: LogSource>(
     fetcher: &Fetcher,
@@ -192,8 +267,6 @@ pub async fn bootstrap<L: LogSource>(
     } else {
         None
     };
-    let local_next = ingest::next_offset(local_offset)
-        .map_err(|error| failed(id, BootstrapPath::LocalResume, None, error, started))?;
     // One question, no retries: with the broker down, peers come first.
     let wm = match log.watermarks().await {
         Ok(wm) => Some(wm),
@@ -202,73 +275,60 @@ pub async fn bootstrap<L: LogSource>(
             None
         }
     };
-    let gap = match wm.map(|wm| ingest::check_position(local_offset, wm)) {
-        Some(Err(CatchUpError::OffsetOutOfRange { earliest, .. })) => Some(earliest),
-        Some(Err(error)) => {
-            return Err(failed(id, BootstrapPath::LocalResume, wm, error, started));
-        }
-        _ => None,
+    let situation = Situation {
+        present,
+        offset: local_offset,
+        log: wm,
+        peers: !peers.is_empty(),
+        lag_threshold: cfg.lag_threshold,
     };
-    let lag = wm.map(|wm| wm.high.saturating_sub(local_next));
+    let plan = choose(&situation)
+        .map_err(|error| failed(id, BootstrapPath::LocalResume, wm, error, started))?;
     let mut attempts = Vec::new();
     let mut transfer = None;
-    let from_earliest = |earliest| BootstrapPath::KafkaFromEarliest {
-        have: local_offset,
-        earliest,
-        lost: LostRange::between(local_offset, earliest),
-    };
-    let path = if present && gap.is_none() {
-        BootstrapPath::LocalResume
-    } else if let (Some(lag), None) = (lag.filter(|&l| l < cfg.lag_threshold), gap) {
-        BootstrapPath::KafkaLagBelowThreshold { lag }
-    } else if peers.is_empty() {
-        gap.map_or(BootstrapPath::KafkaNoPeers, from_earliest)
-    } else {
-        // A partition here that the log can no longer catch up is moved aside (a temp dir
-        // the sweep removes if this process dies) and deleted once it is replaced.
-        let aside = match (present, gap) {
-            (true, Some(_)) => Some(workdir::move_aside(&dir, id).map_err(StorageError::Io)?),
-            _ => None,
-        };
-        // A snapshot this log cannot continue is refused before it is committed.
-        match fetcher.fetch_within(id, peers, root, progress, wm).await {
-            Ok(report) => {
-                attempts = report.attempts.clone();
-                transfer = Some(report);
-                if let Some(a) = aside {
-                    a.remove();
-                }
-                match (present, gap) {
-                    (true, Some(earliest)) => BootstrapPath::PeerTransferAfterGap {
-                        have: local_offset,
-                        earliest,
-                    },
-                    _ => BootstrapPath::PeerTransfer,
-                }
-            }
-            // Not after a cancel: peers that ran out because of it call for nothing.
-            Err(e) if e.fallback() == Fallback::KafkaFromStart && !progress.is_cancelled() => {
-                tracing::warn!(partition = %id, error = %e, "no peer could serve; bootstrapping from Kafka");
-                attempts = e.attempts().to_vec();
-                if let Some(a) = aside {
-                    // Peers failing (for whatever reason) is no reason to lose its data: the
-                    // log is replayed onto it from its earliest offset.
-                    a.put_back(&dir).map_err(StorageError::Io)?;
-                }
-                gap.map_or(BootstrapPath::KafkaAllPeersFailed, from_earliest)
-            }
-            Err(e) => {
-                if let Some(a) = aside {
-                    // Nothing replaced it: put it back as it was.
-                    if let Err(e) = a.put_back(&dir) {
-                        tracing::warn!(partition = %id, error = %e, "cannot put the partition back; the next sweep does");
+    let path = match plan {
+        Plan::Log(path) => path,
+        Plan::Peers { gap } => {
+            // A partition here that the log can no longer catch up is moved aside (a temp
+            // dir the sweep removes if this process dies) and deleted once it is replaced.
+            let aside = match (present, gap) {
+                (true, Some(_)) => Some(workdir::move_aside(&dir, id).map_err(StorageError::Io)?),
+                _ => None,
+            };
+            // A snapshot this log cannot continue is refused before its first byte.
+            match fetcher.fetch_within(id, peers, root, progress, wm).await {
+                Ok(report) => {
+                    attempts = report.attempts.clone();
+                    transfer = Some(report);
+                    if let Some(a) = aside {
+                        a.remove();
                     }
+                    after_peers(&situation, gap, true)
                 }
-                return Err(e.into());
+                // Not after a cancel: peers that ran out because of it call for nothing.
+                Err(e) if e.fallback() == Fallback::KafkaFromStart && !progress.is_cancelled() => {
+                    tracing::warn!(partition = %id, error = %e, "no peer could serve; bootstrapping from Kafka");
+                    attempts = e.attempts().to_vec();
+                    if let Some(a) = aside {
+                        // Peers failing (for whatever reason) is no reason to lose its data:
+                        // the log is replayed onto it from its earliest offset.
+                        a.put_back(&dir).map_err(StorageError::Io)?;
+                    }
+                    after_peers(&situation, gap, false)
+                }
+                Err(e) => {
+                    if let Some(a) = aside {
+                        // Nothing replaced it: put it back as it was.
+                        if let Err(e) = a.put_back(&dir) {
+                            tracing::warn!(partition = %id, error = %e, "cannot put the partition back; the next sweep does");
+                        }
+                    }
+                    return Err(e.into());
+                }
             }
         }
     };
-    tracing::info!(partition = %id, ?path, ?lag, "bootstrap path chosen");
+    tracing::info!(partition = %id, ?path, "bootstrap path chosen");
     let fresh = !dir.join("CURRENT").is_file();
     if fresh {
         // Building from Kafka: a fresh DB. A leftover empty directory is fine; anything else
@@ -323,11 +383,7 @@ pub async fn bootstrap<L: LogSource>(
             {
                 // Kafka was down when the path was chosen and its head turns out to be
                 // gone: the fresh partition starts at the earliest offset instead.
-                report.path = BootstrapPath::KafkaFromEarliest {
-                    have: None,
-                    earliest: *earliest,
-                    lost: LostRange::between(None, *earliest),
-                };
+                report.path = from_earliest(None, *earliest);
                 set_base(&db, *earliest).await?;
             }
             _ => break result,
@@ -388,4 +444,153 @@ async fn set_base(db: &Arc<rocksdb::DB>, earliest: u64) -> Result<(), StorageErr
         ingest::blocking(move || partition::apply_batch(&db, [], base)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wm(low: u64, high: u64) -> Option<Watermarks> {
+        Some(Watermarks { low, high })
+    }
+
+    fn here(offset: Option<u64>, log: Option<Watermarks>, peers: bool) -> Situation {
+        Situation {
+            present: true,
+            offset,
+            log,
+            peers,
+            lag_threshold: 100,
+        }
+    }
+
+    fn empty(log: Option<Watermarks>, peers: bool) -> Situation {
+        Situation {
+            present: false,
+            ..here(None, log, peers)
+        }
+    }
+
+    #[test]
+    fn the_path_follows_from_the_partition_here_the_log_and_the_peers() {
+        use BootstrapPath::*;
+        let lost = |first, last| LostRange { first, last };
+        let table: Vec<(&str, Situation, Plan)> = vec![
+            (
+                "here, the log continues it",
+                here(Some(10), wm(0, 1000), true),
+                Plan::Log(LocalResume),
+            ),
+            (
+                "here, no offset kept, log from 0",
+                here(None, wm(0, 1000), true),
+                Plan::Log(LocalResume),
+            ),
+            (
+                "here, Kafka down",
+                here(Some(10), None, true),
+                Plan::Log(LocalResume),
+            ),
+            (
+                "empty, lag below the threshold",
+                empty(wm(0, 50), true),
+                Plan::Log(KafkaLagBelowThreshold { lag: 50 }),
+            ),
+            (
+                "empty, lag at the threshold",
+                empty(wm(0, 100), true),
+                Plan::Peers { gap: None },
+            ),
+            (
+                "empty, lag above, no peer",
+                empty(wm(0, 1000), false),
+                Plan::Log(KafkaNoPeers),
+            ),
+            (
+                "empty, Kafka down",
+                empty(None, true),
+                Plan::Peers { gap: None },
+            ),
+            (
+                "empty, Kafka down, no peer",
+                empty(None, false),
+                Plan::Log(KafkaNoPeers),
+            ),
+            (
+                "here, behind retention",
+                here(Some(10), wm(500, 1000), true),
+                Plan::Peers { gap: Some(500) },
+            ),
+            (
+                "here, behind retention, no peer",
+                here(Some(10), wm(500, 1000), false),
+                Plan::Log(KafkaFromEarliest {
+                    have: Some(10),
+                    earliest: 500,
+                    lost: lost(11, 499),
+                }),
+            ),
+            // A small lag does not replay across a gap: the records are gone.
+            (
+                "empty, small log past a gap",
+                empty(wm(500, 550), true),
+                Plan::Peers { gap: Some(500) },
+            ),
+            (
+                "empty, small log past a gap, no peer",
+                empty(wm(500, 550), false),
+                Plan::Log(KafkaFromEarliest {
+                    have: None,
+                    earliest: 500,
+                    lost: lost(0, 499),
+                }),
+            ),
+        ];
+        for (case, situation, want) in table {
+            assert_eq!(choose(&situation).unwrap(), want, "{case}");
+        }
+        // A partition whose offset the log cannot have written: nothing starts.
+        for impossible in [
+            here(Some(2000), wm(0, 1000), true),
+            here(Some(u64::MAX), None, true),
+        ] {
+            assert!(
+                matches!(
+                    choose(&impossible),
+                    Err(CatchUpError::ImpossibleOffset { .. })
+                ),
+                "{impossible:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn after_the_peers_the_path_says_what_replaced_what() {
+        use BootstrapPath::*;
+        let behind = here(Some(10), wm(500, 1000), true);
+        assert_eq!(
+            after_peers(&behind, Some(500), true),
+            PeerTransferAfterGap {
+                have: Some(10),
+                earliest: 500
+            }
+        );
+        assert_eq!(
+            after_peers(&behind, Some(500), false),
+            KafkaFromEarliest {
+                have: Some(10),
+                earliest: 500,
+                lost: LostRange {
+                    first: 11,
+                    last: 499
+                }
+            }
+        );
+        // An empty start behind retention is an ordinary transfer when a peer serves.
+        let fresh = empty(wm(500, 1000), true);
+        assert_eq!(after_peers(&fresh, Some(500), true), PeerTransfer);
+        let plain = empty(wm(0, 1000), true);
+        assert_eq!(after_peers(&plain, None, true), PeerTransfer);
+        assert_eq!(after_peers(&plain, None, false), KafkaAllPeersFailed);
+    }
 }
