@@ -26,16 +26,18 @@ fn accepted(t0: Instant) -> ClientTransfer {
         drain(&mut c).as_slice(),
         [ClientAction::Send(ControlFrame::Request(_))]
     ));
-    c.handle_frame(
-        ControlFrame::Accept(Accept {
-            files: manifest(),
-            snapshot: SNAP,
-            meta: meta(),
-        }),
-        t0,
-    );
+    c.handle_frame(accept_frame(manifest(), SNAP), t0);
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
     c
+}
+
+/// The server's `Accept` of `files` from `snapshot`, at `meta()`.
+fn accept_frame(files: Vec<FileEntry>, snapshot: SnapshotId) -> ControlFrame {
+    ControlFrame::Accept(Accept {
+        files,
+        snapshot,
+        meta: meta(),
+    })
 }
 
 fn header(index: u32) -> FileHeader {
@@ -85,14 +87,7 @@ fn preparing_heartbeats_are_skipped_and_keep_the_wait_alive() {
         c.handle_frame(ControlFrame::Preparing, now);
         assert!(drain(&mut c).is_empty(), "a heartbeat is no answer");
     }
-    c.handle_frame(
-        ControlFrame::Accept(Accept {
-            files: manifest(),
-            snapshot: SNAP,
-            meta: meta(),
-        }),
-        t0 + secs(31.0),
-    );
+    c.handle_frame(accept_frame(manifest(), SNAP), t0 + secs(31.0));
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
     assert_eq!(c.files().len(), 2);
 }
@@ -248,14 +243,7 @@ fn manifests_with_path_tricks_or_lies_are_refused() {
     let t0 = Instant::now();
     let mut c = ClientTransfer::new(request(1), LIMITS, t0);
     drain(&mut c);
-    c.handle_frame(
-        ControlFrame::Accept(Accept {
-            files: twice,
-            snapshot: SNAP,
-            meta: meta(),
-        }),
-        t0,
-    );
+    c.handle_frame(accept_frame(twice, SNAP), t0);
     protocol_failure(&mut c, "listed twice");
 }
 
@@ -492,14 +480,7 @@ fn a_resume_receives_only_what_it_asked_for_from_where_it_asked() {
             offset: 4,
         }],
     );
-    c.handle_frame(
-        ControlFrame::Accept(Accept {
-            files: manifest(),
-            snapshot: SNAP,
-            meta: meta(),
-        }),
-        t0,
-    );
+    c.handle_frame(accept_frame(manifest(), SNAP), t0);
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
     // File 1 from byte 4; file 0 was validated before.
     c.handle_file_stream(
@@ -543,14 +524,7 @@ fn a_resume_receives_only_what_it_asked_for_from_where_it_asked() {
                 offset: 4,
             }],
         );
-        c.handle_frame(
-            ControlFrame::Accept(Accept {
-                files: manifest(),
-                snapshot: SNAP,
-                meta: meta(),
-            }),
-            t0,
-        );
+        c.handle_frame(accept_frame(manifest(), SNAP), t0);
         drain(&mut c);
         c.handle_file_stream(header, t0);
         protocol_failure(&mut c, "file stream for index");
@@ -608,14 +582,7 @@ fn a_resume_accepts_only_the_snapshot_and_manifest_it_holds_part_of() {
 fn a_resume_with_every_file_held_commits_on_complete() {
     let t0 = Instant::now();
     let mut c = resuming(t0, Vec::new());
-    c.handle_frame(
-        ControlFrame::Accept(Accept {
-            files: manifest(),
-            snapshot: SNAP,
-            meta: meta(),
-        }),
-        t0,
-    );
+    c.handle_frame(accept_frame(manifest(), SNAP), t0);
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
     c.handle_frame(ControlFrame::Complete, t0);
     assert_eq!(drain(&mut c), vec![ClientAction::Commit(meta())]);
@@ -649,14 +616,7 @@ fn digests_the_manifest_leaves_out_come_in_the_trailer_and_must_agree() {
     let t0 = Instant::now();
     let mut c = ClientTransfer::new(request(crate::PROTOCOL_VERSION), LIMITS, t0);
     drain(&mut c);
-    c.handle_frame(
-        ControlFrame::Accept(Accept {
-            files: files.clone(),
-            snapshot: SNAP,
-            meta: meta(),
-        }),
-        t0,
-    );
+    c.handle_frame(accept_frame(files.clone(), SNAP), t0);
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
     assert_eq!(
         c.meta(),
@@ -710,14 +670,7 @@ fn a_resume_takes_digests_learned_since_but_refuses_other_ones() {
         t0,
     );
     drain(&mut c);
-    c.handle_frame(
-        ControlFrame::Accept(Accept {
-            files: manifest(),
-            snapshot: SNAP,
-            meta: meta(),
-        }),
-        t0,
-    );
+    c.handle_frame(accept_frame(manifest(), SNAP), t0);
     assert_eq!(drain(&mut c), vec![ClientAction::Accepted]);
     assert_eq!(c.files(), manifest().as_slice(), "learned digest kept");
 
@@ -739,13 +692,6 @@ fn a_resume_takes_digests_learned_since_but_refuses_other_ones() {
         t0,
     );
     drain(&mut c);
-    c.handle_frame(
-        ControlFrame::Accept(Accept {
-            files: other,
-            snapshot: SNAP,
-            meta: meta(),
-        }),
-        t0,
-    );
+    c.handle_frame(accept_frame(other, SNAP), t0);
     protocol_failure(&mut c, "resume of snapshot");
 }
