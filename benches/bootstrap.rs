@@ -9,17 +9,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
 use quicstrap::client::{FetchConfig, Fetcher, Progress};
-use quicstrap::demo::seed;
+use quicstrap::control::pacing::RateLimiter;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
 use quicstrap::ingest::{self, CatchUpConfig};
-use quicstrap::pacing::RateLimiter;
-use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::jobs::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath};
+use quicstrap::net::tls::{self, AllowList};
 use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
-use quicstrap::tls::{self, AllowList};
+use quicstrap::store::partition::{self, PartitionId, TableFormat};
+use testkit::seed;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use quicstrap::demo::seed::seed_value;
 use quicstrap::ingest::{self, kafka::KafkaWriter};
-use quicstrap::partition::{self, PartitionId};
 use quicstrap::peers::dns::srv_name;
+use quicstrap::store::partition::{self, PartitionId};
+use testkit::seed::seed_value;
 use testkit::{recover_command_in, serve_command_in, Dnsmasq, ServeProcess};
 
 const NODES: u32 = 4;

@@ -4,9 +4,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use md5::Digest as _;
-use quicstrap::checksum::{ChecksumAlgo, Hasher, Md5};
-use quicstrap::partition::PartitionMeta;
 use quicstrap::protocol::{encode, Accept, ControlFrame, FileEntry, FrameDecoder};
+use quicstrap::store::checksum::{ChecksumAlgo, Hasher, Md5};
+use quicstrap::store::partition::PartitionMeta;
 
 fn digests(c: &mut Criterion) {
     let data = vec![0x5au8; 4 << 20];

@@ -133,8 +133,11 @@ fn digest_pass(dir: &Path) -> f64 {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(f) = files.get(i) else { break };
-                quicstrap::checksum::digest_file(f, quicstrap::checksum::ChecksumAlgo::Md5)
-                    .expect("digest");
+                quicstrap::store::checksum::digest_file(
+                    f,
+                    quicstrap::store::checksum::ChecksumAlgo::Md5,
+                )
+                .expect("digest");
             });
         }
     });

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quicstrap::client::{FetchConfig, Fetcher};
-use quicstrap::demo::seed;
-use quicstrap::pacing::RateLimiter;
-use quicstrap::partition::{PartitionId, TableFormat};
+use quicstrap::control::pacing::RateLimiter;
+use quicstrap::net::tls::{self, AllowList};
 use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
-use quicstrap::tls::{self, AllowList};
+use quicstrap::store::partition::{PartitionId, TableFormat};
+use testkit::seed;
 
 const VALUE: usize = 1000;
 

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use quicstrap::partition::{PartitionId, TableFormat};
+use quicstrap::store::partition::{PartitionId, TableFormat};
 use quicstrap_netem::{Emulator, EmulatorConfig, LinkParams, Loss};
 use testkit::{fetch_command_in, serve_command_in, ServeProcess};
 
@@ -181,7 +181,7 @@ fn run_row(work: &Path, row: &Row) -> Measured {
     let id = PartitionId::new("it_store", 3, 0).expect("store name");
     let src = work.join(format!("source-{}", row.records));
     if !id.dir(&src).exists() {
-        quicstrap::demo::seed::seed(&id.dir(&src), TableFormat::Block, row.records, 1000, 20_000)
+        testkit::seed::seed(&id.dir(&src), TableFormat::Block, row.records, 1000, 20_000)
             .expect("seed the source partition");
     }
     let listen = format!("{}:7400", emu.addr_b());
@@ -244,7 +244,7 @@ fn run_row(work: &Path, row: &Row) -> Measured {
                 }
             }
             bytes += report["bytes"].as_u64().unwrap_or(0);
-            quicstrap::partition::verify_equal(&id.dir(&src), &id.dir(&dst))
+            quicstrap::store::partition::verify_equal(&id.dir(&src), &id.dir(&dst))
                 .expect("the fetched partition equals the source");
         } else {
             failures.push(report["error"].as_str().unwrap_or("no report").to_owned());
@@ -283,7 +283,7 @@ fn wait_measured(mut child: Child) -> (bool, serde_json::Value, i64) {
 }
 
 fn peak_rss_mib(pid: i32) -> f64 {
-    quicstrap::budget::process_rss(Some(pid as u32))
+    quicstrap::control::budget::process_rss(Some(pid as u32))
         .map_or(f64::NAN, |(_, peak)| peak as f64 / 1048576.0)
 }
 

@@ -124,8 +124,11 @@ fn main() {
         };
         for no_resume in modes {
             let run = interrupted(emu.ns_a(), &dst, &peer, no_resume, total * args.at / 100);
-            quicstrap::partition::verify_equal(&source, &dst.join(format!("{STORE}_v1")).join("0"))
-                .expect("the fetched partition equals the source");
+            quicstrap::store::partition::verify_equal(
+                &source,
+                &dst.join(format!("{STORE}_v1")).join("0"),
+            )
+            .expect("the fetched partition equals the source");
             eprintln!(
                 "{}: killed after {:.1} s, rerun {:.1} s",
                 run.mode, run.to_kill, run.rerun

@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quicstrap::client::{FetchConfig, Fetcher};
-use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::net::tls::{self, AllowList};
 use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
-use quicstrap::tls::{self, AllowList};
+use quicstrap::store::partition::{self, PartitionId, TableFormat};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The node that holds the partition keeps its DB open and registers it with the server.
     let dir = id.dir(&source_root);
-    quicstrap::demo::seed::seed(&dir, TableFormat::Block, 20_000, 256, 5_000)?;
+    testkit::seed::seed(&dir, TableFormat::Block, 20_000, 256, 5_000)?;
     let db = Arc::new(partition::open(&dir, TableFormat::Block)?);
     let source = Arc::new(DataDir::new(&source_root, TableFormat::Block));
     source.insert(id.clone(), db);

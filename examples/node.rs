@@ -19,17 +19,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicstrap::bootstrap::{self, BootstrapPath};
 use quicstrap::client::{FetchConfig, Fetcher};
 use quicstrap::ingest::follow::FollowConfig;
 use quicstrap::ingest::kafka::{KafkaConfig, KafkaWriter};
-use quicstrap::node::{Node, NodeConfig};
-use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::jobs::bootstrap::{self, BootstrapPath};
+use quicstrap::jobs::node::{Node, NodeConfig};
+use quicstrap::jobs::recover::{
+    recover, PartitionRecovery, RecoverConfig, RecoverProgress, Sources,
+};
+use quicstrap::net::tls::{self, AllowList};
 use quicstrap::peers::dns::{srv_name, DnsSrv};
 use quicstrap::peers::{Discovery, StaticPeers};
-use quicstrap::recover::{recover, PartitionRecovery, RecoverConfig, RecoverProgress, Sources};
 use quicstrap::server::ServerConfig;
-use quicstrap::tls::{self, AllowList};
+use quicstrap::store::partition::{self, PartitionId, TableFormat};
 use testkit::Dnsmasq;
 
 type Error = Box<dyn std::error::Error>;
@@ -82,7 +84,6 @@ async fn main() -> Result<(), Error> {
         data_dir: a_root.clone(),
         follow: Some(FollowConfig::new(kafka.clone())),
         also_listen: Vec::new(),
-        http_listen: Vec::new(),
         adaptive_throttle: false,
     })
     .await?

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::Progress;
+use quicstrap::client::Progress;
 
 /// A view redrawn on a timer until finished: the loop under [`ProgressBar`] and the command
 /// line's recovery view. [`Redraw::finish`] stops it and waits for its last call.

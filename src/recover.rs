@@ -1,389 +1,322 @@
-//! Recovering a node: every partition it is assigned, bootstrapped concurrently — peers found
-//! by discovery, then Kafka catch-up, or Kafka alone — with one live progress view, a
-//! cancel switch and one report per partition.
-//!
-//! Each partition runs [`bootstrap`] as a fetch of its own would, so
-//! every rule holds per partition: nothing half-written, the offset inside the data, catch-up
-//! after a transfer. What this adds is the node's view: which partitions are valid, how many
-//! bytes came in, and when it will be done. The limits are the fetcher's: at most
-//! `max_partitions` partitions receiving at once, one connection per peer shared by every
-//! partition fetched from it, one read pacing for all. [`RecoverConfig::parallel`] only bounds
-//! how many bootstraps (and so Kafka consumers) are open at once.
-//!
-//! A rerun is the recovery of an interrupted recovery: a partition already on disk is valid
-//! (it appears by one rename, or is built in place with its offset in every batch) and only
-//! catches up from its own offset; one whose transfer was interrupted resumes from the peer it
-//! kept files from.
+//! `quicstrap recover`: every partition a node is assigned, restored concurrently — peers from
+//! --peer and --discover, then Kafka catch-up, or Kafka alone — with one progress view on
+//! stderr and, under --json, one report line per partition on stdout as each ends.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{self, StreamExt};
-use serde::Serialize;
+use clap::Args;
 
-use crate::bootstrap::{bootstrap, BootstrapConfig, BootstrapError, BootstrapReport};
-use crate::client::{CancelSwitch, Fetcher, Progress};
-use crate::ingest::{Backoff, LogError, LogSource};
-use crate::lock::unpoisoned as lock;
-use crate::partition::PartitionId;
-use crate::peers::{Discovery, DiscoveryError, Peer};
+use crate::progress_bar::Redraw;
+use quicstrap::client::Fetcher;
+use quicstrap::jobs::recover::{
+    recover, PartitionRecovery, RecoverConfig, RecoverCounts, RecoverProgress, Sources,
+};
+use quicstrap::store::partition::PartitionId;
 
-/// Knobs of a recovery.
-#[derive(Clone, Debug)]
-pub struct RecoverConfig {
-    /// How each partition is bootstrapped.
-    pub bootstrap: BootstrapConfig,
-    /// Bootstraps open at once. Receiving is bounded separately by the fetcher's
-    /// `max_partitions` (20); more bootstraps than that keep the Kafka-only and catch-up work
-    /// of some partitions going while others wait for a receive slot.
+use crate::args::{CatchUpArgs, PeerArgs, StoreArgs, TransferArgs};
+use crate::CliError;
+
+// The options of `quicstrap recover`.
+#[derive(Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub peer: PeerArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The partitions this node is assigned: `0-63`, `0,4,8-11`, or `@FILE` holding such a
+    /// list (separated by commas, spaces or lines).
+    #[arg(long, value_parser = parse_partitions)]
+    pub partitions: Partitions,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    /// Kafka brokers (`host:port,...`) of the change logs every partition catches up from.
+    #[arg(long)]
+    pub kafka: String,
+    #[command(flatten)]
+    pub catch_up: CatchUpArgs,
+    /// Partitions bootstrapping at once, each with its own Kafka consumer.
+    #[arg(long, default_value_t = 20)]
     pub parallel: usize,
-    /// After a cancel, how long a partition may take to end on its own: a transfer in flight
-    /// keeps what it received (journaled, for a rerun to resume) within it; Kafka work (a build or a catch-up) goes on until
-    /// then and is dropped where it stands — every batch it applied carries its offset, so the
-    /// partition is valid at that offset, and a rerun goes on from there.
-    pub cancel_grace: Duration,
+    /// Partitions receiving from peers at once (connections are one per peer either way).
+    #[arg(long, default_value_t = 20)]
+    pub max_receiving: usize,
+    /// Print one JSON report per partition on stdout, a line each, as it ends.
+    #[arg(long)]
+    pub json: bool,
 }
 
-impl Default for RecoverConfig {
-    fn default() -> Self {
-        Self {
-            bootstrap: BootstrapConfig::default(),
-            parallel: 20,
-            cancel_grace: Duration::from_secs(5),
+/// A set of partition numbers, in the order given, each once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partitions(pub Vec<u32>);
+
+/// More partitions than one node holds by any measure: a typo, not an assignment.
+const MAX_PARTITIONS: usize = 1 << 20;
+
+/// `0-63`, `0,4,8-11` or `@FILE`.
+fn parse_partitions(s: &str) -> Result<Partitions, String> {
+    let text = match s.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?,
+        None => s.to_owned(),
+    };
+    let (mut out, mut seen) = (Vec::new(), std::collections::HashSet::new());
+    for item in text.split(|c: char| c == ',' || c.is_whitespace()) {
+        if item.is_empty() {
+            continue;
         }
-    }
-}
-
-/// Live progress of a recovery, and its cancel switch. Share it (it is `Sync`) with whatever
-/// draws progress or decides to stop.
-#[derive(Debug, Default)]
-pub struct RecoverProgress {
-    total: AtomicUsize,
-    valid: AtomicUsize,
-    failed: AtomicUsize,
-    finished_bytes: AtomicU64,
-    records: AtomicU64,
-    /// Transfers in flight, by partition: their live byte counts and cancel switches.
-    active: Mutex<BTreeMap<String, Arc<Progress>>>,
-    switch: CancelSwitch,
-}
-
-/// What [`RecoverProgress::snapshot`] reads: the numbers a progress view shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct RecoverCounts {
-    /// Partitions to recover.
-    pub total: usize,
-    /// Partitions valid and caught up.
-    pub valid: usize,
-    /// Partitions that ended otherwise (failed or cancelled).
-    pub failed: usize,
-    /// Partitions with a transfer in flight (manifest known, not every byte in).
-    pub receiving: usize,
-    /// Bytes of partitions received from peers, finished or in flight, what a resume kept
-    /// included; a failed partition's count stays as it was when it ended.
-    pub bytes: u64,
-    /// Change-log records applied by finished catch-ups.
-    pub records: u64,
-}
-
-impl RecoverProgress {
-    /// Stops the recovery: partitions not started end cancelled at once, transfers in flight
-    /// keep what they received for a rerun to resume, no fallback to Kafka starts, and Kafka work in progress ends
-    /// within [`RecoverConfig::cancel_grace`] (see there).
-    pub fn cancel(&self) {
-        self.switch.cancel();
-        for p in lock(&self.active).values() {
-            p.cancel();
-        }
-    }
-
-    /// True once [`Self::cancel`] was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.switch.is_cancelled()
-    }
-
-    async fn cancelled(&self) {
-        self.switch.cancelled().await;
-    }
-
-    /// The counters now.
-    pub fn snapshot(&self) -> RecoverCounts {
-        // Under the lock: a partition moves from `active` to the totals under it too.
-        let active = lock(&self.active);
-        let live: u64 = active.values().map(|p| on_disk(p)).sum();
-        RecoverCounts {
-            total: self.total.load(Ordering::Relaxed),
-            valid: self.valid.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            receiving: active
-                .values()
-                .filter(|p| on_disk(p) < p.total.load(Ordering::Relaxed))
-                .count(),
-            bytes: self.finished_bytes.load(Ordering::Relaxed) + live,
-            records: self.records.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Registers a partition's transfer; a cancel already asked for reaches it at once.
-    fn start(&self, partition: &str) -> Arc<Progress> {
-        let p = Arc::new(Progress::default());
-        lock(&self.active).insert(partition.to_owned(), p.clone());
-        if self.is_cancelled() {
-            p.cancel();
-        }
-        p
-    }
-
-    fn finish(&self, outcome: &PartitionRecovery) {
-        let mut active = lock(&self.active);
-        if let Some(p) = active.remove(&outcome.partition) {
-            self.finished_bytes
-                .fetch_add(on_disk(&p), Ordering::Relaxed);
-        }
-        let counter = match &outcome.outcome {
-            Ok(r) => {
-                self.records
-                    .fetch_add(r.catch_up.records, Ordering::Relaxed);
-                &self.valid
-            }
-            Err(_) => &self.failed,
+        let number = |n: &str| {
+            n.parse::<u32>()
+                .map_err(|_| format!("{item:?} is not a partition number or range"))
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Bytes of the current attempt's files on disk: received, and kept from an earlier one.
-fn on_disk(p: &Progress) -> u64 {
-    p.received.load(Ordering::Relaxed) + p.resumed.load(Ordering::Relaxed)
-}
-
-/// Why one partition did not end valid and caught up; the label says what to do next.
-#[derive(Debug, thiserror::Error)]
-pub enum RecoverError {
-    /// The partition's change log cannot be opened (a configuration problem): fix it and
-    /// rerun; nothing was written.
-    #[error("change log: {0}")]
-    Log(#[source] LogError),
-    /// The bootstrap failed; its error says whether the partition is valid at an older offset
-    /// (catch-up stopped: a rerun resumes) or absent.
-    #[error(transparent)]
-    Bootstrap(BootstrapError),
-    /// The recovery was cancelled before this partition finished: it is absent, or valid at
-    /// the offset a Kafka build or catch-up had reached; a rerun picks it up.
-    #[error("cancelled")]
-    Cancelled,
-}
-
-impl RecoverError {
-    /// Short stable label for reports.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Log(_) => "log_config",
-            Self::Bootstrap(e) => e.label(),
-            Self::Cancelled => "cancelled",
+        let (lo, hi) = match item.split_once('-') {
+            Some((lo, hi)) => (number(lo)?, number(hi)?),
+            None => (number(item)?, number(item)?),
+        };
+        if lo > hi {
+            return Err(format!("{item:?}: the range runs backwards"));
         }
-    }
-}
-
-/// How one partition's recovery ended.
-#[derive(Debug)]
-pub struct PartitionRecovery {
-    /// The partition, `store_vN/P`.
-    pub partition: String,
-    /// Its directory.
-    pub dir: PathBuf,
-    /// The peers discovery named (the fetcher shuffles them).
-    pub peers: Vec<String>,
-    /// Why discovery named nobody, when it did not: the partition was then built or caught up
-    /// from Kafka alone.
-    pub discovery: Option<DiscoveryError>,
-    /// The bootstrap's report, or why the partition is not valid and caught up.
-    pub outcome: Result<BootstrapReport, RecoverError>,
-    /// Wall time of this partition, from its turn to its end.
-    pub seconds: f64,
-    /// Seconds from the start of the recovery to this partition's end.
-    pub finished_at: f64,
-}
-
-impl PartitionRecovery {
-    /// True when the partition ended valid and caught up to the high watermark.
-    pub fn is_ok(&self) -> bool {
-        self.outcome.is_ok()
-    }
-}
-
-/// What a recovery did, partition by partition (in the order they finished).
-#[derive(Debug, Default)]
-pub struct RecoverReport {
-    /// One entry per partition asked for.
-    pub partitions: Vec<PartitionRecovery>,
-    /// Wall time.
-    pub seconds: f64,
-}
-
-impl RecoverReport {
-    /// The partitions that did not end valid and caught up.
-    pub fn failed(&self) -> impl Iterator<Item = &PartitionRecovery> {
-        self.partitions.iter().filter(|p| !p.is_ok())
-    }
-}
-
-/// Where a recovery gets its partitions from.
-pub struct Sources<'a, F> {
-    /// Receives the transfers; its limits (partitions receiving at once, buffers, pacing)
-    /// bound the whole recovery.
-    pub fetcher: &'a Fetcher,
-    /// Names each partition's peers.
-    pub discovery: &'a dyn Discovery,
-    /// Opens each partition's change log (e.g. [`crate::ingest::kafka::KafkaConfig::log`]).
-    pub open_log: F,
-}
-
-/// Recovers `ids` under `root` from `sources`. `on_done` hears about every partition as it
-/// ends (a report line, a metric); `progress` shows the whole recovery live and cancels it.
-/// Never fails as a whole: every partition's outcome is in the report.
-pub async fn recover<L, F>(
-    sources: &Sources<'_, F>,
-    root: &Path,
-    ids: &[PartitionId],
-    cfg: &RecoverConfig,
-    progress: &RecoverProgress,
-    mut on_done: impl FnMut(&PartitionRecovery),
-) -> RecoverReport
-where
-    L: LogSource,
-    F: Fn(&PartitionId) -> Result<L, LogError>,
-{
-    let started = Instant::now();
-    // Each partition once: two bootstraps of one directory would race each other.
-    let mut seen = std::collections::HashSet::new();
-    let ids: Vec<&PartitionId> = ids.iter().filter(|id| seen.insert(*id)).collect();
-    progress.total.fetch_add(ids.len(), Ordering::Relaxed);
-    let mut runs = stream::iter(ids)
-        .map(|id| recover_one(sources, root, id, cfg, progress, started))
-        .buffer_unordered(cfg.parallel.max(1));
-    let mut report = RecoverReport::default();
-    while let Some(one) = runs.next().await {
-        progress.finish(&one);
-        on_done(&one);
-        report.partitions.push(one);
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    report
-}
-
-/// One partition: discovery, then its bootstrap, raced against a cancel.
-async fn recover_one<L, F>(
-    sources: &Sources<'_, F>,
-    root: &Path,
-    id: &PartitionId,
-    cfg: &RecoverConfig,
-    progress: &RecoverProgress,
-    recovery_started: Instant,
-) -> PartitionRecovery
-where
-    L: LogSource,
-    F: Fn(&PartitionId) -> Result<L, LogError>,
-{
-    let t0 = Instant::now();
-    let mut one = PartitionRecovery {
-        partition: id.to_string(),
-        dir: id.dir(root),
-        peers: Vec::new(),
-        discovery: None,
-        outcome: Err(RecoverError::Cancelled),
-        seconds: 0.0,
-        finished_at: 0.0,
-    };
-    let end = |mut one: PartitionRecovery| {
-        one.seconds = t0.elapsed().as_secs_f64();
-        one.finished_at = recovery_started.elapsed().as_secs_f64();
-        one
-    };
-    if progress.is_cancelled() {
-        return end(one);
-    }
-    // Asked also for a partition already here: a retention gap needs a peer to replace it.
-    let peers = tokio::select! {
-        found = discover(sources.discovery, id) => match found {
-            Ok(peers) => peers,
-            Err(e) => {
-                tracing::info!(partition = %id, error = %e, "no peers discovered; Kafka alone");
-                one.discovery = Some(e);
-                Vec::new()
+        if (hi - lo) as usize >= MAX_PARTITIONS {
+            return Err(format!("{item:?}: over a million partitions"));
+        }
+        for p in lo..=hi {
+            if seen.insert(p) {
+                out.push(p);
             }
-        },
-        _ = progress.cancelled() => return end(one),
-    };
-    one.peers = peers.iter().map(ToString::to_string).collect();
-    let mut log = match (sources.open_log)(id) {
-        Ok(log) => log,
-        Err(e) => {
-            one.outcome = Err(RecoverError::Log(e));
-            return end(one);
         }
-    };
-    let transfer = progress.start(&one.partition);
-    if progress.is_cancelled() {
-        return end(one);
+        if out.len() > MAX_PARTITIONS {
+            return Err("over a million partitions".into());
+        }
     }
-    let run = bootstrap(
-        sources.fetcher,
-        &peers,
-        root,
-        id,
-        &mut log,
-        &cfg.bootstrap,
-        &transfer,
-    );
-    tokio::pin!(run);
-    let result = tokio::select! {
-        r = &mut run => Some(r),
-        _ = progress.cancelled() => {
-            // The transfer's own cancel keeps what arrived; a catch-up is dropped between batches
-            // (each carries its offset), so a rerun goes on from there.
-            tokio::time::timeout(cfg.cancel_grace, &mut run).await.ok()
-        }
-    };
-    one.outcome = match result {
-        Some(Ok(report)) => Ok(report),
-        // A fetch that ended under a cancel is suspended, whatever it says; other errors (a
-        // catch-up that stopped, local storage) keep what they say about the partition.
-        Some(Err(BootstrapError::Fetch(_))) if progress.is_cancelled() => {
-            Err(RecoverError::Cancelled)
-        }
-        Some(Err(e)) => Err(RecoverError::Bootstrap(e)),
-        None => Err(RecoverError::Cancelled),
-    };
-    end(one)
+    if out.is_empty() {
+        return Err("no partitions given".into());
+    }
+    Ok(Partitions(out))
 }
 
-/// How long a failing lookup is asked again before the partition goes to Kafka alone:
-/// rebuilding from the log costs far more than the wait.
-const DISCOVERY_RETRIES_FOR: Duration = Duration::from_secs(10);
-
-/// The peers discovery names for `id`. A failed lookup (a DNS server timing out) is asked
-/// again, 1 s then 2 s apart (the catch-up's backoff), for up to `DISCOVERY_RETRIES_FOR`.
-async fn discover(
-    discovery: &dyn Discovery,
-    id: &PartitionId,
-) -> Result<Vec<Peer>, DiscoveryError> {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(2));
-    loop {
-        match discovery.peers(id).await {
-            Err(e @ DiscoveryError::Lookup { .. }) => {
-                match backoff.failure(Instant::now(), DISCOVERY_RETRIES_FOR) {
-                    Some(wait) => {
-                        tracing::info!(partition = %id, error = %e, "discovery failed; asking again");
-                        tokio::time::sleep(wait).await;
-                    }
-                    None => return Err(e),
+/// Recovers, reports, and exits 1 when any partition did not end valid and caught up.
+pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
+    let discovery = a.peer.discovery().map_err(CliError::Unusable)?;
+    let ids = a
+        .partitions
+        .0
+        .iter()
+        .map(|&p| PartitionId::new(&a.store.name, a.store.version, p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::unusable(format!("store name: {e}")))?;
+    let mut fetch = a
+        .transfer
+        .fetch_config(a.transfer.tls.identity().map_err(CliError::unusable)?);
+    fetch.max_partitions = a.max_receiving.max(1);
+    let fetcher = Fetcher::new(fetch).map_err(CliError::unusable)?;
+    let kafka = a.catch_up.kafka_opts.config(&a.kafka);
+    let cfg = RecoverConfig {
+        bootstrap: a.catch_up.bootstrap_config(a.transfer.format),
+        parallel: a.parallel.max(1),
+        ..Default::default()
+    };
+    let progress = Arc::new(RecoverProgress::default());
+    let view = view(progress.clone());
+    // Ctrl-C or SIGTERM suspends: transfers keep what arrived, Kafka work stops within the
+    // grace, and a rerun picks up the partitions not valid yet.
+    let stop = tokio::spawn({
+        let progress = progress.clone();
+        crate::stop::suspend_on_signal("recovery", move || progress.cancel())
+    });
+    let json = a.json;
+    let mut stdout_gone = false;
+    let sources = Sources {
+        fetcher: &fetcher,
+        discovery: &*discovery,
+        open_log: |id: &PartitionId| kafka.log(id),
+    };
+    let report = recover(
+        &sources,
+        &a.transfer.data_dir,
+        &ids,
+        &cfg,
+        &progress,
+        |one| {
+            // A reader that went away (`| head`) ends the report, not the recovery.
+            if json && !stdout_gone {
+                use std::io::Write;
+                if let Err(e) = writeln!(std::io::stdout().lock(), "{}", line(one)) {
+                    eprintln!("quicstrap: report lines stop here: stdout: {e}");
+                    stdout_gone = true;
                 }
             }
-            answer => return answer,
+        },
+    )
+    .await;
+    stop.abort();
+    view.finish().await;
+    fetcher.close().await;
+    let counts = progress.snapshot();
+    let from_peers = report
+        .partitions
+        .iter()
+        .filter(|p| matches!(&p.outcome, Ok(r) if r.transfer.is_some()))
+        .count();
+    eprintln!(
+        "quicstrap: recovered {}/{} partitions of {}_v{} under {} in {:.1} s: {} from peers, \
+         {} bytes received, {} records caught up",
+        counts.valid,
+        counts.total,
+        a.store.name,
+        a.store.version,
+        a.transfer.data_dir.display(),
+        report.seconds,
+        from_peers,
+        counts.bytes,
+        counts.records
+    );
+    let mut failed = report.failed();
+    match failed.next() {
+        None => Ok(()),
+        Some(_) if progress.is_cancelled() => Err(CliError::Suspended(format!(
+            "suspended: {} of {} partitions not recovered yet; what arrived is kept and a rerun \
+             resumes them",
+            counts.total - counts.valid,
+            counts.total
+        ))),
+        Some(first) => Err(CliError::Failed(format!(
+            "{} of {} partitions not recovered (a rerun resumes them); first: {}: {}",
+            counts.total - counts.valid,
+            counts.total,
+            first.partition,
+            first
+                .outcome
+                .as_ref()
+                .err()
+                .map_or_else(String::new, ToString::to_string)
+        ))),
+    }
+}
+
+/// One partition's report line: where it is, how it was built, or why it is not.
+fn line(one: &PartitionRecovery) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "partition": one.partition,
+        "dir": one.dir,
+        "ok": one.is_ok(),
+        "peers": one.peers,
+        "discovery": one.discovery.as_ref().map(ToString::to_string),
+        "seconds": one.seconds,
+        "finished_at": one.finished_at,
+    });
+    let (report, error) = match &one.outcome {
+        Ok(r) => (Some(r), None),
+        Err(e) => (
+            match e {
+                quicstrap::jobs::recover::RecoverError::Bootstrap(b) => b.report(),
+                _ => None,
+            },
+            Some(e),
+        ),
+    };
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(r) = report.and_then(|r| serde_json::to_value(r).ok()) {
+            obj.insert("path".into(), r["path"]["path"].clone());
+            obj.insert("report".into(), r);
         }
+        if let Some(e) = error {
+            obj.insert("error".into(), e.to_string().into());
+            obj.insert("error_kind".into(), e.label().into());
+        }
+    }
+    v
+}
+
+/// The progress view on stderr: redrawn in place for a person at a terminal, a line every
+/// 10 s into a log.
+fn view(progress: Arc<RecoverProgress>) -> Redraw {
+    let terminal = std::io::stderr().is_terminal();
+    let every = Duration::from_millis(if terminal { 200 } else { 10_000 });
+    let t0 = Instant::now();
+    Redraw::spawn(every, move |last| {
+        if last {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            return;
+        }
+        // A log gets its first line after one interval, not an empty one at the start.
+        if !terminal && t0.elapsed() < every {
+            return;
+        }
+        let text = describe(progress.snapshot(), t0.elapsed());
+        if terminal {
+            eprint!("\r\x1b[K{text}");
+        } else {
+            eprintln!("quicstrap: {text}");
+        }
+    })
+}
+
+/// `12/36 valid, 1 failed, 5 receiving · 1.2 GB at 95.3 MB/s · ETA 40 s`: the ETA assumes
+/// the partitions left take as long on average as the ones done.
+fn describe(c: RecoverCounts, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let ended = c.valid + c.failed;
+    let eta = if ended == 0 {
+        "ETA ?".to_owned()
+    } else {
+        format!(
+            "ETA {:.0} s",
+            secs * (c.total - ended) as f64 / ended as f64
+        )
+    };
+    format!(
+        "recover: {}/{} valid, {} failed, {} receiving · {:.1} MB at {:.1} MB/s · {}",
+        c.valid,
+        c.total,
+        c.failed,
+        c.receiving,
+        c.bytes as f64 / 1e6,
+        c.bytes as f64 / 1e6 / secs,
+        eta
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_sets_parse_ranges_lists_and_files() {
+        assert_eq!(parse_partitions("0-3").unwrap().0, vec![0, 1, 2, 3]);
+        assert_eq!(parse_partitions("5, 1,2-3 2").unwrap().0, vec![5, 1, 2, 3]);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "0\n7-8\n\n").unwrap();
+        let arg = format!("@{}", f.path().display());
+        assert_eq!(parse_partitions(&arg).unwrap().0, vec![0, 7, 8]);
+        for bad in [
+            "",
+            "3-1",
+            "x",
+            "1-",
+            "-2",
+            "@/nonexistent/file",
+            "0-4294967295",
+        ] {
+            assert!(parse_partitions(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_view_estimates_from_the_partitions_done() {
+        let c = RecoverCounts {
+            total: 4,
+            valid: 1,
+            failed: 1,
+            receiving: 2,
+            bytes: 50_000_000,
+            records: 0,
+        };
+        assert_eq!(
+            describe(c, Duration::from_secs(10)),
+            "recover: 1/4 valid, 1 failed, 2 receiving · 50.0 MB at 5.0 MB/s · ETA 10 s"
+        );
+        assert!(describe(RecoverCounts::default(), Duration::ZERO).ends_with("ETA ?"));
     }
 }

@@ -176,7 +176,7 @@ impl Serve {
     }
 
     fn peak_rss_mib(&self) -> f64 {
-        quicstrap::budget::process_rss(Some(self.pid() as u32))
+        quicstrap::control::budget::process_rss(Some(self.pid() as u32))
             .map_or(f64::NAN, |(_, peak)| peak as f64 / 1048576.0)
     }
 }
@@ -288,9 +288,9 @@ pub(crate) fn fetch_once(
     if completed {
         // Validated and committed: check it is the whole partition before trusting the number.
         let dir = dst.join(format!("{STORE}_v1")).join("0");
-        let db = quicstrap::partition::open_read_only(&dir, quicstrap::TableFormat::Block)
+        let db = quicstrap::store::partition::open_read_only(&dir, quicstrap::TableFormat::Block)
             .expect("fetched partition opens");
-        let meta = quicstrap::partition::read_meta(&db).expect("metadata");
+        let meta = quicstrap::store::partition::read_meta(&db).expect("metadata");
         assert_eq!(
             meta.offset,
             Some(records - 1),

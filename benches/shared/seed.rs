@@ -14,7 +14,6 @@ pub(crate) fn seed_source(data: &Path, store: &str, records: u64) {
     let _ = std::fs::remove_dir_all(data);
     std::fs::create_dir_all(data).expect("source dir");
     eprintln!("seeding {records} records of 1000 B ...");
-    quicstrap::demo::seed::seed(&dir, quicstrap::TableFormat::Block, records, 1000, 8192)
-        .expect("seed");
+    testkit::seed::seed(&dir, quicstrap::TableFormat::Block, records, 1000, 8192).expect("seed");
     std::fs::write(&marker, b"").expect("marker");
 }

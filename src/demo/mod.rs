@@ -5,11 +5,11 @@
 //! them in a shuffled order until one succeeds, verifies the result key by key against the
 //! source, prints what happened, and deletes everything it made.
 //!
-//! [`seed`] is the generator of its source partition, which `quicstrap seed`, the tests and
-//! the benchmarks use too.
+//! Its source partition comes from the seed generator (`testkit::seed`), which
+//! `quicstrap seed`, the tests and the benchmarks use too.
 
-pub mod seed;
-
+pub mod cli;
+mod from_kafka;
 mod render;
 mod tail;
 
@@ -18,15 +18,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::client::{FetchConfig, FetchError, FetchReport, Fetcher, Progress};
-use crate::ingest::CatchUpReport;
-use crate::partition::{self, CompareError, PartitionId, StorageError, TableFormat};
-use crate::peers::Peer;
 use crate::progress_bar::ProgressBar;
-use crate::server::{Server, ServerConfig, ServerError};
-use crate::snapshot::DataDir;
-use crate::tls::{AllowList, TlsError};
-use seed::SeedSummary;
+use quicstrap::client::{FetchConfig, FetchError, FetchReport, Fetcher, Progress};
+use quicstrap::ingest::CatchUpReport;
+use quicstrap::net::tls::{AllowList, TlsError};
+use quicstrap::peers::Peer;
+use quicstrap::server::{Server, ServerConfig, ServerError};
+use quicstrap::snapshot::DataDir;
+use quicstrap::store::partition::{self, CompareError, PartitionId, StorageError, TableFormat};
+use testkit::seed::{self, SeedSummary};
 
 pub use render::render;
 
@@ -100,7 +100,7 @@ pub enum DemoError {
     Tls(#[from] TlsError),
     /// The fetching side could not be set up.
     #[error("client: {0}")]
-    Client(#[from] crate::client::SetupError),
+    Client(#[from] quicstrap::client::SetupError),
     /// A peer did not start.
     #[error("server: {0}")]
     Server(#[from] ServerError),
@@ -131,9 +131,13 @@ impl From<CompareError> for DemoError {
 }
 
 /// The demo's peer and client identities: the development PKI, when this build has it.
-fn dev_identities() -> Result<(crate::tls::Identity, crate::tls::Identity), DemoError> {
+fn dev_identities(
+) -> Result<(quicstrap::net::tls::Identity, quicstrap::net::tls::Identity), DemoError> {
     #[cfg(feature = "dev-pki")]
-    return Ok((crate::tls::dev::server()?, crate::tls::dev::client()?));
+    return Ok((
+        quicstrap::net::tls::dev::server()?,
+        quicstrap::net::tls::dev::client()?,
+    ));
     #[cfg(not(feature = "dev-pki"))]
     Err(DemoError::NoDevPki)
 }
@@ -177,7 +181,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
         })
         .await
         .map_err(|e| DemoError::Verify(e.to_string()))??,
-        Some(brokers) => seed::seed_from_kafka(brokers, &id, &dir, records, value_size).await?,
+        Some(brokers) => {
+            from_kafka::seed_from_kafka(brokers, &id, &dir, records, value_size).await?
+        }
     };
     let seed_seconds = t0.elapsed().as_secs_f64();
 

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use super::seed::seed_key;
 use super::DemoError;
-use crate::client::FetchReport;
-use crate::ingest::kafka::{KafkaLog, KafkaWriter};
-use crate::ingest::{self, local::LocalLog, CatchUpConfig, CatchUpReport, Until};
-use crate::partition::{self, PartitionId, StorageError, TableFormat};
+use quicstrap::client::FetchReport;
+use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
+use quicstrap::ingest::{self, local::LocalLog, CatchUpConfig, CatchUpReport, Until};
+use quicstrap::store::partition::{self, PartitionId, StorageError, TableFormat};
+use testkit::seed::seed_key;
 
 /// Records "produced after the snapshot" in the demo's embedded log.
 const TAIL: u64 = 10_000;
@@ -32,7 +32,7 @@ pub(super) async fn catch_up_tail(
         .collect();
     let db = Arc::new(partition::open(&report.dir, TableFormat::Block)?);
     let cfg = CatchUpConfig::default();
-    let kafka_err = |e: crate::ingest::LogError| DemoError::Verify(format!("kafka: {e}"));
+    let kafka_err = |e: quicstrap::ingest::LogError| DemoError::Verify(format!("kafka: {e}"));
     let caught = match kafka {
         None => {
             let mut log = LocalLog::starting_at(next);

@@ -3,10 +3,13 @@
 //! `serve` command lines (in a network namespace or not), a `serve` child and the addresses
 //! it announces, its Prometheus metrics, and what `/proc` and `wait4` tell about a child.
 //!
-//! It drives the binary from the outside only, so it does not depend on the `quicstrap`
-//! library: a test or benchmark that also calls the library gets it from its own package.
+//! It also holds the seed generator ([`seed`]): deterministic partitions the tests, the
+//! benchmarks and the demo move, kept out of the engine's API. That part writes through the
+//! engine's own partition functions, so the seeded data is what a node ingests.
 
 #![warn(missing_docs)]
+
+pub mod seed;
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -15,7 +18,7 @@ use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The allow list that admits the development client and server certificates of
-/// `certs-dev/` (what `quicstrap::tls::dev::ALLOW` holds; the integration tests check the
+/// `certs-dev/` (what `quicstrap::net::tls::dev::ALLOW` holds; the integration tests check the
 /// two agree), so a `serve` started here accepts the `fetch` commands started here.
 pub const DEV_ALLOW: &str = "client.quicstrap.test,server.quicstrap.test";
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use quicstrap::tls;
+use quicstrap::net::tls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FLOODER: [u8; 4] = [127, 0, 0, 2];

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::common::*;
 use quicstrap::client::{FetchError, NextStep, Progress};
-use quicstrap::partition::TableFormat;
+use quicstrap::store::partition::TableFormat;
 use quicstrap::Peer;
 
-fn https_peer(h: &quicstrap::baseline::HttpServer) -> Peer {
+fn https_peer(h: &quicstrap_baseline::HttpServer) -> Peer {
     Peer::new(h.local_addr())
 }
 
@@ -137,9 +137,9 @@ async fn https_client_not_on_the_allow_list_is_refused() {
     let quic = server(src.path(), |_| {}).await;
     let https = https_server(&quic, |_| {}).await;
     let mut cfg =
-        quicstrap::baseline::HttpFetchConfig::new(quicstrap::tls::dev::intruder().unwrap());
+        quicstrap_baseline::HttpFetchConfig::new(quicstrap::net::tls::dev::intruder().unwrap());
     cfg.policy.connect_timeout = Duration::from_secs(5);
-    let f = quicstrap::baseline::HttpFetcher::new(cfg).unwrap();
+    let f = quicstrap_baseline::HttpFetcher::new(cfg).unwrap();
     let err = f
         .fetch(&id, &[https_peer(&https)], dst.path(), &Progress::default())
         .await
@@ -276,7 +276,7 @@ fn curl_fetches_the_manifest_and_a_file() {
         r.stdout
     };
     let base = format!("/v1/{}/{}/{}", id.store, id.version, id.partition);
-    let manifest: quicstrap::baseline::Manifest =
+    let manifest: quicstrap_baseline::Manifest =
         serde_json::from_slice(&curl(&format!("{base}/manifest?checksum=md5"), None)).unwrap();
     let file = manifest.files.iter().max_by_key(|f| f.size).unwrap();
     let path = out.path().join(&file.name);
@@ -286,17 +286,18 @@ fn curl_fetches_the_manifest_and_a_file() {
     );
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len() as u64, file.size);
-    let mut h = quicstrap::checksum::Hasher::new(quicstrap::checksum::ChecksumAlgo::Md5);
+    let mut h =
+        quicstrap::store::checksum::Hasher::new(quicstrap::store::checksum::ChecksumAlgo::Md5);
     h.update(&bytes);
     // A cold snapshot knows no SST digest before sending: it follows the body as a trailer.
     assert_eq!(file.digest, "", "{file:?}");
     let headers = std::fs::read_to_string(path.with_extension("headers")).unwrap();
     let trailer = headers
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{}: ", quicstrap::baseline::DIGEST_TRAILER)))
+        .find_map(|l| l.strip_prefix(&format!("{}: ", quicstrap_baseline::DIGEST_TRAILER)))
         .unwrap_or_else(|| panic!("no digest trailer in {headers}"));
     assert_eq!(hex::encode(h.finish()), trailer.trim());
-    let meta: quicstrap::partition::PartitionMeta = serde_json::from_slice(&curl(
+    let meta: quicstrap::store::partition::PartitionMeta = serde_json::from_slice(&curl(
         &format!("{base}/metadata?session={}", manifest.session),
         None,
     ))

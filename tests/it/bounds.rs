@@ -15,11 +15,11 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use crate::common::*;
-use quicstrap::checksum::ChecksumAlgo;
-use quicstrap::partition::TableFormat;
+use quicstrap::net::tls::{self, Identity};
+use quicstrap::net::wire::{write_frame, FrameReader};
 use quicstrap::protocol::{ControlFrame, Reject, RejectReason, Request, PROTOCOL_VERSION};
-use quicstrap::tls::{self, Identity};
-use quicstrap::wire::{write_frame, FrameReader};
+use quicstrap::store::checksum::ChecksumAlgo;
+use quicstrap::store::partition::TableFormat;
 
 /// How much a `serve` process's RSS may grow over 100 000 requests of one transport.
 const RSS_GROWTH_LIMIT_KB: u64 = 2_000;
@@ -135,7 +135,7 @@ async fn https_get(
     let status = resp.status().as_u16();
     let reject = resp
         .headers()
-        .get(quicstrap::baseline::REJECT_HEADER)
+        .get(quicstrap_baseline::REJECT_HEADER)
         .map(|v| v.to_str().unwrap().to_owned());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, reject, String::from_utf8_lossy(&body).into_owned())

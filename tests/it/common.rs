@@ -35,12 +35,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quicstrap::client::{FetchConfig, Fetcher};
-use quicstrap::demo::seed;
-use quicstrap::partition::{PartitionId, TableFormat};
+use quicstrap::net::tls::{self, AllowList};
 use quicstrap::peers::Peer;
 use quicstrap::server::{Server, ServerConfig};
 use quicstrap::snapshot::DataDir;
-use quicstrap::tls::{self, AllowList};
+use quicstrap::store::partition::{PartitionId, TableFormat};
+use testkit::seed;
 
 // Running the `quicstrap` binary is shared with the benchmarks.
 pub use testkit::{
@@ -199,7 +199,7 @@ pub fn open_fds_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Asserts the fetched partition equals the source key by key, metadata included.
 pub fn assert_same(src: &Path, dst: &Path) -> u64 {
-    quicstrap::partition::verify_equal(src, dst).unwrap()
+    quicstrap::store::partition::verify_equal(src, dst).unwrap()
 }
 
 /// Flips one byte in the middle of `path` (same size, different content).
@@ -271,7 +271,7 @@ pub async fn wait_bytes(progress: &quicstrap::client::Progress, bytes: u64) {
 /// A fetcher whose reads are limited to `rate` bytes/s, so a test can act mid-transfer.
 pub fn slow_fetcher(rate: u64, tweak: impl FnOnce(&mut FetchConfig)) -> Arc<Fetcher> {
     Arc::new(fetcher(|c| {
-        c.policy.read_limiter = quicstrap::pacing::RateLimiter::new(rate);
+        c.policy.read_limiter = quicstrap::control::pacing::RateLimiter::new(rate);
         tweak(c);
     }))
 }
@@ -297,7 +297,7 @@ pub async fn poison_snapshot(server: &Server, id: &PartitionId) {
         .unwrap();
     lease
         .snapshot()
-        .digests(quicstrap::checksum::ChecksumAlgo::Md5)
+        .digests(quicstrap::store::checksum::ChecksumAlgo::Md5)
         .await
         .unwrap();
     corrupt(&largest_sst(&lease.snapshot().dir));
@@ -306,29 +306,29 @@ pub async fn poison_snapshot(server: &Server, id: &PartitionId) {
 /// An HTTPS baseline listener over `server`'s snapshots, on a free loopback port.
 pub async fn https_server(
     server: &Server,
-    tweak: impl FnOnce(&mut quicstrap::baseline::HttpServerConfig),
-) -> quicstrap::baseline::HttpServer {
-    let mut cfg = quicstrap::baseline::HttpServerConfig::new(
+    tweak: impl FnOnce(&mut quicstrap_baseline::HttpServerConfig),
+) -> quicstrap_baseline::HttpServer {
+    let mut cfg = quicstrap_baseline::HttpServerConfig::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         tls::dev::server().unwrap(),
         AllowList::parse(tls::dev::ALLOW),
         TableFormat::Block,
     );
     tweak(&mut cfg);
-    quicstrap::baseline::HttpServer::start(cfg, server.snapshots().clone())
+    quicstrap_baseline::HttpServer::start(cfg, server.snapshots().clone())
         .await
         .unwrap()
 }
 
 /// A baseline fetcher with the dev client identity and short timeouts for tests.
 pub fn https_fetcher(
-    tweak: impl FnOnce(&mut quicstrap::baseline::HttpFetchConfig),
-) -> quicstrap::baseline::HttpFetcher {
-    let mut cfg = quicstrap::baseline::HttpFetchConfig::new(tls::dev::client().unwrap());
+    tweak: impl FnOnce(&mut quicstrap_baseline::HttpFetchConfig),
+) -> quicstrap_baseline::HttpFetcher {
+    let mut cfg = quicstrap_baseline::HttpFetchConfig::new(tls::dev::client().unwrap());
     cfg.policy.idle_timeout = Duration::from_secs(5);
     cfg.policy.connect_timeout = Duration::from_secs(5);
     tweak(&mut cfg);
-    quicstrap::baseline::HttpFetcher::new(cfg).unwrap()
+    quicstrap_baseline::HttpFetcher::new(cfg).unwrap()
 }
 
 /// The outcome line `scripts/chaos.sh` collects into CHAOS.md, for a scenario that ran: did
@@ -381,8 +381,8 @@ pub fn hand_played_peer() -> quinn::Endpoint {
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap(),
     ));
     cfg.transport_config(Arc::new(
-        quicstrap::transport::TransportTuning::default()
-            .transport_config(quicstrap::transport::Side::Server),
+        quicstrap::net::transport::TransportTuning::default()
+            .transport_config(quicstrap::net::transport::Side::Server),
     ));
     quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
 }
@@ -443,7 +443,7 @@ pub fn seeded(partition: u32, records: u64) -> (tempfile::TempDir, PartitionId, 
 /// A server of `src` writing at `rate` bytes/s, so a test can act mid-transfer.
 pub async fn server_at(src: &Path, rate: u64, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     server(src, |c| {
-        c.policy.write_limiter = quicstrap::pacing::RateLimiter::new(rate);
+        c.policy.write_limiter = quicstrap::control::pacing::RateLimiter::new(rate);
         tweak(c);
     })
     .await

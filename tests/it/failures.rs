@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use quicstrap::client::{AttemptError, Fallback, FetchError, NextStep};
-use quicstrap::partition::TableFormat;
+use quicstrap::store::partition::TableFormat;
 
 fn rejected(a: &quicstrap::client::Attempt) -> &str {
     a.outcome.as_str()
@@ -163,7 +163,7 @@ async fn a_file_shorter_than_announced_is_refused_and_cleaned_up() {
     let lease = bad.snapshots().acquire(&id, Instant::now()).await.unwrap();
     lease
         .snapshot()
-        .digests(quicstrap::checksum::ChecksumAlgo::Md5)
+        .digests(quicstrap::store::checksum::ChecksumAlgo::Md5)
         .await
         .unwrap();
     // Break the hard link first so the source DB stays intact, then truncate the copy.
@@ -411,7 +411,7 @@ async fn a_failed_attempt_does_not_wait_for_other_partitions_files() {
     seed(slow_src.path(), &busy_id, 40_000, 1000, 40_000);
     seed(bad_src.path(), &bad_id, 5_000, 500, 5_000);
     let slow = server(slow_src.path(), |c| {
-        c.policy.write_limiter = quicstrap::pacing::RateLimiter::new(2_000_000)
+        c.policy.write_limiter = quicstrap::control::pacing::RateLimiter::new(2_000_000)
     })
     .await;
     let bad = server(bad_src.path(), |_| {}).await;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use crate::common::*;
 use quicstrap::client::FetchError;
+use quicstrap::net::wire::{write_frame, FrameReader};
 use quicstrap::protocol::{
     encode, Accept, ControlFrame, FileEntry, FileHeader, FileTrailer, PartitionMeta, Request,
 };
-use quicstrap::wire::{write_frame, FrameReader};
 
 /// What the hostile server got: the connection, the control stream, the request.
 struct Session {
@@ -52,7 +52,8 @@ where
 }
 
 fn md5(content: &[u8]) -> Vec<u8> {
-    let mut h = quicstrap::checksum::Hasher::new(quicstrap::checksum::ChecksumAlgo::Md5);
+    let mut h =
+        quicstrap::store::checksum::Hasher::new(quicstrap::store::checksum::ChecksumAlgo::Md5);
     h.update(content);
     h.finish()
 }

@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use quicstrap::bootstrap::BootstrapError;
-use quicstrap::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath, LostRange};
 use quicstrap::client::Progress;
-use quicstrap::demo::seed;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
 use quicstrap::ingest::{
     self, BadRecordPolicy, CatchUpConfig, CatchUpError, IngestState, IngestStats, LogError,
     LogSource, Until,
 };
-use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::jobs::bootstrap::BootstrapError;
+use quicstrap::jobs::bootstrap::{bootstrap, BootstrapConfig, BootstrapPath, LostRange};
+use quicstrap::store::partition::{self, PartitionId, TableFormat};
+use testkit::seed;
 
 /// The broker under test; these tests need a real one and say so loudly.
 pub fn brokers() -> String {
@@ -129,7 +129,7 @@ async fn boot(
     root: &std::path::Path,
     id: &PartitionId,
     threshold: u64,
-) -> quicstrap::bootstrap::BootstrapReport {
+) -> quicstrap::jobs::bootstrap::BootstrapReport {
     let mut log = KafkaLog::new(&brokers(), &ingest::topic(id), id.partition).unwrap();
     bootstrap(
         f,
@@ -236,7 +236,7 @@ async fn what_a_killed_fetch_kept_goes_once_kafka_builds_the_partition() {
     let src = tempfile::tempdir().unwrap();
     crate::common::seed(src.path(), &id, 20_000, 1000, 2_000);
     let slow = server(src.path(), |c| {
-        c.policy.write_limiter = quicstrap::pacing::RateLimiter::new(5_000_000);
+        c.policy.write_limiter = quicstrap::control::pacing::RateLimiter::new(5_000_000);
     })
     .await;
     let root = tempfile::tempdir().unwrap();

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use crate::common::*;
 
-use quicstrap::demo::seed;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
 use quicstrap::ingest::{self, CatchUpConfig, CatchUpError, Until};
-use quicstrap::partition::{self, PartitionId, TableFormat};
+use quicstrap::store::partition::{self, PartitionId, TableFormat};
+use testkit::seed;
 
 fn kafka(cmd: &str) {
     let script = testkit::workspace_root().join("scripts/kafka.sh");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use quicstrap::client::NextStep;
-use quicstrap::pacing::RateLimiter;
+use quicstrap::control::pacing::RateLimiter;
 use quicstrap::Peer;
 
 /// The token bucket may run ahead of its rate by its credit (100 ms) plus one chunk.
@@ -189,7 +189,7 @@ fn sent(quic: &quicstrap::Server) -> u64 {
 /// Returns the most of that, of `budget`'s grant, and of its connections at once.
 async fn sample_queue(
     servers: &[&quicstrap::Server],
-    budget: &quicstrap::budget::BufferBudget,
+    budget: &quicstrap::control::budget::BufferBudget,
     runs: &[Run],
 ) -> (u64, u64, usize) {
     let (mut queued, mut granted, mut conns) = (0, 0, 0);
@@ -265,7 +265,7 @@ async fn four_clients_share_the_servers_send_budget_and_none_starves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_holds_no_more_unread_data_than_its_receive_budget() {
     let _turn = turn(Needs::Nothing).await;
-    const CAP: u64 = 2 * quicstrap::transport::MIN_RECV_WINDOW + 4 * (2 << 20);
+    const CAP: u64 = 2 * quicstrap::net::transport::MIN_RECV_WINDOW + 4 * (2 << 20);
     let src = tempfile::tempdir().unwrap();
     let ids: Vec<_> = (0..4).map(|p| id(90 + p)).collect();
     for id in &ids {

@@ -80,7 +80,7 @@ fn metrics_count_transfers_bytes_and_snapshots() {
         0.0
     );
     let sent = value(&after, "quicstrap_bytes_sent_total");
-    let (_, on_disk) = quicstrap::partition::dir_summary(&id.dir(dst.path())).unwrap();
+    let (_, on_disk) = quicstrap::store::partition::dir_summary(&id.dir(dst.path())).unwrap();
     assert!(
         sent > 0.0 && sent <= on_disk as f64,
         "sent {sent}, fetched {on_disk}"
@@ -136,7 +136,7 @@ fn https_listeners_are_counted_apart_from_quic() {
         &after,
         &format!("quicstrap_https_bytes_sent_total{{listener=\"{https}\"}}"),
     );
-    let files = quicstrap::partition::dir_summary(&id.dir(dst.path())).unwrap();
+    let files = quicstrap::store::partition::dir_summary(&id.dir(dst.path())).unwrap();
     // Every file went out once (the metadata is not a file).
     assert!(
         sent > 0.0 && sent <= files.1 as f64,

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use quicstrap::tls::{self, AllowList};
+use quicstrap::net::tls::{self, AllowList};
 
 /// Waits (bounded) for a child to exit; its status.
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
@@ -113,7 +113,7 @@ async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
     let https = https_server(&quic, |_| {}).await;
     let addr = https.local_addr();
     let f = https_fetcher(|c| {
-        c.policy.read_limiter = quicstrap::pacing::RateLimiter::new(8_000_000);
+        c.policy.read_limiter = quicstrap::control::pacing::RateLimiter::new(8_000_000);
     });
     let progress = std::sync::Arc::new(quicstrap::client::Progress::default());
     let fetch = {

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::common::*;
-use quicstrap::partition::{self, TableFormat};
+use quicstrap::store::partition::{self, TableFormat};
 use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 
 const CFS: [&str; 3] = ["default", "users", "events"];
@@ -159,7 +159,7 @@ fn sst_files_quicstrap_writes_stay_readable_by_rocksdb_8() {
     let _turn = turn_blocking(Needs::Nothing);
     let dir = tempfile::tempdir().unwrap();
     // Seeded (the benchmarks' and demo's partitions) ...
-    quicstrap::demo::seed::seed(dir.path(), TableFormat::Block, 20_000, 100, 5_000).unwrap();
+    testkit::seed::seed(dir.path(), TableFormat::Block, 20_000, 100, 5_000).unwrap();
     let seeded = format_versions(dir.path());
     assert!(seeded.len() >= 3);
     // ... and written by ingestion into a partition the node opened.

@@ -13,11 +13,11 @@ use std::time::Duration;
 use crate::common::*;
 use crate::dns::{Dnsmasq, DOMAIN};
 use crate::kafka::{brokers, content};
-use quicstrap::demo::seed::seed_value;
 use quicstrap::ingest::{self, kafka::KafkaWriter};
-use quicstrap::partition::PartitionId;
 use quicstrap::peers::dns::srv_name;
+use quicstrap::store::partition::PartitionId;
 use serde_json::Value;
+use testkit::seed::seed_value;
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -501,8 +501,10 @@ fn copy_dir(from: &Path, root: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_recovery_leaves_each_partition_valid_or_suspended_and_nothing_else() {
     use quicstrap::ingest::local::LocalLog;
+    use quicstrap::jobs::recover::{
+        recover, RecoverConfig, RecoverError, RecoverProgress, Sources,
+    };
     use quicstrap::peers::StaticPeers;
-    use quicstrap::recover::{recover, RecoverConfig, RecoverError, RecoverProgress, Sources};
     let _turn = turn(Needs::Nothing).await;
     let src = tempfile::tempdir().unwrap();
     let ids: Vec<_> = (70..74).map(id).collect();

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use crate::common::*;
 use quicstrap::client::resume::{Journal, JOURNAL_FILE};
+use quicstrap::net::wire::write_frame;
 use quicstrap::protocol::{
     encode, ControlFrame, FileStart, Reject, RejectReason, Request, Resume, PROTOCOL_VERSION,
 };
-use quicstrap::wire::write_frame;
 
 /// Records of the partitions here: ~40 MB in ten SSTs, several in flight at once.
 const RECORDS: u64 = 40_000;
@@ -238,8 +238,8 @@ enum V1Frame {
         store: String,
         store_version: u32,
         partition: u32,
-        table_format: quicstrap::partition::TableFormat,
-        checksum: quicstrap::checksum::ChecksumAlgo,
+        table_format: quicstrap::store::partition::TableFormat,
+        checksum: quicstrap::store::checksum::ChecksumAlgo,
     },
 }
 
@@ -255,8 +255,8 @@ async fn clients_of_versions_1_and_2_are_refused_as_unsupported() {
         store: id.store.clone(),
         store_version: id.version,
         partition: id.partition,
-        table_format: quicstrap::partition::TableFormat::Block,
-        checksum: quicstrap::checksum::ChecksumAlgo::Md5,
+        table_format: quicstrap::store::partition::TableFormat::Block,
+        checksum: quicstrap::store::checksum::ChecksumAlgo::Md5,
     };
     // Version 2's request has version 3's layout: only the version differs.
     let mut v2 = raw_request(&id, 2, None);
@@ -289,7 +289,7 @@ async fn servers_of_versions_1_and_2_refuse_this_client_typed() {
         tokio::spawn(async move {
             let conn = old_server.accept().await.unwrap().await.unwrap();
             let (mut send, recv) = conn.accept_bi().await.unwrap();
-            let mut reader = quicstrap::wire::FrameReader::new(recv, 1 << 16);
+            let mut reader = quicstrap::net::wire::FrameReader::new(recv, 1 << 16);
             let raw = reader.next_raw().await.unwrap().unwrap();
             let version = match speaks {
                 1 => {
@@ -335,8 +335,8 @@ fn raw_request(
         store: id.store.clone(),
         store_version: id.version,
         partition: id.partition,
-        table_format: quicstrap::partition::TableFormat::Block,
-        checksum: quicstrap::checksum::ChecksumAlgo::Md5,
+        table_format: quicstrap::store::partition::TableFormat::Block,
+        checksum: quicstrap::store::checksum::ChecksumAlgo::Md5,
         resume,
     })
 }
@@ -345,7 +345,7 @@ fn raw_request(
 /// would tell the server the client went away, which is an interruption of its own.
 struct RawControl {
     send: quinn::SendStream,
-    _reader: quicstrap::wire::FrameReader,
+    _reader: quicstrap::net::wire::FrameReader,
 }
 
 /// Sends `request` on a new control stream of `conn` and returns the answer (past
@@ -353,7 +353,7 @@ struct RawControl {
 async fn ask(conn: &quinn::Connection, request: &ControlFrame) -> (ControlFrame, RawControl) {
     let (mut send, recv) = conn.open_bi().await.unwrap();
     write_frame(&mut send, request).await.unwrap();
-    let mut reader = quicstrap::wire::FrameReader::new(recv, 1 << 24);
+    let mut reader = quicstrap::net::wire::FrameReader::new(recv, 1 << 24);
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(15), reader.next_frame())
             .await

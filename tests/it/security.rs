@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use quicstrap::checksum::ChecksumAlgo;
 use quicstrap::client::{FetchConfig, FetchError, Fetcher};
-use quicstrap::partition::TableFormat;
+use quicstrap::net::tls;
 use quicstrap::protocol::{
     encode, ControlFrame, FrameDecoder, Reject, RejectReason, Request, PROTOCOL_VERSION,
 };
-use quicstrap::tls;
+use quicstrap::store::checksum::ChecksumAlgo;
+use quicstrap::store::partition::TableFormat;
 
 async fn refused_with(identity: tls::Identity) {
     let src = tempfile::tempdir().unwrap();
@@ -107,7 +107,7 @@ async fn answer_with(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> Co
     if finish {
         let _ = send.finish();
     }
-    let mut reader = quicstrap::wire::FrameReader::new(recv, 1 << 24);
+    let mut reader = quicstrap::net::wire::FrameReader::new(recv, 1 << 24);
     loop {
         let frame =
             tokio::time::timeout(Duration::from_secs(15), reader.next_frame::<ControlFrame>())

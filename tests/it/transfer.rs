@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use quicstrap::checksum::ChecksumAlgo;
 use quicstrap::client::RECEIPT_FILE;
-use quicstrap::partition;
+use quicstrap::store::checksum::ChecksumAlgo;
+use quicstrap::store::partition;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetches_many_files_including_an_empty_one_and_one_over_the_window() {
@@ -106,7 +106,7 @@ async fn concurrent_fetches_share_one_snapshot_and_its_digests() {
         (size..=4 * size).contains(&digested),
         "{digested} bytes digested for 4 fetches of {size}"
     );
-    let manifest = snap.manifest(quicstrap::checksum::ChecksumAlgo::Md5);
+    let manifest = snap.manifest(quicstrap::store::checksum::ChecksumAlgo::Md5);
     assert!(manifest.iter().all(|f| f.digest_known()));
     // A later request within the TTL reuses it as well, and digests nothing.
     let later = tempfile::tempdir().unwrap();

@@ -1,0 +1,299 @@
+//! What a fetch is told and what it tells back: its configuration, its live progress (and
+//! cancel switch), its counters and its report.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::control::pacing::RateLimiter;
+use crate::net::tls::Identity;
+use crate::net::transport::TransportTuning;
+use crate::store::checksum::ChecksumAlgo;
+use crate::store::partition::{PartitionMeta, TableFormat};
+
+use super::error::NextStep;
+
+/// What a fetch asks for and how patiently it waits, whatever the transport: the QUIC
+/// [`FetchConfig`] and the HTTPS baseline's config both hold one, so the two transports are
+/// set up — and compared — on the same terms.
+#[derive(Clone, Debug)]
+pub struct FetchPolicy {
+    /// This node's certificate, key and trusted CA.
+    pub identity: Identity,
+    /// Table format this node opens.
+    pub table_format: TableFormat,
+    /// Digest asked for in manifests.
+    pub checksum: ChecksumAlgo,
+    /// Connect + handshake timeout (10 s).
+    pub connect_timeout: Duration,
+    /// Give up on a peer after this long without a byte (60 s).
+    pub idle_timeout: Duration,
+    /// The slow-peer floor, bytes/s (32 KiB/s): an attempt that receives less than this over
+    /// a whole [`Self::rate_window`] ends as `too_slow` — what arrived is kept, another peer is
+    /// asked if there is one. 0 turns it off. There is no wall-clock limit on a partition: a
+    /// transfer that still moves is never thrown away for being slow.
+    pub min_rate: u64,
+    /// The window the floor is measured over (2 min).
+    pub rate_window: Duration,
+    /// Read-rate limit shared by every transfer of this process (default
+    /// [`crate::control::pacing::DEFAULT_RATE`]).
+    pub read_limiter: Arc<RateLimiter>,
+}
+
+impl FetchPolicy {
+    /// Defaults around an identity.
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            table_format: TableFormat::Block,
+            checksum: ChecksumAlgo::Md5,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            min_rate: 32 * 1024,
+            rate_window: Duration::from_secs(120),
+            read_limiter: RateLimiter::new(crate::control::pacing::DEFAULT_RATE),
+        }
+    }
+}
+
+/// Knobs of the fetching side.
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// What to ask for, how long to wait, how fast to read.
+    pub policy: FetchPolicy,
+    /// QUIC knobs.
+    pub tuning: TransportTuning,
+    /// Local UDP address (port 0 picks one).
+    pub bind: SocketAddr,
+    /// Shuffle peers before trying them (on by default; tests turn it off for a fixed order).
+    pub shuffle: bool,
+    /// Partitions received at once (20); further fetches wait their turn, so a node
+    /// recovering hundreds of partitions neither opens hundreds of temp dirs nor asks every
+    /// peer at once.
+    pub max_partitions: usize,
+    /// Handshakes of the connectivity check running at once (16).
+    pub check_concurrency: usize,
+    /// Longest the whole connectivity check may take (60 s); peers not checked by then count
+    /// as unreachable for this fetch.
+    pub check_timeout: Duration,
+    /// How long a connectivity verdict (good or bad) is trusted (30 s).
+    pub check_freshness: Duration,
+    /// Most bytes all partitions this fetcher receives at once may hold unread (default
+    /// 256 MiB): the receive windows quinn grants plus the receive buffers. Each connection's
+    /// window follows its path within that (`budget`).
+    pub max_recv_buffer: u64,
+    /// Keep what an interrupted attempt received and ask the same peer for the rest only
+    /// (on by default). Off: every attempt starts from byte 0 and leaves nothing behind.
+    pub resume: bool,
+    /// How old a kept transfer's journal may be and still be resumed (10 min, the servers'
+    /// default window); older ones are deleted.
+    pub resume_window: Duration,
+    /// Attempts at the peer holding kept files, in a row without a byte arriving, before
+    /// moving on to the next peer (10); with the pauses below they outlast an outage of about
+    /// four minutes.
+    pub max_resumes: u32,
+    /// First pause before asking that peer again (1 s); doubles up to [`Self::backoff_max`].
+    pub backoff_first: Duration,
+    /// Longest pause between two attempts at the same peer (30 s).
+    pub backoff_max: Duration,
+}
+
+impl FetchConfig {
+    /// Defaults around an identity.
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            policy: FetchPolicy::new(identity),
+            tuning: TransportTuning::default(),
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            shuffle: true,
+            max_partitions: 20,
+            check_concurrency: 16,
+            check_timeout: Duration::from_secs(60),
+            check_freshness: Duration::from_secs(30),
+            max_recv_buffer: crate::control::budget::DEFAULT_CAP,
+            resume: true,
+            resume_window: Duration::from_secs(10 * 60),
+            max_resumes: 10,
+            backoff_first: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// The fetch machine's rules these knobs describe.
+    pub fn rules(&self) -> crate::protocol::fetch::FetchRules {
+        crate::protocol::fetch::FetchRules {
+            max_resumes: if self.resume { self.max_resumes } else { 0 },
+            backoff_first: self.backoff_first,
+            backoff_max: self.backoff_max,
+            resume_window: self.resume_window,
+        }
+    }
+}
+
+/// The outcome of one attempt at one peer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    /// The peer.
+    pub peer: String,
+    /// `ok` or the error label.
+    pub outcome: String,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// What the loop did next.
+    pub next_step: Option<NextStep>,
+    /// Payload bytes received in this attempt.
+    pub bytes: u64,
+    /// Bytes an earlier attempt (or an earlier run) received that this one kept: not sent
+    /// again.
+    pub resumed_bytes: u64,
+    /// Bytes an earlier attempt received that this one could not keep (another peer, the
+    /// snapshot gone, a held prefix that failed its digest), so they were asked for again.
+    pub resent_bytes: u64,
+    /// Wall time of the attempt.
+    pub seconds: f64,
+    /// Seconds from the attempt's start to its first file byte: what the peer's preparation
+    /// cost (absent when no file byte came).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_seconds: Option<f64>,
+    /// Seconds the commit took: checking the database, the receipt, the rename (absent when
+    /// the attempt did not get that far).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_seconds: Option<f64>,
+}
+
+/// A successful fetch.
+#[derive(Clone, Debug, Serialize)]
+pub struct FetchReport {
+    /// The partition.
+    pub partition: String,
+    /// Where it now is.
+    pub dir: PathBuf,
+    /// The peer it came from.
+    pub peer: String,
+    /// Every attempt, in order (the last one succeeded).
+    pub attempts: Vec<Attempt>,
+    /// Files received.
+    pub files: usize,
+    /// Payload bytes received in the successful attempt.
+    pub bytes: u64,
+    /// Wall time from the first request to the rename.
+    pub seconds: f64,
+    /// Offset and version state of the snapshot (Kafka catch-up starts after `offset`).
+    pub meta: PartitionMeta,
+}
+
+/// Live progress of a fetch, and its cancel switch: poll it from another task for a progress
+/// bar; call [`Progress::cancel`] to suspend the fetch — every file handle closed, what arrived
+/// kept with its journal for a rerun to resume (dropping the fetch future also stops it, but
+/// cannot wait for file handles to close).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of the current attempt's manifest.
+    pub total: AtomicU64,
+    /// Bytes received in the current attempt.
+    pub received: Arc<AtomicU64>,
+    /// Attempts started so far.
+    pub attempts: AtomicU64,
+    /// Bytes of the current attempt's manifest already held from an earlier attempt.
+    pub resumed: AtomicU64,
+    /// Bytes held from an earlier attempt that the current one discarded.
+    pub resent: AtomicU64,
+    /// When the current attempt's first file byte arrived.
+    pub first_byte: FirstByte,
+    /// How long the current attempt's commit took.
+    pub(crate) commit: Mutex<Option<Duration>>,
+    switch: CancelSwitch,
+}
+
+/// When an attempt's first file byte arrived, shared with the tasks that receive its files.
+#[derive(Clone, Debug, Default)]
+pub struct FirstByte(Arc<Mutex<Option<Instant>>>);
+
+impl FirstByte {
+    /// A file's bytes are arriving: the first call of an attempt sets the time.
+    pub fn mark(&self) {
+        crate::store::lock::unpoisoned(&self.0).get_or_insert_with(Instant::now);
+    }
+
+    /// The time set since the last call, if any, and forgets it (a new attempt starts).
+    pub fn take(&self) -> Option<Instant> {
+        crate::store::lock::unpoisoned(&self.0).take()
+    }
+}
+
+impl Progress {
+    /// Asks the fetch to stop: the attempt in flight ends, keeps what arrived for a resume and
+    /// tells the peer `Suspend`, and the fetch ends with [`super::AttemptError::Cancelled`]
+    /// (no Kafka fallback; a rerun resumes).
+    pub fn cancel(&self) {
+        self.switch.cancel();
+    }
+
+    /// True once [`Self::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.switch.is_cancelled()
+    }
+
+    /// Resolves once [`Self::cancel`] is called: a transport selects on it to stop an
+    /// attempt at once.
+    pub async fn cancelled(&self) {
+        self.switch.cancelled().await;
+    }
+}
+
+/// A flag set once that tasks can also wait for: the cancel of a fetch, and of a recovery.
+#[derive(Debug, Default)]
+pub(crate) struct CancelSwitch {
+    cancelled: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelSwitch {
+    /// Sets the flag and wakes every waiter.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// True once [`Self::cancel`] was called.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Returns once [`Self::cancel`] was called (at once if it was already).
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counters of a [`super::Fetcher`], for metrics.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// File payload bytes received, in every attempt.
+    pub bytes_received: AtomicU64,
+    /// Fetches that ended with the partition in place.
+    pub fetched: AtomicU64,
+    /// Fetches that ended without it.
+    pub failed: AtomicU64,
+    /// Attempts that failed (each moved on to the next peer or gave up).
+    pub attempts_failed: AtomicU64,
+    /// Attempts that ended because the partition did not fit on the local disk.
+    pub insufficient_space: AtomicU64,
+    /// Attempts whose snapshot the log could not continue (refused before commit).
+    pub stale_snapshot: AtomicU64,
+    /// Attempts that ended on a peer breaking the protocol or a bound (a manifest or frame
+    /// over its limit, a digest of the wrong length, a lie about a file).
+    pub protocol_violation: AtomicU64,
+    /// Attempts that ended with the peer still preparing after the prepare limit.
+    pub not_ready: AtomicU64,
+}

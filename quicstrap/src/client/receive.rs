@@ -1,0 +1,259 @@
+//! Receiving one file: bytes go to disk and through the digest in the same pass.
+//!
+//! No second read of the file is ever needed: the size is checked as bytes arrive (no more than
+//! announced is read as file bytes; anything but a digest trailer after them is refused), and
+//! the digest is compared at end of stream with the manifest's or, when the manifest had none,
+//! the trailer's. The file is fsynced before it counts as received.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::control::pacing::RateLimiter;
+use crate::protocol::codec::LEN_PREFIX;
+use crate::protocol::transfer::{expected_digest, MAX_FILES_IN_FLIGHT};
+use crate::protocol::{codes, FileEntry, FileTrailer, FrameDecoder, MAX_TRAILER};
+use crate::store::checksum::{ChecksumAlgo, Hasher};
+
+use super::error::AttemptError;
+
+const BUF: usize = 256 * 1024;
+/// Receive buffers one transfer holds outside quinn: one per file in flight, at most
+/// [`MAX_FILES_IN_FLIGHT`] (streams a server opens beyond it wait unread).
+pub(crate) const RESERVED: u64 = (MAX_FILES_IN_FLIGHT * BUF) as u64;
+
+/// Files one attempt has open for receiving. The attempt's cleanup waits for this to drop to
+/// zero before deleting or committing its temp dir, so no handle outlives its directory; only
+/// the attempt's own files count, so partitions received at the same time never hold it up.
+#[derive(Clone, Debug, Default)]
+pub struct OpenFiles(Arc<AtomicUsize>);
+
+impl OpenFiles {
+    /// Files open right now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A file counted in its attempt's [`OpenFiles`] for as long as it is open, wherever it is
+/// dropped (an aborted task, a blocking fsync).
+struct TrackedFile(std::fs::File, OpenFiles);
+
+impl TrackedFile {
+    fn new(file: std::fs::File, open: OpenFiles) -> Self {
+        open.0.fetch_add(1, Ordering::SeqCst);
+        Self(file, open)
+    }
+}
+
+impl Drop for TrackedFile {
+    fn drop(&mut self) {
+        self.1 .0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Where a file's bytes come from: a QUIC stream, or an HTTP body for the TCP baseline, so
+/// both transports are validated by the very same code.
+// Implemented by concrete stream types and used through generics only, so the futures'
+// `Send` follows from each implementation; no caller names them as trait objects.
+#[allow(async_fn_in_trait)]
+pub trait ByteSource {
+    /// Reads some bytes into `buf`; `None` at end of file.
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError>;
+    /// After the file's last byte: the digest trailer, and nothing after it.
+    async fn trailer(&mut self) -> Result<Result<Vec<u8>, BadTrailer>, AttemptError>;
+    /// Tells the sender to stop: it sent more than announced.
+    fn cut(&mut self);
+}
+
+/// Why what followed a file's last byte is no trailer.
+#[derive(Debug)]
+pub enum BadTrailer {
+    /// More bytes than a trailer holds: the file is longer than announced.
+    More,
+    /// No trailer, or one that does not decode.
+    Malformed(String),
+}
+
+impl ByteSource for quinn::RecvStream {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, AttemptError> {
+        self.read(buf)
+            .await
+            .map_err(|e| AttemptError::from_read(&e))
+    }
+
+    async fn trailer(&mut self) -> Result<Result<Vec<u8>, BadTrailer>, AttemptError> {
+        // The frame and the end of the stream; one byte more is already too many.
+        let limit = LEN_PREFIX + MAX_TRAILER;
+        let mut buf = [0u8; LEN_PREFIX + MAX_TRAILER + 1];
+        let mut filled = 0;
+        while let Some(n) = self
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|e| AttemptError::from_read(&e))?
+        {
+            filled += n;
+            if filled > limit {
+                return Ok(Err(BadTrailer::More));
+            }
+        }
+        Ok(decode_trailer(&buf[..filled]))
+    }
+
+    fn cut(&mut self) {
+        let _ = self.stop(codes::PROTOCOL.into());
+    }
+}
+
+/// The trailer frame that `bytes` must be, exactly.
+fn decode_trailer(bytes: &[u8]) -> Result<Vec<u8>, BadTrailer> {
+    let mut dec = FrameDecoder::new(MAX_TRAILER);
+    dec.push(bytes);
+    match dec.next_frame::<FileTrailer>() {
+        Ok(Some(t)) if dec.pending() == 0 => Ok(t.digest),
+        Ok(Some(_)) | Err(crate::protocol::DecodeError::TooLarge { .. }) => Err(BadTrailer::More),
+        Ok(None) => Err(BadTrailer::Malformed(
+            "the stream ended without a digest trailer".into(),
+        )),
+        Err(e) => Err(BadTrailer::Malformed(format!("digest trailer: {e}"))),
+    }
+}
+
+/// Opens `path` to continue it at byte `offset`: the first `offset` bytes are kept and read
+/// back into the digest (so the full-file digest covers them too), anything after them is
+/// cut. At offset 0 the file is created, or emptied if a kept dir still holds one.
+fn open_at(
+    path: &std::path::Path,
+    offset: u64,
+    algo: ChecksumAlgo,
+) -> std::io::Result<(std::fs::File, Hasher)> {
+    use std::io::{Read, Seek};
+    let mut hasher = Hasher::new(algo);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(offset == 0)
+        .open(path)?;
+    if offset > 0 {
+        file.set_len(offset)?;
+        let mut buf = vec![0u8; BUF];
+        let mut left = offset;
+        while left > 0 {
+            let n = file.read(&mut buf[..BUF.min(left as usize)])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} shorter than its resume offset", path.display()),
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        file.seek(std::io::SeekFrom::Start(offset))?;
+    }
+    Ok((file, hasher))
+}
+
+/// Receives `entry` from `stream` into `path`, the stream carrying the bytes from `offset` on
+/// (the ones before are on disk already); returns the bytes received.
+#[allow(clippy::too_many_arguments)]
+pub async fn receive_file(
+    mut stream: impl ByteSource,
+    path: PathBuf,
+    entry: FileEntry,
+    offset: u64,
+    algo: ChecksumAlgo,
+    progress: Arc<AtomicU64>,
+    limiter: Arc<RateLimiter>,
+    open: OpenFiles,
+) -> Result<u64, AttemptError> {
+    let (mut file, mut hasher) = if offset == 0 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(AttemptError::local)?;
+        (TrackedFile::new(file, open), Hasher::new(algo))
+    } else {
+        // Counted while the prefix is read back too: the attempt's cleanup waits for it.
+        let at = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let (file, hasher) = open_at(&at, offset, algo)?;
+            Ok::<_, std::io::Error>((TrackedFile::new(file, open), hasher))
+        })
+        .await
+        .map_err(|e| AttemptError::LocalIo(e.to_string()))?
+        .map_err(AttemptError::local)?
+    };
+    let mut buf = vec![0u8; BUF];
+    let mut total = offset;
+    // No more than the file's bytes are read as file bytes: its trailer follows them.
+    while total < entry.size {
+        let want = BUF.min((entry.size - total) as usize);
+        let mut filled = 0;
+        let mut eof = false;
+        while filled < want {
+            match stream.read_some(&mut buf[filled..want]).await? {
+                Some(n) => {
+                    filled += n;
+                    // Progress is every byte as it arrives, not per buffer written: on a
+                    // slow share of a slow path, filling one buffer per file can take longer
+                    // than the idle timeout, and a transfer that moves must never look idle.
+                    progress.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                None => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if filled > 0 {
+            hasher.update(&buf[..filled]);
+            file.0
+                .write_all(&buf[..filled])
+                .map_err(AttemptError::local)?;
+            total += filled as u64;
+            // Pay for these bytes before reading more: with reads paused, QUIC flow control
+            // holds the sender back instead of buffers filling up here.
+            limiter.acquire(filled as u64).await;
+        }
+        if eof {
+            return Err(AttemptError::SizeMismatch {
+                file: entry.name,
+                expected: entry.size,
+                got: total,
+                more: false,
+            });
+        }
+    }
+    let trailer = match stream.trailer().await? {
+        Ok(digest) => digest,
+        Err(BadTrailer::More) => {
+            stream.cut();
+            return Err(AttemptError::SizeMismatch {
+                file: entry.name,
+                expected: entry.size,
+                got: entry.size + 1,
+                more: true,
+            });
+        }
+        Err(BadTrailer::Malformed(m)) => {
+            return Err(AttemptError::Protocol(format!("{}: {m}", entry.name)))
+        }
+    };
+    let want = expected_digest(&entry, &trailer, algo)
+        .map_err(|e| AttemptError::Protocol(e.to_string()))?;
+    if hasher.finish() != want {
+        return Err(AttemptError::ChecksumMismatch { file: entry.name });
+    }
+    tokio::task::spawn_blocking(move || {
+        crate::control::throttle::fsync_latency().time(|| file.0.sync_all())
+    })
+    .await
+    .map_err(|e| AttemptError::LocalIo(e.to_string()))?
+    .map_err(AttemptError::local)?;
+    Ok(total - offset)
+}

@@ -1,0 +1,7 @@
+//! The control level: how fast and how much. One token bucket per direction ([`pacing`]),
+//! receive and send windows under one memory cap ([`budget`]), and rate limits that move
+//! with signals of distress ([`throttle`]).
+
+pub mod budget;
+pub mod pacing;
+pub mod throttle;

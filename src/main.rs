@@ -1,0 +1,132 @@
+//! `quicstrap`: a thin command-line front end over the engine (the `quicstrap` crate), which
+//! also assembles what the engine leaves out: the HTTPS baseline (`quicstrap-baseline`), the
+//! demo and its seed generator (`testkit`), the progress bar. This file parses, hands the
+//! subcommand its options, and turns the outcome into the exit code: 0 done, 1 the work
+//! failed, 2 bad arguments or input the command cannot use, 73 the partition does not fit on
+//! the disk, 75 stopped by a signal with the work kept.
+
+mod args;
+mod demo;
+mod fetch;
+mod progress_bar;
+mod recover;
+mod report;
+mod seed;
+mod serve;
+mod stop;
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "quicstrap",
+    version,
+    about = "Bootstrap RocksDB partitions from peers over QUIC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the partitions under a data directory to allowed peers.
+    Serve(serve::ServeArgs),
+    /// Fetch one partition from the first peer that can serve it.
+    Fetch(fetch::FetchArgs),
+    /// Restore every partition a node is assigned: from discovered peers, then Kafka.
+    Recover(recover::RecoverArgs),
+    /// Create a source partition of N records (several SST files).
+    Seed(seed::SeedArgs),
+    /// Run the end-to-end demo on embedded defaults.
+    Demo(demo::cli::DemoArgs),
+}
+
+/// Why a command did not succeed; the variant is the exit code, the text the one line on
+/// stderr.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad arguments, or input or surroundings the command cannot work with (certificates,
+    /// a store name, a port in use, a data dir another process serves): exit 2.
+    Unusable(String),
+    /// The work was tried and did not succeed (every peer failed, catch-up stopped, the
+    /// demo's result differs): exit 1.
+    Failed(String),
+    /// Stopped by a signal with the work kept: a rerun resumes it (exit [`stop::SUSPENDED`]).
+    Suspended(String),
+    /// The partition does not fit on the disk; what arrived is kept, and a rerun once space
+    /// is freed resumes it (exit [`NO_SPACE`]).
+    NoSpace(String),
+}
+
+/// Exit code of a fetch that stopped for lack of disk space (sysexits' `EX_CANTCREAT`): no
+/// retry helps until someone frees space, unlike an ordinary failure.
+pub const NO_SPACE: u8 = 73;
+
+impl CliError {
+    /// For `map_err`: an error that means the command cannot run as asked.
+    pub fn unusable(e: impl fmt::Display) -> Self {
+        Self::Unusable(e.to_string())
+    }
+
+    /// For `map_err`: an error that means the work failed.
+    pub fn failed(e: impl fmt::Display) -> Self {
+        Self::Failed(e.to_string())
+    }
+
+    /// The line said on stderr (after `quicstrap: `).
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Unusable(m) | Self::Failed(m) | Self::Suspended(m) | Self::NoSpace(m) => m,
+        }
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Unusable(_) => 2,
+            Self::Failed(_) => 1,
+            Self::Suspended(_) => stop::SUSPENDED,
+            Self::NoSpace(_) => NO_SPACE,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // Quiet by default: a failed command says one line; RUST_LOG tells more.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new();
+    let outcome = match &runtime {
+        Ok(rt) => rt.block_on(async move {
+            match cli.cmd {
+                Cmd::Serve(a) => serve::run(a).await,
+                Cmd::Fetch(a) => fetch::run(a).await,
+                Cmd::Recover(a) => recover::run(a).await,
+                Cmd::Seed(a) => seed::run(a),
+                Cmd::Demo(a) => demo::cli::run(a).await,
+            }
+        }),
+        Err(e) => Err(CliError::Unusable(format!("cannot start runtime: {e}"))),
+    };
+    // The one exit point; said while the runtime still stands, since dropping it waits for
+    // blocking work still running.
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quicstrap: {}", e.message());
+            e.exit_code()
+        }
+    }
+}
