@@ -16,8 +16,8 @@ use quicstrap::{metrics, FetchError, FetchReport};
 use quicstrap_baseline::{HttpFetchConfig, HttpFetcher};
 
 use crate::args::{CatchUpArgs, PeerArgs, StoreArgs, TransferArgs};
+use crate::error::CliError;
 use crate::report::{print_fetch_failed, print_report, Bar};
-use crate::CliError;
 
 // The options of `quicstrap fetch`.
 #[derive(Args)]
@@ -143,9 +143,14 @@ async fn fetch(a: FetchArgs) -> Result<(), Failure> {
         return fetch_http(&a, &peers, &id, cfg).await;
     }
     let read_limiter = cfg.policy.read_limiter.clone();
+    let fsync = a
+        .adaptive_throttle
+        .then(quicstrap::control::throttle::fsync_latency);
+    let mut cfg = cfg;
+    cfg.policy.fsync_latency = fsync.clone();
     let fetcher = Arc::new(Fetcher::new(cfg).map_err(usage)?);
-    let throttler = a.adaptive_throttle.then(|| {
-        let fsync = quicstrap::control::throttle::fsync_latency() as Arc<dyn Signal>;
+    let throttler = fsync.map(|fsync| {
+        let fsync = fsync as Arc<dyn Signal>;
         Throttler::adaptive(read_limiter, a.transfer.read_limit, vec![fsync])
     });
     let ingest_stats = Arc::new(IngestStats::default());

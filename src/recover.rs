@@ -16,7 +16,7 @@ use quicstrap::jobs::recover::{
 use quicstrap::store::partition::PartitionId;
 
 use crate::args::{CatchUpArgs, PeerArgs, StoreArgs, TransferArgs};
-use crate::CliError;
+use crate::error::CliError;
 
 // The options of `quicstrap recover`.
 #[derive(Args)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::progress_bar::ProgressBar;
 use quicstrap::client::Progress;
 
-use crate::CliError;
+use crate::error::CliError;
 
 /// Prints `report` as pretty JSON when asked, else the human text; a report that cannot be
 /// serialised is an error (exit 2).

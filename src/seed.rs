@@ -7,7 +7,7 @@ use clap::Args;
 use quicstrap::store::partition::{PartitionId, TableFormat};
 use testkit::seed;
 
-use crate::CliError;
+use crate::error::CliError;
 
 // The options of `quicstrap seed`.
 #[derive(Args)]

@@ -15,7 +15,7 @@ use quicstrap::store::partition::TableFormat;
 use quicstrap_baseline::{HttpServer, HttpServerConfig, TcpCongestion};
 
 use crate::args::{KafkaOpts, ListenSpec, QuicArgs, TlsArgs};
-use crate::CliError;
+use crate::error::CliError;
 
 // The options of `quicstrap serve`.
 #[derive(Args)]

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,21 +15,21 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use quicstrap::client::attempts::{
-    self, check_manifest, receive_file, BadTrailer, ByteSource, FirstByte, OpenFiles, TempDir,
+    self, check_manifest, receive_file, BadTrailer, ByteSource, FirstByte, Landing, OpenFiles,
+    TempDir,
 };
 use quicstrap::client::{
     AttemptError, FetchError, FetchPolicy, FetchReport, FetchStats, Progress, SetupError,
 };
-use quicstrap::control::pacing::RateLimiter;
 use quicstrap::net::tls::{self, Identity};
 use quicstrap::peers::Peer;
 use quicstrap::protocol::fetch::FetchRules;
 use quicstrap::protocol::FileEntry;
-use quicstrap::store::checksum::ChecksumAlgo;
 use quicstrap::store::lock::unpoisoned as lock;
 use quicstrap::store::partition::{PartitionId, PartitionMeta};
 
-use super::{Manifest, TcpCongestion, DIGEST_TRAILER, REJECT_HEADER};
+use crate::http::{Manifest, DIGEST_TRAILER, REJECT_HEADER};
+use crate::tcp::{set_tcp_congestion, TcpCongestion};
 use quicstrap::protocol::RejectReason;
 
 /// Largest JSON body (a manifest) the baseline client reads: the QUIC client's control-frame
@@ -157,7 +157,7 @@ async fn connect(
         }
         .map_err(AttemptError::local)?;
         if let Some(cc) = &cfg.congestion {
-            super::set_tcp_congestion(&sock, cc).map_err(AttemptError::local)?;
+            set_tcp_congestion(&sock, cc).map_err(AttemptError::local)?;
         }
         let tcp = sock
             .connect(peer.addr)
@@ -444,11 +444,9 @@ async fn receive_all(
             format!("{base}/files"),
             session.to_owned(),
             dir.to_owned(),
-            cfg.policy.checksum,
             cfg.policy.idle_timeout,
-            (progress.received.clone(), progress.first_byte.clone()),
-            cfg.policy.read_limiter.clone(),
-            open.clone(),
+            progress.first_byte.clone(),
+            Landing::new(&cfg.policy, progress.received.clone(), open.clone()),
         ));
     }
     let mut bytes = 0;
@@ -479,11 +477,9 @@ async fn worker(
     files_url: String,
     session: String,
     dir: std::path::PathBuf,
-    algo: ChecksumAlgo,
     idle: Duration,
-    (received, first_byte): (Arc<AtomicU64>, FirstByte),
-    limiter: Arc<RateLimiter>,
-    open: OpenFiles,
+    first_byte: FirstByte,
+    landing: Landing,
 ) -> Result<(Conn, u64), AttemptError> {
     let mut total = 0;
     loop {
@@ -505,16 +501,6 @@ async fn worker(
             idle,
         };
         let path = dir.join(&entry.name);
-        total += receive_file(
-            source,
-            path,
-            entry,
-            0,
-            algo,
-            received.clone(),
-            limiter.clone(),
-            open.clone(),
-        )
-        .await?;
+        total += receive_file(source, path, entry, 0, landing.clone()).await?;
     }
 }

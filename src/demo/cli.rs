@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::error::CliError;
 use crate::report::print_report;
-use crate::CliError;
 
 // The options of `quicstrap demo`.
 #[derive(Args)]

@@ -10,7 +10,7 @@ use quicstrap::store::partition::{
 };
 use testkit::seed::{seed_key, seed_value, summary, SeedSummary};
 
-use super::DemoError;
+use super::error::DemoError;
 
 /// The source partition the real way: records produced to Kafka, then ingested from offset 0.
 pub(super) async fn seed_from_kafka(

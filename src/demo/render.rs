@@ -1,7 +1,7 @@
 //! The demo's human report: what was seeded, which peer answered what, how fast, and that
 //! the result matched the source.
 
-use super::DemoSummary;
+use super::run::DemoSummary;
 
 /// Human summary of a demo run.
 pub fn render(s: &DemoSummary) -> String {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::DemoError;
+use super::error::DemoError;
 use quicstrap::client::FetchReport;
 use quicstrap::ingest::kafka::{KafkaLog, KafkaWriter};
 use quicstrap::ingest::{self, local::LocalLog, CatchUpConfig, CatchUpReport, Until};

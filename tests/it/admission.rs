@@ -71,10 +71,7 @@ async fn flooded_server(
     quicstrap::PartitionId,
     quicstrap::server::Server,
 ) {
-    let src = tempfile::tempdir().unwrap();
-    let id = id(partition);
-    seed(src.path(), &id, 20_000, 1000, 5_000);
-    let quic = server(src.path(), |c| {
+    let (src, id, quic) = served(partition, (20_000, 1000, 5_000), |c| {
         c.policy.handshake_timeout = Duration::from_secs(2);
         tweak(c);
     })
@@ -213,10 +210,7 @@ async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_connect_flood_is_capped_per_host_and_allowed_clients_still_fetch() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(52);
-    seed(src.path(), &id, 20_000, 1000, 5_000);
-    let quic = server(src.path(), |_| {}).await;
+    let (src, id, quic) = served(52, (20_000, 1000, 5_000), |_| {}).await;
     let https = https_server(&quic, |c| {
         c.max_connections_per_ip = 8;
         c.policy.handshake_timeout = Duration::from_secs(2);
@@ -259,10 +253,7 @@ async fn https_client(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_clients_are_cut_and_allowed_clients_still_fetch() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(53);
-    seed(src.path(), &id, 20_000, 1000, 5_000);
-    let quic = server(src.path(), |_| {}).await;
+    let (src, id, quic) = served(53, (20_000, 1000, 5_000), |_| {}).await;
     let https = https_server(&quic, |c| {
         c.policy.handshake_timeout = Duration::from_secs(2);
         c.header_timeout = Duration::from_secs(2);
@@ -342,10 +333,7 @@ async fn read_head(s: &mut (impl AsyncReadExt + Unpin)) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_body_releases_its_snapshot() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(54);
-    seed(src.path(), &id, 60_000, 1000, 60_000);
-    let quic = server(src.path(), |_| {}).await;
+    let (_src, _id, quic) = served(54, (60_000, 1000, 60_000), |_| {}).await;
     let https = https_server(&quic, |c| {
         c.write_timeout = Duration::from_secs(2);
         c.policy.idle_timeout = Duration::from_secs(2);

@@ -17,10 +17,7 @@ fn https_peer(h: &quicstrap_baseline::HttpServer) -> Peer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_fetch_equals_the_source_over_one_or_four_connections_on_one_snapshot() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(40);
-    seed(src.path(), &id, 20_000, 500, 2_000);
-    let quic = server(src.path(), |_| {}).await;
+    let (src, id, quic) = served(40, (20_000, 500, 2_000), |_| {}).await;
     let https = https_server(&quic, |_| {}).await;
     for connections in [1, 4] {
         let dst = tempfile::tempdir().unwrap();
@@ -51,11 +48,9 @@ async fn https_fetch_equals_the_source_over_one_or_four_connections_on_one_snaps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_refusals_are_the_same_typed_rejections_and_move_on() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(41);
-    seed(src.path(), &id, 3_000, 200, 1_000);
+    let (src, id) = seeded(41, (3_000, 200, 1_000));
     let busy_q = server(src.path(), |c| c.snapshots.max_users = 0).await;
     let busy = https_server(&busy_q, |_| {}).await;
     let missing_q = server(empty.path(), |_| {}).await;
@@ -90,12 +85,9 @@ async fn https_refusals_are_the_same_typed_rejections_and_move_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
     let _turn = turn(Needs::Nothing).await;
-    let bad_src = tempfile::tempdir().unwrap();
-    let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(42);
-    seed(bad_src.path(), &id, 20_000, 500, 5_000);
-    seed(good_src.path(), &id, 20_000, 500, 5_000);
+    let (bad_src, id) = seeded(42, (20_000, 500, 5_000));
+    let (good_src, _) = seeded(42, (20_000, 500, 5_000));
     let bad_q = server(bad_src.path(), |_| {}).await;
     let bad = https_server(&bad_q, |_| {}).await;
     let good_q = server(good_src.path(), |_| {}).await;
@@ -130,11 +122,8 @@ async fn https_checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_client_not_on_the_allow_list_is_refused() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(43);
-    seed(src.path(), &id, 1_000, 100, 1_000);
-    let quic = server(src.path(), |_| {}).await;
+    let (_src, id, quic) = served(43, (1_000, 100, 1_000), |_| {}).await;
     let https = https_server(&quic, |_| {}).await;
     let mut cfg =
         quicstrap_baseline::HttpFetchConfig::new(quicstrap::net::tls::dev::intruder().unwrap());
@@ -197,12 +186,9 @@ async fn a_stalled_https_client_is_hung_up_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_server_killed_mid_file_leaves_nothing_and_the_next_peer_serves() {
     let _turn = turn(Needs::Nothing).await;
-    let dying_src = tempfile::tempdir().unwrap();
-    let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(44);
-    seed(dying_src.path(), &id, 40_000, 1000, 4_000);
-    seed(good_src.path(), &id, 40_000, 1000, 4_000);
+    let (dying_src, id) = seeded(44, (40_000, 1000, 4_000));
+    let (good_src, _) = seeded(44, (40_000, 1000, 4_000));
     let mut dying = ServeProcess::start(
         dying_src.path(),
         &["--http-listen", "127.0.0.1:0", "--write-limit", "4000000"],
@@ -241,10 +227,8 @@ fn curl_fetches_the_manifest_and_a_file() {
     if Command::new("curl").arg("--version").output().is_err() {
         panic!("curl is not installed (scripts/setup.sh installs it)");
     }
-    let src = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let id = id(45);
-    seed(src.path(), &id, 5_000, 200, 1_000);
+    let (src, id) = seeded(45, (5_000, 200, 1_000));
     let mut serve = ServeProcess::start(src.path(), &["--http-listen", "127.0.0.1:0"]);
     let addr = serve.next_addr("https listening on ");
     let c = certs();

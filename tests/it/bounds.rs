@@ -264,7 +264,7 @@ async fn serve_memory_stays_flat_under_requests_for_missing_partitions() {
 async fn a_client_over_its_share_is_busy_while_others_are_served() {
     let _turn = turn(Needs::Nothing).await;
     let started = Instant::now();
-    let (src, id, _) = seeded(90, 4_000);
+    let (src, id, _) = seeded_1k(90, 4_000);
     // Slow, so an accepted transfer holds its user for the whole test.
     let quic = server_at(src.path(), 100_000, |c| {
         c.snapshots.max_users_per_client = 1
@@ -334,7 +334,7 @@ async fn a_client_over_its_share_is_busy_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_closes_connections_that_carry_no_transfer() {
     let _turn = turn(Needs::Nothing).await;
-    let (src, id, total) = seeded(91, 2_000);
+    let (src, id, total) = seeded_1k(91, 2_000);
     const IDLE: Duration = Duration::from_secs(2);
     // The transfer takes about twice the idle time.
     let rate = total * 1_000 / (2 * IDLE.as_millis() as u64);
@@ -377,7 +377,7 @@ async fn the_server_closes_connections_that_carry_no_transfer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_closes_when_no_transfer_uses_it() {
     let _turn = turn(Needs::Nothing).await;
-    let (src, id, total) = seeded(92, 2_000);
+    let (src, id, total) = seeded_1k(92, 2_000);
     const POOL_IDLE: Duration = Duration::from_millis(500);
     // The transfer takes about four times the pool's idle time.
     let rate = total * 1_000 / (4 * POOL_IDLE.as_millis() as u64);

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_same, id, received, report, seed, temp_dirs, turn_blocking, Needs};
+use crate::common::{assert_same, received, report, seed, seeded, temp_dirs, turn_blocking, Needs};
 use quicstrap::PartitionId;
 use quicstrap_netem::{Dir, Emulator, EmulatorConfig, LinkParams, Loss};
 
@@ -204,9 +204,7 @@ fn still_serves(bed: &Bed, src: &Path, id: &PartitionId, peer: &str) {
 }
 
 fn source(records: u64) -> (tempfile::TempDir, PartitionId) {
-    let src = tempfile::tempdir().unwrap();
-    let id = id(200);
-    seed(src.path(), &id, records, 1000, 4_000);
+    let (src, id) = seeded(200, (records, 1000, 4_000));
     (src, id)
 }
 
@@ -703,9 +701,7 @@ fn slow_path_with(
     let Some(bed) = Bed::start_at(scenario, subnet, rtt_ms, loss, false, rate) else {
         return;
     };
-    let src = tempfile::tempdir().unwrap();
-    let id = id(210 + u32::from(subnet));
-    seed(src.path(), &id, records, 1000, 20_000);
+    let (src, id) = seeded(210 + u32::from(subnet), (records, 1000, 20_000));
     let dst = tempfile::tempdir().unwrap();
     let serve = bed.serve(src.path(), 7000, &[]);
     let start = Instant::now();
@@ -758,9 +754,7 @@ fn slow_path_2_mbit_150_ms_40_mb_in_one_attempt() {
 fn a_1_mb_per_s_read_limit_fetches_120_mb_in_one_attempt() {
     let _turn = turn_blocking(Needs::Nothing);
     // Loopback: the client's own read limit is the slow part, not the link.
-    let src = tempfile::tempdir().unwrap();
-    let id = id(222);
-    seed(src.path(), &id, 120_000, 1000, 20_000);
+    let (src, id) = seeded(222, (120_000, 1000, 20_000));
     let dst = tempfile::tempdir().unwrap();
     let serve = common::ServeProcess::start(src.path(), &[]);
     let start = Instant::now();

@@ -120,6 +120,29 @@ pub fn seed(root: &Path, id: &PartitionId, records: u64, value_size: usize, per_
     .unwrap();
 }
 
+/// A fresh directory holding partition `partition` of the test store, seeded with
+/// `(records, value_size, records_per_sst)`: the source most tests start from.
+pub fn seeded(
+    partition: u32,
+    (records, value_size, per_sst): (u64, usize, u64),
+) -> (tempfile::TempDir, PartitionId) {
+    let src = tempfile::tempdir().unwrap();
+    let id = id(partition);
+    seed(src.path(), &id, records, value_size, per_sst);
+    (src, id)
+}
+
+/// [`seeded`], and an in-process server over it ([`server`], `tweak` applied).
+pub async fn served(
+    partition: u32,
+    shape: (u64, usize, u64),
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> (tempfile::TempDir, PartitionId, Server) {
+    let (src, id) = seeded(partition, shape);
+    let server = server(src.path(), tweak).await;
+    (src, id, server)
+}
+
 pub fn server_config(root: &Path, snaps: &Path, format: TableFormat) -> ServerConfig {
     let _ = root;
     ServerConfig::new(
@@ -430,12 +453,9 @@ pub async fn pid_1_of(unshare: &std::process::Child) -> i32 {
     pid
 }
 
-/// A source partition `id(partition)` of `records` records of 1 000 bytes, 4 000 to an SST:
-/// its root, its id and its bytes on disk.
-pub fn seeded(partition: u32, records: u64) -> (tempfile::TempDir, PartitionId, u64) {
-    let src = tempfile::tempdir().unwrap();
-    let id = id(partition);
-    seed(src.path(), &id, records, 1000, 4_000);
+/// [`seeded`] with `records` records of 1 000 bytes, 4 000 to an SST, and its bytes on disk.
+pub fn seeded_1k(partition: u32, records: u64) -> (tempfile::TempDir, PartitionId, u64) {
+    let (src, id) = seeded(partition, (records, 1000, 4_000));
     let total = testkit::dir_bytes(&id.dir(src.path()));
     (src, id, total)
 }

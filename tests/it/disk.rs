@@ -72,10 +72,8 @@ fn attempt_error(e: &FetchError) -> &AttemptError {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_too_big_for_the_disk_fails_before_the_first_byte() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(70);
     // ~40 MB, on a 64 MiB disk: it fits, but not with the headroom a partition needs.
-    seed(src.path(), &id, 40_000, 1_000, 5_000);
+    let (src, id) = seeded(70, (40_000, 1_000, 5_000));
     let disk = SmallDisk::new(64);
     // What the node already has on that disk.
     let other = id_other();
@@ -122,9 +120,7 @@ fn free(dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filled_mid_transfer_fails_cleanly_and_resumes_once_space_is_freed() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(71);
-    seed(src.path(), &id, 40_000, 1_000, 5_000);
+    let (src, id) = seeded(71, (40_000, 1_000, 5_000));
     // Room for the partition and its headroom (64 MiB) at the start.
     let disk = SmallDisk::new(128);
     let filler = disk.path().join("other-writer");

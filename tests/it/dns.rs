@@ -45,12 +45,10 @@ fn records(dir: &Path, id: &quicstrap::PartitionId, peers: &[(u16, u16)]) -> std
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_found_in_dns_serve_the_partition_and_ttls_are_honoured() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let conf = tempfile::tempdir().unwrap();
-    let id = id(60);
-    seed(src.path(), &id, 3_000, 200, 1_000);
+    let (src, id) = seeded(60, (3_000, 200, 1_000));
     let missing = server(empty.path(), |_| {}).await;
     let good = server(src.path(), |_| {}).await;
     let (pm, pg) = (peer(&missing).addr.port(), peer(&good).addr.port());

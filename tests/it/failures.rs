@@ -16,11 +16,9 @@ fn rejected(a: &quicstrap::client::Attempt) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_not_found_and_format_mismatch_each_move_on() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(0);
-    seed(src.path(), &id, 3_000, 200, 1_000);
+    let (src, id) = seeded(0, (3_000, 200, 1_000));
     let busy = server(src.path(), |c| c.snapshots.max_users = 0).await;
     let missing = server(empty.path(), |_| {}).await;
     let plain = server(empty.path(), |c| c.policy.table_format = TableFormat::Plain).await;
@@ -82,10 +80,8 @@ async fn all_peers_failing_is_a_clear_error_calling_for_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_partition_is_never_touched() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(2);
-    seed(src.path(), &id, 1_000, 100, 1_000);
+    let (src, id) = seeded(2, (1_000, 100, 1_000));
     let existing = id.dir(dst.path());
     std::fs::create_dir_all(&existing).unwrap();
     std::fs::write(existing.join("precious"), b"keep me").unwrap();
@@ -107,12 +103,9 @@ async fn an_existing_partition_is_never_touched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
     let _turn = turn(Needs::Nothing).await;
-    let bad_src = tempfile::tempdir().unwrap();
-    let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(3);
-    seed(bad_src.path(), &id, 20_000, 500, 5_000);
-    seed(good_src.path(), &id, 20_000, 500, 5_000);
+    let (bad_src, id) = seeded(3, (20_000, 500, 5_000));
+    let (good_src, _) = seeded(3, (20_000, 500, 5_000));
     let bad = server(bad_src.path(), |_| {}).await;
     let good = server(good_src.path(), |_| {}).await;
     poison_snapshot(&bad, &id).await;
@@ -155,11 +148,8 @@ async fn checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_shorter_than_announced_is_refused_and_cleaned_up() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(4);
-    seed(src.path(), &id, 10_000, 500, 5_000);
-    let bad = server(src.path(), |_| {}).await;
+    let (_src, id, bad) = served(4, (10_000, 500, 5_000), |_| {}).await;
     let lease = bad.snapshots().acquire(&id, Instant::now()).await.unwrap();
     lease
         .snapshot()
@@ -192,11 +182,8 @@ async fn a_file_shorter_than_announced_is_refused_and_cleaned_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_fetch_leaves_nothing() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(5);
-    seed(src.path(), &id, 60_000, 1000, 10_000);
-    let server = server(src.path(), |_| {}).await;
+    let (_src, id, server) = served(5, (60_000, 1000, 10_000), |_| {}).await;
     // Slowed down so it is surely mid-file when dropped.
     let f = slow_fetcher(20_000_000, |_| {});
     let (task, progress) = spawn_fetch(&f, &id, vec![peer(&server)], dst.path());
@@ -229,12 +216,9 @@ async fn a_cancelled_fetch_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_by_the_node_suspends_keeping_what_arrived_and_asks_for_no_fallback() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(8);
-    seed(src.path(), &id, 60_000, 1000, 10_000);
-    seed(good_src.path(), &id, 1_000, 100, 1_000);
+    let (src, id) = seeded(8, (60_000, 1000, 10_000));
+    let (good_src, _) = seeded(8, (1_000, 100, 1_000));
     let slow = server(src.path(), |_| {}).await;
     let good = server(good_src.path(), |_| {}).await;
     let f = slow_fetcher(20_000_000, |_| {});
@@ -272,12 +256,9 @@ async fn a_cancel_by_the_node_suspends_keeping_what_arrived_and_asks_for_no_fall
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(6);
-    seed(src.path(), &id, 100_000, 1000, 25_000);
-    seed(good_src.path(), &id, 2_000, 100, 1_000);
+    let (src, id) = seeded(6, (100_000, 1000, 25_000));
+    let (good_src, _) = seeded(6, (2_000, 100, 1_000));
     let victim = ServeProcess::start(src.path(), &[]);
     let good = server(good_src.path(), |_| {}).await;
     let f = slow_fetcher(30_000_000, |c| {
@@ -319,12 +300,9 @@ async fn a_peer_killed_mid_file_is_abandoned_without_leftovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_transfer_gives_a_prompt_typed_error_and_releases_snapshots() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let good_src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(7);
-    seed(src.path(), &id, 100_000, 1000, 25_000);
-    seed(good_src.path(), &id, 2_000, 100, 1_000);
+    let (src, id) = seeded(7, (100_000, 1000, 25_000));
+    let (good_src, _) = seeded(7, (2_000, 100, 1_000));
     let snaps = src.path().join(".snapshots");
     let mut stopping = ServeProcess::start(src.path(), &[]);
     let good = server(good_src.path(), |_| {}).await;
@@ -463,9 +441,7 @@ async fn a_failed_attempt_does_not_wait_for_other_partitions_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_under_its_cached_digest_is_caught() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(9);
-    seed(src.path(), &id, 20_000, 500, 5_000);
+    let (src, id) = seeded(9, (20_000, 500, 5_000));
     // Every request makes a new snapshot, which takes SST digests from the cache.
     let s = server(src.path(), |c| c.snapshots.ttl = Duration::ZERO).await;
     let first = fetch_ok(&s, &id).await;

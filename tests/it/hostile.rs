@@ -418,11 +418,8 @@ struct Spent {
 async fn next_peer_after(addr: SocketAddr, outcome: &str, scenario: &str) -> Spent {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::Arc;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(0);
-    seed(src.path(), &id, 1_000, 100, 500);
-    let good = server(src.path(), |_| {}).await;
+    let (src, id, good) = served(0, (1_000, 100, 500), |_| {}).await;
     let f = fetcher(|c| {
         c.policy.idle_timeout = Duration::from_secs(2);
         c.max_resumes = 0;

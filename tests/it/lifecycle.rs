@@ -14,7 +14,7 @@ use quicstrap::client::resume::JOURNAL_FILE;
 const RECORDS: u64 = 40_000;
 
 fn source(partition: u32) -> (tempfile::TempDir, quicstrap::PartitionId, u64) {
-    seeded(partition, RECORDS)
+    seeded_1k(partition, RECORDS)
 }
 
 /// A server writing at 5 MB/s, so a test can act mid-transfer.

@@ -21,11 +21,11 @@ fn min_seconds(bytes: u64, rate: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_giving_up_past_its_partition_timeout_is_resumed_to_the_end() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(60);
-    seed(src.path(), &id, 30_000, 1000, 10_000);
-    let quic = server(src.path(), |c| c.partition_timeout = Duration::from_secs(2)).await;
+    let (src, id, quic) = served(60, (30_000, 1000, 10_000), |c| {
+        c.partition_timeout = Duration::from_secs(2)
+    })
+    .await;
     // Reads at 2 MB/s: 30 MB would take 15 s, and the server gives each transfer 2 s. Small
     // windows keep most of it on the server, so each cut lands mid-transfer.
     let f = slow_fetcher(2_000_000, |c| {

@@ -18,6 +18,7 @@ mod failures;
 mod hostile;
 mod kafka;
 mod kafka_broker;
+mod layout;
 mod lifecycle;
 mod limits;
 mod metrics;

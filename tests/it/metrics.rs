@@ -18,10 +18,8 @@ fn value(text: &str, series: &str) -> f64 {
 #[test]
 fn metrics_count_transfers_bytes_and_snapshots() {
     let _turn = turn_blocking(Needs::Nothing);
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(90);
-    seed(src.path(), &id, 5_000, 200, 1_000);
+    let (src, id) = seeded(90, (5_000, 200, 1_000));
     let mut serve = ServeProcess::start(
         src.path(),
         &[
@@ -95,10 +93,8 @@ fn metrics_count_transfers_bytes_and_snapshots() {
 #[test]
 fn https_listeners_are_counted_apart_from_quic() {
     let _turn = turn_blocking(Needs::Nothing);
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(91);
-    seed(src.path(), &id, 5_000, 200, 1_000);
+    let (src, id) = seeded(91, (5_000, 200, 1_000));
     let mut serve = ServeProcess::start(
         src.path(),
         &[

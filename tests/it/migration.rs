@@ -8,11 +8,8 @@ use crate::common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transfer_survives_a_change_of_client_address() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(0);
-    seed(src.path(), &id, 60_000, 1000, 10_000);
-    let server = server(src.path(), |_| {}).await;
+    let (src, id, server) = served(0, (60_000, 1000, 10_000), |_| {}).await;
     // A read limit keeps the transfer going long enough to move mid-file.
     let f = slow_fetcher(30_000_000, |_| {});
     let before = f.local_addr().unwrap();

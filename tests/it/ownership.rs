@@ -27,10 +27,8 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_the_same_data_dir_is_refused_and_the_first_transfer_completes() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(40);
-    seed(src.path(), &id, 60_000, 1000, 15_000);
+    let (src, id) = seeded(40, (60_000, 1000, 15_000));
     let first = ServeProcess::start(src.path(), &[]);
     let f = slow_fetcher(10_000_000, |_| {});
     let (task, progress) = spawn_fetch(&f, &id, vec![quicstrap::Peer::new(first.addr)], dst.path());
@@ -74,9 +72,7 @@ async fn a_second_serve_on_the_same_data_dir_is_refused_and_the_first_transfer_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_lock_takes_over_once_the_old_process_exits() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(41);
-    seed(src.path(), &id, 2_000, 100, 1_000);
+    let (src, id) = seeded(41, (2_000, 100, 1_000));
     let mut old = ServeProcess::start(src.path(), &[]);
     // A rolling restart: the new process starts first and waits for the lock.
     let mut cmd = serve_command_in(None, src.path(), "127.0.0.1:0");
@@ -104,11 +100,9 @@ async fn wait_for_lock_takes_over_once_the_old_process_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(42);
     // Many small files: the client asks for one after another on its keep-alive connection.
-    seed(src.path(), &id, 40_000, 1000, 1_000);
+    let (src, id) = seeded(42, (40_000, 1000, 1_000));
     let quic = server(src.path(), |_| {}).await;
     let https = https_server(&quic, |_| {}).await;
     let addr = https.local_addr();
@@ -133,10 +127,7 @@ async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_certificate_does_not_pass_for_an_allowed_name() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(44);
-    seed(src.path(), &id, 1_000, 100, 500);
-    let quic = server(src.path(), |c| {
+    let (_src, id, quic) = served(44, (1_000, 100, 500), |c| {
         c.policy.allow = AllowList::parse("client.quicstrap.test");
     })
     .await;
@@ -194,9 +185,7 @@ fn serve_and_fetch_trust_nothing_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_name_pins_which_server_certificates_the_client_accepts() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(45);
-    seed(src.path(), &id, 1_000, 100, 500);
+    let (src, id) = seeded(45, (1_000, 100, 500));
     let serve = ServeProcess::start(src.path(), &[]);
     let peer = serve.addr.to_string();
     let fetch = |pin: &str| {

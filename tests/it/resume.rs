@@ -21,7 +21,7 @@ use quicstrap::protocol::{
 const RECORDS: u64 = 40_000;
 
 fn source(partition: u32) -> (tempfile::TempDir, quicstrap::PartitionId, u64) {
-    seeded(partition, RECORDS)
+    seeded_1k(partition, RECORDS)
 }
 
 /// A server writing at 5 MB/s, so a test can act mid-transfer.
@@ -384,10 +384,7 @@ async fn end_transfer(quic: &quicstrap::Server, mut control: RawControl, last: C
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_keeps_a_suspended_snapshot_for_a_resume_and_forgets_an_aborted_one() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(307);
-    seed(src.path(), &id, 2_000, 100, 1_000);
-    let quic = server(src.path(), |_| {}).await;
+    let (_src, id, quic) = served(307, (2_000, 100, 1_000), |_| {}).await;
     let (_ep, conn) = crate::security::raw_connection(&quic).await;
 
     // Accepted, then suspended by the client: the snapshot stays resumable.

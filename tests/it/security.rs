@@ -14,11 +14,8 @@ use quicstrap::store::checksum::ChecksumAlgo;
 use quicstrap::store::partition::TableFormat;
 
 async fn refused_with(identity: tls::Identity) {
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(0);
-    seed(src.path(), &id, 1_000, 100, 1_000);
-    let server = server(src.path(), |_| {}).await;
+    let (_src, id, server) = served(0, (1_000, 100, 1_000), |_| {}).await;
     let mut cfg = FetchConfig::new(identity);
     cfg.policy.connect_timeout = Duration::from_secs(3);
     cfg.bind = "127.0.0.1:0".parse().unwrap();
@@ -66,11 +63,8 @@ async fn a_client_from_another_ca_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_a_name_mismatch_is_refused() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(1);
-    seed(src.path(), &id, 100, 10, 100);
-    let server = server(src.path(), |_| {}).await;
+    let (_src, id, server) = served(1, (100, 10, 100), |_| {}).await;
     let wrong = quicstrap::Peer::new(server.local_addr().unwrap()).with_name("evil.example");
     let err = fetcher(|_| {})
         .fetch(&id, &[wrong], dst.path())
@@ -148,10 +142,10 @@ fn reason(f: &ControlFrame) -> RejectReason {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_and_bad_frames_get_typed_errors_and_others_are_still_served() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(0);
-    seed(src.path(), &id, 2_000, 100, 1_000);
-    let server = server(src.path(), |c| c.request_timeout = Duration::from_secs(2)).await;
+    let (_src, id, server) = served(0, (2_000, 100, 1_000), |c| {
+        c.request_timeout = Duration::from_secs(2)
+    })
+    .await;
     let (_ep, conn) = raw_connection(&server).await;
     let long = "a".repeat(4_000);
     for store in [
@@ -226,10 +220,7 @@ async fn bad_names_and_bad_frames_get_typed_errors_and_others_are_still_served()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_control_stream_times_out_and_a_flood_is_bounded() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(0);
-    seed(src.path(), &id, 500, 100, 500);
-    let server = server(src.path(), |c| {
+    let (_src, id, server) = served(0, (500, 100, 500), |c| {
         c.request_timeout = Duration::from_millis(500);
         c.tuning.max_control_streams = 8;
     })
@@ -267,10 +258,7 @@ async fn a_silent_control_stream_times_out_and_a_flood_is_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_loses_its_snapshot_slot() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(0);
-    seed(src.path(), &id, 20_000, 1000, 5_000);
-    let server = server(src.path(), |c| {
+    let (_src, id, server) = served(0, (20_000, 1000, 5_000), |c| {
         c.policy.idle_timeout = Duration::from_secs(1);
         c.snapshots.max_users = 1;
     })

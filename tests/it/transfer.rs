@@ -12,12 +12,10 @@ use quicstrap::store::partition;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetches_many_files_including_an_empty_one_and_one_over_the_window() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(0);
     // ~40 MB in about 4 SSTs of ~10 MB, plus small metadata files and the checkpoint's
     // empty write-ahead log.
-    seed(src.path(), &id, 40_000, 1000, 10_000);
+    let (src, id) = seeded(0, (40_000, 1000, 10_000));
     let server = server(src.path(), |_| {}).await;
     // Small windows, so one SST file is several times larger than any flow-control window.
     let f = fetcher(|c| {
@@ -65,11 +63,8 @@ async fn fetches_many_files_including_an_empty_one_and_one_over_the_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blake3_validation_works_too() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let id = id(1);
-    seed(src.path(), &id, 5_000, 200, 1_000);
-    let server = server(src.path(), |_| {}).await;
+    let (src, id, server) = served(1, (5_000, 200, 1_000), |_| {}).await;
     let f = fetcher(|c| c.policy.checksum = ChecksumAlgo::Blake3);
     f.fetch(&id, &[peer(&server)], dst.path()).await.unwrap();
     assert_eq!(assert_same(&id.dir(src.path()), &id.dir(dst.path())), 5_000);
@@ -79,10 +74,7 @@ async fn blake3_validation_works_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetches_share_one_snapshot_and_its_digests() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(2);
-    seed(src.path(), &id, 20_000, 500, 5_000);
-    let server = server(src.path(), |_| {}).await;
+    let (src, id, server) = served(2, (20_000, 500, 5_000), |_| {}).await;
     let peer = peer(&server);
     let f = Arc::new(fetcher(|_| {}));
     let dsts: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -122,10 +114,10 @@ async fn concurrent_fetches_share_one_snapshot_and_its_digests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_unused_snapshots_are_removed_and_in_use_ones_kept() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(3);
-    seed(src.path(), &id, 2_000, 100, 1_000);
-    let server = server(src.path(), |c| c.snapshots.ttl = Duration::from_secs(60)).await;
+    let (_src, id, server) = served(3, (2_000, 100, 1_000), |c| {
+        c.snapshots.ttl = Duration::from_secs(60)
+    })
+    .await;
     let mgr = server.snapshots().clone();
     let t0 = Instant::now();
     let lease = mgr.acquire(&id, t0).await.unwrap();
@@ -171,10 +163,7 @@ async fn stale_unused_snapshots_are_removed_and_in_use_ones_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleanup_task_sweeps_on_its_own() {
     let _turn = turn(Needs::Nothing).await;
-    let src = tempfile::tempdir().unwrap();
-    let id = id(4);
-    seed(src.path(), &id, 1_000, 100, 1_000);
-    let server = server(src.path(), |c| {
+    let (_src, id, server) = served(4, (1_000, 100, 1_000), |c| {
         c.snapshots.ttl = Duration::from_millis(100);
         c.snapshots.cleanup_interval = Duration::from_millis(100);
     })
@@ -256,4 +245,32 @@ async fn one_connection_serves_several_partitions() {
         1
     );
     server.shutdown().await;
+}
+
+/// The fetch policy's fsync signal hears each received file's fsync: the adaptive read
+/// throttle's "the disk falls behind" input comes from the fetch that writes, not from a
+/// process-wide global every fetcher of the process would share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fsync_signal_of_the_policy_hears_each_received_file() {
+    use quicstrap::control::throttle::{LatencySignal, Signal};
+    let _turn = turn(Needs::Nothing).await;
+    let (_src, id, server) = served(63, (2_000, 100, 500), |_| {}).await;
+    // Any fsync at all is "over" a zero threshold.
+    let heard = LatencySignal::new("fsync_latency", Duration::ZERO);
+    let quiet = LatencySignal::new("fsync_latency", Duration::ZERO);
+    let dst = tempfile::tempdir().unwrap();
+    fetcher(|c| c.policy.fsync_latency = Some(heard.clone()))
+        .fetch(&id, &[peer(&server)], dst.path())
+        .await
+        .unwrap();
+    assert!(heard.overloaded(), "no fsync of a received file was timed");
+    assert!(!heard.overloaded(), "a cycle's reading is taken once");
+    // Another fetcher's signal hears nothing of this fetch.
+    let other = tempfile::tempdir().unwrap();
+    fetch_ok(&server, &id).await;
+    fetcher(|_| {})
+        .fetch(&id, &[peer(&server)], other.path())
+        .await
+        .unwrap();
+    assert!(!quiet.overloaded() && !heard.overloaded());
 }

@@ -17,12 +17,11 @@ use quicstrap::snapshot::{AcquireError, ClientKey, Piece, SnapshotLease};
 use quicstrap::store::checksum::ChecksumAlgo;
 use quicstrap::store::partition::PartitionId;
 
-use super::{query_pairs, Manifest, ManifestFile, REJECT_HEADER};
-use crate::DIGEST_TRAILER;
+use crate::http::{query_pairs, Manifest, ManifestFile, DIGEST_TRAILER, REJECT_HEADER};
 use quicstrap::store::lock::unpoisoned as lock;
 
-use super::accept::{drains_within, Wire};
-use super::*;
+use super::drain::{drains_within, Wire};
+use super::state::{Body, HttpStats, Session, State};
 
 pub(super) fn expire_sessions(state: &State, now: Instant) {
     let idle = state.cfg.policy.idle_timeout;

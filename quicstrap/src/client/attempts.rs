@@ -24,11 +24,11 @@ use crate::protocol::fetch::{FetchMachine, FetchRules, Outcome, PeerId, RateFloo
 use crate::store::partition::{PartitionId, PartitionMeta, TableFormat};
 
 use super::commit::{self, Receipt};
-use super::error::{AttemptError, FetchError, NextStep};
+use super::error::{AttemptError, FetchError};
+use super::report::NextStep;
 
-pub use super::check_manifest;
 pub use super::config::FirstByte;
-pub use super::receive::{receive_file, BadTrailer, ByteSource, OpenFiles};
+pub use super::receive::{receive_file, BadTrailer, ByteSource, Landing, OpenFiles};
 pub use super::workdir::{sweep, TempDir};
 use super::{Attempt, FetchPolicy, FetchReport, FetchStats, Progress};
 use crate::store::lock::unpoisoned as lock;
@@ -37,7 +37,7 @@ use crate::store::lock::unpoisoned as lock;
 /// there is nobody to ask. Returns the partition's final directory.
 pub fn check_target(id: &PartitionId, root: &Path, peers: &[Peer]) -> Result<PathBuf, FetchError> {
     let target = id.dir(root);
-    if target.exists() && !commit::is_empty_dir(&target)? {
+    if target.exists() && !crate::store::disk::is_empty_dir(&target)? {
         return Err(FetchError::PartitionExists(target));
     }
     if peers.is_empty() {
@@ -289,4 +289,17 @@ pub async fn commit_received(
             .map_err(|e| AttemptError::LocalIo(e.to_string()))?;
     *lock(&progress.commit) = Some(started.elapsed());
     committed
+}
+
+/// A manifest a client will act on ([`crate::protocol::transfer::check_manifest`]), as an attempt's error.
+pub fn check_manifest(
+    files: &[crate::protocol::FileEntry],
+    checksum: crate::protocol::ChecksumAlgo,
+) -> Result<(), AttemptError> {
+    crate::protocol::transfer::check_manifest(
+        files,
+        crate::protocol::transfer::ClientLimits::default().max_files,
+        checksum,
+    )
+    .map_err(|e| AttemptError::Protocol(e.to_string()))
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::partition::{self, PartitionMeta, TableFormat};
 
 use super::error::AttemptError;
+use crate::store::disk::{is_empty_dir, sync_dir};
 
 /// Name of the record of what was received, written into the partition at commit; no
 /// manifest may name it (the protocol's rule).
@@ -60,7 +61,7 @@ pub fn commit(
     }
     // A resumed transfer's journal (and a save a crash cut short) has served its purpose; it
     // must not become part of the partition.
-    for name in super::resume::journal_files() {
+    for name in super::journal::journal_files() {
         match std::fs::remove_file(tmp.path().join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(AttemptError::local(e))
@@ -93,16 +94,6 @@ pub fn commit(
         }
     }
     Ok(())
-}
-
-/// fsync of a directory, so the entries in it (new files, a rename) are durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// True when `dir` has no entries.
-pub fn is_empty_dir(dir: &Path) -> std::io::Result<bool> {
-    Ok(std::fs::read_dir(dir)?.next().is_none())
 }
 
 #[cfg(test)]

@@ -2,20 +2,16 @@
 //! cancel switch), its counters and its report.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::control::pacing::RateLimiter;
+use crate::control::throttle::LatencySignal;
 use crate::net::tls::Identity;
 use crate::net::transport::TransportTuning;
 use crate::store::checksum::ChecksumAlgo;
-use crate::store::partition::{PartitionMeta, TableFormat};
-
-use super::error::NextStep;
+use crate::store::partition::TableFormat;
 
 /// What a fetch asks for and how patiently it waits, whatever the transport: the QUIC
 /// [`FetchConfig`] and the HTTPS baseline's config both hold one, so the two transports are
@@ -42,6 +38,10 @@ pub struct FetchPolicy {
     /// Read-rate limit shared by every transfer of this process (default
     /// [`crate::control::pacing::DEFAULT_RATE`]).
     pub read_limiter: Arc<RateLimiter>,
+    /// Told how long each received file's fsync took, for a throttle that slows reads when
+    /// the disk falls behind ([`crate::control::throttle::fsync_latency`]); `None`: nobody
+    /// listens.
+    pub fsync_latency: Option<Arc<LatencySignal>>,
 }
 
 impl FetchPolicy {
@@ -56,6 +56,7 @@ impl FetchPolicy {
             min_rate: 32 * 1024,
             rate_window: Duration::from_secs(120),
             read_limiter: RateLimiter::new(crate::control::pacing::DEFAULT_RATE),
+            fsync_latency: None,
         }
     }
 }
@@ -132,58 +133,6 @@ impl FetchConfig {
             resume_window: self.resume_window,
         }
     }
-}
-
-/// The outcome of one attempt at one peer.
-#[derive(Clone, Debug, Serialize)]
-pub struct Attempt {
-    /// The peer.
-    pub peer: String,
-    /// `ok` or the error label.
-    pub outcome: String,
-    /// The error, when it failed.
-    pub error: Option<String>,
-    /// What the loop did next.
-    pub next_step: Option<NextStep>,
-    /// Payload bytes received in this attempt.
-    pub bytes: u64,
-    /// Bytes an earlier attempt (or an earlier run) received that this one kept: not sent
-    /// again.
-    pub resumed_bytes: u64,
-    /// Bytes an earlier attempt received that this one could not keep (another peer, the
-    /// snapshot gone, a held prefix that failed its digest), so they were asked for again.
-    pub resent_bytes: u64,
-    /// Wall time of the attempt.
-    pub seconds: f64,
-    /// Seconds from the attempt's start to its first file byte: what the peer's preparation
-    /// cost (absent when no file byte came).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_byte_seconds: Option<f64>,
-    /// Seconds the commit took: checking the database, the receipt, the rename (absent when
-    /// the attempt did not get that far).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub commit_seconds: Option<f64>,
-}
-
-/// A successful fetch.
-#[derive(Clone, Debug, Serialize)]
-pub struct FetchReport {
-    /// The partition.
-    pub partition: String,
-    /// Where it now is.
-    pub dir: PathBuf,
-    /// The peer it came from.
-    pub peer: String,
-    /// Every attempt, in order (the last one succeeded).
-    pub attempts: Vec<Attempt>,
-    /// Files received.
-    pub files: usize,
-    /// Payload bytes received in the successful attempt.
-    pub bytes: u64,
-    /// Wall time from the first request to the rename.
-    pub seconds: f64,
-    /// Offset and version state of the snapshot (Kafka catch-up starts after `offset`).
-    pub meta: PartitionMeta,
 }
 
 /// Live progress of a fetch, and its cancel switch: poll it from another task for a progress

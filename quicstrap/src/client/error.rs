@@ -10,27 +10,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::report::Attempt;
 use crate::protocol::fetch::Outcome;
 use crate::protocol::{codes, RejectReason};
-
-/// What the fetch did after a failed attempt, as its report shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum NextStep {
-    /// Nothing was written: try the next peer (or, with none left, give the node the fallback).
-    NextPeer,
-    /// Files this attempt wrote were deleted (not to be trusted, or resume off); next peer.
-    CleanupThenNextPeer,
-    /// Local disk trouble: stop; no other peer can help.
-    GiveUp,
-    /// The attempt was interrupted and its files are kept: ask the same peer for the rest,
-    /// after a pause.
-    Resume,
-    /// The peer no longer keeps the snapshot a resume named: ask it again from byte 0.
-    Afresh,
-    /// Cancelled (SIGTERM, the node's cancel): files kept, nothing more started; a rerun
-    /// resumes.
-    Suspend,
-}
 
 /// One failed attempt at one peer.
 #[derive(Debug, Clone, thiserror::Error, Serialize)]
@@ -216,7 +198,7 @@ impl AttemptError {
     /// A failure of this machine's disk or filesystem: the attempt's outcome is local, no
     /// peer is to blame.
     pub fn local(e: std::io::Error) -> Self {
-        if super::space::is_full(&e) {
+        if crate::store::disk::is_full(&e) {
             return Self::InsufficientSpace(e.to_string());
         }
         Self::LocalIo(e.to_string())
@@ -236,7 +218,7 @@ pub enum FetchError {
     #[error("all {} peers failed ({} attempts): {}", peers(attempts), attempts.len(), summary(attempts))]
     AllPeersFailed {
         /// Every attempt, in order.
-        attempts: Vec<super::Attempt>,
+        attempts: Vec<Attempt>,
     },
     /// An attempt failed in a way no other peer can fix.
     #[error("gave up at {peer}: {error}")]
@@ -246,7 +228,7 @@ pub enum FetchError {
         /// Why.
         error: AttemptError,
         /// Every attempt, in order.
-        attempts: Vec<super::Attempt>,
+        attempts: Vec<Attempt>,
     },
     /// Local setup failed before any attempt (creating directories).
     #[error("local io: {0}")]
@@ -254,7 +236,7 @@ pub enum FetchError {
 }
 
 /// Distinct peers among `attempts` (a peer asked again for a resume counts once).
-fn peers(attempts: &[super::Attempt]) -> usize {
+fn peers(attempts: &[Attempt]) -> usize {
     attempts
         .iter()
         .map(|a| a.peer.as_str())
@@ -262,7 +244,7 @@ fn peers(attempts: &[super::Attempt]) -> usize {
         .len()
 }
 
-fn summary(attempts: &[super::Attempt]) -> String {
+fn summary(attempts: &[Attempt]) -> String {
     attempts
         .iter()
         .map(|a| format!("{} {}", a.peer, a.outcome))
@@ -292,7 +274,7 @@ pub enum Fallback {
 
 impl FetchError {
     /// Every attempt made before this failure, in order (none when it failed before any).
-    pub fn attempts(&self) -> &[super::Attempt] {
+    pub fn attempts(&self) -> &[Attempt] {
         match self {
             Self::AllPeersFailed { attempts } | Self::GaveUp { attempts, .. } => attempts,
             Self::PartitionExists(_) | Self::NoPeers | Self::Local(_) => &[],

@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::control::pacing::RateLimiter;
+use crate::control::throttle::LatencySignal;
 use crate::protocol::codec::LEN_PREFIX;
 use crate::protocol::transfer::{expected_digest, MAX_FILES_IN_FLIGHT};
 use crate::protocol::{codes, FileEntry, FileTrailer, FrameDecoder, MAX_TRAILER};
 use crate::store::checksum::{ChecksumAlgo, Hasher};
 
 use super::error::AttemptError;
+use super::FetchPolicy;
 
 const BUF: usize = 256 * 1024;
 /// Receive buffers one transfer holds outside quinn: one per file in flight, at most
@@ -156,19 +158,51 @@ fn open_at(
     Ok((file, hasher))
 }
 
+/// Where an attempt's file bytes land and whom they are reported to: the same for every file
+/// of the attempt, cloned into each file's task.
+#[derive(Clone, Debug)]
+pub struct Landing {
+    /// The manifest's digest algorithm.
+    pub algo: ChecksumAlgo,
+    /// Bytes received in the attempt, counted as they arrive.
+    pub progress: Arc<AtomicU64>,
+    /// The process's read limit, paid before more is read.
+    pub limiter: Arc<RateLimiter>,
+    /// Told how long each file's fsync took, if anyone listens.
+    pub fsync_latency: Option<Arc<LatencySignal>>,
+    /// The attempt's open files.
+    pub open: OpenFiles,
+}
+
+impl Landing {
+    /// The landing of an attempt under `policy`, counting into `progress` and `open`.
+    pub fn new(policy: &FetchPolicy, progress: Arc<AtomicU64>, open: OpenFiles) -> Self {
+        Self {
+            algo: policy.checksum,
+            progress,
+            limiter: policy.read_limiter.clone(),
+            fsync_latency: policy.fsync_latency.clone(),
+            open,
+        }
+    }
+}
+
 /// Receives `entry` from `stream` into `path`, the stream carrying the bytes from `offset` on
 /// (the ones before are on disk already); returns the bytes received.
-#[allow(clippy::too_many_arguments)]
 pub async fn receive_file(
     mut stream: impl ByteSource,
     path: PathBuf,
     entry: FileEntry,
     offset: u64,
-    algo: ChecksumAlgo,
-    progress: Arc<AtomicU64>,
-    limiter: Arc<RateLimiter>,
-    open: OpenFiles,
+    landing: Landing,
 ) -> Result<u64, AttemptError> {
+    let Landing {
+        algo,
+        progress,
+        limiter,
+        fsync_latency,
+        open,
+    } = landing;
     let (mut file, mut hasher) = if offset == 0 {
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -249,8 +283,9 @@ pub async fn receive_file(
     if hasher.finish() != want {
         return Err(AttemptError::ChecksumMismatch { file: entry.name });
     }
-    tokio::task::spawn_blocking(move || {
-        crate::control::throttle::fsync_latency().time(|| file.0.sync_all())
+    tokio::task::spawn_blocking(move || match fsync_latency {
+        Some(signal) => signal.time(|| file.0.sync_all()),
+        None => file.0.sync_all(),
     })
     .await
     .map_err(|e| AttemptError::LocalIo(e.to_string()))?

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use super::error::AttemptError;
+use crate::store::disk::available;
 
 /// Least free space left beyond a partition's declared bytes (64 MiB): RocksDB writes a WAL,
 /// a LOG and a new MANIFEST when the partition is opened, and catch-up writes memtables and
@@ -16,24 +17,6 @@ pub const HEADROOM_MIN: u64 = 64 << 20;
 /// Free space left beyond a partition's declared bytes, as a share of its size (1/100), when
 /// more than [`HEADROOM_MIN`]: a partition's catch-up grows it by a share of its size.
 pub const HEADROOM_DIVISOR: u64 = 100;
-
-/// Bytes an unprivileged writer may still put on the filesystem holding `dir`.
-pub(crate) fn available(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("path with a NUL byte"))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `path` is a valid C string and `st` points to writable memory of the right type.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs succeeded, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    // The field types differ between platforms (u32 on some 32-bit ones).
-    #[allow(clippy::unnecessary_cast)]
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
 
 /// Headroom kept free beside a partition of `total` bytes.
 pub fn headroom(total: u64) -> u64 {
@@ -55,11 +38,6 @@ pub(crate) fn check(dir: &Path, needed: u64, total: u64) -> Result<(), AttemptEr
     Ok(())
 }
 
-/// True for the errors of a full filesystem or an exhausted quota.
-pub(crate) fn is_full(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,10 +50,7 @@ mod tests {
         check(dir.path(), 0, 0).unwrap();
         let e = check(dir.path(), free, free).unwrap_err();
         assert_eq!(e.label(), "insufficient_space");
-        assert!(available(&dir.path().join("missing")).is_err());
         assert_eq!(headroom(1 << 20), HEADROOM_MIN);
         assert_eq!(headroom(100 << 30), (100 << 30) / 100);
-        assert!(is_full(&std::io::Error::from_raw_os_error(libc::ENOSPC)));
-        assert!(!is_full(&std::io::Error::from_raw_os_error(libc::EACCES)));
     }
 }

@@ -26,9 +26,11 @@ use crate::protocol::{ControlFrame, Request, PROTOCOL_VERSION};
 use crate::store::lock::unpoisoned as lock;
 use crate::store::partition::{PartitionId, PartitionMeta};
 
+use super::pool::Pool;
 use super::pool::{FileStreams, RouteGuard};
 use super::resume::{Journal, Kept};
-use super::{attempts, commit, receive, space, AttemptError, Fetcher, Progress};
+use super::{attempts, commit, receive, space, AttemptError, FetchConfig, Progress};
+use crate::control::budget::BufferBudget;
 use crate::ingest::{self, Watermarks};
 
 /// Largest control frame a client accepts (a manifest or metadata): 8 MiB. A manifest of a
@@ -98,9 +100,9 @@ impl Control {
 
     /// Sends what the machine still has to say (`Abort` or `Done`), then keeps the stream
     /// until the server has it, without holding up the caller.
-    async fn goodbye(mut self, fetcher: &Fetcher) {
+    async fn goodbye(mut self, quic: &Quic) {
         let _ = self.next_action().await;
-        fetcher.linger(self.send);
+        quic.linger(self.send);
     }
 }
 
@@ -137,7 +139,31 @@ pub(super) struct Terms {
     pub(super) log: Option<Watermarks>,
 }
 
-impl Fetcher {
+/// What every QUIC attempt of a fetcher shares: its configuration, the endpoint and its
+/// connections, the receive budget, and the control streams still saying goodbye.
+pub(super) struct Quic {
+    pub(super) cfg: FetchConfig,
+    pub(super) pool: Pool,
+    pub(super) next_transfer: AtomicU64,
+    /// Control streams whose last frame (`Done`/`Abort`) may not be delivered yet: closing
+    /// the endpoint waits for them (bounded), or the server would never learn the outcome.
+    pub(super) lingering: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Receive windows and buffers of every transfer, bounded together.
+    pub(super) budget: Arc<BufferBudget>,
+}
+
+impl Quic {
+    /// Keeps `send` until the peer has its last frame (it stops or reads the stream), for at
+    /// most 2 s, without holding up the caller.
+    fn linger(&self, send: quinn::SendStream) {
+        let task = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        });
+        let mut lingering = lock(&self.lingering);
+        lingering.retain(|t| !t.is_finished());
+        lingering.push(task);
+    }
+
     /// One attempt: request (a resume of `kept` when it holds part of this peer's snapshot),
     /// receive, validate, commit. Returns the files and the metadata. An interrupted attempt
     /// leaves its files and journal in `kept` for the next one.
@@ -447,7 +473,7 @@ struct Receiving<'a> {
     dir: &'a Path,
     progress: Arc<AtomicU64>,
     first_byte: super::FirstByte,
-    fetcher: &'a Fetcher,
+    fetcher: &'a Quic,
     open: receive::OpenFiles,
     tasks: JoinSet<(u32, Result<u64, AttemptError>)>,
     /// File streams handed out by the machine, not yet received ([`Self::start_waiting`]).
@@ -486,10 +512,11 @@ impl Receiving<'_> {
                 self.dir.join(&entry.name),
                 entry,
                 offset,
-                self.fetcher.cfg.policy.checksum,
-                self.progress.clone(),
-                self.fetcher.cfg.policy.read_limiter.clone(),
-                self.open.clone(),
+                receive::Landing::new(
+                    &self.fetcher.cfg.policy,
+                    self.progress.clone(),
+                    self.open.clone(),
+                ),
             );
             self.tasks.spawn(async move { (index, fut.await) });
         }

@@ -28,7 +28,8 @@ use std::time::Duration;
 use crate::store::partition::PartitionId;
 
 use super::error::AttemptError;
-use super::resume::{unix_now, Journal};
+use super::journal::{unix_now, Journal};
+use crate::store::disk::{is_empty_dir, sync_dir};
 
 /// Prefix of temp dirs, so leftovers of a crashed process can be recognised and removed.
 pub const TEMP_PREFIX: &str = ".quicstrap-tmp-";
@@ -87,7 +88,7 @@ impl TempDir {
             // A sweep that locked it first (it looks unowned for an instant) deletes it; then
             // the lock fails or finds another inode, and a new name is tried.
             if let Some(lock) = lock_dir(&path) {
-                super::commit::sync_dir(parent).map_err(AttemptError::local)?;
+                sync_dir(parent).map_err(AttemptError::local)?;
                 return Ok(Self {
                     path,
                     lock: Some(lock),
@@ -111,7 +112,7 @@ impl TempDir {
     pub fn park(mut self) {
         self.armed = false;
         if let Some(parent) = self.path.parent() {
-            let _ = super::commit::sync_dir(parent);
+            let _ = sync_dir(parent);
         }
         self.lock = None;
         tracing::info!(dir = %self.path.display(), "kept the received files for a resume");
@@ -228,11 +229,11 @@ fn sweep_store(store: &Path, window: Duration) -> usize {
         let in_place = target.join("CURRENT").is_file();
         if name.ends_with(ASIDE_SUFFIX) && !in_place {
             // The process that moved it aside died before a replacement came: put it back.
-            let empty = !target.exists() || super::commit::is_empty_dir(&target).unwrap_or(false);
+            let empty = !target.exists() || is_empty_dir(&target).unwrap_or(false);
             if empty {
                 let _ = std::fs::remove_dir(&target);
                 if std::fs::rename(&path, &target).is_ok() {
-                    let _ = super::commit::sync_dir(store);
+                    let _ = sync_dir(store);
                     tracing::info!(dir = %target.display(), "put back a partition moved aside by a process that died");
                 }
             }
@@ -257,7 +258,7 @@ fn sweep_store(store: &Path, window: Duration) -> usize {
         }
     }
     if removed > 0 {
-        let _ = super::commit::sync_dir(store);
+        let _ = sync_dir(store);
     }
     removed
 }
@@ -272,7 +273,7 @@ pub(crate) fn move_aside(dir: &Path, id: &PartitionId) -> std::io::Result<TempDi
     ));
     std::fs::rename(dir, &aside)?;
     if let Some(parent) = aside.parent() {
-        super::commit::sync_dir(parent)?;
+        sync_dir(parent)?;
     }
     let lock = lock_dir(&aside);
     Ok(TempDir {
@@ -288,7 +289,7 @@ impl TempDir {
         let _ = std::fs::remove_dir(dir);
         std::fs::rename(&self.path, dir)?;
         if let Some(parent) = dir.parent() {
-            super::commit::sync_dir(parent)?;
+            sync_dir(parent)?;
         }
         Ok(())
     }
@@ -368,7 +369,7 @@ mod tests {
         j.save(&old).unwrap();
         j.written_at -= 601;
         std::fs::write(
-            old.join(super::super::resume::JOURNAL_FILE),
+            old.join(super::super::journal::JOURNAL_FILE),
             serde_json::to_vec(&j).unwrap(),
         )
         .unwrap();

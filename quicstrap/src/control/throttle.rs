@@ -124,13 +124,11 @@ impl Signal for LatencySignal {
     }
 }
 
-/// How long fsyncs of received files take, process-wide: the client's "disk is falling
-/// behind" signal (fires when one took over 500 ms during a cycle).
+/// A fresh signal of how long fsyncs of received files take: the client's "disk is falling
+/// behind" signal (fires when one took over 500 ms during a cycle). Hand it to the fetch
+/// policy ([`crate::client::FetchPolicy::fsync_latency`]) and to the throttler that reads it.
 pub fn fsync_latency() -> Arc<LatencySignal> {
-    static SIGNAL: std::sync::OnceLock<Arc<LatencySignal>> = std::sync::OnceLock::new();
-    SIGNAL
-        .get_or_init(|| LatencySignal::new("fsync_latency", Duration::from_millis(500)))
-        .clone()
+    LatencySignal::new("fsync_latency", Duration::from_millis(500))
 }
 
 /// Fires when a counter of bad events grew by more than `max_ratio` of a counter of all

@@ -258,6 +258,16 @@ impl Tracker {
     }
 }
 
+/// A partition whose following stopped is not offered to peers: what they would get is old.
+impl crate::snapshot::Freshness for IngestStats {
+    fn stale(&self, id: &crate::store::partition::PartitionId) -> Option<String> {
+        (self.state() == IngestState::Stopped).then(|| match self.offset() {
+            Some(o) => format!("{id} stopped following its change log at offset {o}"),
+            None => format!("{id} stopped following its change log"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::client::commit;
 use crate::client::workdir;
 use crate::client::{Attempt, Fallback, FetchError, FetchReport, Fetcher, Progress};
 use crate::ingest::{
@@ -333,7 +332,7 @@ pub async fn bootstrap<L: LogSource>(
     if fresh {
         // Building from Kafka: a fresh DB. A leftover empty directory is fine; anything else
         // is a partition and was handled above.
-        if dir.exists() && !commit::is_empty_dir(&dir).map_err(StorageError::Io)? {
+        if dir.exists() && !crate::store::disk::is_empty_dir(&dir).map_err(StorageError::Io)? {
             return Err(BootstrapError::Fetch(FetchError::PartitionExists(dir)));
         }
         std::fs::create_dir_all(&dir).map_err(StorageError::Io)?;

@@ -14,7 +14,7 @@ use crate::protocol::codes;
 use crate::snapshot::ClientKey;
 use crate::store::lock::unpoisoned as lock;
 
-use super::Shared;
+use super::shared::Shared;
 
 /// Accepts connections until the endpoint closes or the server shuts down.
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {

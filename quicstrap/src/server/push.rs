@@ -14,7 +14,8 @@ use crate::protocol::{codes, FileHeader, FileStart, FileTrailer};
 use crate::snapshot::{Piece, Snapshot};
 use crate::store::checksum::ChecksumAlgo;
 
-use super::{ServerStats, Shared};
+use super::shared::Shared;
+use super::ServerStats;
 use crate::protocol::transfer::ServerEnd;
 
 /// Sends the files of `plan` (each from its offset) on their own streams, at most

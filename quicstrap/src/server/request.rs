@@ -22,7 +22,7 @@ use crate::store::lock::unpoisoned as lock;
 use crate::store::partition::PartitionId;
 
 use super::push::push_files;
-use super::Shared;
+use super::shared::Shared;
 use crate::snapshot::HELD_PER_FILE;
 
 /// Largest request frame a server reads: a request is a few dozen bytes, a resume lists the

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use rocksdb::DB;
 
-use super::cleanup::remove_snapshot_dir;
 use super::digest::DigestBook;
-use crate::protocol::{names, SnapshotId};
+use crate::protocol::{names, FileEntry, SnapshotId};
+use crate::store::checksum::ChecksumAlgo;
 use crate::store::partition::{self, PartitionId, PartitionMeta, StorageError, TableFormat};
 
 /// One file of a snapshot.
@@ -40,14 +40,13 @@ pub struct Snapshot {
     pub files: Vec<SnapshotFile>,
     /// Offset and version state read from the checkpoint itself (so never ahead of its data).
     pub meta: PartitionMeta,
-    /// The digests known so far, per algorithm ([`Snapshot::manifest`]).
+    /// The digests known so far, per algorithm ([`Snapshot::manifest`]); SST digests of
+    /// earlier snapshots come from the digest cache through it.
     pub(super) book: DigestBook,
     /// Leases held on it.
     pub(super) users: AtomicUsize,
     /// Retired: deleted when its last user leaves.
     pub(super) stale: AtomicBool,
-    /// Digests of SST files computed for earlier snapshots.
-    pub(super) cache: Arc<super::digest_cache::DigestCache>,
 }
 
 impl Snapshot {
@@ -59,6 +58,49 @@ impl Snapshot {
     /// Forgets every resume hold: its client said it gave up.
     pub fn release_resume(&self) {
         *crate::store::lock::unpoisoned(&self.resume_until) = None;
+    }
+
+    /// The manifest for `algo`: every file with its size, and its digest where already known
+    /// (empty where its trailer will bring it). Reads the digest cache on first use per
+    /// algorithm (blocking: a file read and one `stat` per file).
+    pub fn manifest(&self, algo: ChecksumAlgo) -> Vec<FileEntry> {
+        self.book.manifest(algo)
+    }
+
+    /// Bytes read to compute digests of this snapshot so far, all algorithms: 0 for a snapshot
+    /// whose SST digests were all cached, one read of each file for a cold one.
+    pub fn digest_bytes(&self) -> u64 {
+        self.book.bytes()
+    }
+
+    /// Every file's digest (in `files` order), computing the ones not yet known now, in
+    /// parallel across cores. For tools and tests that want them all at once; a transfer never
+    /// waits for this (its digests come while sending).
+    pub async fn digests(
+        self: &Arc<Self>,
+        algo: ChecksumAlgo,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let snap = self.clone();
+        tokio::task::spawn_blocking(move || snap.book.digest_all(algo))
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Marks it stale; deletes it now if nobody uses it, else its last lease does.
+    pub(super) fn retire(&self) {
+        self.stale.store(true, Ordering::SeqCst);
+        if self.users.load(Ordering::SeqCst) == 0 {
+            remove_snapshot_dir(&self.dir);
+        }
+    }
+}
+
+/// Deletes a snapshot directory; one already gone is no error.
+pub(super) fn remove_snapshot_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not delete snapshot");
+        }
     }
 }
 

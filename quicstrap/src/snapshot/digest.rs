@@ -3,17 +3,20 @@
 //! snapshot was sent before — and the rest are computed in the very read that sends a file
 //! ([`Snapshot::read_file`](super::Snapshot::read_file)), then remembered here for the next
 //! request and, through the digest cache, for the next snapshot and the next server run.
+//!
+//! A [`DigestBook`] knows its snapshot's directory and files but not the snapshot itself, so
+//! a snapshot owns its book and the book never reaches back.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::digest_cache::FileIdentity;
-use super::Snapshot;
+use super::digest_cache::{DigestCache, FileIdentity};
 use crate::protocol::FileEntry;
 use crate::store::checksum::{digest_file_counting, ChecksumAlgo};
 use crate::store::lock::unpoisoned as lock;
+use crate::store::partition::PartitionId;
 use crate::store::partition::StorageError;
 
 /// Least time between two writes of the digest cache while digests are learned one file at a
@@ -22,8 +25,15 @@ use crate::store::partition::StorageError;
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// What a snapshot knows of its files' digests, per algorithm (MD5, BLAKE3).
-#[derive(Default)]
 pub(super) struct DigestBook {
+    /// The partition, as the digest cache files it.
+    id: PartitionId,
+    /// The snapshot's directory.
+    dir: PathBuf,
+    /// Its files (names and sizes; digests come from the books).
+    files: Vec<FileEntry>,
+    /// Digests of SST files computed for earlier snapshots.
+    cache: Arc<DigestCache>,
     /// The identity of each file, for the digest cache (looked up once).
     identities: OnceLock<Vec<Option<FileIdentity>>>,
     books: Mutex<[Option<Book>; 2]>,
@@ -46,9 +56,35 @@ fn slot(algo: ChecksumAlgo) -> usize {
     }
 }
 
-impl Snapshot {
+impl DigestBook {
+    /// The book of a snapshot of `id` in `dir` holding `files` (name and size each): nothing
+    /// known until first asked, then what `cache` holds.
+    pub(super) fn new(
+        id: PartitionId,
+        dir: PathBuf,
+        files: impl IntoIterator<Item = (String, u64)>,
+        cache: Arc<DigestCache>,
+    ) -> Self {
+        Self {
+            id,
+            dir,
+            files: files
+                .into_iter()
+                .map(|(name, size)| FileEntry {
+                    name,
+                    size,
+                    digest: Vec::new(),
+                })
+                .collect(),
+            cache,
+            identities: OnceLock::new(),
+            books: Mutex::default(),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
     fn identities(&self) -> &[Option<FileIdentity>] {
-        self.book.identities.get_or_init(|| {
+        self.identities.get_or_init(|| {
             self.files
                 .iter()
                 .map(|f| FileIdentity::of(&f.name, &self.dir.join(&f.name)))
@@ -59,7 +95,7 @@ impl Snapshot {
     /// Runs `f` on the book of `algo`, opening it from the digest cache on first use.
     fn with_book<T>(&self, algo: ChecksumAlgo, f: impl FnOnce(&mut Book) -> T) -> T {
         let identities = self.identities();
-        let mut books = lock(&self.book.books);
+        let mut books = lock(&self.books);
         let book = books[slot(algo)].get_or_insert_with(|| {
             let cached = self.cache.load(&self.id, algo);
             Book {
@@ -77,7 +113,7 @@ impl Snapshot {
     /// The manifest for `algo`: every file with its size, and its digest where already known
     /// (empty where its trailer will bring it). Reads the digest cache on first use per
     /// algorithm (blocking: a file read and one `stat` per file).
-    pub fn manifest(&self, algo: ChecksumAlgo) -> Vec<FileEntry> {
+    pub(super) fn manifest(&self, algo: ChecksumAlgo) -> Vec<FileEntry> {
         self.with_book(algo, |book| {
             self.files
                 .iter()
@@ -127,29 +163,17 @@ impl Snapshot {
 
     /// Counts `n` bytes read to compute a digest.
     pub(super) fn count_digested(&self, n: u64) {
-        self.book.bytes.fetch_add(n, Ordering::Relaxed);
+        self.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Bytes read to compute digests of this snapshot so far, all algorithms: 0 for a snapshot
-    /// whose SST digests were all cached, one read of each file for a cold one.
-    pub fn digest_bytes(&self) -> u64 {
-        self.book.bytes.load(Ordering::Relaxed)
+    /// Bytes read to compute digests so far, all algorithms.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Every file's digest (in `files` order), computing the ones not yet known now, in
-    /// parallel across cores. For tools and tests that want them all at once; a transfer never
-    /// waits for this (its digests come while sending).
-    pub async fn digests(
-        self: &std::sync::Arc<Self>,
-        algo: ChecksumAlgo,
-    ) -> Result<Vec<Vec<u8>>, StorageError> {
-        let snap = self.clone();
-        tokio::task::spawn_blocking(move || snap.digest_all(algo))
-            .await
-            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
-    }
-
-    fn digest_all(&self, algo: ChecksumAlgo) -> Result<Vec<Vec<u8>>, StorageError> {
+    /// parallel across cores. Blocking.
+    pub(super) fn digest_all(&self, algo: ChecksumAlgo) -> Result<Vec<Vec<u8>>, StorageError> {
         let known = self.manifest(algo);
         let todo: Vec<(usize, PathBuf)> = known
             .iter()
@@ -173,10 +197,10 @@ impl Book {
     }
 }
 
-impl Drop for Snapshot {
+impl Drop for DigestBook {
     fn drop(&mut self) {
         // What was learned in the last second before the snapshot went is kept too.
-        let pending: Vec<_> = lock(&self.book.books)
+        let pending: Vec<_> = lock(&self.books)
             .iter_mut()
             .enumerate()
             .filter_map(|(i, b)| {

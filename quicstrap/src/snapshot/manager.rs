@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use rocksdb::DB;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::checkpoint::make_checkpoint;
-use super::cleanup::{remove_snapshot_dir, retire, take_root};
+use super::checkpoint::{make_checkpoint, remove_snapshot_dir};
+use super::cleanup::take_root;
+use super::digest::DigestBook;
 use super::digest_cache::DigestCache;
 use super::{policy, ClientKey, PartitionSource, RootError, Snapshot};
 use crate::net::admission::{PerKey, PerKeyLimit};
@@ -181,7 +182,7 @@ impl SnapshotManager {
     /// this manager made (it carries a marker file) or an empty one, so a mistyped
     /// `--snapshot-dir` can never delete data. Blocking: call it off the async workers.
     pub fn new(cfg: SnapshotConfig, source: Arc<dyn PartitionSource>) -> Result<Self, RootError> {
-        let lock = take_root(&cfg)?;
+        let lock = take_root(&cfg.root, cfg.lock_wait)?;
         let permits = Arc::new(Semaphore::new(cfg.max_users));
         let shares = Arc::new(PerKeyLimit::new(cfg.max_users_per_client));
         let digests = Arc::new(DigestCache::new(&cfg.root));
@@ -358,6 +359,12 @@ impl SnapshotManager {
                 .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
         self.inner.created.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = self.snapshot_id(id, seq, &files);
+        let book = DigestBook::new(
+            id.clone(),
+            dir.clone(),
+            files.iter().map(|f| (f.name.clone(), f.size)),
+            self.inner.digests.clone(),
+        );
         let snap = Arc::new(Snapshot {
             id: id.clone(),
             dir,
@@ -366,13 +373,12 @@ impl SnapshotManager {
             resume_until: Mutex::default(),
             files,
             meta,
-            book: Default::default(),
+            book,
             users: AtomicUsize::new(1),
             stale: AtomicBool::new(false),
-            cache: self.inner.digests.clone(),
         });
         if let Some(old) = slot.current.replace(snap.clone()) {
-            retire(&old);
+            old.retire();
         }
         Ok(SnapshotLease {
             snapshot: snap,
@@ -425,5 +431,72 @@ impl SnapshotManager {
     /// (for inspection and tests: it never counts a name this host does not hold).
     pub fn partitions(&self) -> usize {
         lock(&self.inner.slots).len()
+    }
+}
+
+impl SnapshotManager {
+    /// Deletes every snapshot that is stale at `now` and unused; returns how many. Then drops
+    /// the entries of partitions left without a snapshot that no request is using (a
+    /// partition this host no longer holds, or whose checkpoint failed), so the map holds no
+    /// more than the partitions asked for since the last sweep that are still here.
+    pub async fn collect(&self, now: Instant) -> usize {
+        let slots: Vec<_> = lock(&self.inner.slots).values().cloned().collect();
+        let mut removed = 0;
+        for slot in slots {
+            let mut slot = slot.lock().await;
+            let drop_it = slot.current.as_ref().is_some_and(|s| {
+                policy::collectable(s.created, now, self.inner.cfg.ttl, s.users())
+            });
+            if drop_it {
+                if let Some(old) = slot.current.take() {
+                    old.retire();
+                    removed += 1;
+                }
+            }
+        }
+        self.prune();
+        removed
+    }
+
+    /// Removes every entry without a snapshot that nobody holds. Under the map's lock, where
+    /// every other holder takes its clone: an entry only the map holds cannot be picked up
+    /// meanwhile, and one whose lock is taken is in use.
+    pub(super) fn prune(&self) {
+        lock(&self.inner.slots).retain(|_, slot| {
+            Arc::strong_count(slot) > 1 || slot.try_lock().map_or(true, |s| s.current.is_some())
+        });
+    }
+
+    /// Runs [`Self::collect`] every `cleanup_interval` until the manager's last handle is gone
+    /// or `shutdown` fires.
+    pub fn spawn_cleanup(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.cfg.cleanup_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.changed() => break,
+                }
+                let Some(inner) = weak.upgrade() else { break };
+                let n = SnapshotManager { inner }.collect(Instant::now()).await;
+                if n > 0 {
+                    tracing::info!(removed = n, "stale snapshots removed");
+                }
+            }
+        });
+    }
+
+    /// Retires every snapshot (deleted now if unused, else when its last user leaves); for
+    /// shutdown.
+    pub async fn retire_all(&self) {
+        let slots: Vec<_> = lock(&self.inner.slots).values().cloned().collect();
+        for slot in slots {
+            if let Some(old) = slot.lock().await.current.take() {
+                old.retire();
+            }
+        }
     }
 }

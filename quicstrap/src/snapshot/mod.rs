@@ -35,4 +35,4 @@ pub use cleanup::RootError;
 pub use manager::{AcquireError, SnapshotConfig, SnapshotLease, SnapshotManager};
 pub use read::{Piece, CHUNK, HELD_PER_FILE};
 pub use share::ClientKey;
-pub use source::{DataDir, PartitionSource};
+pub use source::{DataDir, Freshness, PartitionSource};

@@ -82,7 +82,7 @@ impl Snapshot {
                 format!("{} shorter than its manifest size", path.display()),
             )
         };
-        let mut digest = match self.known_digest(algo, index) {
+        let mut digest = match self.book.known_digest(algo, index) {
             Some(d) => Digesting::Known(d),
             None => Digesting::Computing(Hasher::new(algo)),
         };
@@ -101,7 +101,7 @@ impl Snapshot {
                     h.update(&buf[..n]);
                     read += n as u64;
                 }
-                self.count_digested(read);
+                self.book.count_digested(read);
                 if read < offset {
                     return Err(short());
                 }
@@ -120,7 +120,7 @@ impl Snapshot {
             at += buf.len() as u64;
             if let Digesting::Computing(h) = &mut digest {
                 h.update(&buf);
-                self.count_digested(buf.len() as u64);
+                self.book.count_digested(buf.len() as u64);
             }
             if tx.blocking_send(Ok(Piece::Data(Bytes::from(buf)))).is_err() {
                 return Ok(()); // Nobody sends this file any more.
@@ -130,7 +130,7 @@ impl Snapshot {
             Digesting::Known(d) => d,
             Digesting::Computing(h) => {
                 let d = h.finish();
-                self.learn(algo, index, d.clone());
+                self.book.learn(algo, index, d.clone());
                 d
             }
         };

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use rocksdb::DB;
 
-use crate::ingest::{IngestState, IngestStats};
 use crate::store::lock::unpoisoned as lock;
 use crate::store::partition::{self, PartitionId, StorageError, TableFormat};
 
@@ -25,13 +24,21 @@ pub trait PartitionSource: Send + Sync + 'static {
     }
 }
 
+/// What keeps a partition current, as far as serving it goes: why it must not be offered
+/// now. Owned here so a source can ask whoever follows the partition's change log (the
+/// engine's [`crate::ingest`], or a node's own ingestion) without knowing it.
+pub trait Freshness: Send + Sync + 'static {
+    /// Why `id` must not be offered (its ingestion stopped), or `None` when it may be.
+    fn stale(&self, id: &PartitionId) -> Option<String>;
+}
+
 /// Partitions under a data root (`<root>/<store>_v<version>/<partition>/`), opened on first use
 /// and kept open, plus any DB registered by the embedding node.
 pub struct DataDir {
     root: PathBuf,
     format: TableFormat,
     open: Mutex<HashMap<PartitionId, Arc<DB>>>,
-    health: Mutex<HashMap<PartitionId, Arc<IngestStats>>>,
+    health: Mutex<HashMap<PartitionId, Arc<dyn Freshness>>>,
 }
 
 impl DataDir {
@@ -45,10 +52,9 @@ impl DataDir {
         }
     }
 
-    /// Ties `id`'s offer to its ingestion: while `stats` says stopped, `id` is refused as
-    /// stale.
-    pub fn watch(&self, id: PartitionId, stats: Arc<IngestStats>) {
-        lock(&self.health).insert(id, stats);
+    /// Ties `id`'s offer to its ingestion: while `ingest` says stale, `id` is refused.
+    pub fn watch(&self, id: PartitionId, ingest: Arc<dyn Freshness>) {
+        lock(&self.health).insert(id, ingest);
     }
 
     /// Registers a DB the node already has open (it cannot be opened twice).
@@ -59,11 +65,8 @@ impl DataDir {
 
 impl PartitionSource for DataDir {
     fn stale(&self, id: &PartitionId) -> Option<String> {
-        let stats = lock(&self.health).get(id)?.clone();
-        (stats.state() == IngestState::Stopped).then(|| match stats.offset() {
-            Some(o) => format!("{id} stopped following its change log at offset {o}"),
-            None => format!("{id} stopped following its change log"),
-        })
+        let ingest = lock(&self.health).get(id)?.clone();
+        ingest.stale(id)
     }
 
     fn get(&self, id: &PartitionId) -> Result<Option<Arc<DB>>, StorageError> {
