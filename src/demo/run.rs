@@ -77,21 +77,9 @@ pub struct DemoSummary {
     pub kafka: bool,
 }
 
-/// The demo's peer and client identities: the development PKI, when this build has it.
-fn dev_identities(
-) -> Result<(quicstrap::net::tls::Identity, quicstrap::net::tls::Identity), DemoError> {
-    #[cfg(feature = "dev-pki")]
-    return Ok((
-        quicstrap::net::tls::dev::server()?,
-        quicstrap::net::tls::dev::client()?,
-    ));
-    #[cfg(not(feature = "dev-pki"))]
-    Err(DemoError::NoDevPki)
-}
-
 /// Runs the demo.
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
-    let (server_id, client_id) = dev_identities()?;
+    let (server_id, client_id) = quicstrap::net::tls::dev_pair().ok_or(DemoError::NoDevPki)??;
     let _scratch;
     let work = match &opts.work_dir {
         Some(d) => d.clone(),

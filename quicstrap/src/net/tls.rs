@@ -261,6 +261,17 @@ pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, TlsError> {
     Ok(cfg)
 }
 
+/// The development PKI's (server, client) identities when this build embeds it (`dev-pki`),
+/// else `None`. Asked at run time because a crate built on this one (the CLI's demo) cannot
+/// see which features this crate was built with: features unify across a build, so a test
+/// build that turns `dev-pki` on here has it everywhere.
+pub fn dev_pair() -> Option<Result<(Identity, Identity), TlsError>> {
+    #[cfg(feature = "dev-pki")]
+    return Some(dev::server().and_then(|s| dev::client().map(|c| (s, c))));
+    #[cfg(not(feature = "dev-pki"))]
+    None
+}
+
 /// The development PKI of `certs-dev/`, embedded so the demo, the examples and the tests run
 /// anywhere with no files to find. Development only: these keys are public, which is why
 /// only builds with the `dev-pki` feature carry them (the demo script, tests, benches and
