@@ -7,36 +7,47 @@
 //! The rules of a transfer live in [`protocol`] (the `quicstrap-proto` crate, sans-IO): typed
 //! frames and their codec, and the transfer as two deterministic state machines
 //! ([`protocol::transfer::ClientTransfer`], [`protocol::transfer::ServerTransfer`]) that take
-//! events and `now` in and hand actions out. This crate drives them over QUIC and RocksDB.
+//! events and `now` in and hand actions out. This crate drives them over QUIC and RocksDB,
+//! grouped by level, each level using only those below it (no file or folder imports one that
+//! imports it back):
+//!
+//! * [`net`] — QUIC endpoints tuned for long fat pipes ([`net::transport`]) with their
+//!   [`net::congestion`] control, mutual TLS 1.3 and the allow list ([`net::tls`]), frames on
+//!   streams ([`net::wire`]), admission before authentication;
+//! * [`store`] — partitions on disk ([`store::partition`], the offset inside the DB in the same
+//!   batch as the data), [`store::checksum`]s, the filesystem ([`store::disk`]), and who owns a
+//!   directory or a mutex ([`store::lock`]);
+//! * [`control`] — how fast and how much: [`control::pacing`], [`control::budget`],
+//!   [`control::throttle`] (adaptive rate limits from signals of distress);
+//! * the pipeline, below;
+//! * [`jobs`] — whole jobs: [`jobs::bootstrap`] (peer transfer + catch-up, or Kafka alone, with
+//!   the reason), [`jobs::recover`] (every partition a node is assigned, concurrently, one
+//!   progress view and a cancel switch), [`jobs::node`] (a serving node, what `quicstrap serve`
+//!   runs).
 //!
 //! A fetch runs, in order:
 //!
 //! * discovery — [`peers`] (who to ask: static lists or DNS, shuffled);
 //! * connectivity — [`client::connectivity`] (a handshake with every candidate at once, cached);
-//! * request — [`client`]'s `transfer` module (the client machine's driver) over [`wire`]
-//!   (frames on QUIC streams), on connections of [`transport`] tuned for long fat pipes with
-//!   [`congestion`] control and [`tls`] (mutual TLS 1.3, the allow list);
-//! * receive — `client::receive` (one task per file stream, digest while writing, paced by
-//!   [`pacing`], buffered within [`budget`]);
-//! * validate — sizes and [`checksum`]s against the manifest, the manifest against the
-//!   protocol's rules;
-//! * commit — [`client::commit`] (fsync, receipt, one atomic rename) of a [`partition`], whose
-//!   offset lives inside the DB in the same batch as the data; an interrupted attempt instead
-//!   keeps its files and a journal ([`client::resume`]) and the next asks the same peer for
-//!   the rest;
+//! * request — [`client`]'s `transfer` module (the client machine's driver over QUIC);
+//! * receive — [`client::receive`] (one task per file stream, digest while writing, paced,
+//!   buffered within the budget);
+//! * validate — sizes and digests against the manifest, the manifest against the protocol's
+//!   rules;
+//! * commit — [`client::commit`] (fsync, receipt, one atomic rename); an interrupted attempt
+//!   instead keeps its files and a journal ([`client::resume`]) and the next asks the same peer
+//!   for the rest;
 //! * catch-up — [`ingest`] (the partition's change log, Kafka, from the snapshot's offset).
 //!
-//! [`bootstrap`] runs the whole job: peer transfer + catch-up, or Kafka alone, with the reason.
-//! [`recover`] runs it for every partition a node is assigned, concurrently, with peers from
-//! discovery, one progress view and a cancel switch.
+//! [`client::attempts`] is the part of a fetch no transport owns — temp dir, receive from any
+//! byte source, validate, commit, the fetch machine over the peers — public so that another
+//! transport runs on it: the HTTPS baseline the benchmarks compare against is such a crate
+//! (`quicstrap-baseline`), which is why this one builds without an HTTP stack.
 //!
-//! The serving side: [`server`] (accept, request, push: the server machine's driver),
-//! [`snapshot`] (checkpoints shared within a TTL, digests cached), [`throttle`] (adaptive rate
-//! limits from signals of distress), [`metrics`] (Prometheus), and [`node`] (a serving node
-//! assembled, what `quicstrap serve` runs). [`baseline`] is the HTTP/TCP baseline the
-//! benchmarks compare against: the same snapshots and the same rules over HTTPS. [`demo`] is
-//! `quicstrap demo` and the seed generator of test partitions; [`progress_bar`] draws a
-//! fetch's progress; [`lock`] owns directories and takes mutexes.
+//! The serving side: [`server`] (accept, request, push: the server machine's driver) over
+//! [`snapshot`] (checkpoints shared within a TTL, digests cached), and [`metrics`]
+//! (Prometheus). The CLI, the demo and the seed generator of test partitions are crates of
+//! their own (`quicstrap-cli`, `testkit`).
 //!
 //! # Invariants
 //!
@@ -61,15 +72,15 @@
 //!
 //! **1. Keep each partition's offset inside its data.** Keep the layout
 //! `<root>/<store>_v<version>/<partition>/` ([`PartitionId::dir`]), open partitions with
-//! [`partition::open`] (it creates the metadata column family) and apply the change log with
-//! [`partition::apply_batch`], which writes the records and the offset of the last one in one
+//! [`store::partition::open`] (it creates the metadata column family) and apply the change log with
+//! [`store::partition::apply_batch`], which writes the records and the offset of the last one in one
 //! `WriteBatch`. A snapshot then always carries exactly the offset of the data in it, and a
 //! node that crashes mid-batch resumes from an offset that matches what it holds. The catch-up
 //! of [`ingest`] does this for Kafka; a node with its own ingestion calls `apply_batch`.
 //! RocksDB allows one open handle per partition per process, so open each once and share the
 //! `Arc<DB>`.
 //!
-//! **2. Recover on start, before opening anything.** [`recover::recover`] takes the
+//! **2. Recover on start, before opening anything.** [`jobs::recover::recover`] takes the
 //! partitions the node is assigned, a [`peers::Discovery`] ([`peers::dns::DnsSrv`] for SRV
 //! records, or the cluster's own metadata behind the trait) and a function that opens each
 //! change log ([`ingest::kafka::KafkaConfig::log`]). It opens and closes each partition itself:
@@ -85,11 +96,11 @@
 //! (a `DataDir` also opens directories under its root on demand, which is why it must not run
 //! over partitions still being recovered). Implement `PartitionSource` yourself when partitions
 //! live elsewhere; return a reason from `stale` for a partition whose ingestion stopped, and
-//! peers get a typed refusal instead of old data. [`node::Node`] does all of this as
+//! peers get a typed refusal instead of old data. [`jobs::node::Node`] does all of this as
 //! `quicstrap serve` runs it (following included), and claims the data dir so a second
 //! serving process cannot.
 //!
-//! **4. Metrics, throttling and cancel.** [`recover::RecoverProgress`] is the live view (valid,
+//! **4. Metrics, throttling and cancel.** [`jobs::recover::RecoverProgress`] is the live view (valid,
 //! failed, receiving, bytes) and the cancel switch: after `cancel()` transfers in flight suspend
 //! — what they received stays, journaled, and the peer is told `Suspend` — no Kafka fallback
 //! starts, and Kafka work stops within `RecoverConfig::cancel_grace`; every partition is then
@@ -97,19 +108,19 @@
 //! them. Call it on SIGTERM: that is what `quicstrap fetch` and `recover` do. `on_done` hears each partition as it ends.
 //! Register the fetcher, the server and ingestion with [`metrics`] for Prometheus. Throttle
 //! with the fetcher's `policy.read_limiter` and the server's write limiter
-//! ([`pacing::RateLimiter`], shared by every transfer), or let [`throttle::Throttler`] move
+//! ([`control::pacing::RateLimiter`], shared by every transfer), or let [`control::throttle::Throttler`] move
 //! them with disk and busy signals; `max_partitions` and the buffer caps bound memory whatever
 //! the peers do.
 //!
 //! **5. What each outcome asks of the node.** A single fetch ([`Fetcher::fetch`]) fails with a
 //! [`client::Fallback`]: `KafkaFromStart` means no peer could serve — build the partition from
-//! Kafka from the beginning (what [`bootstrap`] does by itself); `None` means no peer or
+//! Kafka from the beginning (what [`jobs::bootstrap`] does by itself); `None` means no peer or
 //! Kafka build helps — the node cancelled, the partition is already there (untouched), or the
 //! local disk failed (`FetchError::Local`, or a `local_io` attempt: fix the disk, then retry).
-//! Through [`recover`], a partition's `Err` says the rest: `Bootstrap(CatchUp { .. })` leaves
+//! Through [`jobs::recover`], a partition's `Err` says the rest: `Bootstrap(CatchUp { .. })` leaves
 //! it valid at an older offset (rerun, or follow, once the broker is back); `Log` is a
 //! configuration to fix; `Cancelled` is picked up by the next run. A
-//! [`bootstrap::BootstrapPath`] of `KafkaFromEarliest` means retention had removed records
+//! [`jobs::bootstrap::BootstrapPath`] of `KafkaFromEarliest` means retention had removed records
 //! the partition needed and no peer could stand in: it lacks whatever only those wrote, and
 //! the node should say so to whoever owns the store.
 //!
