@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
-use quicstrap::client::{FetchError, NextStep, Progress};
+use quicstrap::client::{NextStep, Progress};
 use quicstrap::store::partition::TableFormat;
 use quicstrap::Peer;
 
@@ -98,9 +98,7 @@ async fn https_checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
         .fetch(&id, &[https_peer(&bad)], dst.path(), &Progress::default())
         .await
         .unwrap_err();
-    let FetchError::AllPeersFailed { attempts } = &err else {
-        panic!("{err}")
-    };
+    let attempts = all_failed(&err);
     assert_eq!(attempts[0].outcome, "checksum_mismatch");
     assert_eq!(attempts[0].next_step, Some(NextStep::CleanupThenNextPeer));
     assert!(!id.dir(dst.path()).exists(), "partition dir appeared");
@@ -133,9 +131,7 @@ async fn https_client_not_on_the_allow_list_is_refused() {
         .fetch(&id, &[https_peer(&https)], dst.path(), &Progress::default())
         .await
         .unwrap_err();
-    let FetchError::AllPeersFailed { attempts } = &err else {
-        panic!("{err}")
-    };
+    let attempts = all_failed(&err);
     // TLS 1.3 reports a refused client certificate on the first read, so the refusal shows
     // as a failed connection or as the peer hanging up before any byte of the manifest.
     assert!(

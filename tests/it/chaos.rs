@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_same, received, report, seed, seeded, temp_dirs, turn_blocking, Needs};
+use crate::common::{assert_same, received, report, seeded, temp_dirs, turn_blocking, Needs};
 use quicstrap::PartitionId;
 use quicstrap_netem::{Dir, Emulator, EmulatorConfig, LinkParams, Loss};
 
@@ -203,9 +203,9 @@ fn still_serves(bed: &Bed, src: &Path, id: &PartitionId, peer: &str) {
     assert_same(&id.dir(src), &id.dir(dst.path()));
 }
 
+/// The chaos beds' source partition, or a copy of it under another root.
 fn source(records: u64) -> (tempfile::TempDir, PartitionId) {
-    let (src, id) = seeded(200, (records, 1000, 4_000));
-    (src, id)
+    seeded(200, (records, 1000, 4_000))
 }
 
 #[test]
@@ -441,8 +441,7 @@ fn a_one_megabit_peer_falls_below_the_rate_floor_and_the_next_serves() {
     // floor, and the slower a host the slower it gets; the good peer moves about 8 MB/s here
     // and 4.7 MB/s on the slowest host seen, far above the floor.
     let (src, id) = source(8_000);
-    let copy = tempfile::tempdir().unwrap();
-    seed(copy.path(), &id, 8_000, 1000, 4_000);
+    let (copy, _) = source(8_000);
     let dst = tempfile::tempdir().unwrap();
     let slow = bed.serve(src.path(), 7000, &["--write-limit", "125000"]);
     let good = bed.serve(copy.path(), 7001, &[]);
@@ -543,8 +542,7 @@ fn serving_peer_killed_mid_file_then_restarted() {
         return;
     };
     let (src, id) = source(40_000);
-    let copy = tempfile::tempdir().unwrap();
-    seed(copy.path(), &id, 40_000, 1000, 4_000);
+    let (copy, _) = source(40_000);
     let dst = tempfile::tempdir().unwrap();
     // Killed mid-file: the client moves on to the next peer.
     let mut dying = bed.serve(src.path(), 7000, &["--write-limit", "5000000"]);

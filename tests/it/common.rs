@@ -225,6 +225,15 @@ pub fn assert_same(src: &Path, dst: &Path) -> u64 {
     quicstrap::store::partition::verify_equal(src, dst).unwrap()
 }
 
+/// The attempts of a fetch that failed because every peer did; any other error fails the
+/// test.
+pub fn all_failed(err: &quicstrap::FetchError) -> &[quicstrap::client::Attempt] {
+    match err {
+        quicstrap::FetchError::AllPeersFailed { attempts } => attempts,
+        other => panic!("{other}"),
+    }
+}
+
 /// Flips one byte in the middle of `path` (same size, different content).
 pub fn corrupt(path: &Path) {
     use std::io::{Read, Seek, SeekFrom, Write};

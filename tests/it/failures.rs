@@ -113,9 +113,7 @@ async fn checksum_mismatch_cleans_up_and_the_next_peer_succeeds() {
     // Alone, the bad peer leaves nothing behind: no partition, no metadata, no temp dir.
     let f = fetcher(|_| {});
     let err = f.fetch(&id, &[peer(&bad)], dst.path()).await.unwrap_err();
-    let FetchError::AllPeersFailed { attempts } = &err else {
-        panic!("{err}")
-    };
+    let attempts = all_failed(&err);
     assert_eq!(attempts[0].outcome, "checksum_mismatch");
     assert_eq!(attempts[0].next_step, Some(NextStep::CleanupThenNextPeer));
     assert!(!id.dir(dst.path()).exists(), "partition dir appeared");
@@ -166,9 +164,7 @@ async fn a_file_shorter_than_announced_is_refused_and_cleaned_up() {
         .fetch(&id, &[peer(&bad)], dst.path())
         .await
         .unwrap_err();
-    let FetchError::AllPeersFailed { attempts } = &err else {
-        panic!("{err}")
-    };
+    let attempts = all_failed(&err);
     assert!(
         ["stream_reset", "size_mismatch"].contains(&attempts[0].outcome.as_str()),
         "{attempts:?}"
@@ -404,9 +400,7 @@ async fn a_failed_attempt_does_not_wait_for_other_partitions_files() {
         .await
         .unwrap_err();
     let took = t0.elapsed();
-    let FetchError::AllPeersFailed { attempts } = &err else {
-        panic!("{err}")
-    };
+    let attempts = all_failed(&err);
     assert_eq!(attempts[0].outcome, "checksum_mismatch");
     assert!(
         !busy_task.is_finished(),
@@ -475,9 +469,7 @@ async fn a_file_changed_under_its_cached_digest_is_caught() {
         .fetch(&id, &[peer(&s)], dst.path())
         .await
         .unwrap_err();
-    let FetchError::AllPeersFailed { attempts } = &err else {
-        panic!("{err}")
-    };
+    let attempts = all_failed(&err);
     assert_eq!(attempts[0].outcome, "checksum_mismatch", "{attempts:?}");
     assert!(!id.dir(dst.path()).exists(), "partition dir appeared");
     assert!(temp_dirs(dst.path()).is_empty(), "temp dir left");

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::*;
-use quicstrap::client::FetchError;
 use quicstrap::net::wire::{write_frame, FrameReader};
 use quicstrap::protocol::{
     encode, Accept, ControlFrame, FileEntry, FileHeader, FileTrailer, PartitionMeta, Request,
@@ -136,9 +135,7 @@ async fn expect_rejection(addr: SocketAddr, outcome: &str) -> Vec<quicstrap::cli
     .await
     .expect("the client gave up in bounded time")
     .unwrap_err();
-    let FetchError::AllPeersFailed { attempts } = &err else {
-        panic!("{err}")
-    };
+    let attempts = all_failed(&err);
     assert_eq!(attempts[0].outcome, outcome, "{attempts:?}");
     assert!(!id.dir(dst.path()).exists(), "partition dir appeared");
     // Only a stall keeps what arrived (with its journal), for a resume; nothing else does.
@@ -157,7 +154,7 @@ async fn expect_rejection(addr: SocketAddr, outcome: &str) -> Vec<quicstrap::cli
         .map(|e| e.file_name())
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
-    attempts.clone()
+    attempts.to_vec()
 }
 
 const CURRENT: &[u8] = b"MANIFEST-000005\n";

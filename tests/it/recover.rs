@@ -72,6 +72,13 @@ impl Store {
             .unwrap();
     }
 
+    /// [`Self::produce`] to every partition.
+    async fn produce_all(&mut self, n: u64, size: usize) {
+        for p in 0..self.produced.len() as u32 {
+            self.produce(p, n, size).await;
+        }
+    }
+
     /// `quicstrap recover` of `partitions` into `root`; stdout piped for the report lines.
     fn recover(&self, root: &Path, partitions: &str, extra: &[&str]) -> Command {
         let mut cmd =
@@ -220,15 +227,11 @@ fn attempts(v: &Value) -> Vec<(u16, String, u64)> {
 async fn recover_uses_discovered_peers_and_builds_a_partition_no_peer_holds_from_kafka() {
     let _turn = turn(Needs::Broker).await;
     let mut store = Store::new("discover", 4).await;
-    for p in 0..4 {
-        store.produce(p, 3_000, 500).await;
-    }
+    store.produce_all(3_000, 500).await;
     let a = tempfile::tempdir().unwrap();
     let serving = source_node(&store, a.path(), "0-3", 4);
     // Records A's snapshots do not hold: B catches them up after each transfer.
-    for p in 0..4 {
-        store.produce(p, 200, 500).await;
-    }
+    store.produce_all(200, 500).await;
     let conf = tempfile::tempdir().unwrap();
     let port = serving.addr.port();
     let (_dns, server) = dns(
@@ -294,9 +297,7 @@ async fn recover_uses_discovered_peers_and_builds_a_partition_no_peer_holds_from
 async fn a_peer_that_dies_during_recovery_is_replaced_by_another_holder() {
     let _turn = turn(Needs::Broker).await;
     let mut store = Store::new("dies", 4).await;
-    for p in 0..4 {
-        store.produce(p, 6_000, 1_000).await;
-    }
+    store.produce_all(6_000, 1_000).await;
     let a1 = tempfile::tempdir().unwrap();
     let mut first = source_node(&store, a1.path(), "0-3", 4);
     // A second holder of the same partitions, copied while nobody has them open.
@@ -414,9 +415,7 @@ async fn a_rerun_after_sigkill_keeps_the_valid_partitions_and_resumes_the_rest()
 async fn recover_as_pid_1_stopped_then_rerun(tag: &str, signal: i32) {
     let _turn = turn(Needs::Broker).await;
     let mut store = Store::new(tag, 3).await;
-    for p in 0..3 {
-        store.produce(p, 8_000, 1_000).await;
-    }
+    store.produce_all(8_000, 1_000).await;
     let node = one_node_serves_all(&store, 3);
     let flags = node.flags();
     let b = tempfile::tempdir().unwrap();

@@ -50,6 +50,21 @@ mod manager {
         SnapshotManager::new(cfg, source).unwrap()
     }
 
+    /// A root holding partition `store_v1/0` of `records` records of `value_size` bytes.
+    fn filled(records: u64, value_size: usize, per_flush: u64) -> (tempfile::TempDir, PartitionId) {
+        let root = tempfile::tempdir().unwrap();
+        let id = PartitionId::new("store", 1, 0).unwrap();
+        let dir = id.dir(root.path());
+        crate::store::partition::fixture::fill(
+            &dir,
+            TableFormat::Block,
+            records,
+            value_size,
+            per_flush,
+        );
+        (root, id)
+    }
+
     fn client(cert: &[u8], ip: &str) -> ClientKey {
         ClientKey::new(Some(cert), ip.parse::<IpAddr>().unwrap())
     }
@@ -83,15 +98,7 @@ mod manager {
 
     #[tokio::test]
     async fn one_client_gets_its_share_and_others_are_still_served() {
-        let root = tempfile::tempdir().unwrap();
-        let id = PartitionId::new("store", 1, 0).unwrap();
-        crate::store::partition::fixture::fill(
-            &id.dir(root.path()),
-            TableFormat::Block,
-            100,
-            10,
-            100,
-        );
+        let (root, id) = filled(100, 10, 100);
         let mgr = manager(root.path(), |c| {
             c.max_users = 5;
             c.max_users_per_client = 2;
@@ -142,15 +149,7 @@ mod manager {
 
     #[tokio::test]
     async fn the_sweep_drops_entries_of_partitions_no_longer_here() {
-        let root = tempfile::tempdir().unwrap();
-        let id = PartitionId::new("store", 1, 0).unwrap();
-        crate::store::partition::fixture::fill(
-            &id.dir(root.path()),
-            TableFormat::Block,
-            100,
-            10,
-            100,
-        );
+        let (root, id) = filled(100, 10, 100);
         let mgr = manager(root.path(), |_| {});
         let t0 = Instant::now();
         let lease = mgr.acquire(&id, t0).await.unwrap();
@@ -167,15 +166,7 @@ mod manager {
     #[tokio::test]
     async fn a_new_snapshot_of_unchanged_sst_files_reads_only_the_small_files_again() {
         use crate::store::checksum::ChecksumAlgo;
-        let root = tempfile::tempdir().unwrap();
-        let id = PartitionId::new("store", 1, 0).unwrap();
-        crate::store::partition::fixture::fill(
-            &id.dir(root.path()),
-            TableFormat::Block,
-            20_000,
-            100,
-            1_000,
-        );
+        let (root, id) = filled(20_000, 100, 1_000);
         let t0 = Instant::now();
         let (total, sst_bytes) = {
             let mgr = manager(root.path(), |_| {});
@@ -252,15 +243,7 @@ mod manager {
     #[tokio::test]
     async fn a_read_digests_its_file_once_covers_a_resumed_prefix_and_stops_when_left() {
         use crate::store::checksum::{digest_file, ChecksumAlgo};
-        let root = tempfile::tempdir().unwrap();
-        let id = PartitionId::new("store", 1, 0).unwrap();
-        crate::store::partition::fixture::fill(
-            &id.dir(root.path()),
-            TableFormat::Block,
-            5_000,
-            1000,
-            5_000,
-        );
+        let (root, id) = filled(5_000, 1000, 5_000);
         let mgr = manager(root.path(), |_| {});
         let lease = mgr.acquire(&id, Instant::now()).await.unwrap();
         let snap = lease.snapshot().clone();
