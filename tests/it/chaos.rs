@@ -125,6 +125,35 @@ impl Bed {
     }
 }
 
+/// Two peers of one partition, each serving a copy of its own: the bad one (port 7000, with
+/// the scenario's flags) and the good one (7001), and an empty fetch destination.
+struct Pair {
+    src: tempfile::TempDir,
+    copy: tempfile::TempDir,
+    id: PartitionId,
+    dst: tempfile::TempDir,
+    bad: Serve,
+    good: Serve,
+}
+
+impl Bed {
+    /// A partition of `records` served by a bad peer (`bad_flags`) and a good one.
+    fn bad_and_good(&self, records: u64, bad_flags: &[&str]) -> Pair {
+        let (src, id) = source(records);
+        let (copy, _) = source(records);
+        let bad = self.serve(src.path(), 7000, bad_flags);
+        let good = self.serve(copy.path(), 7001, &[]);
+        Pair {
+            src,
+            copy,
+            id,
+            dst: tempfile::tempdir().unwrap(),
+            bad,
+            good,
+        }
+    }
+}
+
 /// A `serve` in the server namespace (killed on drop) and the peer spec that reaches it.
 struct Serve {
     process: common::ServeProcess,
@@ -440,11 +469,14 @@ fn a_one_megabit_peer_falls_below_the_rate_floor_and_the_next_serves() {
     // Margins that hold on any host: the 1 Mbit/s peer sends 125 kB/s, half the 250 kB/s
     // floor, and the slower a host the slower it gets; the good peer moves about 8 MB/s here
     // and 4.7 MB/s on the slowest host seen, far above the floor.
-    let (src, id) = source(8_000);
-    let (copy, _) = source(8_000);
-    let dst = tempfile::tempdir().unwrap();
-    let slow = bed.serve(src.path(), 7000, &["--write-limit", "125000"]);
-    let good = bed.serve(copy.path(), 7001, &[]);
+    let Pair {
+        src: _src,
+        copy,
+        id,
+        dst,
+        bad: slow,
+        good,
+    } = bed.bad_and_good(8_000, &["--write-limit", "125000"]);
     let t0 = Instant::now();
     let (code, r) = report(bed.fetch(
         &id,
@@ -541,12 +573,15 @@ fn serving_peer_killed_mid_file_then_restarted() {
     let Some(bed) = Bed::start("peer_killed", 8, 50, Loss::None) else {
         return;
     };
-    let (src, id) = source(40_000);
-    let (copy, _) = source(40_000);
-    let dst = tempfile::tempdir().unwrap();
     // Killed mid-file: the client moves on to the next peer.
-    let mut dying = bed.serve(src.path(), 7000, &["--write-limit", "5000000"]);
-    let good = bed.serve(copy.path(), 7001, &[]);
+    let Pair {
+        src,
+        copy,
+        id,
+        dst,
+        bad: mut dying,
+        good,
+    } = bed.bad_and_good(40_000, &["--write-limit", "5000000"]);
     let fetch = bed.fetch(
         &id,
         &[&dying.peer, &good.peer],

@@ -95,6 +95,16 @@ impl Store {
         cmd
     }
 
+    /// [`Self::recover`] with peers from the SRV records of the dnsmasq at `dns_server`.
+    fn recover_discovered(&self, root: &Path, partitions: &str, dns_server: &str) -> Command {
+        let discover = format!("srv:{DOMAIN}");
+        self.recover(
+            root,
+            partitions,
+            &["--discover", &discover, "--dns-server", dns_server],
+        )
+    }
+
     /// Every partition in `parts` under `root` holds exactly what was produced to it.
     fn assert_complete(&self, root: &Path, parts: impl IntoIterator<Item = u32>) {
         for p in parts {
@@ -241,13 +251,8 @@ async fn recover_uses_discovered_peers_and_builds_a_partition_no_peer_holds_from
     );
 
     let b = tempfile::tempdir().unwrap();
-    let discover = format!("srv:{DOMAIN}");
     let child = store
-        .recover(
-            b.path(),
-            "0-3",
-            &["--discover", &discover, "--dns-server", &server],
-        )
+        .recover_discovered(b.path(), "0-3", &server)
         .args(["--lag-threshold", "1000"])
         .stderr(Stdio::piped())
         .spawn()
@@ -280,6 +285,7 @@ async fn recover_uses_discovered_peers_and_builds_a_partition_no_peer_holds_from
 
     // `fetch` takes the same discovery; without Kafka, nobody listed is a clear failure.
     let c = tempfile::tempdir().unwrap();
+    let discover = format!("srv:{DOMAIN}");
     let dns_flags = ["--discover", &discover, "--dns-server", &server, "--json"];
     let out = output_ok(fetch_command(c.path(), &store.name, 1, 1).args(dns_flags));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -315,13 +321,8 @@ async fn a_peer_that_dies_during_recovery_is_replaced_by_another_holder() {
 
     // B asks the first holder first (SRV priority, no shuffle).
     let b = tempfile::tempdir().unwrap();
-    let discover = format!("srv:{DOMAIN}");
     let child = store
-        .recover(
-            b.path(),
-            "0-3",
-            &["--discover", &discover, "--dns-server", &server],
-        )
+        .recover_discovered(b.path(), "0-3", &server)
         .args(["--lag-threshold", "1000", "--no-shuffle"])
         .stderr(Stdio::piped())
         .spawn()
