@@ -143,7 +143,7 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), NetemError> {
 
 /// Deletes the namespaces it was told it created, unless disarmed: the "tear down what
 /// was created" half of a failed start.
-struct CreatedNamespaces(Vec<String>);
+pub(crate) struct CreatedNamespaces(pub(crate) Vec<String>);
 
 impl Drop for CreatedNamespaces {
     fn drop(&mut self) {
@@ -389,7 +389,7 @@ impl Drop for Emulator {
 
 /// Sum of `TX dropped` of the named TUN devices from a `/proc/net/dev` file: packets the
 /// kernel could not queue for the relay to read (a counter that cannot be read counts 0).
-fn tun_tx_dropped(dev: &Mutex<File>, names: &[&str]) -> u64 {
+pub(crate) fn tun_tx_dropped(dev: &Mutex<File>, names: &[&str]) -> u64 {
     let mut file = dev.lock().unwrap_or_else(PoisonError::into_inner);
     let mut text = String::new();
     if file.seek(SeekFrom::Start(0)).is_err() || file.read_to_string(&mut text).is_err() {
@@ -455,8 +455,19 @@ fn setup_side(
     peer: Ipv4Addr,
     mtu: u32,
 ) -> Result<(OwnedFd, File), NetemError> {
+    setup_device(ns, TUN_NAME, local, peer, mtu)
+}
+
+/// [`setup_side`] for a device called `name`: a star's hub has one per spoke.
+pub(crate) fn setup_device(
+    ns: &str,
+    name: &str,
+    local: Ipv4Addr,
+    peer: Ipv4Addr,
+    mtu: u32,
+) -> Result<(OwnedFd, File), NetemError> {
     let (fd, dev) = in_netns(ns, || -> Result<(OwnedFd, File), NetemError> {
-        let fd = open_tun_without_ipv6(TUN_NAME)?;
+        let fd = open_tun_without_ipv6(name)?;
         let dev = File::open("/proc/thread-self/net/dev")
             .map_err(|e| NetemError::io("opening /proc/thread-self/net/dev", e))?;
         Ok((fd, dev))
@@ -464,9 +475,9 @@ fn setup_side(
     let local_s = format!("{local}/32");
     let peer_s = format!("{peer}/32");
     ip(&["-n", ns, "link", "set", "dev", "lo", "up"])?;
-    tun_up(ns, TUN_NAME, mtu)?;
+    tun_up(ns, name, mtu)?;
     ip(&[
-        "-n", ns, "addr", "add", &local_s, "peer", &peer_s, "dev", TUN_NAME,
+        "-n", ns, "addr", "add", &local_s, "peer", &peer_s, "dev", name,
     ])?;
     Ok((fd, dev))
 }

@@ -22,6 +22,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A [`Star`] joins one client namespace to several peer namespaces, each over a link of
+//! its own (one near peer and several far ones).
+//!
 //! The link model itself ([`model`]) is sans-IO and can be used on its own.
 
 #![warn(missing_docs)]
@@ -31,6 +34,7 @@ mod error;
 pub mod model;
 mod netns;
 mod relay;
+mod star;
 mod tun;
 pub mod units;
 
@@ -39,3 +43,4 @@ pub use error::NetemError;
 pub use model::{DropReason, Link, LinkCounters, LinkParams, Loss, Verdict};
 pub use netns::{cleanup, get_sysctl, in_netns, is_supported, set_sysctl, NETNS_DIR};
 pub use relay::{DirStats, IfaceStats};
+pub use star::{Spoke, Star, StarConfig, MAX_SPOKES};
