@@ -50,7 +50,7 @@ async fn start(root: &Path, n: usize) -> Server {
 fn fetcher() -> Arc<Fetcher> {
     let mut cfg = FetchConfig::new(tls::dev::client().expect("dev identity"));
     cfg.policy.read_limiter = RateLimiter::unlimited();
-    cfg.shuffle = false;
+    cfg.order = quicstrap::peers::order::PeerOrder::Listed;
     cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     Arc::new(Fetcher::new(cfg).expect("fetcher"))
 }

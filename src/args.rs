@@ -15,6 +15,7 @@ use quicstrap::jobs::bootstrap::BootstrapConfig;
 use quicstrap::net::tls::{Identity, TlsError};
 use quicstrap::net::transport::{Congestion, TransportTuning};
 use quicstrap::peers::dns::{self, DnsSrv};
+use quicstrap::peers::order::PeerOrder;
 use quicstrap::peers::{AnyOf, Discovery, Peer, PeersFuture, StaticPeers};
 use quicstrap::store::checksum::ChecksumAlgo;
 use quicstrap::store::partition::{PartitionId, TableFormat};
@@ -36,7 +37,8 @@ pub struct StoreArgs {
 // Whom to ask for a partition (fetch, recover).
 #[derive(Args)]
 pub struct PeerArgs {
-    /// A peer, `host:port` or `name@host:port`; repeat for more (none: Kafka only).
+    /// A peer, `host:port` or `name@host:port`, optionally in a zone: `ZONE/host:port`;
+    /// repeat for more (none: Kafka only).
     #[arg(long = "peer", required_unless_present_any = ["kafka", "discover"])]
     pub peers: Vec<Peer>,
     /// Find each partition's peers in DNS: `srv:DOMAIN` asks for the SRV records
@@ -48,6 +50,10 @@ pub struct PeerArgs {
     /// /etc/resolv.conf].
     #[arg(long = "dns-server", requires = "discover")]
     pub dns_servers: Vec<SocketAddr>,
+    /// Read each SRV target's zone from this label of its name (0-based): with 1,
+    /// `peer3.dc2.cluster.example` is in zone `dc2`.
+    #[arg(long, value_name = "N", requires = "discover")]
+    pub zone_label: Option<usize>,
     /// Accept only a server whose certificate is valid for this name, whatever address a
     /// peer resolved to (DNS answers are unauthenticated): every peer is verified against
     /// it instead of the host, `name@` or SRV target it was given with.
@@ -87,7 +93,11 @@ impl PeerArgs {
                     "--discover: no nameserver in /etc/resolv.conf; give --dns-server".into(),
                 );
             }
-            all.push(Box::new(DnsSrv::new(&servers, domain, DNS_TIMEOUT)));
+            let srv = DnsSrv::new(&servers, domain, DNS_TIMEOUT);
+            all.push(Box::new(match self.zone_label {
+                Some(n) => srv.with_zone_label(n),
+                None => srv,
+            }));
         }
         Ok(Box::new(Renamed {
             inner: AnyOf(all),
@@ -152,9 +162,22 @@ pub struct TransferArgs {
     /// How old kept files may be and still be resumed, seconds (the servers' window).
     #[arg(long, default_value_t = 600)]
     pub resume_window_secs: u64,
-    /// Try peers in the order given instead of shuffling.
+    /// This node's zone (datacenter, region): peers of the same zone are asked first, and
+    /// bytes from others count as remote (and pay --remote-read-limit).
     #[arg(long)]
+    pub zone: Option<String>,
+    /// The order peers are asked in: `locality` (own zone first, then by SRV priority, each
+    /// tier weighted by SRV weight and measured RTT and rate), `shuffle` (uniform, zones and
+    /// tiers ignored) or `listed` (as given).
+    #[arg(long, default_value = "locality", value_name = "ORDER")]
+    pub peer_order: PeerOrder,
+    /// Same as --peer-order listed.
+    #[arg(long, conflicts_with = "peer_order")]
     pub no_shuffle: bool,
+    /// Read-rate limit for bytes from peers of other zones, bytes/s, on top of --read-limit
+    /// (0 = none beyond it).
+    #[arg(long, default_value_t = 0, requires = "zone")]
+    pub remote_read_limit: u64,
     /// Start every attempt from byte 0 and delete what an interrupted one received, instead
     /// of keeping it and asking the same peer for the rest.
     #[arg(long)]
@@ -186,7 +209,14 @@ impl TransferArgs {
         cfg.max_resumes = self.max_resumes;
         cfg.resume_window = Duration::from_secs(self.resume_window_secs);
         policy.read_limiter = quicstrap::control::pacing::RateLimiter::new(self.read_limit);
-        cfg.shuffle = !self.no_shuffle;
+        policy.zone = self.zone.clone();
+        policy.remote_read_limiter =
+            quicstrap::control::pacing::RateLimiter::new(self.remote_read_limit);
+        cfg.order = if self.no_shuffle {
+            PeerOrder::Listed
+        } else {
+            self.peer_order
+        };
         cfg.resume = !self.no_resume;
         cfg.tuning.idle_timeout = cfg.policy.idle_timeout;
         cfg.max_recv_buffer = self.max_recv_buffer;

@@ -117,7 +117,10 @@ async fn fetch(
     let parent = attempts::prepare_parent(id, root)?;
     let (parent, target_dir) = (&parent, &target);
     // The baseline has no connectivity check: every peer is worth an attempt.
-    let candidates: Vec<_> = peers.iter().map(|p| (p.clone(), Ok(()))).collect();
+    let candidates: Vec<_> = peers
+        .iter()
+        .map(|p| attempts::Candidate::new(&cfg.policy, p.clone(), Ok(())))
+        .collect();
     attempts::try_peers(
         id,
         target.clone(),
@@ -446,7 +449,7 @@ async fn receive_all(
             dir.to_owned(),
             cfg.policy.idle_timeout,
             progress.first_byte.clone(),
-            Landing::new(&cfg.policy, progress.received.clone(), open.clone()),
+            Landing::new(&cfg.policy, peer, progress.received.clone(), open.clone()),
         ));
     }
     let mut bytes = 0;

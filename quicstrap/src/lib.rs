@@ -27,7 +27,7 @@
 //!
 //! A fetch runs, in order:
 //!
-//! * discovery — [`peers`] (who to ask: static lists or DNS, shuffled);
+//! * discovery — [`peers`] (who to ask: static lists or DNS, ordered by zone, tier and measured speed);
 //! * connectivity — [`client::connectivity`] (a handshake with every candidate at once, cached);
 //! * request — [`client`]'s `transfer` module (the client machine's driver over QUIC);
 //! * receive — [`client::receive`] (one task per file stream, digest while writing, paced,

@@ -2,7 +2,7 @@
 //!
 //! Seeds a ~256 MB source partition, starts three peers on loopback like the reference
 //! design's diagram — one busy, one serving the other table format, one good — fetches through
-//! them in a shuffled order until one succeeds, verifies the result key by key against the
+//! them in the fetcher's random order until one succeeds, verifies the result key by key against the
 //! source, prints what happened, and deletes everything it made.
 //!
 //! Its source partition comes from the seed generator (`testkit::seed`), which

@@ -19,7 +19,7 @@ pub fn render(s: &DemoSummary) -> String {
     for p in &s.peers {
         let _ = writeln!(out, "peer {}  {}", p.addr, p.role);
     }
-    let _ = writeln!(out, "attempts (shuffled order):");
+    let _ = writeln!(out, "attempts (in the order asked):");
     for (i, a) in s.report.attempts.iter().enumerate() {
         let _ = writeln!(
             out,

@@ -175,7 +175,7 @@ pub fn peer(s: &Server) -> Peer {
 /// A fetcher trying peers in the given order, with short timeouts for tests.
 pub fn fetcher(tweak: impl FnOnce(&mut FetchConfig)) -> Fetcher {
     let mut cfg = FetchConfig::new(tls::dev::client().unwrap());
-    cfg.shuffle = false;
+    cfg.order = quicstrap::peers::order::PeerOrder::Listed;
     cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.policy.idle_timeout = Duration::from_secs(5);
     cfg.tuning.idle_timeout = Duration::from_secs(5);

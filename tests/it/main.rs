@@ -21,6 +21,7 @@ mod kafka_broker;
 mod layout;
 mod lifecycle;
 mod limits;
+mod locality;
 mod metrics;
 mod migration;
 mod ownership;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::peers::order::ZoneClass;
 use crate::peers::Peer;
 use crate::protocol::fetch::{FetchMachine, FetchRules, Outcome, PeerId, RateFloor, Step};
 use crate::store::partition::{PartitionId, PartitionMeta, TableFormat};
@@ -53,6 +54,29 @@ pub fn prepare_parent(id: &PartitionId, root: &Path) -> Result<PathBuf, FetchErr
     Ok(parent)
 }
 
+/// A peer as the attempt loop takes it: with its zone class (for the counters and the report)
+/// and its connectivity verdict.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// The peer.
+    pub peer: Peer,
+    /// Whether its bytes cross zones ([`FetchPolicy::class`]).
+    pub class: ZoneClass,
+    /// What the connectivity check found; `Ok` when there was none.
+    pub verdict: Result<(), AttemptError>,
+}
+
+impl Candidate {
+    /// `peer` with `verdict`, classed by `policy`.
+    pub fn new(policy: &FetchPolicy, peer: Peer, verdict: Result<(), AttemptError>) -> Self {
+        Self {
+            class: policy.class(&peer),
+            peer,
+            verdict,
+        }
+    }
+}
+
 /// Runs the fetch machine ([`FetchMachine`]) over `candidates` until it is done: carries out
 /// each step it hands out (an attempt, a pause, the end) and reports each attempt's outcome
 /// back. A candidate comes with its connectivity verdict: a peer already known dead becomes a
@@ -64,7 +88,7 @@ pub fn prepare_parent(id: &PartitionId, root: &Path) -> Result<PathBuf, FetchErr
 pub async fn try_peers<F, Fut>(
     id: &PartitionId,
     target: PathBuf,
-    candidates: impl IntoIterator<Item = (Peer, Result<(), AttemptError>)>,
+    candidates: impl IntoIterator<Item = Candidate>,
     holder: Option<PeerId>,
     rules: FetchRules,
     progress: &Progress,
@@ -78,12 +102,13 @@ where
 {
     let started = Instant::now();
     let mut attempts: Vec<Attempt> = Vec::new();
-    let mut peers: HashMap<PeerId, (Peer, Option<Result<(), AttemptError>>)> = HashMap::new();
+    // Each candidate, and whether its verdict was used: only its first attempt takes it.
+    let mut peers: HashMap<PeerId, (Candidate, bool)> = HashMap::new();
     let mut order = Vec::new();
-    for (peer, verdict) in candidates {
-        let pid = peer.id();
+    for c in candidates {
+        let pid = c.peer.id();
         order.push(pid.clone());
-        peers.entry(pid).or_insert((peer, Some(verdict)));
+        peers.entry(pid).or_insert((c, false));
     }
     let mut machine = FetchMachine::new(order, holder, rules, Instant::now());
     // The last failure, for the error of a fetch that stops.
@@ -126,12 +151,13 @@ where
                 return Err(FetchError::AllPeersFailed { attempts });
             }
         };
-        let Some((peer, verdict)) = peers.get_mut(&pid) else {
+        let Some((candidate, used)) = peers.get_mut(&pid) else {
             // The machine only hands out peers it was given.
             machine.attempt_ended(Outcome::Refused, false, held(), Instant::now());
             continue;
         };
-        let (peer, verdict) = (peer.clone(), verdict.take());
+        let verdict = (!std::mem::replace(used, true)).then(|| candidate.verdict.clone());
+        let (peer, class) = (candidate.peer.clone(), candidate.class);
         progress.attempts.fetch_add(1, Ordering::Relaxed);
         progress.received.store(0, Ordering::Relaxed);
         progress.total.store(0, Ordering::Relaxed);
@@ -149,8 +175,14 @@ where
         let resumed_bytes = progress.resumed.load(Ordering::Relaxed);
         let resent_bytes = progress.resent.load(Ordering::Relaxed);
         stats.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        match class {
+            ZoneClass::Local => &stats.bytes_local,
+            ZoneClass::Remote => &stats.bytes_remote,
+        }
+        .fetch_add(bytes, Ordering::Relaxed);
         let mut record = Attempt {
             peer: name.clone(),
+            zone: class,
             outcome: "ok".into(),
             error: None,
             next_step: None,

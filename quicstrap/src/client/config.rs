@@ -10,6 +10,8 @@ use crate::control::pacing::RateLimiter;
 use crate::control::throttle::LatencySignal;
 use crate::net::tls::Identity;
 use crate::net::transport::TransportTuning;
+use crate::peers::order::{PeerOrder, Placement, ZoneClass};
+use crate::peers::Peer;
 use crate::store::checksum::ChecksumAlgo;
 use crate::store::partition::TableFormat;
 
@@ -38,6 +40,12 @@ pub struct FetchPolicy {
     /// Read-rate limit shared by every transfer of this process (default
     /// [`crate::control::pacing::DEFAULT_RATE`]).
     pub read_limiter: Arc<RateLimiter>,
+    /// This node's zone (datacenter, region); `None`: no zones in play, every peer is local.
+    pub zone: Option<String>,
+    /// A second read limit that bytes from peers of other zones pay as well as
+    /// [`Self::read_limiter`]: cross-datacenter links are narrower and paid per byte
+    /// (unlimited by default).
+    pub remote_read_limiter: Arc<RateLimiter>,
     /// Told how long each received file's fsync took, for a throttle that slows reads when
     /// the disk falls behind ([`crate::control::throttle::fsync_latency`]); `None`: nobody
     /// listens.
@@ -56,8 +64,15 @@ impl FetchPolicy {
             min_rate: 32 * 1024,
             rate_window: Duration::from_secs(120),
             read_limiter: RateLimiter::new(crate::control::pacing::DEFAULT_RATE),
+            zone: None,
+            remote_read_limiter: RateLimiter::unlimited(),
             fsync_latency: None,
         }
+    }
+
+    /// Whether `peer`'s bytes cross zones, seen from this node.
+    pub fn class(&self, peer: &Peer) -> ZoneClass {
+        ZoneClass::of(self.zone.as_deref(), peer.zone.as_deref())
     }
 }
 
@@ -70,8 +85,9 @@ pub struct FetchConfig {
     pub tuning: TransportTuning,
     /// Local UDP address (port 0 picks one).
     pub bind: SocketAddr,
-    /// Shuffle peers before trying them (on by default; tests turn it off for a fixed order).
-    pub shuffle: bool,
+    /// The order peers are asked in ([`PeerOrder::Locality`] by default: own zone first,
+    /// tiers in order, the better measured peer preferred; tests list a fixed order).
+    pub order: PeerOrder,
     /// Partitions received at once (20); further fetches wait their turn, so a node
     /// recovering hundreds of partitions neither opens hundreds of temp dirs nor asks every
     /// peer at once.
@@ -110,7 +126,7 @@ impl FetchConfig {
             policy: FetchPolicy::new(identity),
             tuning: TransportTuning::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
-            shuffle: true,
+            order: PeerOrder::default(),
             max_partitions: 20,
             check_concurrency: 16,
             check_timeout: Duration::from_secs(60),
@@ -121,6 +137,14 @@ impl FetchConfig {
             max_resumes: 10,
             backoff_first: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// Where this node is and how it orders peers.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            zone: self.policy.zone.clone(),
+            order: self.order,
         }
     }
 
@@ -230,6 +254,10 @@ impl CancelSwitch {
 pub struct FetchStats {
     /// File payload bytes received, in every attempt.
     pub bytes_received: AtomicU64,
+    /// Of those, bytes from peers of this node's zone (all of them when no zone is set).
+    pub bytes_local: AtomicU64,
+    /// Of those, bytes from peers of other zones.
+    pub bytes_remote: AtomicU64,
     /// Fetches that ended with the partition in place.
     pub fetched: AtomicU64,
     /// Fetches that ended without it.

@@ -6,6 +6,11 @@
 //! window (30 s), entries older than that are purged, and the whole check is capped (1 min).
 //! A good check leaves its QUIC connection warm in the fetcher, so the transfer that follows
 //! starts without a handshake.
+//!
+//! The cache also keeps what was measured of each peer — the round-trip time of its
+//! connection and the rate its last transfer delivered — for the peer order to prefer the
+//! better peer of a tier ([`crate::peers::order`]). Measures live longer than verdicts (an
+//! RTT is still a fair guess after 30 s) and are forgotten after [`MEASURE_LIFETIME`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::error::AttemptError;
+use crate::peers::order::Measure;
 use crate::peers::Peer;
 use crate::store::lock::unpoisoned as lock;
 
@@ -20,11 +26,15 @@ type Key = (SocketAddr, String);
 /// A verdict and when it was made.
 type Entry = (Instant, Result<(), AttemptError>);
 
-/// Verdicts of recent handshakes, by peer.
+/// How long a peer's measured RTT and rate are kept without being measured again.
+pub const MEASURE_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
+/// Verdicts of recent handshakes and measures of recent peers.
 #[derive(Debug)]
 pub struct ConnectivityCache {
     freshness: Duration,
     entries: Mutex<HashMap<Key, Entry>>,
+    measures: Mutex<HashMap<Key, (Instant, Measure)>>,
 }
 
 fn key(p: &Peer) -> Key {
@@ -37,7 +47,46 @@ impl ConnectivityCache {
         Self {
             freshness,
             entries: Mutex::default(),
+            measures: Mutex::default(),
         }
+    }
+
+    /// What is known of `peer`.
+    pub fn measure(&self, peer: &Peer) -> Measure {
+        lock(&self.measures)
+            .get(&key(peer))
+            .map(|(_, m)| *m)
+            .unwrap_or_default()
+    }
+
+    /// Records `peer`'s round-trip time, measured at `at`.
+    pub fn note_rtt(&self, peer: &Peer, rtt: Duration, at: Instant) {
+        let mut measures = lock(&self.measures);
+        let entry = measures
+            .entry(key(peer))
+            .or_insert((at, Measure::default()));
+        *entry = (
+            at,
+            Measure {
+                rtt: Some(rtt),
+                ..entry.1
+            },
+        );
+    }
+
+    /// Records the rate, bytes/s, `peer` delivered in a transfer that ended at `at`.
+    pub fn note_rate(&self, peer: &Peer, rate: f64, at: Instant) {
+        let mut measures = lock(&self.measures);
+        let entry = measures
+            .entry(key(peer))
+            .or_insert((at, Measure::default()));
+        *entry = (
+            at,
+            Measure {
+                rate: Some(rate),
+                ..entry.1
+            },
+        );
     }
 
     /// The fresh verdict on `peer` at `now`, if any.
@@ -58,6 +107,8 @@ impl ConnectivityCache {
         let before = entries.len();
         let freshness = self.freshness;
         entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < freshness);
+        lock(&self.measures)
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < MEASURE_LIFETIME);
         before - entries.len()
     }
 
@@ -108,5 +159,25 @@ mod tests {
         assert_eq!(c.len(), 1);
         c.forget(&p(2));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn measures_add_up_per_peer_and_expire_after_their_lifetime() {
+        let c = ConnectivityCache::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(c.measure(&p(1)), Measure::default());
+        c.note_rtt(&p(1), Duration::from_millis(12), t0);
+        c.note_rate(&p(1), 5e6, t0 + Duration::from_secs(1));
+        let m = c.measure(&p(1));
+        assert_eq!(
+            (m.rtt, m.rate),
+            (Some(Duration::from_millis(12)), Some(5e6))
+        );
+        assert_eq!(c.measure(&p(2)), Measure::default());
+        // Outlives a verdict's freshness, not its own lifetime.
+        c.purge(t0 + Duration::from_secs(60));
+        assert_eq!(c.measure(&p(1)).rate, Some(5e6));
+        c.purge(t0 + MEASURE_LIFETIME + Duration::from_secs(2));
+        assert_eq!(c.measure(&p(1)), Measure::default());
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::control::budget::{BufferBudget, Direction};
 use crate::net::tls;
 use crate::net::transport;
-use crate::peers::{self, Peer};
+use crate::peers::Peer;
 use crate::protocol::codes;
 use crate::protocol::fetch::PeerId;
 use crate::store::lock::unpoisoned as lock;
@@ -21,6 +21,9 @@ use super::{
     attempts, connectivity, pool, resume, transfer, workdir, AttemptError, FetchConfig, FetchError,
     FetchReport, FetchStats, Progress, SetupError,
 };
+
+/// Fewest bytes a transfer must move for its rate to count as the peer's measured rate.
+const RATE_SAMPLE_MIN: u64 = 4 << 20;
 
 /// Fetches partitions from peers. Cheap to share behind an `Arc`; one per process is typical.
 pub struct Fetcher {
@@ -120,7 +123,9 @@ impl Fetcher {
                 let (limit, verdicts) = (&limit, &verdicts);
                 async move {
                     let _permit = limit.acquire().await;
-                    let verdict = self.quic.pool.connection(p).await.map(|_| ());
+                    let verdict = self.quic.pool.connection(p).await.map(|pc| {
+                        self.connectivity.note_rtt(p, pc.conn.rtt(), Instant::now());
+                    });
                     self.connectivity.record(p, verdict.clone(), Instant::now());
                     *lock(&verdicts[i]) = Some(verdict);
                 }
@@ -153,7 +158,7 @@ impl Fetcher {
     }
 
     /// Fetches `id` into `<root>/<store>_v<version>/<partition>/` from the first of `peers`
-    /// (shuffled) that can serve it.
+    /// (in the configured order: [`crate::peers::order`]) that can serve it.
     pub async fn fetch(
         &self,
         id: &PartitionId,
@@ -210,12 +215,8 @@ impl Fetcher {
         let holder = lock(&kept)
             .as_ref()
             .map(|k| PeerId::new(k.journal.peer.clone()));
-        let order = if self.quic.cfg.shuffle {
-            peers::shuffled(peers.to_vec())
-        } else {
-            peers.to_vec()
-        };
-        // Handshake with every candidate at once; known-dead peers then fail in no time.
+        // Handshake with every candidate at once; known-dead peers then fail in no time, and
+        // the live ones' RTTs are known before they are put in order.
         let verdicts = tokio::select! {
             // Cached verdicts are ready at once; a cancel already made still wins.
             biased;
@@ -223,13 +224,14 @@ impl Fetcher {
                 Self::park(&kept);
                 return Err(cancelled());
             }
-            v = self.check_peers(&order) => v,
+            v = self.check_peers(peers) => v,
         };
+        let order = self.order(peers, verdicts);
         let (parent, target_dir, kept_ref) = (&parent, &target, &kept);
         let result = attempts::try_peers(
             id,
             target.clone(),
-            order.into_iter().zip(verdicts),
+            order,
             holder,
             self.quic.cfg.rules(),
             progress,
@@ -242,6 +244,7 @@ impl Fetcher {
                     partition = id.partition,
                     peer = %peer
                 );
+                let t0 = Instant::now();
                 let result = tracing::Instrument::instrument(
                     self.quic.attempt(
                         id,
@@ -254,10 +257,21 @@ impl Fetcher {
                     span,
                 )
                 .await;
-                if let Err(e @ (AttemptError::Connect(_) | AttemptError::ConnectTimeout)) = &result
-                {
-                    self.connectivity
-                        .record(&peer, Err(e.clone()), Instant::now());
+                match &result {
+                    Err(e @ (AttemptError::Connect(_) | AttemptError::ConnectTimeout)) => {
+                        self.connectivity
+                            .record(&peer, Err(e.clone()), Instant::now());
+                    }
+                    Ok(_) => {
+                        let bytes = progress.received.load(std::sync::atomic::Ordering::Relaxed);
+                        let secs = t0.elapsed().as_secs_f64();
+                        // Too small a transfer says more about its start than its rate.
+                        if bytes >= RATE_SAMPLE_MIN && secs > 0.0 {
+                            self.connectivity
+                                .note_rate(&peer, bytes as f64 / secs, Instant::now());
+                        }
+                    }
+                    Err(_) => {}
                 }
                 result
             },
@@ -271,6 +285,33 @@ impl Fetcher {
         // Kept files of a fetch that did not commit stay for the next fetch of the partition.
         Self::park(&kept);
         result
+    }
+
+    /// The candidates in the order they are asked: the configured [`crate::peers::order`]
+    /// over what the check and earlier transfers measured, each with its verdict.
+    fn order(
+        &self,
+        peers: &[Peer],
+        verdicts: Vec<Result<(), AttemptError>>,
+    ) -> Vec<attempts::Candidate> {
+        let ordered = self.quic.cfg.placement().order(
+            peers.to_vec(),
+            |p| self.connectivity.measure(p),
+            &mut rand::rng(),
+        );
+        let mut verdicts: Vec<Option<(&Peer, Result<(), AttemptError>)>> =
+            peers.iter().zip(verdicts).map(Some).collect();
+        ordered
+            .into_iter()
+            .map(|peer| {
+                let verdict = verdicts
+                    .iter_mut()
+                    .find(|v| v.as_ref().is_some_and(|(p, _)| **p == peer))
+                    .and_then(Option::take)
+                    .map_or(Ok(()), |(_, v)| v);
+                attempts::Candidate::new(&self.quic.cfg.policy, peer, verdict)
+            })
+            .collect()
     }
 
     /// Leaves what `kept` holds on disk, unowned, for a later fetch to adopt.

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use crate::control::pacing::RateLimiter;
 use crate::control::throttle::LatencySignal;
+use crate::peers::order::ZoneClass;
+use crate::peers::Peer;
 use crate::protocol::codec::LEN_PREFIX;
 use crate::protocol::transfer::{expected_digest, MAX_FILES_IN_FLIGHT};
 use crate::protocol::{codes, FileEntry, FileTrailer, FrameDecoder, MAX_TRAILER};
@@ -168,6 +170,8 @@ pub struct Landing {
     pub progress: Arc<AtomicU64>,
     /// The process's read limit, paid before more is read.
     pub limiter: Arc<RateLimiter>,
+    /// The cross-zone read limit, paid as well when the peer is in another zone.
+    pub zone_limiter: Option<Arc<RateLimiter>>,
     /// Told how long each file's fsync took, if anyone listens.
     pub fsync_latency: Option<Arc<LatencySignal>>,
     /// The attempt's open files.
@@ -175,12 +179,20 @@ pub struct Landing {
 }
 
 impl Landing {
-    /// The landing of an attempt under `policy`, counting into `progress` and `open`.
-    pub fn new(policy: &FetchPolicy, progress: Arc<AtomicU64>, open: OpenFiles) -> Self {
+    /// The landing of an attempt at `peer` under `policy`, counting into `progress` and
+    /// `open`.
+    pub fn new(
+        policy: &FetchPolicy,
+        peer: &Peer,
+        progress: Arc<AtomicU64>,
+        open: OpenFiles,
+    ) -> Self {
         Self {
             algo: policy.checksum,
             progress,
             limiter: policy.read_limiter.clone(),
+            zone_limiter: (policy.class(peer) == ZoneClass::Remote)
+                .then(|| policy.remote_read_limiter.clone()),
             fsync_latency: policy.fsync_latency.clone(),
             open,
         }
@@ -200,6 +212,7 @@ pub async fn receive_file(
         algo,
         progress,
         limiter,
+        zone_limiter,
         fsync_latency,
         open,
     } = landing;
@@ -253,6 +266,9 @@ pub async fn receive_file(
             // Pay for these bytes before reading more: with reads paused, QUIC flow control
             // holds the sender back instead of buffers filling up here.
             limiter.acquire(filled as u64).await;
+            if let Some(zone) = &zone_limiter {
+                zone.acquire(filled as u64).await;
+            }
         }
         if eof {
             return Err(AttemptError::SizeMismatch {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::peers::order::ZoneClass;
 use crate::store::partition::PartitionMeta;
 
 /// What the fetch did after a failed attempt, as its report shows it.
@@ -32,6 +33,8 @@ pub enum NextStep {
 pub struct Attempt {
     /// The peer.
     pub peer: String,
+    /// Whether the peer is in this node's zone: `local` or `remote`.
+    pub zone: ZoneClass,
     /// `ok` or the error label.
     pub outcome: String,
     /// The error, when it failed.

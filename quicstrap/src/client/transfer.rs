@@ -286,6 +286,7 @@ impl Quic {
         };
         let mut rx = Receiving {
             dir: tmp.path(),
+            peer,
             progress: progress.received.clone(),
             first_byte: progress.first_byte.clone(),
             fetcher: self,
@@ -471,6 +472,7 @@ impl Quic {
 /// The receive phase of one attempt: the file tasks and what they share.
 struct Receiving<'a> {
     dir: &'a Path,
+    peer: &'a Peer,
     progress: Arc<AtomicU64>,
     first_byte: super::FirstByte,
     fetcher: &'a Quic,
@@ -514,6 +516,7 @@ impl Receiving<'_> {
                 offset,
                 receive::Landing::new(
                     &self.fetcher.cfg.policy,
+                    self.peer,
                     self.progress.clone(),
                     self.open.clone(),
                 ),

@@ -195,7 +195,7 @@ pub struct PartitionRecovery {
     pub partition: String,
     /// Its directory.
     pub dir: PathBuf,
-    /// The peers discovery named (the fetcher shuffles them).
+    /// The peers discovery named (the fetcher puts them in order).
     pub peers: Vec<String>,
     /// Why discovery named nobody, when it did not: the partition was then built or caught up
     /// from Kafka alone.

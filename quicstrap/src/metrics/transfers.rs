@@ -153,6 +153,20 @@ pub fn register_client(r: &Registry, fetcher: &Arc<Fetcher>, throttler: Option<&
         &[],
         counter(&stats, |s| &s.bytes_received),
     );
+    let zones: &[(&str, Pick<FetchStats>)] = &[
+        ("local", |s| &s.bytes_local),
+        ("remote", |s| &s.bytes_remote),
+    ];
+    for &(zone, pick) in zones {
+        r.register(
+            "quicstrap_bytes_received_by_zone_total",
+            "File payload bytes received, by whether the peer is in this node's zone (local; \
+             every peer when the node has no zone) or another (remote).",
+            Kind::Counter,
+            &[("zone", zone)],
+            counter(&stats, pick),
+        );
+    }
     let outcomes: &[(&str, Pick<FetchStats>)] = &[
         ("fetched", |s| &s.fetched),
         ("failed", |s| &s.failed),

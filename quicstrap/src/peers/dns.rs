@@ -8,8 +8,10 @@
 //! serve p7 of users v3" directly. TTLs are honoured by the resolver's cache: a removed peer
 //! disappears from answers within one TTL.
 //!
-//! Records are returned in SRV order (lowest priority first, then highest weight); the
-//! fetcher shuffles or not as configured. Targets are resolved to addresses through the same
+//! Records are returned in SRV order (lowest priority first, then highest weight), each peer
+//! carrying its record's priority (its tier) and weight (its share of the tier), which the
+//! fetcher's order honours ([`super::order`]). A peer's zone can be read from its target name
+//! ([`DnsSrv::with_zone_label`]: `peer3.dc2.cluster.example` is in `dc2` with label 1). Targets are resolved to addresses through the same
 //! DNS server (A/AAAA records, or the additional section of the SRV answer).
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +28,7 @@ use crate::store::partition::PartitionId;
 pub struct DnsSrv {
     resolver: TokioResolver,
     domain: String,
+    zone_label: Option<usize>,
 }
 
 impl DnsSrv {
@@ -50,7 +53,15 @@ impl DnsSrv {
         Self {
             resolver,
             domain: domain.trim_end_matches('.').to_owned(),
+            zone_label: None,
         }
+    }
+
+    /// Reads each peer's zone from label `n` (0-based) of its target name: with 1,
+    /// `peer3.dc2.cluster.example` is in zone `dc2`. Names too short get no zone.
+    pub fn with_zone_label(mut self, n: usize) -> Self {
+        self.zone_label = Some(n);
+        self
     }
 
     /// The SRV name of a partition under this domain.
@@ -77,7 +88,7 @@ impl DnsSrv {
             .collect();
         records.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         let mut peers = Vec::new();
-        for (_, _, port, target_name) in records {
+        for (priority, weight, port, target_name) in records {
             let target = target_name.to_ascii().trim_end_matches('.').to_owned();
             let ip: IpAddr = match target.parse() {
                 Ok(ip) => ip,
@@ -93,7 +104,14 @@ impl DnsSrv {
                     }
                 },
             };
-            peers.push(Peer::new(SocketAddr::new(ip, port)).with_name(target));
+            let zone = self.zone_label.and_then(|n| zone_of(&target, n));
+            let peer = Peer::new(SocketAddr::new(ip, port))
+                .with_name(target)
+                .with_rank(priority, weight);
+            peers.push(match zone {
+                Some(z) => peer.in_zone(z),
+                None => peer,
+            });
         }
         if peers.is_empty() {
             return Err(DiscoveryError::NoPeers(name));
@@ -129,6 +147,18 @@ fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Label `n` of a host name, the zone under [`DnsSrv::with_zone_label`]; none for an IP
+/// literal or a name too short.
+fn zone_of(host: &str, n: usize) -> Option<String> {
+    if host.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    host.split('.')
+        .nth(n)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
 /// `_quicstrap._udp.p<partition>.<store>-v<version>.<domain>.`
 pub fn srv_name(id: &PartitionId, domain: &str) -> String {
     format!(
@@ -151,6 +181,20 @@ mod tests {
         let want: Vec<SocketAddr> =
             vec!["10.0.0.2:53".parse().unwrap(), "[::1]:53".parse().unwrap()];
         assert_eq!(parse_resolv_conf(text), want);
+    }
+
+    #[test]
+    fn zones_come_from_the_chosen_label() {
+        assert_eq!(
+            zone_of("peer3.dc2.cluster.example", 1).as_deref(),
+            Some("dc2")
+        );
+        assert_eq!(
+            zone_of("peer3.dc2.cluster.example", 0).as_deref(),
+            Some("peer3")
+        );
+        assert_eq!(zone_of("peer3", 1), None);
+        assert_eq!(zone_of("10.0.0.1", 1), None);
     }
 
     #[test]

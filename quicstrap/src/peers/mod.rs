@@ -2,10 +2,14 @@
 //!
 //! Discovery is a trait so a node can plug in its cluster metadata; a static list and DNS SRV
 //! records ([`dns`]) are built in.
-//! Peers are tried one at a time in a shuffled order, so load spreads across the holders of a
-//! partition instead of every recovering node hitting the first one listed.
+//! Peers are tried one at a time in the order [`order`] gives: the node's own zone first, then
+//! by tier (SRV priority), each tier in a weighted random order that favours the peers measured
+//! nearer and faster, so load spreads across the holders of a partition instead of every
+//! recovering node hitting the first one listed, and the WAN is crossed only when no near peer
+//! serves.
 
 pub mod dns;
+pub mod order;
 
 use std::fmt;
 use std::future::Future;
@@ -13,25 +17,34 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::str::FromStr;
 
-use rand::seq::SliceRandom;
-
 use crate::store::partition::PartitionId;
 
-/// A peer that may hold partitions: where to reach it and the name its certificate carries.
+/// A peer that may hold partitions: where to reach it, the name its certificate carries, and
+/// where it sits (its zone and tier), which decide how early it is asked.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
     /// UDP address.
     pub addr: SocketAddr,
     /// Name checked against the server certificate (DNS name or IP literal).
     pub server_name: String,
+    /// The zone (datacenter, region) the peer is in, when known: peers of the node's own zone
+    /// are asked first and their bytes count as local.
+    pub zone: Option<String>,
+    /// Its tier: lower is asked first (an SRV record's priority; 0 for peers named by hand).
+    pub priority: u16,
+    /// Its share within a tier, as an SRV record's weight (RFC 2782); 0 when not given.
+    pub weight: u16,
 }
 
 impl Peer {
-    /// A peer at `addr`, verified by its IP address.
+    /// A peer at `addr`, verified by its IP address, in no known zone.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             server_name: addr.ip().to_string(),
+            zone: None,
+            priority: 0,
+            weight: 0,
         }
     }
 
@@ -39,6 +52,24 @@ impl Peer {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = name.into();
         self
+    }
+
+    /// Places the peer in `zone`.
+    pub fn in_zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// Sets its tier and share within the tier (SRV priority and weight).
+    pub fn with_rank(mut self, priority: u16, weight: u16) -> Self {
+        self.priority = priority;
+        self.weight = weight;
+        self
+    }
+
+    /// The same peer, whatever zone or rank two discoveries gave it: address and name.
+    pub fn same_as(&self, other: &Peer) -> bool {
+        self.addr == other.addr && self.server_name == other.server_name
     }
 }
 
@@ -50,6 +81,9 @@ impl Peer {
     }
 }
 
+/// `name@addr`, or the bare address when the name is its IP: the peer's identity
+/// ([`Peer::id`]) and what reports show. The zone is no part of it, so a peer placed in
+/// another zone keeps its resume journal.
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.server_name == self.addr.ip().to_string() {
@@ -62,8 +96,14 @@ impl fmt::Display for Peer {
 
 impl FromStr for Peer {
     type Err = String;
-    /// `host:port`, or `name@host:port` to check the certificate against `name`.
+    /// `host:port`, or `name@host:port` to check the certificate against `name`, either one
+    /// optionally after `zone/` to place the peer in a zone.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (zone, s) = match s.split_once('/') {
+            Some(("", _)) => return Err(format!("peer {s:?}: empty zone before `/`")),
+            Some((z, rest)) => (Some(z.to_owned()), rest),
+            None => (None, s),
+        };
         let (name, hostport) = match s.split_once('@') {
             Some((n, h)) => (Some(n), h),
             None => (None, s),
@@ -78,7 +118,10 @@ impl FromStr for Peer {
             .map(|(h, _)| h.trim_matches(['[', ']']))
             .unwrap_or(hostport);
         let server_name = name.map(str::to_owned).unwrap_or_else(|| host.to_owned());
-        Ok(Self { addr, server_name })
+        Ok(Self {
+            zone,
+            ..Self::new(addr).with_name(server_name)
+        })
     }
 }
 
@@ -115,7 +158,7 @@ pub type PeersFuture<'a> =
 
 /// Finds the peers that hold a partition.
 pub trait Discovery: Send + Sync {
-    /// Candidate peers for `id`, most preferred first (the fetcher may still shuffle).
+    /// Candidate peers for `id`, most preferred first (the fetcher puts them in its own order: [`order`]).
     fn peers<'a>(&'a self, id: &'a PartitionId) -> PeersFuture<'a>;
 }
 
@@ -143,7 +186,7 @@ impl Discovery for AnyOf {
                 match answer {
                     Ok(found) => {
                         for p in found {
-                            if !peers.contains(&p) {
+                            if !peers.iter().any(|q| q.same_as(&p)) {
                                 peers.push(p);
                             }
                         }
@@ -163,12 +206,6 @@ impl Discovery for AnyOf {
     }
 }
 
-/// The order in which peers are tried: a random shuffle.
-pub fn shuffled(mut peers: Vec<Peer>) -> Vec<Peer> {
-    peers.shuffle(&mut rand::rng());
-    peers
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +217,23 @@ mod tests {
         let p: Peer = "peer-a@127.0.0.1:7000".parse().unwrap();
         assert_eq!(p.server_name, "peer-a");
         assert_eq!(p.to_string(), "peer-a@127.0.0.1:7000");
+        assert_eq!(p.zone, None);
+        let p: Peer = "dc2/peer-a@127.0.0.1:7000".parse().unwrap();
+        assert_eq!(
+            (p.zone.as_deref(), p.server_name.as_str()),
+            (Some("dc2"), "peer-a")
+        );
+        assert_eq!(
+            p.id().as_str(),
+            "peer-a@127.0.0.1:7000",
+            "the zone is no part of its identity"
+        );
+        let p: Peer = "dc1/[::1]:7000".parse().unwrap();
+        assert_eq!(
+            (p.zone.as_deref(), p.server_name.as_str()),
+            (Some("dc1"), "::1")
+        );
+        assert!("/127.0.0.1:7000".parse::<Peer>().is_err());
         let p: Peer = "localhost:7000".parse().unwrap();
         assert_eq!(p.server_name, "localhost");
         assert!("nonsense".parse::<Peer>().is_err());
@@ -217,15 +271,5 @@ mod tests {
             empty.peers(&id).await,
             Err(DiscoveryError::NoPeers(_))
         ));
-    }
-
-    #[test]
-    fn shuffle_keeps_every_peer() {
-        let peers: Vec<Peer> = (0..10)
-            .map(|i| Peer::new(SocketAddr::from(([127, 0, 0, 1], 7000 + i))))
-            .collect();
-        let mut s = shuffled(peers.clone());
-        s.sort_by_key(|p| p.addr);
-        assert_eq!(s, peers);
     }
 }
