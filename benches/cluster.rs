@@ -16,6 +16,8 @@
 //! `cargo bench --bench cluster -- [--reps N] [--records N] [--value BYTES] [--out DIR]`
 //! (defaults 2, 120 000, 100, `target/cluster`); needs the broker of `scripts/kafka.sh`
 //! (`QUICSTRAP_KAFKA`) and dnsmasq. Under `cargo test`: a smoke run of 8 small partitions.
+//! With `--two-zones` (as root) it runs the two-zone comparison instead: the holders on a
+//! star of emulated links, locality-aware peer choice against shuffle ([`zones`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,6 +47,8 @@ struct Opts {
     out: Option<PathBuf>,
     /// Smoke runs pass this to recover: their partitions are below the default lag threshold.
     lag_threshold: Option<u64>,
+    /// Run the two-zone comparison on a star of emulated links instead ([`zones`]).
+    two_zones: bool,
 }
 
 fn opts() -> Opts {
@@ -69,6 +73,7 @@ fn opts() -> Opts {
             reps: num("--reps", 2) as usize,
             out: Some(out),
             lag_threshold: None,
+            two_zones: args.iter().any(|a| a == "--two-zones"),
         }
     } else {
         Opts {
@@ -78,6 +83,7 @@ fn opts() -> Opts {
             reps: 1,
             out: None,
             lag_threshold: Some(100),
+            two_zones: false,
         }
     }
 }
@@ -156,6 +162,44 @@ fn main() {
             assert!(ok, "copy of partition {p}");
         }
     }
+    let mine: Vec<u32> = (0..o.partitions)
+        .filter(|p| holders(*p).contains(&WIPED))
+        .collect();
+    let list = work.path().join("partitions");
+    let text: Vec<String> = mine.iter().map(ToString::to_string).collect();
+    std::fs::write(&list, text.join("\n")).expect("partition list");
+    let list_arg = format!("@{}", list.display());
+    // Never wrong: every restored partition equals a live holder's.
+    let verify = |target: &Path| {
+        for &p in &mine {
+            let holder = holders(p)
+                .into_iter()
+                .find(|n| *n != WIPED)
+                .expect("holder");
+            partition::verify_equal(&id(p).dir(&node_dir(holder)), &id(p).dir(target))
+                .unwrap_or_else(|e| panic!("partition {p} differs from node {holder}: {e}"));
+        }
+    };
+    if o.two_zones {
+        if let Err(why) = quicstrap_netem::is_supported() {
+            eprintln!("two-zone run skipped: {why}");
+            return;
+        }
+        let runs = zones::run(
+            &brokers,
+            &store,
+            &node_dir,
+            &node_dir(WIPED),
+            &list_arg,
+            o.lag_threshold,
+            o.reps,
+            &verify,
+        );
+        let report = zones::render(mine.len(), &runs);
+        print!("{report}");
+        std::fs::write(out.join("cluster-zones.md"), &report).expect("report");
+        return;
+    }
     // The serving nodes, each following the broker.
     let nodes: BTreeMap<u32, ServeProcess> = (0..NODES)
         .filter(|&n| n != WIPED)
@@ -184,13 +228,6 @@ fn main() {
     std::fs::write(&conf_file, conf).expect("dns records");
     let dns = Dnsmasq::start(&conf_file, 60).expect("dnsmasq");
 
-    let mine: Vec<u32> = (0..o.partitions)
-        .filter(|p| holders(*p).contains(&WIPED))
-        .collect();
-    let list = work.path().join("partitions");
-    let text: Vec<String> = mine.iter().map(ToString::to_string).collect();
-    std::fs::write(&list, text.join("\n")).expect("partition list");
-    let list_arg = format!("@{}", list.display());
     let discover = format!("srv:{DOMAIN}");
     let dns_addr = dns.addr.to_string();
     let peer_flags = ["--discover", discover.as_str(), "--dns-server", &dns_addr];
@@ -210,15 +247,7 @@ fn main() {
             let run = measure(with_peers, || {
                 recover(&brokers, &target, &store, &list_arg, &o, flags)
             });
-            // Never wrong: every restored partition equals a live holder's.
-            for &p in &mine {
-                let holder = holders(p)
-                    .into_iter()
-                    .find(|n| *n != WIPED)
-                    .expect("holder");
-                partition::verify_equal(&id(p).dir(&node_dir(holder)), &id(p).dir(&target))
-                    .unwrap_or_else(|e| panic!("partition {p} differs from node {holder}: {e}"));
-            }
+            verify(&target);
             eprintln!(
                 "{}: {} partitions in {:.1} s, broker wrote {} MB, peak RSS {} MiB",
                 run.mode,
@@ -529,4 +558,193 @@ fn plot(runs: &[Run], partitions: usize) -> String {
         h - bottom - 18.0
     );
     s
+}
+
+/// The two-zone run (`--two-zones`, as root): the three live holders on a star of emulated
+/// links — node 1 in the recovering node's zone (1 ms, 500 Mbit/s), nodes 2 and 3 in another
+/// (60 ms, 100 Mbit/s, 1 % loss) — and `recover` in the hub, with every holder named by
+/// `--peer ZONE/...` (one who lacks a partition answers not found). Locality-aware choice
+/// against Venice's shuffle, alternating: MTTR and the bytes that crossed zones. The broker
+/// stays in the root namespace; each namespace reaches it through a TCP relay on the
+/// broker's own address, so catch-up does not cross the emulated links.
+mod zones {
+    use std::fmt::Write as _;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::path::Path;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use quicstrap_netem::{in_netns, LinkParams, Loss, Spoke, Star, StarConfig};
+    use testkit::{recover_command_in, serve_command_in, ServeProcess};
+
+    /// Nodes 1..=3 on the spokes, in order; their zones.
+    const ZONES: [&str; 3] = ["near", "far", "far"];
+
+    /// Relays every TCP connection made to `addr` inside namespace `ns` to `addr` in this
+    /// process's namespace (the broker), for as long as the process lives.
+    fn relay_broker(ns: &str, addr: SocketAddr) {
+        // The star brought each namespace's loopback up.
+        let listener = in_netns(ns, || TcpListener::bind(addr))
+            .expect("enter namespace")
+            .expect("bind the broker relay");
+        std::thread::spawn(move || {
+            for inbound in listener.incoming().flatten() {
+                let Ok(outbound) = TcpStream::connect(addr) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        inbound.try_clone().expect("clone"),
+                        outbound.try_clone().expect("clone"),
+                    ),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+
+    /// One recovery: its order, MTTR, bytes received and bytes from the far zone.
+    pub(super) struct ZoneRun {
+        order: &'static str,
+        mttr: f64,
+        bytes: u64,
+        remote: u64,
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run(
+        brokers: &str,
+        store: &str,
+        node_dir: &dyn Fn(u32) -> std::path::PathBuf,
+        target: &Path,
+        list_arg: &str,
+        lag_threshold: Option<u64>,
+        reps: usize,
+        verify: &dyn Fn(&Path),
+    ) -> Vec<ZoneRun> {
+        let near =
+            LinkParams::symmetric_rtt(Duration::from_millis(1), Some(500_000_000), Loss::None);
+        let far = LinkParams::symmetric_rtt(
+            Duration::from_millis(60),
+            Some(100_000_000),
+            Loss::Bernoulli(0.01),
+        );
+        let prefix = format!("qsz{}", std::process::id() % 10_000);
+        let _ = quicstrap_netem::cleanup(&prefix);
+        let star = Star::start(StarConfig::new(
+            prefix,
+            93,
+            vec![
+                Spoke::symmetric(near),
+                Spoke::symmetric(far),
+                Spoke::symmetric(far),
+            ],
+        ))
+        .expect("start the star");
+        let broker: SocketAddr = brokers
+            .split(',')
+            .next()
+            .expect("a broker")
+            .parse()
+            .expect("broker IP:port");
+        relay_broker(star.ns_hub(), broker);
+        let mut serves = Vec::new();
+        let mut peers = Vec::new();
+        for (i, zone) in ZONES.iter().enumerate() {
+            relay_broker(star.ns_peer(i), broker);
+            let listen = format!("{}:17400", star.addr_peer(i));
+            let mut cmd = serve_command_in(Some(star.ns_peer(i)), &node_dir(i as u32 + 1), &listen);
+            cmd.args(["--kafka", brokers]).stderr(Stdio::null());
+            let mut s = ServeProcess::spawn(cmd);
+            s.drain_stdout();
+            serves.push(s);
+            peers.push(format!("{zone}/localhost@{listen}"));
+        }
+        // Far peers listed first: an order that ignores zones gets no help from the list.
+        peers.rotate_left(1);
+        let mut runs = Vec::new();
+        for rep in 0..reps {
+            let orders = if rep % 2 == 0 {
+                ["locality", "shuffle"]
+            } else {
+                ["shuffle", "locality"]
+            };
+            for order in orders {
+                let _ = std::fs::remove_dir_all(target);
+                let mut cmd =
+                    recover_command_in(Some(star.ns_hub()), target, store, 1, list_arg, brokers);
+                cmd.args(["--json", "--zone", "near", "--peer-order", order])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null());
+                if let Some(t) = lag_threshold {
+                    cmd.args(["--lag-threshold", &t.to_string()]);
+                }
+                for p in &peers {
+                    cmd.args(["--peer", p]);
+                }
+                let t0 = Instant::now();
+                let out = cmd.output().expect("recover");
+                let mttr = t0.elapsed().as_secs_f64();
+                assert!(out.status.success(), "recover ({order}) failed");
+                verify(target);
+                let (mut bytes, mut remote) = (0, 0);
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                    for a in v["report"]["attempts"].as_array().into_iter().flatten() {
+                        let b = a["bytes"].as_u64().unwrap_or(0);
+                        bytes += b;
+                        if a["zone"] == "remote" {
+                            remote += b;
+                        }
+                    }
+                }
+                eprintln!(
+                    "two zones, {order}: {mttr:.1} s, {:.0} of {:.0} MB across zones",
+                    remote as f64 / 1e6,
+                    bytes as f64 / 1e6
+                );
+                runs.push(ZoneRun {
+                    order: if order == "shuffle" {
+                        "shuffle"
+                    } else {
+                        "locality"
+                    },
+                    mttr,
+                    bytes,
+                    remote,
+                });
+            }
+        }
+        for s in &mut serves {
+            s.stop(Duration::from_secs(10));
+        }
+        star.check().expect("the star's relays ran to the end");
+        runs
+    }
+
+    /// The two-zone table.
+    pub(super) fn render(partitions: usize, runs: &[ZoneRun]) -> String {
+        let mut s = format!(
+            "\nTwo zones on a star of emulated links ({partitions} partitions; holders: node 1 \
+             in the recovering node's zone at 1 ms / 500 Mbit/s, nodes 2 and 3 in another at \
+             60 ms / 100 Mbit/s / 1 % loss):\n\n| order | MTTR | received | across zones |\n|---|---|---|---|\n"
+        );
+        for r in runs {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} s | {:.0} MB | {:.0} MB ({:.0} %) |",
+                r.order,
+                r.mttr,
+                r.bytes as f64 / 1e6,
+                r.remote as f64 / 1e6,
+                100.0 * r.remote as f64 / r.bytes.max(1) as f64
+            );
+        }
+        s
+    }
 }
