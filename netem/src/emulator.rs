@@ -363,16 +363,7 @@ impl Emulator {
             return Ok(());
         }
         self.torn_down = true;
-        // Joining the threads closes the TUN fds, which deletes the devices.
-        let mut result = self.relay.shutdown();
-        for ns in [&self.ns_a, &self.ns_b] {
-            if let Err(e) = ns_del(ns) {
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-        result
+        teardown(std::iter::once(&mut self.relay), [&self.ns_a, &self.ns_b])
     }
 }
 
@@ -385,6 +376,29 @@ impl Drop for Emulator {
             );
         }
     }
+}
+
+/// Stops `relays` (joining their threads closes the TUN fds, which deletes the devices),
+/// then deletes `namespaces`; every step runs, the first failure is reported.
+pub(crate) fn teardown<'a>(
+    relays: impl IntoIterator<Item = &'a mut Relay>,
+    namespaces: impl IntoIterator<Item = &'a String>,
+) -> Result<(), NetemError> {
+    let mut result = Ok(());
+    for relay in relays {
+        let r = relay.shutdown();
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    for ns in namespaces {
+        if let Err(e) = ns_del(ns) {
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
 }
 
 /// Sum of `TX dropped` of the named TUN devices from a `/proc/net/dev` file: packets the

@@ -18,9 +18,9 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-use crate::emulator::{check_prefix, setup_device, tun_tx_dropped, CreatedNamespaces};
+use crate::emulator::{check_prefix, setup_device, teardown, tun_tx_dropped, CreatedNamespaces};
 use crate::model::LinkParams;
-use crate::netns::{ns_add, ns_del, ns_exists};
+use crate::netns::{ns_add, ns_exists};
 use crate::relay::{DirStats, Relay};
 use crate::{NetemError, TUN_MTU, TUN_NAME};
 
@@ -218,21 +218,10 @@ impl Star {
             return Ok(());
         }
         self.torn_down = true;
-        let mut result = Ok(());
-        for relay in &mut self.relays {
-            let r = relay.shutdown();
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        for ns in std::iter::once(&self.hub).chain(&self.peers) {
-            if let Err(e) = ns_del(ns) {
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-        result
+        teardown(
+            &mut self.relays,
+            std::iter::once(&self.hub).chain(&self.peers),
+        )
     }
 }
 

@@ -88,7 +88,10 @@
 //! peer it came from; the rest are transferred and caught up, or built from Kafka when the lag
 //! is small or no peer can serve. Serve and take reads only once it returns, and publish a
 //! partition in discovery only once it is valid, so peers never send others to a partition
-//! still recovering.
+//! still recovering. Across datacenters, set the node's zone (`policy.zone` of the
+//! [`client::FetchConfig`]) and each peer's ([`peers::Peer::in_zone`], or SRV priorities and
+//! [`peers::dns::DnsSrv::with_zone_label`]): peers of the node's zone are asked first
+//! ([`peers::order`]), and bytes from other zones pay `policy.remote_read_limiter` too.
 //!
 //! **3. Then serve and follow.** Open each partition once, keep it following its log
 //! ([`ingest::catch_up`] with `Until::Follow`), and hand the same handle to the server through

@@ -61,32 +61,22 @@ impl ConnectivityCache {
 
     /// Records `peer`'s round-trip time, measured at `at`.
     pub fn note_rtt(&self, peer: &Peer, rtt: Duration, at: Instant) {
-        let mut measures = lock(&self.measures);
-        let entry = measures
-            .entry(key(peer))
-            .or_insert((at, Measure::default()));
-        *entry = (
-            at,
-            Measure {
-                rtt: Some(rtt),
-                ..entry.1
-            },
-        );
+        self.note(peer, at, |m| m.rtt = Some(rtt));
     }
 
     /// Records the rate, bytes/s, `peer` delivered in a transfer that ended at `at`.
     pub fn note_rate(&self, peer: &Peer, rate: f64, at: Instant) {
+        self.note(peer, at, |m| m.rate = Some(rate));
+    }
+
+    /// Updates `peer`'s measure with `set`, as of `at`.
+    fn note(&self, peer: &Peer, at: Instant, set: impl FnOnce(&mut Measure)) {
         let mut measures = lock(&self.measures);
         let entry = measures
             .entry(key(peer))
             .or_insert((at, Measure::default()));
-        *entry = (
-            at,
-            Measure {
-                rate: Some(rate),
-                ..entry.1
-            },
-        );
+        entry.0 = at;
+        set(&mut entry.1);
     }
 
     /// The fresh verdict on `peer` at `now`, if any.

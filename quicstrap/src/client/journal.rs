@@ -32,7 +32,7 @@ const JOURNAL_LAYOUT: u32 = 1;
 /// The record of an interrupted transfer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
-    /// [`JOURNAL_LAYOUT`].
+    /// `JOURNAL_LAYOUT`.
     pub layout: u32,
     /// The partition, as `store_v<version>/<partition>`.
     pub partition: String,

@@ -8,14 +8,14 @@
 //! directory look alive, and a new fetch never takes an old one's name (tags are random).
 //!
 //! * [`TempDir::create`] claims a fresh one (locked before anyone else can see it as unowned).
-//! * [`adopt`] claims the newest unowned dir of a partition whose journal may be resumed.
+//! * `adopt` claims the newest unowned dir of a partition whose journal may be resumed.
 //! * [`TempDir::park`] lets go of a dir kept for a later resume: files and journal stay, the
 //!   lock is released.
 //! * [`sweep`] deletes every unowned temp dir under a data dir that nothing can use any more
 //!   (no journal, older than the resume window, its partition already in place), and puts back
 //!   a partition that was moved aside and never replaced. Every fetch, recovery, bootstrap
 //!   and `serve` runs it at start, whatever then builds the partition.
-//! * [`TempDir::committed`] marks one renamed into place ([`super::commit::commit`]).
+//! * `TempDir::committed` marks one renamed into place ([`super::commit::commit`]).
 //!
 //! Directories created or moved here are fsynced into their parent.
 

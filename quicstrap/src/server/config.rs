@@ -82,7 +82,7 @@ pub struct ServerConfig {
     /// server no handshake state.
     pub retry_above: usize,
     /// Most bytes all transfers of this server (and those started with
-    /// [`Server::start_sharing`]) may queue for sending (default 256 MiB): the send windows
+    /// [`super::Server::start_sharing`]) may queue for sending (default 256 MiB): the send windows
     /// quinn holds plus the file reads waiting to be written. A storage node gives up no more
     /// than this to serving, however many clients come and however slow their paths.
     pub max_send_buffer: u64,
