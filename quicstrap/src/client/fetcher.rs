@@ -226,7 +226,18 @@ impl Fetcher {
             }
             v = self.check_peers(peers) => v,
         };
-        let order = self.order(peers, verdicts);
+        // In the configured order, over what the check and earlier transfers measured.
+        let candidates = peers
+            .iter()
+            .zip(verdicts)
+            .map(|(p, v)| attempts::Candidate::new(&self.quic.cfg.policy, p.clone(), v))
+            .collect();
+        let order = self.quic.cfg.placement().order_by(
+            candidates,
+            |c| &c.peer,
+            |p| self.connectivity.measure(p),
+            &mut rand::rng(),
+        );
         let (parent, target_dir, kept_ref) = (&parent, &target, &kept);
         let result = attempts::try_peers(
             id,
@@ -285,33 +296,6 @@ impl Fetcher {
         // Kept files of a fetch that did not commit stay for the next fetch of the partition.
         Self::park(&kept);
         result
-    }
-
-    /// The candidates in the order they are asked: the configured [`crate::peers::order`]
-    /// over what the check and earlier transfers measured, each with its verdict.
-    fn order(
-        &self,
-        peers: &[Peer],
-        verdicts: Vec<Result<(), AttemptError>>,
-    ) -> Vec<attempts::Candidate> {
-        let ordered = self.quic.cfg.placement().order(
-            peers.to_vec(),
-            |p| self.connectivity.measure(p),
-            &mut rand::rng(),
-        );
-        let mut verdicts: Vec<Option<(&Peer, Result<(), AttemptError>)>> =
-            peers.iter().zip(verdicts).map(Some).collect();
-        ordered
-            .into_iter()
-            .map(|peer| {
-                let verdict = verdicts
-                    .iter_mut()
-                    .find(|v| v.as_ref().is_some_and(|(p, _)| **p == peer))
-                    .and_then(Option::take)
-                    .map_or(Ok(()), |(_, v)| v);
-                attempts::Candidate::new(&self.quic.cfg.policy, peer, verdict)
-            })
-            .collect()
     }
 
     /// Leaves what `kept` holds on disk, unowned, for a later fetch to adopt.

@@ -106,27 +106,40 @@ impl Placement {
         measured: impl Fn(&Peer) -> Measure,
         rng: &mut impl Rng,
     ) -> Vec<Peer> {
+        self.order_by(peers, |p| p, measured, rng)
+    }
+
+    /// [`Self::order`] of items that each carry a peer (`peer_of`), kept with it: a fetch
+    /// orders its candidates with their connectivity verdicts.
+    pub fn order_by<T>(
+        &self,
+        items: Vec<T>,
+        peer_of: fn(&T) -> &Peer,
+        measured: impl Fn(&Peer) -> Measure,
+        rng: &mut impl Rng,
+    ) -> Vec<T> {
         match self.order {
-            PeerOrder::Listed => peers,
+            PeerOrder::Listed => items,
             PeerOrder::Shuffle => {
-                let mut peers = peers;
-                rand::seq::SliceRandom::shuffle(peers.as_mut_slice(), rng);
-                peers
+                let mut items = items;
+                rand::seq::SliceRandom::shuffle(items.as_mut_slice(), rng);
+                items
             }
             PeerOrder::Locality => {
-                let mut tiers: Vec<((ZoneClass, u16), Vec<Peer>)> = Vec::new();
-                for p in peers {
-                    let key = (self.class(&p), p.priority);
+                let mut tiers: Vec<((ZoneClass, u16), Vec<T>)> = Vec::new();
+                for item in items {
+                    let p = peer_of(&item);
+                    let key = (self.class(p), p.priority);
                     match tiers.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, members)) => members.push(p),
-                        None => tiers.push((key, vec![p])),
+                        Some((_, members)) => members.push(item),
+                        None => tiers.push((key, vec![item])),
                     }
                 }
                 tiers
                     .sort_by_key(|((class, priority), _)| (*class == ZoneClass::Remote, *priority));
                 tiers
                     .into_iter()
-                    .flat_map(|(_, members)| weighted(members, &measured, rng))
+                    .flat_map(|(_, members)| weighted(members, peer_of, &measured, rng))
                     .collect()
             }
         }
@@ -135,16 +148,17 @@ impl Placement {
 
 /// A tier in weighted random order: drawn one by one, each with a chance proportional to its
 /// weight among those left (RFC 2782's selection, repeated).
-fn weighted(
-    mut members: Vec<Peer>,
+fn weighted<T>(
+    mut members: Vec<T>,
+    peer_of: fn(&T) -> &Peer,
     measured: &impl Fn(&Peer) -> Measure,
     rng: &mut impl Rng,
-) -> Vec<Peer> {
-    let measures: Vec<Measure> = members.iter().map(measured).collect();
+) -> Vec<T> {
+    let measures: Vec<Measure> = members.iter().map(|m| measured(peer_of(m))).collect();
     let mut weights: Vec<f64> = members
         .iter()
         .zip(&measures)
-        .map(|(p, m)| share(p.weight) * speed(m, &measures))
+        .map(|(m, measure)| share(peer_of(m).weight) * speed(measure, &measures))
         .collect();
     let mut out = Vec::with_capacity(members.len());
     while !members.is_empty() {
