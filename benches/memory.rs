@@ -11,7 +11,9 @@
 //!
 //! Rows are `CLIENTSxMBIT@RTT_MS[/LOSS_PERCENT][:RECORDS]`; the default set is
 //! `20x20@150 1x20@150 1x500@50/1:262144` (records of 1000 B, 100 000 by default ≈ 100 MB).
-//! Options: `--rows ROW,...`, `--records N`, `--reps N` (1). `QUICSTRAP_BIN=path` runs another
+//! Options: `--rows ROW,...`, `--records N`, `--reps N` (1), `--congestion CC` (the server's
+//! controller; its default otherwise). Each row also reports Jain's fairness index over the
+//! clients' own goodputs. `QUICSTRAP_BIN=path` runs another
 //! build of `quicstrap` (e.g. an older commit's, for a before/after comparison).
 //!
 //! Under `cargo test` (no `--bench` argument) it runs `20x20@150:20000` once as root and
@@ -84,6 +86,9 @@ struct Measured {
     goodput_mbs: f64,
     link_share: f64,
     attempts: Vec<usize>,
+    /// Jain's fairness index over the clients' own goodputs (bytes over their fetch's time): 1
+    /// when all got the same rate, 1/n when one got everything.
+    fairness: f64,
     /// Attempts that failed once the connection was up (a stalled or starved transfer), as
     /// `client N: outcome`; a refused handshake (`connect_failed`, `connect_timeout`) is not
     /// one: a client answers it with another attempt, as it should.
@@ -103,6 +108,7 @@ fn main() {
     };
     let records: u64 = opt("--records").map_or(100_000, |v| v.parse().expect("--records N"));
     let reps: usize = opt("--reps").map_or(1, |v| v.parse().expect("--reps N"));
+    let congestion = opt("--congestion");
     let rows: Vec<Row> = if bench {
         opt("--rows")
             .unwrap_or_else(|| "20x20@150,1x20@150,1x500@50/1:262144".into())
@@ -120,18 +126,19 @@ fn main() {
     println!("binary: {}", testkit::bin());
     println!("machine: {}", machine());
     println!();
-    println!("| clients × link | server peak RSS | client peak RSS | goodput (all clients) | of the link | attempts |");
-    println!("|---|---|---|---|---|---|");
+    println!("| clients × link | server peak RSS | client peak RSS | goodput (all clients) | of the link | Jain's index | attempts |");
+    println!("|---|---|---|---|---|---|---|");
     for row in &rows {
         for _ in 0..reps {
-            let m = run_row(work.path(), row);
+            let m = run_row(work.path(), row, congestion.as_deref());
             println!(
-                "| {} | {:.0} MiB | {:.0} MiB | {:.2} MB/s | {:.0} % | {} |",
+                "| {} | {:.0} MiB | {:.0} MiB | {:.2} MB/s | {:.0} % | {:.3} | {} |",
                 row.label(),
                 m.server_peak_mib,
                 m.client_peak_mib,
                 m.goodput_mbs,
                 m.link_share * 100.0,
+                m.fairness,
                 if !m.failures.is_empty() {
                     format!("{} of {} failed", m.failures.len(), row.clients)
                 } else if m.attempts.iter().all(|&a| a == 1) {
@@ -165,7 +172,7 @@ fn main() {
 }
 
 /// Runs one row on a fresh emulated link and a fresh server.
-fn run_row(work: &Path, row: &Row) -> Measured {
+fn run_row(work: &Path, row: &Row, congestion: Option<&str>) -> Measured {
     let prefix = format!("qsm{}", std::process::id() % 10_000);
     let _ = quicstrap_netem::cleanup(&prefix);
     let loss = if row.loss_percent > 0.0 {
@@ -194,6 +201,9 @@ fn run_row(work: &Path, row: &Row) -> Measured {
         // client, so its share is the whole of --max-users (30), as before there were shares.
         .args(["--max-users-per-client", "30"])
         .stderr(Stdio::null());
+    if let Some(cc) = congestion {
+        cmd.args(["--congestion", cc]);
+    }
     let serve = ServeProcess::spawn(cmd);
     // The checkpoint and its digests, made once before the clock starts.
     let warm = work.join("warm");
@@ -229,6 +239,7 @@ fn run_row(work: &Path, row: &Row) -> Measured {
     let mut broken_attempts = Vec::new();
     let mut client_peak_kib = 0i64;
     let mut bytes = 0u64;
+    let mut rates = Vec::new();
     let mut failures = Vec::new();
     for (i, (child, dst)) in clients.into_iter().enumerate() {
         let (ok, report, peak_kib) = wait_measured(child);
@@ -244,6 +255,10 @@ fn run_row(work: &Path, row: &Row) -> Measured {
                 }
             }
             bytes += report["bytes"].as_u64().unwrap_or(0);
+            rates.push(
+                report["bytes"].as_f64().unwrap_or(0.0)
+                    / report["seconds"].as_f64().unwrap_or(f64::INFINITY),
+            );
             quicstrap::store::partition::verify_equal(&id.dir(&src), &id.dir(&dst))
                 .expect("the fetched partition equals the source");
         } else {
@@ -263,9 +278,17 @@ fn run_row(work: &Path, row: &Row) -> Measured {
         goodput_mbs: goodput / 1e6,
         link_share: goodput / capacity,
         attempts,
+        fairness: jain(&rates),
         broken_attempts,
         failures,
     }
+}
+
+/// Jain's fairness index of `xs`: (Σx)² / (n · Σx²).
+fn jain(xs: &[f64]) -> f64 {
+    let sum: f64 = xs.iter().sum();
+    let squares: f64 = xs.iter().map(|x| x * x).sum();
+    sum * sum / (xs.len() as f64 * squares)
 }
 
 /// Waits for a fetch, returning whether it succeeded, its JSON report and its peak RSS in KiB

@@ -274,9 +274,10 @@ pub struct TlsArgs {
 // QUIC tuning, the same knobs on both ends (serve, fetch).
 #[derive(Args)]
 pub struct QuicArgs {
-    /// Congestion controller: bbr, cubic or newreno. bbr, the default, keeps the rate on
-    /// lossy long links where cubic collapses (BENCHMARKS.md).
-    #[arg(long, default_value = "bbr")]
+    /// Congestion controller: paced, bbr, cubic or newreno. paced, the default, keeps the
+    /// rate on lossy long links where cubic collapses, without the queue overflow of quinn's
+    /// bbr (BENCHMARKS.md).
+    #[arg(long, default_value = "paced")]
     pub congestion: Congestion,
     /// Per-stream flow-control window, bytes.
     #[arg(long, default_value_t = 24 << 20)]

@@ -11,7 +11,7 @@ use testkit::ServeProcess;
 use crate::STORE;
 
 /// The congestion controllers the server offers, in port order (see [`Serve::start`]).
-const CC: [&str; 2] = ["cubic", "bbr"];
+const CC: [&str; 3] = ["cubic", "bbr", "paced"];
 
 /// One way of fetching: which server port and which client flags.
 pub(crate) struct Variant {
@@ -23,7 +23,13 @@ pub(crate) struct Variant {
 }
 
 /// Every variant, in the order of the tables.
-pub(crate) const VARIANTS: [Variant; 5] = [
+pub(crate) const VARIANTS: [Variant; 6] = [
+    Variant {
+        name: "quic-paced",
+        quic: true,
+        cc: "paced",
+        connections: 1,
+    },
     Variant {
         name: "quic-cubic",
         quic: true,
@@ -109,6 +115,9 @@ pub(crate) struct Run {
     /// How the emulator kept up during the run (none on loopback): a relay far behind the
     /// model's schedule, or packets the kernel dropped before it, measure the host.
     pub(crate) relay: Option<RelayHealth>,
+    /// QUIC only: the share of its packets the server's sender lost (to the link's loss and to
+    /// the queue its own sending overflowed).
+    pub(crate) sender_loss: Option<f64>,
 }
 
 /// The link emulator's own account of one run, data direction (server to client).
@@ -139,6 +148,8 @@ impl RelayHealth {
 /// on drop.
 pub(crate) struct Serve {
     process: ServeProcess,
+    /// Its log: each transfer's packets sent and lost (`transfer done`).
+    log: std::path::PathBuf,
 }
 
 impl Serve {
@@ -147,6 +158,7 @@ impl Serve {
     pub(crate) fn start(ns: Option<&str>, ip: &str, data: &Path, snaps: &Path) -> Self {
         let mut cmd = testkit::serve_command_in(ns, data, &format!("{ip}:{}", 17_000));
         cmd.args(["--also-listen", &format!("{ip}:{}@bbr", 17_001)])
+            .args(["--also-listen", &format!("{ip}:{}@paced", 17_002)])
             .args(["--http-listen", &format!("{ip}:{}@cubic", 18_000)])
             .args(["--http-listen", &format!("{ip}:{}@bbr", 18_001)])
             .arg("--snapshot-dir")
@@ -155,16 +167,53 @@ impl Serve {
             // One checkpoint for the whole matrix: no run pays for a new one.
             .args(["--snapshot-ttl-secs", "86400"])
             // Transports, not the pacer: the default 150 MB/s limit would cap loopback runs.
-            .args(["--write-limit", "0"])
-            .stderr(Stdio::inherit());
+            .args(["--write-limit", "0"]);
+        let log = snaps.with_extension("log");
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("QUICSTRAP_BENCH_SERVER_LOG").unwrap_or_else(|_| "quicstrap=info".into()),
+        )
+        .stderr(std::fs::File::create(&log).expect("server log"));
         let mut process = ServeProcess::spawn(cmd);
-        // Four listeners, four lines: then it is ready.
+        // Five listeners, five lines: then it is ready.
+        process.next_line("also listening on ");
         process.next_line("also listening on ");
         process.next_line("https listening on ");
         process.next_line("https listening on ");
         // Keep the pipe open (it prints nothing more) without blocking anyone.
         process.drain_stdout();
-        Self { process }
+        Self { process, log }
+    }
+
+    /// Transfers it finished so far (`transfer done` lines in its log).
+    fn transfers_done(&self) -> usize {
+        std::fs::read_to_string(&self.log).map_or(0, |l| {
+            l.lines().filter(|l| l.contains("transfer done")).count()
+        })
+    }
+
+    /// The share of its packets the server's sender lost in transfer number `n` (counting
+    /// from 1) once it is logged (quinn's path statistics, `transfer done`): waits up to 2 s,
+    /// since the server logs it when the client's last acknowledgement arrives.
+    fn loss_of(&self, n: usize) -> Option<f64> {
+        let t0 = std::time::Instant::now();
+        while self.transfers_done() < n && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let line = log
+            .lines()
+            .filter(|l| l.contains("transfer done"))
+            .nth(n.checked_sub(1)?)?;
+        let field = |name: &str| -> Option<u64> {
+            let rest = &line[line.find(&format!("{name}="))? + name.len() + 1..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        let (lost, sent) = (field("lost_packets")?, field("sent_packets")?);
+        Some(lost as f64 / sent.max(1) as f64)
     }
 
     fn pid(&self) -> i32 {
@@ -218,6 +267,7 @@ pub(crate) fn fetch_once(
             .args(["--http-connections", &v.connections.to_string()])
             .args(["--tcp-congestion", v.cc]);
     }
+    let done_before = serve.transfers_done();
     let out_path = dst.with_extension("json");
     let out = std::fs::File::create(&out_path).expect("report file");
     cmd.stdout(out).stderr(Stdio::null());
@@ -307,6 +357,11 @@ pub(crate) fn fetch_once(
         .and_then(|a| a.last())
         .cloned()
         .unwrap_or_default();
+    let sender_loss = if v.quic && completed && failed.is_none() {
+        serve.loss_of(done_before + 1)
+    } else {
+        None
+    };
     Run {
         goodput_mbs: bytes as f64 / seconds / 1e6,
         completed,
@@ -321,5 +376,6 @@ pub(crate) fn fetch_once(
         client_rss_mib,
         server_rss_mib: serve.peak_rss_mib(),
         relay: None,
+        sender_loss,
     }
 }

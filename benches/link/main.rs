@@ -9,7 +9,7 @@
 //!
 //! * RTT {2, 50, 150} ms × loss {0, 0.1 %, 1 %, 3 %, bursty 1 % (mean burst 4)}, at
 //!   200 Mbit/s with a one-BDP drop-tail queue;
-//! * variants: QUIC cubic, QUIC bbr, TCP cubic, TCP bbr, TCP cubic × 4 connections;
+//! * variants: QUIC paced (the default), QUIC cubic, QUIC bbr, TCP cubic, TCP bbr, TCP cubic × 4 connections;
 //! * repetitions alternate between variants (the order rotates every repetition).
 //!
 //! Then a clean loopback run (no emulator) of every variant with MD5 and BLAKE3. Each fetch is
@@ -266,7 +266,7 @@ fn main() {
         let warm = fetch_once(
             Some(emu.ns_a()),
             &server_ip,
-            variant("quic-bbr"),
+            variant("quic-paced"),
             "md5",
             &dst,
             Duration::from_secs(600),
@@ -351,7 +351,7 @@ fn main() {
             fetch_once(
                 None,
                 "127.0.0.1",
-                variant("quic-bbr"),
+                variant("quic-paced"),
                 checksum,
                 &dst,
                 Duration::from_secs(600),

@@ -104,7 +104,7 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
         for v in &o.variants {
             md.push_str(&format!("{v} | "));
         }
-        md.push_str("QUIC-bbr / capacity | QUIC-bbr / tcp-cubic | QUIC-bbr / best TCP |\n|");
+        md.push_str("QUIC-paced / capacity | QUIC-paced / tcp-cubic | QUIC-paced / best TCP |\n|");
         md.push_str(&"---|".repeat(3 + o.variants.len() + 3));
         md.push('\n');
         let mut rows: Vec<(u64, String)> = Vec::new();
@@ -127,7 +127,7 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
                 md.push_str(" | ");
             }
             let g = |v: &str| by_key("link", *rtt, l, v, "md5").map(|c| c.med(|r| r.goodput_mbs));
-            let quic = g("quic-bbr").unwrap_or(f64::NAN);
+            let quic = g("quic-paced").unwrap_or(f64::NAN);
             let best_tcp = ["tcp-cubic", "tcp-bbr", "tcp-cubic-x4"]
                 .iter()
                 .filter_map(|v| g(v))
@@ -171,6 +171,7 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
             }
             md.push('\n');
         }
+        md.push_str(&sender_loss(o, &rows, &link));
         md.push_str(&relay_health(&link));
     }
     let lb: Vec<&Cell> = cells.iter().filter(|c| c.section == "loopback").collect();
@@ -197,6 +198,47 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
     }
     let _ = std::fs::write(o.out.join("link.svg"), plot(o, cells));
     let _ = std::io::stderr().flush();
+}
+
+/// The QUIC variants' own packet losses per cell (the server's sender, quinn's count), median
+/// of the runs: the link's random loss plus what the sender's bursts overflowed.
+fn sender_loss(o: &Opts, rows: &[(u64, String)], link: &[&Cell]) -> String {
+    let quic: Vec<&String> = o
+        .variants
+        .iter()
+        .filter(|v| v.starts_with("quic"))
+        .collect();
+    if quic.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\nPackets the QUIC sender lost, % of those it sent (median; the link's own loss included):\n\n| RTT | loss | ",
+    );
+    for v in &quic {
+        md.push_str(&format!("{v} | "));
+    }
+    md.push_str("\n|");
+    md.push_str(&"---|".repeat(2 + quic.len()));
+    md.push('\n');
+    for (rtt, l) in rows {
+        md.push_str(&format!("| {rtt} ms | {} | ", loss_label(l)));
+        for v in &quic {
+            let found = link.iter().find(|c| {
+                c.rtt_ms == *rtt && &c.loss == l && &c.variant == *v && c.checksum == "md5"
+            });
+            let cell = found.map(|c| {
+                let losses: Vec<f64> = c.runs.iter().filter_map(|r| r.sender_loss).collect();
+                if losses.is_empty() {
+                    "—".to_string()
+                } else {
+                    format!("{:.2} %", 100.0 * median(losses))
+                }
+            });
+            md.push_str(&format!("{} | ", cell.unwrap_or_default()));
+        }
+        md.push('\n');
+    }
+    md
 }
 
 /// One paragraph on how the emulator kept up over the link runs: the worst mean lateness,
@@ -242,6 +284,7 @@ fn loss_label(l: &str) -> String {
 /// find).
 fn plot(o: &Opts, cells: &[Cell]) -> String {
     let colors: BTreeMap<&str, &str> = [
+        ("quic-paced", "#9467bd"),
         ("quic-cubic", "#1f77b4"),
         ("quic-bbr", "#d62728"),
         ("tcp-cubic", "#2ca02c"),

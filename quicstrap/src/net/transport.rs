@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use quinn::congestion::{CubicConfig, NewRenoConfig};
 
-use crate::net::congestion::GuardedBbrConfig;
+use crate::net::congestion::{GuardedBbrConfig, PacedConfig};
 use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 /// Congestion controller of a QUIC connection.
@@ -27,6 +27,10 @@ pub enum Congestion {
     Bbr,
     /// NewReno (RFC 9002's reference).
     NewReno,
+    /// quicstrap's own model-based controller ([`crate::net::congestion::paced`]): BBR's
+    /// model of the path, with the window chosen so that quinn's pacer sends at the model's
+    /// rate and the bottleneck queue stays nearly empty. The default.
+    Paced,
 }
 
 impl std::str::FromStr for Congestion {
@@ -36,8 +40,9 @@ impl std::str::FromStr for Congestion {
             "cubic" => Ok(Self::Cubic),
             "bbr" => Ok(Self::Bbr),
             "newreno" | "reno" => Ok(Self::NewReno),
+            "paced" => Ok(Self::Paced),
             o => Err(format!(
-                "unknown congestion controller {o:?} (cubic, bbr, newreno)"
+                "unknown congestion controller {o:?} (paced, bbr, cubic, newreno)"
             )),
         }
     }
@@ -107,7 +112,7 @@ impl Default for TransportTuning {
             stream_window: 24 << 20,
             connection_window: 96 << 20,
             socket_buffer: 8 << 20,
-            congestion: Congestion::Bbr,
+            congestion: Congestion::Paced,
             idle_timeout: Duration::from_secs(60),
             keep_alive: Duration::from_secs(5),
             pool_idle: Duration::from_secs(30),
@@ -166,6 +171,9 @@ impl TransportTuning {
             }
             Congestion::NewReno => {
                 t.congestion_controller_factory(Arc::new(NewRenoConfig::default()));
+            }
+            Congestion::Paced => {
+                t.congestion_controller_factory(Arc::new(PacedConfig));
             }
         }
         t
