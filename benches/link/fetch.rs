@@ -23,7 +23,7 @@ pub(crate) struct Variant {
 }
 
 /// Every variant, in the order of the tables.
-pub(crate) const VARIANTS: [Variant; 6] = [
+pub(crate) const VARIANTS: [Variant; 7] = [
     Variant {
         name: "quic-paced",
         quic: true,
@@ -58,6 +58,12 @@ pub(crate) const VARIANTS: [Variant; 6] = [
         name: "tcp-cubic-x4",
         quic: false,
         cc: "cubic",
+        connections: 4,
+    },
+    Variant {
+        name: "tcp-bbr-x4",
+        quic: false,
+        cc: "bbr",
         connections: 4,
     },
 ];

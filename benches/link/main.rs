@@ -9,7 +9,8 @@
 //!
 //! * RTT {2, 50, 150} ms × loss {0, 0.1 %, 1 %, 3 %, bursty 1 % (mean burst 4)}, at
 //!   200 Mbit/s with a one-BDP drop-tail queue;
-//! * variants: QUIC paced (the default), QUIC cubic, QUIC bbr, TCP cubic, TCP bbr, TCP cubic × 4 connections;
+//! * variants: QUIC paced (the default), QUIC cubic, QUIC bbr, TCP cubic, TCP bbr, TCP cubic
+//!   and TCP bbr × 4 connections;
 //! * repetitions alternate between variants (the order rotates every repetition).
 //!
 //! Then a clean loopback run (no emulator) of every variant with MD5 and BLAKE3. Each fetch is

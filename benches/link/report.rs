@@ -128,7 +128,7 @@ pub(crate) fn write_outputs(o: &Opts, cells: &[Cell], machine: &str, source_byte
             }
             let g = |v: &str| by_key("link", *rtt, l, v, "md5").map(|c| c.med(|r| r.goodput_mbs));
             let quic = g("quic-paced").unwrap_or(f64::NAN);
-            let best_tcp = ["tcp-cubic", "tcp-bbr", "tcp-cubic-x4"]
+            let best_tcp = ["tcp-cubic", "tcp-bbr", "tcp-cubic-x4", "tcp-bbr-x4"]
                 .iter()
                 .filter_map(|v| g(v))
                 .fold(f64::NAN, f64::max);
@@ -284,12 +284,13 @@ fn loss_label(l: &str) -> String {
 /// find).
 fn plot(o: &Opts, cells: &[Cell]) -> String {
     let colors: BTreeMap<&str, &str> = [
-        ("quic-paced", "#9467bd"),
+        ("quic-paced", "#e377c2"),
         ("quic-cubic", "#1f77b4"),
         ("quic-bbr", "#d62728"),
         ("tcp-cubic", "#2ca02c"),
         ("tcp-bbr", "#9467bd"),
         ("tcp-cubic-x4", "#ff7f0e"),
+        ("tcp-bbr-x4", "#8c564b"),
     ]
     .into_iter()
     .collect();

@@ -216,8 +216,8 @@ impl BufferBudget {
     }
 }
 
-/// The send window a path warrants: a few congestion windows (bbr's is about twice the
-/// bandwidth-delay product), before the floor and ceiling.
+/// The send window a path warrants: a few congestion windows (the default controller's is
+/// about one bandwidth-delay product, quinn's bbr's about two), before the floor and ceiling.
 pub fn send_need(cwnd: u64) -> u64 {
     cwnd.saturating_mul(PATHS_WORTH)
 }

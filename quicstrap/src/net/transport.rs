@@ -68,9 +68,9 @@ pub struct TransportTuning {
     /// Requested UDP send/receive buffer, bytes (default 8 MiB; forced past `rmem_max` when
     /// running as root).
     pub socket_buffer: usize,
-    /// Congestion controller (default bbr): the link benchmark's choice. On lossy long links
-    /// bbr keeps the rate where cubic collapses exactly like TCP cubic (BENCHMARKS.md); on
-    /// clean links the two are within a few percent.
+    /// Congestion controller (default paced): the link benchmark's choice. On lossy long links
+    /// it keeps the rate where cubic collapses exactly like TCP cubic, and unlike quinn's bbr
+    /// it does not overflow the bottleneck's queue (BENCHMARKS.md).
     pub congestion: Congestion,
     /// Connection dies after this long without any packet from the peer (default 60 s).
     pub idle_timeout: Duration,

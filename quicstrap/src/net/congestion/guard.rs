@@ -1,5 +1,5 @@
-//! The default congestion controller: quinn's BBR, with a guard against the loss of real
-//! congestion.
+//! quinn's BBR with a guard against the loss of real congestion (`--congestion bbr`): the
+//! default before [`super::paced`], kept selectable for comparison.
 //!
 //! BBR (v1, as quinn implements it) ignores loss by design. That is what keeps a transfer at
 //! the link's rate where random loss makes CUBIC collapse (BENCHMARKS.md). It also ignores the

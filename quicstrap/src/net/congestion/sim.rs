@@ -23,6 +23,9 @@ pub struct Path {
     pub queue: u64,
     /// Probability that a packet is lost at random.
     pub loss: f64,
+    /// Acknowledgements reach the sender in bunches at multiples of this (zero: one by one):
+    /// a receiver or a host that handles packets in batches.
+    pub ack_bunch: Duration,
 }
 
 impl Path {
@@ -36,6 +39,7 @@ impl Path {
             rtt,
             queue: ((rate * rtt.as_secs_f64()) as u64).max(64 << 10),
             loss,
+            ack_bunch: Duration::ZERO,
         }
     }
 
@@ -215,7 +219,12 @@ pub fn run(
             Event::Depart => {
                 if let Some((i, pn)) = queue.pop_front() {
                     queued_bytes -= MTU;
-                    push(&mut events, now + path.rtt, Event::Ack(i, pn));
+                    let mut at = now + path.rtt;
+                    if !path.ack_bunch.is_zero() {
+                        let bunch = path.ack_bunch.as_nanos();
+                        at = Duration::from_nanos((at.as_nanos().div_ceil(bunch) * bunch) as u64);
+                    }
+                    push(&mut events, at, Event::Ack(i, pn));
                 }
                 if !queue.is_empty() {
                     push(&mut events, now + serialize(MTU), Event::Depart);

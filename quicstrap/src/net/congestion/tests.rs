@@ -240,3 +240,20 @@ fn twenty_flows_share_one_bottleneck_fairly() {
     // (quinn's BBR lost 80 % here).
     assert!(loss <= 0.05, "{what}");
 }
+
+#[test]
+fn acknowledgements_in_bunches_still_fill_the_path() {
+    // A receiver or a host that handles packets in batches: acknowledgements arrive every
+    // 5 or 10 ms in bunches. The allowance for bunching keeps the path full.
+    for bunch_ms in [5, 10] {
+        for rtt_ms in [50, 150] {
+            let mut path = Path::link(500.0, rtt_ms, 0.01);
+            path.ack_bunch = Duration::from_millis(bunch_ms);
+            let r = &sim::run(path, &[Duration::ZERO], 12 * S, 4 * S, 7)[0];
+            let got = share(&path, r, 8.0);
+            let what = format!("bunches of {bunch_ms} ms, {rtt_ms} ms: {got:.3}, {}", r.model);
+            assert!(got >= 0.95, "{what}");
+            assert!(r.queue_loss() <= 0.005, "queue loss {}: {what}", r.queue_loss());
+        }
+    }
+}
