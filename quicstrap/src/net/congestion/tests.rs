@@ -20,6 +20,16 @@ struct Driver {
 }
 
 impl Driver {
+    /// A controller past startup on a 50 ms path carrying 200 packets per round.
+    fn cruising() -> (Self, Duration) {
+        let mut d = Self::new();
+        let rtt = Duration::from_millis(50);
+        for _ in 0..10 {
+            d.round(200, rtt, 0);
+        }
+        (d, rtt)
+    }
+
     fn new() -> Self {
         let now = Instant::now();
         Self {
@@ -86,11 +96,7 @@ fn startup_grows_the_window_then_cruises_at_about_one_bdp() {
 
 #[test]
 fn random_loss_does_not_move_the_model() {
-    let mut d = Driver::new();
-    let rtt = Duration::from_millis(50);
-    for _ in 0..10 {
-        d.round(200, rtt, 0);
-    }
+    let (mut d, rtt) = Driver::cruising();
     let (bw, window) = (d.cc.bandwidth(), d.cc.window());
     // 3 % loss (one packet in 33), a hundred rounds.
     for _ in 0..100 {
@@ -104,11 +110,7 @@ fn random_loss_does_not_move_the_model() {
 
 #[test]
 fn heavy_loss_bounds_the_window_and_clean_rounds_lift_the_bound() {
-    let mut d = Driver::new();
-    let rtt = Duration::from_millis(50);
-    for _ in 0..10 {
-        d.round(200, rtt, 0);
-    }
+    let (mut d, rtt) = Driver::cruising();
     // A round losing one packet in five, with 200 packets in flight when they left; it is
     // judged when the next round begins.
     d.round(200, rtt, 5);
@@ -134,11 +136,7 @@ fn heavy_loss_bounds_the_window_and_clean_rounds_lift_the_bound() {
 
 #[test]
 fn loss_with_a_standing_queue_is_congestion_at_a_lower_rate() {
-    let mut d = Driver::new();
-    let rtt = Duration::from_millis(50);
-    for _ in 0..10 {
-        d.round(200, rtt, 0);
-    }
+    let (mut d, rtt) = Driver::cruising();
     // 4 % loss with the RTT at twice the minimum all round: a queue that overflows.
     d.round(200, 2 * rtt, 25);
     d.round(200, 2 * rtt, 25);
@@ -147,11 +145,7 @@ fn loss_with_a_standing_queue_is_congestion_at_a_lower_rate() {
 
 #[test]
 fn a_minimum_rtt_ten_seconds_old_is_probed_with_half_a_bdp() {
-    let mut d = Driver::new();
-    let rtt = Duration::from_millis(50);
-    for _ in 0..10 {
-        d.round(200, rtt, 0);
-    }
+    let (mut d, rtt) = Driver::cruising();
     // RTTs a little above the minimum from now on: it is never refreshed.
     let higher = rtt + Duration::from_millis(2);
     let rounds = (MIN_RTT_LIFETIME.as_millis() / higher.as_millis()) as usize + 2;
@@ -251,9 +245,16 @@ fn acknowledgements_in_bunches_still_fill_the_path() {
             path.ack_bunch = Duration::from_millis(bunch_ms);
             let r = &sim::run(path, &[Duration::ZERO], 12 * S, 4 * S, 7)[0];
             let got = share(&path, r, 8.0);
-            let what = format!("bunches of {bunch_ms} ms, {rtt_ms} ms: {got:.3}, {}", r.model);
+            let what = format!(
+                "bunches of {bunch_ms} ms, {rtt_ms} ms: {got:.3}, {}",
+                r.model
+            );
             assert!(got >= 0.95, "{what}");
-            assert!(r.queue_loss() <= 0.005, "queue loss {}: {what}", r.queue_loss());
+            assert!(
+                r.queue_loss() <= 0.005,
+                "queue loss {}: {what}",
+                r.queue_loss()
+            );
         }
     }
 }
