@@ -477,3 +477,23 @@ pub async fn server_at(src: &Path, rate: u64, tweak: impl FnOnce(&mut ServerConf
     })
     .await
 }
+
+/// Copies the store-version directory `from` (with its partitions) into `root`.
+pub fn copy_dir(from: &Path, root: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A copy of the store of `id` under `src` in a directory of its own, for another server of
+/// this process: two servers in one process cannot both open one RocksDB (its lock is per
+/// process), so servers sharing a directory refuse each other's snapshots at random.
+pub fn copy_of(src: &Path, id: &PartitionId) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&src.join(id.store_version_dir()), dir.path());
+    dir
+}

@@ -126,8 +126,11 @@ fn srv_records(
 async fn srv_priority_and_weight_are_honoured_with_the_random_order_on() {
     let _turn = turn(Needs::Nothing).await;
     let (src, id, heavy) = served(122, (1_000, 100, 500), |_| {}).await;
-    let light = server(src.path(), |_| {}).await;
-    let backup = server(src.path(), |_| {}).await;
+    // Each server its own copy: servers of one process sharing a database refuse each
+    // other's snapshots (RocksDB's lock), and the one that opened it first would serve all.
+    let (light_src, backup_src) = (copy_of(src.path(), &id), copy_of(src.path(), &id));
+    let light = server(light_src.path(), |_| {}).await;
+    let backup = server(backup_src.path(), |_| {}).await;
     let port = |s: &quicstrap::server::Server| peer(s).addr.port();
     let conf = tempfile::tempdir().unwrap();
     let records = srv_records(
@@ -157,10 +160,12 @@ async fn srv_priority_and_weight_are_honoured_with_the_random_order_on() {
     );
     let f = Arc::new(fetcher(|c| c.order = PeerOrder::Locality));
     let mut first = std::collections::HashMap::<u16, u32>::new();
+    let mut tried = Vec::new();
     const N: u32 = 30;
     for _ in 0..N {
         let dst = tempfile::tempdir().unwrap();
         let report = f.fetch(&id, &found, dst.path()).await.unwrap();
+        tried.push(format!("{:?}", report.attempts));
         let p: SocketAddr = report
             .peer
             .rsplit_once('@')
@@ -174,7 +179,9 @@ async fn srv_priority_and_weight_are_honoured_with_the_random_order_on() {
     assert_eq!(first.get(&port(&backup)), None, "{first:?}");
     assert!(
         first.get(&port(&heavy)).copied().unwrap_or(0) >= 20,
-        "{first:?}"
+        "{first:?} heavy {} {:?}",
+        port(&heavy),
+        &tried[..2]
     );
     for s in [heavy, light, backup] {
         s.shutdown().await;

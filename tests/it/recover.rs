@@ -487,17 +487,6 @@ async fn a_recovery_as_pid_1_stopped_with_sigterm_suspends_and_resumes_on_rerun(
     recover_as_pid_1_stopped_then_rerun("sigterm", libc::SIGTERM).await;
 }
 
-/// Copies the store-version directory `from` (with its partitions) into `root`.
-fn copy_dir(from: &Path, root: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(root)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_recovery_leaves_each_partition_valid_or_suspended_and_nothing_else() {
     use quicstrap::ingest::local::LocalLog;
