@@ -14,16 +14,19 @@
 //! * in flight, `gain × rate × min RTT` plus the bytes acknowledgements bunch by (BBR's
 //!   "extra acked"): one BDP cruising, so the bottleneck queue stays nearly empty, 1.25 BDP one
 //!   round in eight to probe for more;
-//! * at least `gain × rate × smoothed RTT / 1.25`, so the pacer never holds it below the model's
-//!   rate when acknowledgements arrive late (loopback, a busy receiver). Should that delay be a
-//!   queue instead, the window shrinks by a fifth per round back to one BDP: it converges.
+//! * so the pacer, at 1.25 such windows per RTT, is never what holds the flow below the model's
+//!   rate; the RTT the window is sized for is at least [`RTT_FLOOR`] (quinn's pacing and timer
+//!   granularity), or on loopback the window would be a few packets.
 //!
 //! Random loss does not change the model: a delivery rate measured through 3 % loss is still
 //! the path's rate. A round losing more than [`LOSS_THRESHOLD`] is congestion that the model's
-//! own window did not prevent (a path shared with flows that fill queues): the window is then
-//! bounded at [`LOSS_BACKOFF`] of what was in flight, a bound that grows back by an eighth per
-//! clean round (BBRv2's `inflight_hi`). Startup doubles the window each round and ends when the
-//! rate stops growing, when the RTT shows a queue, or at such a loss. Every ten seconds without
+//! own window did not prevent (a path shared with flows that fill queues), and so is a round
+//! losing more than [`QUEUED_LOSS_THRESHOLD`] while a queue stood all round: the window is then
+//! bounded at [`LOSS_BACKOFF`] of what was in flight when the lost packets left (BBRv2's
+//! `inflight_hi`), a bound that grows back by one packet per clean round (AIMD, so flows on one
+//! bottleneck converge to equal shares). Startup doubles the window each round, within twice
+//! the BDP measured so far, and ends when the rate stops growing, when the RTT shows a queue,
+//! or at such a loss. Every ten seconds without
 //! a lower RTT the window drops to half a BDP for 200 ms and a round, so flows sharing a
 //! bottleneck see its empty queue and their RTT estimates agree.
 
@@ -61,6 +64,8 @@ pub const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 pub const RTT_FLOOR: Duration = Duration::from_millis(2);
 /// The initial window, in packets of quinn's minimum size (as quinn's BBR).
 const INITIAL_PACKETS: u64 = 200;
+/// The initial window, bytes.
+const INITIAL_WINDOW: u64 = INITIAL_PACKETS * 1200;
 /// The fewest packets a window holds.
 const MIN_PACKETS: u64 = 4;
 /// Startup's window is at most this many BDPs of the rate measured so far.
@@ -138,7 +143,6 @@ pub struct Paced {
 impl Paced {
     /// A controller for a connection starting at `now` with packets of `mtu` bytes.
     pub fn new(now: Instant, mtu: u16) -> Self {
-        let initial = INITIAL_PACKETS * 1200;
         Self {
             mtu: u64::from(mtu),
             sampler: Sampler::new(now),
@@ -162,7 +166,7 @@ impl Paced {
             loss_in_flight: 0,
             inflight_hi: None,
             queue_standing: false,
-            window: initial,
+            window: INITIAL_WINDOW,
         }
     }
 
@@ -189,10 +193,6 @@ impl Paced {
     /// The rate the window lets quinn's pacer send at, bytes per second.
     pub fn pacing_rate(&self) -> u64 {
         (self.window as f64 * PACER_GAIN / self.srtt.as_secs_f64().max(1e-6)) as u64
-    }
-
-    fn initial_window(&self) -> u64 {
-        INITIAL_PACKETS * 1200
     }
 
     fn min_window(&self) -> u64 {
@@ -405,7 +405,7 @@ impl Paced {
                 return self
                     .window
                     .min(self.bdp(STARTUP_GAIN) + self.extra_acked.get())
-                    .max(self.initial_window());
+                    .max(INITIAL_WINDOW);
             }
             Mode::Cruise { phase, .. } => CYCLE[phase],
             Mode::ProbeRtt { .. } => return self.probe_rtt_window(),
@@ -549,7 +549,7 @@ impl Controller for Paced {
     }
 
     fn initial_window(&self) -> u64 {
-        INITIAL_PACKETS * 1200
+        INITIAL_WINDOW
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
