@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use quicstrap::client::FetchConfig;
+use quicstrap::control::stores::StorePolicy;
 use quicstrap::ingest::kafka::KafkaConfig;
 use quicstrap::ingest::{BadRecordPolicy, CatchUpConfig, TopicTemplate};
 use quicstrap::jobs::bootstrap::BootstrapConfig;
@@ -225,6 +226,22 @@ impl TransferArgs {
     }
 }
 
+impl TransferArgs {
+    /// Applies a store's own policy: its checksum, and its read limit within the process's.
+    pub fn apply_store(&self, cfg: &mut FetchConfig, store: &StorePolicy) {
+        if let Some(c) = store.checksum {
+            cfg.policy.checksum = c;
+        }
+        if let Some(r) = store.read_limit.filter(|r| *r > 0) {
+            let rate = match self.read_limit {
+                0 => r,
+                p => p.min(r),
+            };
+            cfg.policy.read_limiter = quicstrap::control::pacing::RateLimiter::new(rate);
+        }
+    }
+}
+
 // How a bootstrap catches up from Kafka (fetch --kafka, recover).
 #[derive(Args)]
 pub struct CatchUpArgs {
@@ -259,16 +276,16 @@ impl CatchUpArgs {
 // Who this node is and whom it trusts (serve, fetch).
 #[derive(Args)]
 pub struct TlsArgs {
-    /// PEM certificate chain of this node.
+    /// PEM certificate chain of this node (required to serve or to ask peers).
     #[arg(long)]
-    pub cert: PathBuf,
-    /// PEM private key of this node.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of this node (required with --cert).
     #[arg(long)]
-    pub key: PathBuf,
-    /// PEM CA bundle peers must chain to. Required: no CA is trusted by default, the
-    /// development one (certs-dev/ca.crt) included.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle peers must chain to (required with --cert): no CA is trusted by
+    /// default, the development one (certs-dev/ca.crt) included.
     #[arg(long)]
-    pub ca: PathBuf,
+    pub ca: Option<PathBuf>,
 }
 
 // QUIC tuning, the same knobs on both ends (serve, fetch).
@@ -299,9 +316,20 @@ pub struct QuicArgs {
 }
 
 impl TlsArgs {
-    /// This node's certificate, key and trusted CA, loaded and checked.
-    pub fn identity(&self) -> Result<Identity, TlsError> {
-        Identity::load(&self.cert, &self.key, &self.ca)
+    /// Whether any of --cert, --key, --ca was given.
+    pub fn given(&self) -> bool {
+        self.cert.is_some() || self.key.is_some() || self.ca.is_some()
+    }
+
+    /// This node's certificate, key and trusted CA, loaded and checked; `why` says what
+    /// needs them when one is missing.
+    pub fn identity(&self, why: &str) -> Result<Identity, String> {
+        match (&self.cert, &self.key, &self.ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                Identity::load(cert, key, ca).map_err(|e: TlsError| e.to_string())
+            }
+            _ => Err(format!("{why} needs --cert, --key and --ca")),
+        }
     }
 }
 

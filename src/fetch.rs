@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use quicstrap::client::{FetchConfig, Fetcher, Progress};
+use quicstrap::control::stores::{StorePolicy, StoreTable};
 use quicstrap::control::throttle::{Signal, Throttler};
 use quicstrap::ingest::IngestStats;
 use quicstrap::jobs::bootstrap::BootstrapError;
@@ -61,6 +62,11 @@ pub struct FetchArgs {
     /// cycles.
     #[arg(long)]
     pub adaptive_throttle: bool,
+    /// Configuration file (TOML): its [fetch] section holds any of these flags (flags given
+    /// here win), [stores.NAME] the store's policy (fetch from peers or not, read limit,
+    /// lag threshold, checksum).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// How a fetch failed. Under --json a script gets a report on stdout for every failure of the
@@ -95,20 +101,26 @@ fn usage(msg: impl std::fmt::Display) -> Failure {
     }
 }
 
-/// Fetches (or bootstraps) and reports; a failure is reported under --json too.
-pub async fn run(a: FetchArgs) -> Result<(), CliError> {
+/// Fetches (or bootstraps) and reports; a failure is reported under --json too. `stores` is
+/// the per-store policy of the --config file.
+pub async fn run(a: FetchArgs, stores: StoreTable) -> Result<(), CliError> {
     let (json, partition) = (
         a.json,
         format!("{}_v{}/{}", a.store.name, a.store.version, a.partition),
     );
-    fetch(a).await.map_err(|f| match f {
+    let report_kind = if a.kafka.is_some() {
+        "bootstrap"
+    } else {
+        "fetch"
+    };
+    fetch(a, &stores).await.map_err(|f| match f {
         Failure::Reported {
             error,
             kind,
             details,
         } => {
             if json {
-                print_fetch_failed(&partition, error.message(), kind, details);
+                print_fetch_failed(report_kind, &partition, error.message(), kind, details);
             }
             error
         }
@@ -116,15 +128,45 @@ pub async fn run(a: FetchArgs) -> Result<(), CliError> {
     })
 }
 
-async fn fetch(a: FetchArgs) -> Result<(), Failure> {
+async fn fetch(a: FetchArgs, stores: &StoreTable) -> Result<(), Failure> {
+    let store = stores.get(&a.store.name);
     let discovery = a.peer.discovery().map_err(usage)?;
     let id = PartitionId::new(&a.store.name, a.store.version, a.partition)
         .map_err(|e| usage(format!("store name: {e}")))?;
+    if !store.fetch && a.kafka.is_none() {
+        return Err(usage(format!(
+            "fetching store {} from peers is turned off ([stores.{}] fetch = false); \
+             add --kafka to rebuild it from its change log",
+            id.store, id.store
+        )));
+    }
+    let ask_peers = store.fetch && (!a.peer.peers.is_empty() || a.peer.discover.is_some());
+    if !ask_peers && !a.transfer.tls.given() {
+        if let Some(brokers) = &a.kafka {
+            // A rebuild from the change log alone: no peer to authenticate to.
+            let progress = Arc::new(Progress::default());
+            let _stop = AbortOnDrop(tokio::spawn({
+                let progress = progress.clone();
+                crate::stop::suspend_on_signal("fetch", move || progress.cancel())
+            }));
+            let bar = Bar::on_terminal(&progress);
+            let stats = Arc::new(IngestStats::default());
+            let source = Source::LogOnly;
+            let per_store = metrics::StoreMetrics::fetching(stores);
+            let ctx = (&store, &*per_store);
+            return bootstrap(&a, ctx, source, &id, &progress, brokers, stats, bar).await;
+        }
+    }
     // Bad certificates are said before any DNS wait.
-    let cfg = a
-        .transfer
-        .fetch_config(a.transfer.tls.identity().map_err(usage)?);
+    let mut cfg = a.transfer.fetch_config(
+        a.transfer
+            .tls
+            .identity("fetching from peers")
+            .map_err(usage)?,
+    );
+    a.transfer.apply_store(&mut cfg, &store);
     let peers = match discovery.peers(&id).await {
+        Ok(_) if !ask_peers => Vec::new(),
         Ok(peers) => peers,
         // Kafka builds the partition alone.
         Err(e) if a.kafka.is_some() => {
@@ -154,10 +196,12 @@ async fn fetch(a: FetchArgs) -> Result<(), Failure> {
         Throttler::adaptive(read_limiter, a.transfer.read_limit, vec![fsync])
     });
     let ingest_stats = Arc::new(IngestStats::default());
+    let per_store = metrics::StoreMetrics::fetching(stores);
     let _metrics = match a.metrics_listen {
         Some(addr) => {
             let registry = metrics::Registry::new();
             metrics::register_client(&registry, &fetcher, throttler.as_ref());
+            per_store.register(&registry);
             metrics::register_process(&registry);
             if a.kafka.is_some() {
                 metrics::register_ingest(&registry, &[(id.to_string(), ingest_stats.clone())]);
@@ -177,11 +221,12 @@ async fn fetch(a: FetchArgs) -> Result<(), Failure> {
     }));
     let bar = Bar::on_terminal(&progress);
     if let Some(brokers) = &a.kafka {
+        let source = Source::Peers(&fetcher, &peers);
         let result = bootstrap(
             &a,
-            &peers,
+            (&store, &per_store),
+            source,
             &id,
-            &fetcher,
             &progress,
             brokers,
             ingest_stats,
@@ -191,9 +236,15 @@ async fn fetch(a: FetchArgs) -> Result<(), Failure> {
         fetcher.close().await;
         return result;
     }
+    let started = std::time::Instant::now();
     let result = fetcher
         .fetch_with_progress(&id, &peers, &a.transfer.data_dir, &progress)
         .await;
+    let (path, bytes) = match &result {
+        Ok(r) => ("peer_transfer", r.bytes),
+        Err(_) => ("failed", 0),
+    };
+    per_store.record(&id.store, path, bytes, Some(started.elapsed()));
     bar.finish().await;
     fetcher.close().await;
     report_fetch(&a, result)
@@ -249,7 +300,7 @@ fn report_fetch(a: &FetchArgs, result: Result<FetchReport, FetchError>) -> Resul
             "attempts": e.attempts(),
         })),
     })?;
-    print_report(a.json, &report, || {
+    print_report(a.json, "fetch", &report, || {
         format!(
             "fetched {} from {} into {}: {} files, {} bytes in {:.2} s ({} attempts)\n",
             report.partition,
@@ -289,13 +340,21 @@ fn fetch_failed(e: &FetchError) -> CliError {
     }
 }
 
+/// Where a bootstrap's partition may come from besides the change log.
+enum Source<'a> {
+    /// These peers, through this fetcher.
+    Peers(&'a Fetcher, &'a [Peer]),
+    /// The log alone (no peer to ask, no certificates).
+    LogOnly,
+}
+
 /// `fetch --kafka`: the whole bootstrap, then optionally follow until interrupted.
 #[allow(clippy::too_many_arguments)]
 async fn bootstrap(
     a: &FetchArgs,
-    peers: &[Peer],
+    (store, per_store): (&StorePolicy, &metrics::StoreMetrics),
+    source: Source<'_>,
     id: &PartitionId,
-    fetcher: &Fetcher,
     progress: &Progress,
     brokers: &str,
     stats: Arc<IngestStats>,
@@ -303,18 +362,26 @@ async fn bootstrap(
 ) -> Result<(), Failure> {
     let mut cfg = a.catch_up.bootstrap_config(a.transfer.format);
     cfg.catch_up.stats = stats;
+    if let Some(lag) = store.lag_threshold {
+        cfg.lag_threshold = lag;
+    }
+    let root = &a.transfer.data_dir;
     let outcome = match a.catch_up.kafka_opts.config(brokers).log(id) {
         Ok(mut log) => {
-            let result = quicstrap::jobs::bootstrap::bootstrap(
-                fetcher,
-                peers,
-                &a.transfer.data_dir,
-                id,
-                &mut log,
-                &cfg,
-                progress,
-            )
-            .await;
+            let result = match source {
+                Source::Peers(fetcher, peers) => {
+                    quicstrap::jobs::bootstrap::bootstrap(
+                        fetcher, peers, root, id, &mut log, &cfg, progress,
+                    )
+                    .await
+                }
+                Source::LogOnly => {
+                    quicstrap::jobs::bootstrap::bootstrap_from_log(
+                        root, id, &mut log, &cfg, progress,
+                    )
+                    .await
+                }
+            };
             Ok((result, log))
         }
         Err(e) => Err(e),
@@ -325,8 +392,21 @@ async fn bootstrap(
         kind: "log_config",
         details: None,
     })?;
+    let (path, bytes) = match &result {
+        Ok(r) => (r.path.label(), r.transfer.as_ref().map_or(0, |t| t.bytes)),
+        Err(_) => ("failed", 0),
+    };
+    per_store.record(
+        &id.store,
+        path,
+        bytes,
+        result
+            .as_ref()
+            .ok()
+            .map(|r| std::time::Duration::from_secs_f64(r.seconds)),
+    );
     let report = result.map_err(bootstrap_failed)?;
-    print_report(a.json, &report, || {
+    print_report(a.json, "bootstrap", &report, || {
         format!(
             "bootstrapped {} via {:?}: {} records caught up, offset {:?}, {:.2} s\n",
             report.partition,

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::progress_bar::Redraw;
 use quicstrap::client::Fetcher;
+use quicstrap::control::stores::StoreTable;
 use quicstrap::jobs::recover::{
     recover, PartitionRecovery, RecoverConfig, RecoverCounts, RecoverProgress, Sources,
 };
@@ -45,6 +46,11 @@ pub struct RecoverArgs {
     /// Print one JSON report per partition on stdout, a line each, as it ends.
     #[arg(long)]
     pub json: bool,
+    /// Configuration file (TOML): its [recover] section holds any of these flags (flags
+    /// given here win), [stores.NAME] the store's policy (fetch from peers or not, read
+    /// limit, lag threshold, checksum).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// A set of partition numbers, in the order given, each once.
@@ -95,8 +101,14 @@ fn parse_partitions(s: &str) -> Result<Partitions, String> {
 }
 
 /// Recovers, reports, and exits 1 when any partition did not end valid and caught up.
-pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
-    let discovery = a.peer.discovery().map_err(CliError::Unusable)?;
+pub async fn run(a: RecoverArgs, stores: StoreTable) -> Result<(), CliError> {
+    let store = stores.get(&a.store.name);
+    let discovery: Box<dyn quicstrap::peers::Discovery> = if store.fetch {
+        a.peer.discovery().map_err(CliError::Unusable)?
+    } else {
+        // Transfer is off for this store: every partition is rebuilt from its change log.
+        Box::new(quicstrap::peers::StaticPeers(Vec::new()))
+    };
     let ids = a
         .partitions
         .0
@@ -104,14 +116,22 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
         .map(|&p| PartitionId::new(&a.store.name, a.store.version, p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CliError::unusable(format!("store name: {e}")))?;
-    let mut fetch = a
-        .transfer
-        .fetch_config(a.transfer.tls.identity().map_err(CliError::unusable)?);
+    let mut fetch = a.transfer.fetch_config(
+        a.transfer
+            .tls
+            .identity("recover")
+            .map_err(CliError::Unusable)?,
+    );
+    a.transfer.apply_store(&mut fetch, &store);
     fetch.max_partitions = a.max_receiving.max(1);
     let fetcher = Fetcher::new(fetch).map_err(CliError::unusable)?;
     let kafka = a.catch_up.kafka_opts.config(&a.kafka);
+    let mut bootstrap = a.catch_up.bootstrap_config(a.transfer.format);
+    if let Some(lag) = store.lag_threshold {
+        bootstrap.lag_threshold = lag;
+    }
     let cfg = RecoverConfig {
-        bootstrap: a.catch_up.bootstrap_config(a.transfer.format),
+        bootstrap,
         parallel: a.parallel.max(1),
         ..Default::default()
     };
@@ -195,15 +215,18 @@ pub async fn run(a: RecoverArgs) -> Result<(), CliError> {
 
 /// One partition's report line: where it is, how it was built, or why it is not.
 fn line(one: &PartitionRecovery) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "partition": one.partition,
-        "dir": one.dir,
-        "ok": one.is_ok(),
-        "peers": one.peers,
-        "discovery": one.discovery.as_ref().map(ToString::to_string),
-        "seconds": one.seconds,
-        "finished_at": one.finished_at,
-    });
+    let mut v = crate::report::envelope(
+        "recover",
+        one.is_ok(),
+        serde_json::json!({
+            "partition": one.partition,
+            "dir": one.dir,
+            "peers": one.peers,
+            "discovery": one.discovery.as_ref().map(ToString::to_string),
+            "seconds": one.seconds,
+            "finished_at": one.finished_at,
+        }),
+    );
     let (report, error) = match &one.outcome {
         Ok(r) => (Some(r), None),
         Err(e) => (

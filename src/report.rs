@@ -9,16 +9,37 @@ use quicstrap::client::Progress;
 
 use crate::error::CliError;
 
-/// Prints `report` as pretty JSON when asked, else the human text; a report that cannot be
-/// serialised is an error (exit 2).
+/// The version of every JSON document the commands print (docs/report.md).
+pub use quicstrap::jobs::admin::REPORT_SCHEMA;
+
+/// `v` (an object) with the fields every report starts with: `schema`, `kind` (`fetch`,
+/// `bootstrap`, `recover`, `status`, `demo`) and `ok`, so a program can tell a success from a
+/// failure without knowing each kind's fields.
+pub fn envelope(kind: &str, ok: bool, v: serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::json!({
+        "schema": REPORT_SCHEMA,
+        "kind": kind,
+        "ok": ok,
+    });
+    if let (serde_json::Value::Object(fields), Some(obj)) = (v, out.as_object_mut()) {
+        for (k, val) in fields {
+            obj.entry(k).or_insert(val);
+        }
+    }
+    out
+}
+
+/// Prints a successful `report` of `kind` as pretty JSON (in its [`envelope`]) when asked,
+/// else the human text; a report that cannot be serialised is an error (exit 2).
 pub fn print_report<T: serde::Serialize>(
     json: bool,
+    kind: &str,
     report: &T,
     human: impl FnOnce() -> String,
 ) -> Result<(), CliError> {
     if json {
-        let s = serde_json::to_string_pretty(report).map_err(CliError::unusable)?;
-        println!("{s}");
+        let v = serde_json::to_value(report).map_err(CliError::unusable)?;
+        println!("{:#}", envelope(kind, true, v));
     } else {
         print!("{}", human());
     }
@@ -29,17 +50,21 @@ pub fn print_report<T: serde::Serialize>(
 /// (`error_kind`), and the `details` (attempts, the bootstrap so far) — so a script reading
 /// `--json` gets a report for every outcome, also a failure before any attempt.
 pub fn print_fetch_failed(
+    report_kind: &str,
     partition: &str,
     error: &str,
     kind: &str,
     details: Option<serde_json::Value>,
 ) {
-    let mut v = serde_json::json!({
-        "partition": partition,
-        "ok": false,
-        "error": error,
-        "error_kind": kind,
-    });
+    let mut v = envelope(
+        report_kind,
+        false,
+        serde_json::json!({
+            "partition": partition,
+            "error": error,
+            "error_kind": kind,
+        }),
+    );
     if let (Some(serde_json::Value::Object(d)), Some(obj)) = (details, v.as_object_mut()) {
         for (k, val) in d {
             obj.entry(k).or_insert(val);

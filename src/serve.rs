@@ -1,20 +1,27 @@
-//! `quicstrap serve`: a serving node from the command line — options in, the library's
-//! [`Node`] run until SIGTERM or Ctrl-C, its addresses printed for scripts and tests to read.
+//! `quicstrap serve`: a serving node from the command line — options (and a config file) in,
+//! the library's [`Node`] run until SIGTERM or Ctrl-C, its addresses printed for scripts and
+//! tests to read; SIGHUP (or the admin endpoint's reload) re-reads the config file.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Parser};
 
+use quicstrap::control::stores::StoreTable;
 use quicstrap::ingest::follow::FollowConfig;
+use quicstrap::jobs::admin::{LiveSettings, NodeControl, Reload, Reloaded};
 use quicstrap::jobs::node::{Node, NodeConfig};
 use quicstrap::net::tls::{AllowList, Identity};
-use quicstrap::server::ServerConfig;
+use quicstrap::server::{LivePolicy, ServerConfig};
+use quicstrap::store::lock::unpoisoned as lock;
 use quicstrap::store::partition::TableFormat;
 use quicstrap_baseline::{HttpServer, HttpServerConfig, TcpCongestion};
 
 use crate::args::{KafkaOpts, ListenSpec, QuicArgs, TlsArgs};
+use crate::config::ConfigFile;
 use crate::error::CliError;
 
 // The options of `quicstrap serve`.
@@ -109,16 +116,104 @@ pub struct ServeArgs {
     /// 10 quiet cycles.
     #[arg(long)]
     pub adaptive_throttle: bool,
+    /// Serve the admin endpoint (`quicstrap status`, `quicstrap admin`): live transfers,
+    /// limits, drain, reload. `PORT` binds 127.0.0.1:PORT. It has no authentication, so an
+    /// address other than loopback needs --admin-remote.
+    #[arg(long, value_name = "ADDR|PORT", value_parser = parse_admin)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Let --admin-listen bind an address other than loopback (anyone who reaches it can
+    /// drain the node or change its limits).
+    #[arg(long, requires = "admin_listen")]
+    pub admin_remote: bool,
+    /// Configuration file (TOML): its [serve] section holds any of these flags (flags
+    /// given here win), [stores.NAME] sections the per-store policy. SIGHUP re-reads it and
+    /// applies the allow list, the write limit and the store sections live.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
     pub quic: QuicArgs,
 }
 
+/// `PORT` (on loopback) or `ADDR`.
+fn parse_admin(s: &str) -> Result<SocketAddr, String> {
+    match s.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => s.parse().map_err(|e| format!("{s}: {e}")),
+    }
+}
+
+/// What a reload needs: the file as last read and the command line's own flags (which win).
+pub struct Reloadable {
+    file: Mutex<ConfigFile>,
+    tokens: Vec<OsString>,
+}
+
+impl Reloadable {
+    /// The file the node started from, and the flags after `serve` on its command line.
+    pub fn new(file: ConfigFile, tokens: Vec<OsString>) -> Self {
+        Self {
+            file: Mutex::new(file),
+            tokens,
+        }
+    }
+
+    /// Re-reads the file and applies its live part through `control`; names what changed
+    /// and what would need a restart (logged at WARN).
+    fn reload(&self, control: &NodeControl) -> Result<Reloaded, String> {
+        let path = lock(&self.file).path.clone();
+        let new = ConfigFile::load(&path)?;
+        new.check_values()?;
+        let given = crate::config::given_flags(&self.tokens);
+        let mut argv: Vec<OsString> = vec!["quicstrap".into(), "serve".into()];
+        argv.extend(new.args("serve", &given)?.into_iter().map(OsString::from));
+        argv.extend(self.tokens.iter().cloned());
+        let cli = crate::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let crate::Cmd::Serve(a) = cli.cmd else {
+            return Err("not a serve command line".into());
+        };
+        let applied = control.apply(LiveSettings {
+            allow: AllowList::parse(&a.allow),
+            stores: new.stores.clone(),
+            write_limit: a.write_limit,
+        });
+        let mut old = lock(&self.file);
+        let mut need_restart = Vec::new();
+        for key in crate::config::changed_keys(&old, &new, "serve") {
+            if given.contains(&key) {
+                tracing::warn!(key, file = %path.display(), "changed in the file, but a flag on the command line sets it");
+                need_restart.push(format!("{key} (set by a flag)"));
+            } else if !crate::config::LIVE_SERVE_KEYS.contains(&key.as_str()) {
+                tracing::warn!(key, file = %path.display(), "changed in the file; takes effect at the next restart");
+                need_restart.push(key);
+            }
+        }
+        *old = new;
+        tracing::info!(?applied, ?need_restart, "configuration reloaded");
+        Ok(Reloaded {
+            applied,
+            need_restart,
+        })
+    }
+}
+
 /// Serves until told to stop; every failure to start is exit 2.
-pub async fn run(a: ServeArgs) -> Result<(), CliError> {
-    let identity = a.tls.identity().map_err(CliError::unusable)?;
-    let cfg = node_config(&a, identity)?;
+pub async fn run(a: ServeArgs, reloadable: Option<Reloadable>) -> Result<(), CliError> {
+    let identity = a.tls.identity("serve").map_err(CliError::Unusable)?;
+    if let Some(addr) = a.admin_listen {
+        if !addr.ip().is_loopback() && !a.admin_remote {
+            return Err(CliError::Unusable(format!(
+                "--admin-listen {addr} is not loopback: the admin endpoint has no \
+                 authentication; add --admin-remote to bind it anyway"
+            )));
+        }
+    }
+    let stores = reloadable
+        .as_ref()
+        .map(|r| lock(&r.file).stores.clone())
+        .unwrap_or_default();
+    let cfg = node_config(&a, identity, stores)?;
     // Checked before anything starts, like the QUIC listeners' controllers.
     let https_specs: Vec<(SocketAddr, Option<TcpCongestion>)> = listeners(&a.http_listen)?;
     let policy = cfg.server.policy.clone();
@@ -169,11 +264,41 @@ pub async fn run(a: ServeArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::Unusable(format!("metrics listener {addr}: {e}")))?;
         println!("metrics on http://{bound}/metrics");
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(CliError::unusable)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let reloadable = reloadable.map(Arc::new);
+    let reload: Option<Reload> = reloadable
+        .clone()
+        .map(|r| Arc::new(move |c: &NodeControl| r.reload(c)) as Reload);
+    if let Some(addr) = a.admin_listen {
+        let bound = node
+            .serve_admin(addr, reload.clone())
+            .await
+            .map_err(|e| CliError::Unusable(format!("admin listener {addr}: {e}")))?;
+        println!("admin on http://{bound}/status");
+    }
+    let control = node.control();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::unusable)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(CliError::unusable)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => match &reload {
+                // The file is read off the runtime's threads: it is disk work.
+                Some(r) => {
+                    let (r, c) = (r.clone(), control.clone());
+                    match tokio::task::spawn_blocking(move || r(&c)).await {
+                        Ok(Ok(done)) => eprintln!(
+                            "quicstrap: reloaded: applied {:?}; need a restart {:?}",
+                            done.applied, done.need_restart
+                        ),
+                        Ok(Err(e)) => eprintln!("quicstrap: reload refused, nothing changed: {e}"),
+                        Err(e) => eprintln!("quicstrap: reload failed: {e}"),
+                    }
+                }
+                None => eprintln!("quicstrap: SIGHUP: no --config to reload"),
+            },
+        }
     }
     eprintln!("quicstrap: shutting down");
     // Every listener at once, so every client hears the shutdown without waiting for the
@@ -185,7 +310,11 @@ pub async fn run(a: ServeArgs) -> Result<(), CliError> {
 
 /// The node the options describe. A congestion controller a listener names is checked here,
 /// before anything starts.
-fn node_config(a: &ServeArgs, identity: Identity) -> Result<NodeConfig, CliError> {
+fn node_config(
+    a: &ServeArgs,
+    identity: Identity,
+    stores: StoreTable,
+) -> Result<NodeConfig, CliError> {
     let snaps = a
         .snapshot_dir
         .clone()
@@ -197,6 +326,7 @@ fn node_config(a: &ServeArgs, identity: Identity) -> Result<NodeConfig, CliError
         a.format,
         snaps,
     );
+    server.policy.live = LivePolicy::with_stores(AllowList::parse(&a.allow), stores);
     server.snapshots.ttl = Duration::from_secs(a.snapshot_ttl_secs);
     server.snapshots.cleanup_interval = Duration::from_secs(a.snapshot_cleanup_secs.max(1));
     server.snapshots.resume_window = Duration::from_secs(a.resume_window_secs);
@@ -237,4 +367,98 @@ fn listeners<T: std::str::FromStr<Err = String>>(
         .map(|s| Ok((s.addr, s.parse_congestion()?)))
         .collect::<Result<_, String>>()
         .map_err(CliError::Unusable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    /// `Debug` of a node config without the clock readings of its rate limiters' buckets,
+    /// which differ between any two configs built at different instants.
+    fn shape(cfg: &NodeConfig) -> String {
+        let text = format!("{cfg:?}");
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("Instant {") {
+            out.push_str(&rest[..i]);
+            let end = rest[i..].find('}').map_or(rest.len(), |e| i + e + 1);
+            rest = &rest[end..];
+        }
+        out + rest
+    }
+
+    fn parse(argv: Vec<OsString>) -> (ServeArgs, StoreTable) {
+        let (argv, file) = crate::config::expand(argv).unwrap();
+        let crate::Cmd::Serve(a) = crate::Cli::try_parse_from(argv).unwrap().cmd else {
+            panic!("not serve")
+        };
+        (a, file.map(|f| f.stores).unwrap_or_default())
+    }
+
+    #[test]
+    fn a_config_file_equal_to_a_flag_set_gives_the_same_node() {
+        let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/certs-dev");
+        let flags: Vec<OsString> = [
+            "quicstrap",
+            "serve",
+            "--listen=127.0.0.1:7000",
+            "--also-listen=127.0.0.1:7001@cubic",
+            "--also-listen=127.0.0.1:7002",
+            "--data-dir=/srv/q",
+            "--allow=a.example,b.example",
+            "--write-limit=5000000",
+            "--max-users=7",
+            "--adaptive-throttle",
+            "--congestion=bbr",
+            "--kafka=127.0.0.1:9092",
+            "--kafka-config=client.id=q",
+            "--kafka-config=fetch.min.bytes=1",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .chain(
+            ["cert", "key", "ca"]
+                .iter()
+                .zip(["server.crt", "server.key", "ca.crt"])
+                .map(|(k, f)| format!("--{k}={certs}/{f}").into()),
+        )
+        .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[serve]\nlisten = \"127.0.0.1:7000\"\n\
+                 also_listen = [\"127.0.0.1:7001@cubic\", \"127.0.0.1:7002\"]\n\
+                 data-dir = \"/srv/q\"\nallow = [\"a.example\", \"b.example\"]\n\
+                 write-limit = 5_000_000\nmax-users = 7\nadaptive-throttle = true\n\
+                 congestion = \"bbr\"\nkafka = \"127.0.0.1:9092\"\n\
+                 kafka-config = [\"client.id=q\", \"fetch.min.bytes=1\"]\n\
+                 cert = \"{certs}/server.crt\"\nkey = \"{certs}/server.key\"\n\
+                 ca = \"{certs}/ca.crt\"\n\n[stores.orders]\nserve = false\n"
+            ),
+        )
+        .unwrap();
+        let from_file: Vec<OsString> = vec![
+            "quicstrap".into(),
+            "serve".into(),
+            "--config".into(),
+            path.clone().into(),
+        ];
+        let (by_flags, _) = parse(flags);
+        let (by_file, stores) = parse(from_file.clone());
+        assert!(!stores.get("orders").serve);
+        let node = |a: &ServeArgs| {
+            let id = a.tls.identity("serve").unwrap();
+            node_config(a, id, stores.clone()).unwrap()
+        };
+        assert_eq!(shape(&node(&by_flags)), shape(&node(&by_file)));
+        // A flag on the command line wins over the file.
+        let mut over = from_file;
+        over.extend(["--max-users".into(), "9".into()]);
+        let (a, _) = parse(over);
+        assert_eq!(a.max_users, 9);
+        assert_ne!(shape(&node(&a)), shape(&node(&by_file)));
+    }
 }

@@ -228,11 +228,22 @@ pub enum RejectReason {
     /// the client gave it up, or the server restarted): the client discards what it kept and
     /// starts afresh. Since version 2.
     SnapshotGone,
+    /// The server's operator turned serving this store off: the client asks another peer.
+    /// Added in version 3 without a bump, like `Stale`: an older client cannot decode it and
+    /// moves to the next peer, which is what the reason asks for anyway.
+    Disabled,
+    /// The server is draining (finishing the transfers it runs before it stops): it starts
+    /// no new one; the client asks another peer and may come back later. Added like
+    /// `Disabled`.
+    Draining,
+    /// The client's certificate is no longer on the server's allow list (the list changed
+    /// while the connection stood): another peer may still allow it. Added like `Disabled`.
+    NotAllowed,
 }
 
 impl RejectReason {
     /// Every reason.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::NotFound,
         Self::Busy,
         Self::FormatMismatch,
@@ -242,6 +253,9 @@ impl RejectReason {
         Self::ServerError,
         Self::Stale,
         Self::SnapshotGone,
+        Self::Disabled,
+        Self::Draining,
+        Self::NotAllowed,
     ];
 
     /// The stable lowercase name, used in reports, metrics and the HTTPS baseline's header.
@@ -256,6 +270,9 @@ impl RejectReason {
             Self::ServerError => "server_error",
             Self::Stale => "stale",
             Self::SnapshotGone => "snapshot_gone",
+            Self::Disabled => "disabled",
+            Self::Draining => "draining",
+            Self::NotAllowed => "not_allowed",
         }
     }
 }
@@ -316,4 +333,7 @@ pub mod codes {
     pub const PROTOCOL: u32 = 2;
     /// The server is shutting down.
     pub const SHUTTING_DOWN: u32 = 3;
+    /// The client was removed from the server's allow list: the connection is closed and every
+    /// transfer on it ends.
+    pub const REVOKED: u32 = 4;
 }

@@ -33,5 +33,5 @@ pub async fn run(a: DemoArgs) -> Result<(), CliError> {
     };
     eprintln!("quicstrap demo: seeding a ~256 MB partition, starting 3 peers on loopback ...");
     let s = super::run(opts).await.map_err(CliError::failed)?;
-    print_report(a.json, &s, || super::render(&s))
+    print_report(a.json, "demo", &s, || super::render(&s))
 }

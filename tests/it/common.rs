@@ -407,8 +407,11 @@ pub fn received(dst: &Path) -> u64 {
 /// client of the development CA: for tests that play a peer by hand (a hostile one, an old
 /// one).
 pub fn hand_played_peer() -> quinn::Endpoint {
-    let crypto =
-        tls::server_config(&tls::dev::server().unwrap(), AllowList::AnyAuthenticated).unwrap();
+    let crypto = tls::server_config(
+        &tls::dev::server().unwrap(),
+        quicstrap::server::LivePolicy::new(AllowList::AnyAuthenticated),
+    )
+    .unwrap();
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(crypto).unwrap(),
     ));

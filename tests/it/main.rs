@@ -15,6 +15,7 @@ mod connectivity;
 mod disk;
 mod dns;
 mod failures;
+mod fleet;
 mod hostile;
 mod kafka;
 mod kafka_broker;

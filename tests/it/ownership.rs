@@ -128,7 +128,8 @@ async fn https_keep_alive_clients_get_shutting_down_not_not_found() {
 async fn a_wildcard_certificate_does_not_pass_for_an_allowed_name() {
     let _turn = turn(Needs::Nothing).await;
     let (_src, id, quic) = served(44, (1_000, 100, 500), |c| {
-        c.policy.allow = AllowList::parse("client.quicstrap.test");
+        c.policy.live =
+            quicstrap::server::LivePolicy::new(AllowList::parse("client.quicstrap.test"));
     })
     .await;
     // *.quicstrap.test from the same CA: valid for client.quicstrap.test as a hostname,

@@ -35,7 +35,10 @@ pub(super) fn expire_sessions(state: &State, now: Instant) {
 fn refuse(reason: RejectReason, msg: String) -> Response<Body> {
     let status = match reason {
         RejectReason::NotFound => StatusCode::NOT_FOUND,
-        RejectReason::Busy | RejectReason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        RejectReason::Busy | RejectReason::ShuttingDown | RejectReason::Draining => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        RejectReason::Disabled | RejectReason::NotAllowed => StatusCode::FORBIDDEN,
         RejectReason::FormatMismatch => StatusCode::CONFLICT,
         RejectReason::UnsupportedVersion | RejectReason::BadRequest => StatusCode::BAD_REQUEST,
         RejectReason::ServerError => StatusCode::INTERNAL_SERVER_ERROR,

@@ -31,7 +31,7 @@ impl HttpServer {
         cfg: HttpServerConfig,
         snapshots: SnapshotManager,
     ) -> Result<Self, ServerError> {
-        let mut rustls_cfg = tls::server_config(&cfg.policy.identity, cfg.policy.allow.clone())?;
+        let mut rustls_cfg = tls::server_config(&cfg.policy.identity, cfg.policy.live.clone())?;
         rustls_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_cfg));
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;

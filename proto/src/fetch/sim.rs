@@ -260,7 +260,9 @@ impl Sim {
                             ClientFailure::Rejected { reason, .. } => match reason {
                                 RejectReason::Busy => Outcome::Busy,
                                 RejectReason::SnapshotGone => Outcome::SnapshotGone,
-                                RejectReason::ShuttingDown => Outcome::ShuttingDown,
+                                RejectReason::ShuttingDown | RejectReason::Draining => {
+                                    Outcome::ShuttingDown
+                                }
                                 _ => Outcome::Refused,
                             },
                             ClientFailure::Protocol(_) => Outcome::Disproven,

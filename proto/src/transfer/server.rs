@@ -71,6 +71,10 @@ pub enum ServerEnd {
     /// The server is stopping.
     #[error("server shutting down")]
     ShuttingDown,
+    /// The client was taken off the allow list while the transfer ran: it is not to have
+    /// the rest, nor to resume.
+    #[error("client no longer allowed")]
+    Revoked,
 }
 
 impl ServerEnd {

@@ -62,6 +62,10 @@ pub enum AttemptError {
     /// The peer is shutting down.
     #[error("peer is shutting down")]
     PeerShuttingDown,
+    /// The peer's operator removed this client from its allow list while the connection
+    /// stood: the peer closed it, ending the transfer. Another peer may still allow it.
+    #[error("this client is no longer allowed by the peer")]
+    Revoked,
     /// No byte arrived for the reader-idle timeout.
     #[error("no progress for {0:?}")]
     Idle(std::time::Duration),
@@ -118,10 +122,10 @@ impl AttemptError {
                 ..
             } => Outcome::SnapshotGone,
             Self::Rejected {
-                reason: RejectReason::ShuttingDown,
+                reason: RejectReason::ShuttingDown | RejectReason::Draining,
                 ..
             } => Outcome::ShuttingDown,
-            Self::Rejected { .. } | Self::StaleSnapshot { .. } => Outcome::Refused,
+            Self::Rejected { .. } | Self::StaleSnapshot { .. } | Self::Revoked => Outcome::Refused,
             Self::ChecksumMismatch { .. } | Self::SizeMismatch { .. } | Self::Protocol(_) => {
                 Outcome::Disproven
             }
@@ -147,6 +151,7 @@ impl AttemptError {
             Self::StreamReset(_) => "stream_reset",
             Self::PeerGone(_) => "peer_gone",
             Self::PeerShuttingDown => "peer_shutting_down",
+            Self::Revoked => "revoked",
             Self::Idle(_) => "idle_timeout",
             Self::Unprepared(_) => "not_ready",
             Self::TooSlow { .. } => "too_slow",
@@ -164,6 +169,11 @@ impl AttemptError {
             {
                 Self::PeerShuttingDown
             }
+            quinn::ConnectionError::ApplicationClosed(c)
+                if c.error_code == codes::REVOKED.into() =>
+            {
+                Self::Revoked
+            }
             other => Self::PeerGone(other.to_string()),
         }
     }
@@ -174,6 +184,7 @@ impl AttemptError {
             quinn::ReadError::Reset(code) if *code == codes::SHUTTING_DOWN.into() => {
                 Self::PeerShuttingDown
             }
+            quinn::ReadError::Reset(code) if *code == codes::REVOKED.into() => Self::Revoked,
             quinn::ReadError::Reset(code) => Self::StreamReset(code.into_inner()),
             quinn::ReadError::ConnectionLost(c) => Self::from_connection(c),
             other => Self::PeerGone(other.to_string()),
@@ -330,9 +341,17 @@ mod tests {
             RejectReason::NotFound,
             RejectReason::FormatMismatch,
             RejectReason::UnsupportedVersion,
+            RejectReason::Disabled,
+            RejectReason::NotAllowed,
         ] {
             assert_eq!(rejected(r).outcome(), Outcome::Refused);
         }
+        // A draining peer is asked again later, like one shutting down; what arrived is kept.
+        assert_eq!(
+            rejected(RejectReason::Draining).outcome(),
+            Outcome::ShuttingDown
+        );
+        assert_eq!(AttemptError::Revoked.outcome(), Outcome::Refused);
         assert_eq!(rejected(RejectReason::Busy).outcome(), Outcome::Busy);
         assert_eq!(
             rejected(RejectReason::SnapshotGone).outcome(),

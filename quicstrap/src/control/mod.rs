@@ -1,7 +1,8 @@
 //! The control level: how fast and how much. One token bucket per direction ([`pacing`]),
 //! receive and send windows under one memory cap ([`budget`]), and rate limits that move
-//! with signals of distress ([`throttle`]).
+//! with signals of distress ([`throttle`]), and what each store may do ([`stores`]).
 
 pub mod budget;
 pub mod pacing;
+pub mod stores;
 pub mod throttle;

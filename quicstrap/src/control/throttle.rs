@@ -221,6 +221,7 @@ impl Signal for RatioSignal {
 /// A running throttler: owns the cycle task; its factor is readable for metrics.
 pub struct Throttler {
     percent: Arc<AtomicU64>,
+    base: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -236,6 +237,8 @@ impl Throttler {
     ) -> Self {
         let percent = Arc::new(AtomicU64::new(100));
         let shown = percent.clone();
+        let base = Arc::new(AtomicU64::new(base));
+        let base_now = base.clone();
         let task = tokio::spawn(async move {
             let mut state = Throttle::new(idle_cycles);
             let mut tick = tokio::time::interval(cycle.max(Duration::from_millis(10)));
@@ -255,6 +258,7 @@ impl Throttler {
                 let before = state.percent();
                 let now = state.on_cycle(!fired.is_empty());
                 shown.store(u64::from(now), Ordering::Relaxed);
+                let base = base_now.load(Ordering::Relaxed);
                 if base > 0 {
                     limiter.set_rate(state.rate(base));
                 }
@@ -263,7 +267,11 @@ impl Throttler {
                 }
             }
         });
-        Self { percent, task }
+        Self {
+            percent,
+            base,
+            task,
+        }
     }
 
     /// [`Throttler::spawn`] on the schedule `--adaptive-throttle` documents: one cycle a
@@ -275,6 +283,18 @@ impl Throttler {
     /// The current factor in percent of the base.
     pub fn percent(&self) -> u64 {
         self.percent.load(Ordering::Relaxed)
+    }
+
+    /// Moves the base rate (an operator's new limit): the limiter follows at once, at the
+    /// current factor, and every later cycle scales the new base.
+    pub fn set_base(&self, limiter: &RateLimiter, base: u64) {
+        self.base.store(base, Ordering::Relaxed);
+        limiter.set_rate(base.saturating_mul(self.percent()) / 100);
+    }
+
+    /// The base rate now.
+    pub fn base(&self) -> u64 {
+        self.base.load(Ordering::Relaxed)
     }
 
     /// A live handle on the factor, for a metric that outlives borrows.

@@ -89,6 +89,22 @@ pub enum BootstrapPath {
     },
 }
 
+impl BootstrapPath {
+    /// The path's stable name, as in the JSON report and the per-store metrics
+    /// ([`crate::metrics::FETCH_OUTCOMES`]).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::PeerTransfer => "peer_transfer",
+            Self::LocalResume => "local_resume",
+            Self::KafkaLagBelowThreshold { .. } => "kafka_lag_below_threshold",
+            Self::KafkaNoPeers => "kafka_no_peers",
+            Self::KafkaAllPeersFailed => "kafka_all_peers_failed",
+            Self::PeerTransferAfterGap { .. } => "peer_transfer_after_gap",
+            Self::KafkaFromEarliest { .. } => "kafka_from_earliest",
+        }
+    }
+}
+
 /// Offsets a partition never applied and the log no longer holds, first and last included.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct LostRange {
@@ -115,7 +131,9 @@ pub struct BootstrapReport {
     pub partition: String,
     /// The path taken and its reason.
     pub path: BootstrapPath,
-    /// The peer transfer, when one succeeded.
+    /// The peer transfer, when one succeeded (its attempts are the report's `attempts`, not
+    /// repeated under it).
+    #[serde(serialize_with = "transfer_without_attempts")]
     pub transfer: Option<FetchReport>,
     /// Every peer attempt (also the failed ones that led to a Kafka bootstrap).
     pub attempts: Vec<Attempt>,
@@ -126,6 +144,24 @@ pub struct BootstrapReport {
     pub high_watermark: Option<u64>,
     /// Wall time.
     pub seconds: f64,
+}
+
+/// A transfer's report without its attempts: a bootstrap lists them once, at its top.
+fn transfer_without_attempts<S: serde::Serializer>(
+    t: &Option<FetchReport>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error;
+    match t {
+        None => s.serialize_none(),
+        Some(t) => {
+            let mut v = serde_json::to_value(t).map_err(S::Error::custom)?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove("attempts");
+            }
+            v.serialize(s)
+        }
+    }
 }
 
 /// Why a bootstrap did not complete.
@@ -253,8 +289,36 @@ pub async fn bootstrap<L: LogSource>(
     cfg: &BootstrapConfig,
     progress: &Progress,
 ) -> Result<BootstrapReport, BootstrapError> {
+    bootstrap_with(Some(fetcher), peers, root, id, log, cfg, progress).await
+}
+
+/// Bootstraps `id` under `root` from `log` alone, with no peer to ask: what a node without
+/// certificates (or with transfer turned off for the store) can do.
+pub async fn bootstrap_from_log<L: LogSource>(
+    root: &Path,
+    id: &PartitionId,
+    log: &mut L,
+    cfg: &BootstrapConfig,
+    progress: &Progress,
+) -> Result<BootstrapReport, BootstrapError> {
+    bootstrap_with(None, &[], root, id, log, cfg, progress).await
+}
+
+async fn bootstrap_with<L: LogSource>(
+    fetcher: Option<&Fetcher>,
+    peers: &[Peer],
+    root: &Path,
+    id: &PartitionId,
+    log: &mut L,
+    cfg: &BootstrapConfig,
+    progress: &Progress,
+) -> Result<BootstrapReport, BootstrapError> {
     let started = Instant::now();
-    let window = fetcher.config().resume_window;
+    let peers = if fetcher.is_some() { peers } else { &[] };
+    let window = fetcher.map_or_else(
+        || crate::protocol::fetch::FetchRules::default().resume_window,
+        |f| f.config().resume_window,
+    );
     workdir::sweep(root, window);
     let dir = id.dir(root);
     let present = dir.join("CURRENT").is_file();
@@ -293,6 +357,10 @@ pub async fn bootstrap<L: LogSource>(
             let aside = match (present, gap) {
                 (true, Some(_)) => Some(workdir::move_aside(&dir, id).map_err(StorageError::Io)?),
                 _ => None,
+            };
+            // Peers are asked only with a fetcher (`peers` is empty without one).
+            let Some(fetcher) = fetcher else {
+                return Err(BootstrapError::Fetch(FetchError::NoPeers));
             };
             // A snapshot this log cannot continue is refused before its first byte.
             match fetcher.fetch_within(id, peers, root, progress, wm).await {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::control::throttle::{CounterRatioSignal, Signal, Throttler};
 use crate::ingest::follow::{self, FollowConfig, Followed};
+use crate::jobs::admin::{NodeControl, Reload};
 use crate::net::transport::Congestion;
 use crate::server::{Server, ServerConfig, ServerError};
 use crate::snapshot::DataDir;
@@ -88,9 +89,11 @@ pub struct Prepared {
 pub struct Node {
     server: Server,
     extra: Vec<Server>,
-    throttler: Option<Throttler>,
+    throttler: Option<Arc<Throttler>>,
     followed: Vec<Followed>,
     metrics: Option<AbortOnDrop>,
+    admin: Option<AbortOnDrop>,
+    write_limiter: Arc<crate::control::pacing::RateLimiter>,
     // Held, not read: released last, once everything above has stopped.
     _lock: DirLock,
 }
@@ -152,7 +155,8 @@ impl Node {
     pub fn registry(&self) -> crate::metrics::Registry {
         use crate::metrics;
         let registry = metrics::Registry::new();
-        metrics::register_server(&registry, &self.server, self.throttler.as_ref());
+        metrics::register_server(&registry, &self.server, self.throttler.as_deref());
+        self.server.store_metrics().register(&registry);
         metrics::register_process(&registry);
         let ingest: Vec<_> = self
             .followed
@@ -172,6 +176,33 @@ impl Node {
     ) -> std::io::Result<SocketAddr> {
         let (bound, task) = crate::metrics::serve(addr, registry).await?;
         self.metrics = Some(AbortOnDrop(task));
+        Ok(bound)
+    }
+
+    /// The handle every operator action goes through (admin endpoint, reload, embedding
+    /// code).
+    pub fn control(&self) -> NodeControl {
+        let table = self.server.table();
+        NodeControl {
+            live: self.server.live().clone(),
+            write_limiter: self.write_limiter.clone(),
+            throttler: self.throttler.clone(),
+            snapshots: self.server.snapshots().clone(),
+            transfers: Arc::new(move || table.statuses()),
+        }
+    }
+
+    /// Serves the admin calls ([`NodeControl::handler`]) at `http://addr/` until the node
+    /// stops; returns the bound address. The endpoint has no authentication: bind it to
+    /// loopback (the CLI refuses another address unless told).
+    pub async fn serve_admin(
+        &mut self,
+        addr: SocketAddr,
+        reload: Option<Reload>,
+    ) -> std::io::Result<SocketAddr> {
+        let handler = self.control().handler(reload);
+        let (bound, task) = crate::metrics::serve_calls(addr, handler).await?;
+        self.admin = Some(AbortOnDrop(task));
         Ok(bound)
     }
 
@@ -218,6 +249,7 @@ impl Prepared {
         let write_limiter = main.policy.write_limiter.clone();
         let base = write_limiter.rate();
         let server = Server::start(main, source).await?;
+        let limiter = write_limiter.clone();
         let throttler = cfg.adaptive_throttle.then(|| {
             let (stats, all) = (server.stats(), server.stats());
             let busy = CounterRatioSignal::new(
@@ -226,7 +258,11 @@ impl Prepared {
                 move || stats.busy.load(Ordering::Relaxed),
                 move || all.accepted.load(Ordering::Relaxed) + all.rejected.load(Ordering::Relaxed),
             );
-            Throttler::adaptive(write_limiter, base, vec![busy as Arc<dyn Signal>])
+            Arc::new(Throttler::adaptive(
+                write_limiter,
+                base,
+                vec![busy as Arc<dyn Signal>],
+            ))
         });
         let mut extra = Vec::new();
         for c in extra_cfgs {
@@ -238,6 +274,8 @@ impl Prepared {
             throttler,
             followed,
             metrics: None,
+            admin: None,
+            write_limiter: limiter,
             _lock: lock,
         })
     }

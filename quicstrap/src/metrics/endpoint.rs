@@ -1,5 +1,5 @@
-//! The HTTP endpoint behind `--metrics-listen`: `GET /metrics`, bounded like every listener
-//! of a server (a cap on connections, a time limit on each).
+//! The HTTP endpoint behind `--metrics-listen` (`GET /metrics`) and `--admin-listen`, bounded
+//! like every listener of a server (a cap on connections, a time limit on each).
 //!
 //! A scrape is one request line and one answer, so the endpoint speaks that much HTTP/1.1
 //! itself (one request per connection, `Connection: close`) instead of pulling an HTTP
@@ -19,12 +19,53 @@ pub const METRICS_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration:
 /// Pause after a failed `accept` (EMFILE and the like) before the next.
 pub(crate) const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// One request as the tiny endpoint sees it: method, path, query string (no body: every
+/// call of the metrics and admin endpoints fits in the request line).
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    /// `GET`, `POST`, ...
+    pub method: &'a str,
+    /// The path without the query string.
+    pub path: &'a str,
+    /// What follows `?`, or empty.
+    pub query: &'a str,
+}
+
+/// An answer: status line (`200 OK`), content type, body.
+pub type Answer = (&'static str, &'static str, Vec<u8>);
+
+/// What answers calls: the metrics, the admin view.
+pub type Handler = Arc<dyn Fn(Call<'_>) -> Answer + Send + Sync>;
+
 /// Serves `GET /metrics` on `addr` until the task is aborted; returns the bound address.
 /// Bounded before anything else, like every listener of a server: at most
 /// [`METRICS_MAX_CONNECTIONS`] at once, each for at most [`METRICS_CONNECTION_TIMEOUT`].
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let handler: Handler = Arc::new(move |call: Call<'_>| match (call.method, call.path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            registry.render().into_bytes(),
+        ),
+        ("GET", _) => ("404 Not Found", "text/plain", b"see /metrics\n".to_vec()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET only\n".to_vec(),
+        ),
+    });
+    serve_calls(addr, handler).await
+}
+
+/// Serves `handler` over HTTP/1.1 on `addr` until the task is aborted; returns the bound
+/// address. At most [`METRICS_MAX_CONNECTIONS`] connections at once, each for at most
+/// [`METRICS_CONNECTION_TIMEOUT`], one request each.
+pub async fn serve_calls(
+    addr: SocketAddr,
+    handler: Handler,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -36,7 +77,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors (EMFILE) and the like: retrying at once would
                     // spin a core while nothing can change.
-                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tracing::warn!(error = %e, "http listener: accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -45,13 +86,13 @@ pub async fn serve(
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 continue;
             };
-            let registry = registry.clone();
+            let handler = handler.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                // One scrape per connection, whole within the limit: a client that sends
+                // One call per connection, whole within the limit: a client that sends
                 // nothing or reads nothing cannot hold a slot.
                 let _ =
-                    tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, scrape(tcp, &registry)).await;
+                    tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, one_call(tcp, &handler)).await;
             });
         }
     });
@@ -61,9 +102,9 @@ pub async fn serve(
 /// Longest request head read; a scrape's is a few hundred bytes.
 const MAX_REQUEST_HEAD: usize = 8 << 10;
 
-/// Reads one request head and answers it: the metrics for `GET /metrics`, 404 for another
-/// path, 400 for anything that is not a request head within [`MAX_REQUEST_HEAD`].
-async fn scrape(mut tcp: tokio::net::TcpStream, registry: &Registry) -> std::io::Result<()> {
+/// Reads one request head and answers it with `handler`; 400 for anything that is not a
+/// request head within [`MAX_REQUEST_HEAD`].
+async fn one_call(mut tcp: tokio::net::TcpStream, handler: &Handler) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -74,34 +115,19 @@ async fn scrape(mut tcp: tokio::net::TcpStream, registry: &Registry) -> std::io:
         head.extend_from_slice(&buf[..n]);
     }
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ');
-    let (method, path) = (words.next(), words.next().unwrap_or_default());
-    // The path without a query string, as a scraper may add one.
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    match (method, path) {
-        (Some(b"GET"), b"/metrics") => {
-            let body = registry.render();
-            answer(
-                &mut tcp,
-                "200 OK",
-                "text/plain; version=0.0.4",
-                body.as_bytes(),
-            )
-            .await
-        }
-        (Some(b"GET"), _) => {
-            answer(&mut tcp, "404 Not Found", "text/plain", b"see /metrics\n").await
-        }
-        _ => {
-            answer(
-                &mut tcp,
-                "405 Method Not Allowed",
-                "text/plain",
-                b"GET only\n",
-            )
-            .await
-        }
-    }
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split(' ');
+    let (method, target) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (status, content_type, body) = handler(Call {
+        method,
+        path,
+        query,
+    });
+    answer(&mut tcp, status, content_type, &body).await
 }
 
 /// Writes one whole answer and closes the sending side.

@@ -12,15 +12,20 @@
 //! * `transfers` — the server's and the client's metrics, and the helpers of counters by
 //!   outcome any other transport uses for its own.
 //! * `node` — process memory and ingestion health.
+//! * `stores` — [`StoreMetrics`]: transfers, bytes and durations per store.
 
 mod endpoint;
 mod node;
 mod registry;
+mod stores;
 #[cfg(test)]
 mod tests;
 mod transfers;
 
-pub use endpoint::{serve, METRICS_CONNECTION_TIMEOUT, METRICS_MAX_CONNECTIONS};
+pub use endpoint::{
+    serve, serve_calls, Answer, Call, Handler, METRICS_CONNECTION_TIMEOUT, METRICS_MAX_CONNECTIONS,
+};
 pub use node::{register_ingest, register_process};
-pub use registry::{Kind, Registry};
+pub use registry::{Histogram, Kind, Registry};
+pub use stores::{StoreMetrics, DURATION_BUCKETS, FETCH_OUTCOMES, SERVE_OUTCOMES};
 pub use transfers::{counter, register_client, register_outcomes, register_server, Pick};

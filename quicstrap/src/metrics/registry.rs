@@ -9,16 +9,66 @@ use crate::store::lock::unpoisoned as lock;
 
 type Reading = Box<dyn Fn() -> f64 + Send + Sync>;
 
-/// Whether a metric only grows (counter) or goes up and down (gauge).
+/// Whether a metric only grows (counter), goes up and down (gauge), or counts observations
+/// into buckets (histogram: its `_bucket`, `_sum` and `_count` series).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Monotonic since the process started.
     Counter,
     /// A current value.
     Gauge,
+    /// Observations counted into cumulative buckets ([`Registry::register_histogram`]).
+    Histogram,
+}
+
+/// Observations counted into fixed buckets, Prometheus-style: cheap to record from any
+/// thread, read at scrape time.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: Vec<f64>,
+    /// One per bound, not cumulative; the last counts what exceeds every bound.
+    counts: Vec<std::sync::atomic::AtomicU64>,
+    /// Sum of observations, in millionths.
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with these upper bounds (ascending).
+    pub fn new(bounds: &[f64]) -> Arc<Self> {
+        Arc::new(Self {
+            bounds: bounds.to_vec(),
+            counts: (0..=bounds.len()).map(|_| Default::default()).collect(),
+            sum_micros: Default::default(),
+        })
+    }
+
+    /// Counts one observation.
+    pub fn observe(&self, v: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add((v.max(0.0) * 1e6) as u64, Relaxed);
+    }
+
+    /// Observations at or below `bounds[i]` (every one for `i == bounds.len()`).
+    fn cumulative(&self, i: usize) -> f64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counts[..=i]
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .sum::<u64>() as f64
+    }
 }
 
 struct Metric {
+    /// The family: `# HELP` and `# TYPE` are written once per family.
+    family: String,
+    /// The series' own name: the family's, or with a histogram's suffix.
     name: String,
     help: String,
     kind: Kind,
@@ -48,6 +98,7 @@ impl Registry {
         read: impl Fn() -> f64 + Send + Sync + 'static,
     ) {
         lock(&self.metrics).push(Metric {
+            family: name.to_owned(),
             name: name.to_owned(),
             help: help.to_owned(),
             kind,
@@ -59,19 +110,73 @@ impl Registry {
         });
     }
 
-    /// The Prometheus text exposition of every metric, `# HELP`/`# TYPE` once per name.
+    /// Adds a histogram: its `<name>_bucket` series (one per bound and `+Inf`), `<name>_sum`
+    /// and `<name>_count`, each with `labels`.
+    pub fn register_histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        h: &Arc<Histogram>,
+    ) {
+        let owned = |extra: Option<String>| {
+            let mut l: Vec<(String, String)> = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            if let Some(le) = extra {
+                l.push(("le".to_owned(), le));
+            }
+            l
+        };
+        let mut metrics = lock(&self.metrics);
+        let mut push = |suffix: &str, labels, read: Reading| {
+            metrics.push(Metric {
+                family: name.to_owned(),
+                name: format!("{name}{suffix}"),
+                help: help.to_owned(),
+                kind: Kind::Histogram,
+                labels,
+                read,
+            })
+        };
+        for i in 0..=h.bounds.len() {
+            let le = h.bounds.get(i).map_or("+Inf".to_owned(), f64::to_string);
+            let h = h.clone();
+            push(
+                "_bucket",
+                owned(Some(le)),
+                Box::new(move || h.cumulative(i)),
+            );
+        }
+        let hs = h.clone();
+        push(
+            "_sum",
+            owned(None),
+            Box::new(move || hs.sum_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6),
+        );
+        let hc = h.clone();
+        push(
+            "_count",
+            owned(None),
+            Box::new(move || hc.cumulative(hc.bounds.len())),
+        );
+    }
+
+    /// The Prometheus text exposition of every metric, `# HELP`/`# TYPE` once per family.
     pub fn render(&self) -> String {
         let metrics = lock(&self.metrics);
         let mut out = String::new();
         let mut described = std::collections::HashSet::new();
         for m in metrics.iter() {
-            if described.insert(m.name.as_str()) {
+            if described.insert(m.family.as_str()) {
                 let kind = match m.kind {
                     Kind::Counter => "counter",
                     Kind::Gauge => "gauge",
+                    Kind::Histogram => "histogram",
                 };
-                let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
-                let _ = writeln!(out, "# TYPE {} {kind}", m.name);
+                let _ = writeln!(out, "# HELP {} {}", m.family, m.help);
+                let _ = writeln!(out, "# TYPE {} {kind}", m.family);
             }
             let labels = if m.labels.is_empty() {
                 String::new()

@@ -160,7 +160,9 @@ impl AllowList {
         }
     }
 
-    fn permits(&self, cert: &CertificateDer<'_>) -> bool {
+    /// Whether the end-entity certificate `cert` (its chain already checked) names an
+    /// allowed client.
+    pub fn permits(&self, cert: &CertificateDer<'_>) -> bool {
         let names = match self {
             Self::AnyAuthenticated => return true,
             Self::Names(n) => n,
@@ -178,11 +180,20 @@ impl AllowList {
     }
 }
 
+/// The first DNS name `cert` is valid for (`None`: it names none or does not parse): how
+/// an operator's view names a client.
+pub fn first_dns_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    let name = ee.valid_dns_names().next().map(str::to_owned);
+    name
+}
+
 /// Chain check by webpki, then the allow list, both inside the handshake.
 #[derive(Debug)]
 struct AllowListVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    allow: AllowList,
+    /// Read at every handshake: a reload applies to the next one.
+    allow: Arc<crate::server::LivePolicy>,
 }
 
 impl ClientCertVerifier for AllowListVerifier {
@@ -235,8 +246,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// rustls server configuration: TLS 1.3 only, client certificates required and checked
-/// against the CA and the allow list, ALPN `quicstrap/1`.
-pub fn server_config(id: &Identity, allow: AllowList) -> Result<rustls::ServerConfig, TlsError> {
+/// against the CA and the allow list (as it is at each handshake), ALPN `quicstrap/1`.
+pub fn server_config(
+    id: &Identity,
+    allow: Arc<crate::server::LivePolicy>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(id.roots()?), provider())
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;

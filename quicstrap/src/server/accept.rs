@@ -10,6 +10,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{watch, Semaphore};
 
 use crate::net::admission::{PerIp, PerIpLimit};
+use crate::net::tls;
 use crate::protocol::codes;
 use crate::snapshot::ClientKey;
 use crate::store::lock::unpoisoned as lock;
@@ -89,7 +90,8 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
 
 /// Serves the control streams of one connection, each a transfer, until it ends; closes it
 /// once it has carried no transfer for the configured idle time (`OK`, reason `idle`), so
-/// connections kept open without use cannot hold the connection cap.
+/// connections kept open without use cannot hold the connection cap; and closes it with
+/// `REVOKED` once the allow list no longer names its client, after its transfers ended.
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -97,10 +99,22 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     lock(&shared.conns).insert(conn.stable_id(), conn.clone());
     // Who this connection's requests are from, for the per-client share: fixed at the
     // handshake, so a client that moves to another address stays the same client.
-    let client = Arc::new(client_of(&conn));
+    let chain = peer_chain(&conn);
+    let client = Arc::new(ClientKey::from_chain(
+        chain.as_deref().map(Vec::as_slice),
+        remote.ip(),
+    ));
+    let cert = chain.and_then(|c| c.first().cloned());
+    let name = cert
+        .as_ref()
+        .and_then(tls::first_dns_name)
+        .unwrap_or_default();
     let ids: Arc<Mutex<HashSet<u64>>> = Arc::default();
     // Control streams of this connection being served right now.
     let live = Arc::new(watch::Sender::new(0usize));
+    let policy = shared.cfg.policy.live.clone();
+    let mut allow_changed = policy.changed();
+    let revoked = watch::Sender::new(false);
     loop {
         let accepted = tokio::select! {
             a = conn.accept_bi() => a,
@@ -109,6 +123,13 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                 tracing::debug!(%remote, "idle connection closed");
                 conn.close(codes::OK.into(), IDLE_REASON);
                 lock(&shared.conns).remove(&conn.stable_id());
+                return;
+            }
+            Ok(()) = allow_changed.changed() => {
+                if cert.as_ref().is_none_or(|c| policy.permits(c)) {
+                    continue;
+                }
+                revoke(&conn, &shared, &live, &revoked, &name).await;
                 return;
             }
         };
@@ -124,30 +145,59 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         let tokens = (shared.tasks.clone(), shared.transfers.clone());
         let conn = conn.clone();
         let ids = ids.clone();
-        let client = client.clone();
+        let who = Client {
+            key: client.clone(),
+            name: name.clone(),
+            revoked: revoked.subscribe(),
+        };
         // Counted here, before the next turn of the loop starts its idle clock.
         let stream = LiveStream::new(&live);
         tokio::spawn(async move {
             let _tokens = tokens;
             let _stream = stream;
-            super::request::serve_control(conn, send, recv, shared, ids, client).await;
+            super::request::serve_control(conn, send, recv, shared, ids, who).await;
         });
     }
+}
+
+/// Who sent a request: the key of its per-client share, the name an operator sees, and
+/// whether the allow list dropped it since.
+pub(super) struct Client {
+    pub(super) key: Arc<ClientKey>,
+    pub(super) name: String,
+    pub(super) revoked: watch::Receiver<bool>,
+}
+
+/// Ends every transfer of a client taken off the allow list and closes its connection.
+///
+/// The transfers reset their streams with `REVOKED` first — the client learns why from the
+/// resets alone — and the close follows once the bytes in flight had about two round trips
+/// to drain: like [`super::Server::shutdown`], around quinn-rs/quinn#2785 (a close queued
+/// behind stream data under a full congestion window is never sent).
+async fn revoke(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    live: &watch::Sender<usize>,
+    revoked: &watch::Sender<bool>,
+    name: &str,
+) {
+    tracing::warn!(remote = %conn.remote_address(), client = name, "client no longer allowed: closing its connection");
+    shared.stats.revoked.fetch_add(1, Ordering::Relaxed);
+    revoked.send_replace(true);
+    let mut streams = live.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(2), streams.wait_for(|n| *n == 0)).await;
+    tokio::time::sleep((conn.rtt() * 2).min(Duration::from_secs(1))).await;
+    conn.close(codes::REVOKED.into(), b"client no longer allowed");
+    lock(&shared.conns).remove(&conn.stable_id());
 }
 
 /// The reason an idle connection is closed with (code `OK`).
 pub(crate) const IDLE_REASON: &[u8] = b"idle";
 
-/// The client of `conn` for the per-client share: the certificate it presented in the
-/// handshake (the allow list made it present one) at its host.
-fn client_of(conn: &quinn::Connection) -> ClientKey {
-    let chain = conn
-        .peer_identity()
-        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok());
-    ClientKey::from_chain(
-        chain.as_deref().map(Vec::as_slice),
-        conn.remote_address().ip(),
-    )
+/// The certificate chain `conn`'s client presented (end-entity first).
+fn peer_chain(conn: &quinn::Connection) -> Option<Box<Vec<CertificateDer<'static>>>> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
 }
 
 /// One control stream being served, counted in its connection's `live` until dropped.

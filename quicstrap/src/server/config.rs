@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::control::pacing::RateLimiter;
 use crate::net::tls::{self, AllowList, Identity};
+
+use super::LivePolicy;
 use crate::net::transport::TransportTuning;
 use crate::snapshot::SnapshotConfig;
 use crate::store::partition::TableFormat;
@@ -19,8 +21,9 @@ use crate::store::partition::TableFormat;
 pub struct ServePolicy {
     /// This server's certificate, key and trusted CA.
     pub identity: Identity,
-    /// Clients allowed to fetch.
-    pub allow: AllowList,
+    /// Clients allowed to fetch, which stores are served, draining: what changes while the
+    /// server runs, shared by every listener built from this policy.
+    pub live: Arc<LivePolicy>,
     /// Table format of every partition served here.
     pub table_format: TableFormat,
     /// Give up on a client that reads nothing, or does not answer `Complete`, for this long
@@ -39,7 +42,7 @@ impl ServePolicy {
     pub fn new(identity: Identity, allow: AllowList, table_format: TableFormat) -> Self {
         Self {
             identity,
-            allow,
+            live: LivePolicy::new(allow),
             table_format,
             idle_timeout: Duration::from_secs(60),
             write_limiter: RateLimiter::new(crate::control::pacing::DEFAULT_RATE),
@@ -166,6 +169,12 @@ pub struct ServerStats {
     pub refused_per_host: AtomicU64,
     /// Connections closed after carrying no transfer for [`ServerConfig::connection_idle`].
     pub idle_closed: AtomicU64,
+    /// Connections closed because the allow list dropped their client.
+    pub revoked: AtomicU64,
+    /// Requests refused because their store is not served here (`disabled`).
+    pub disabled: AtomicU64,
+    /// Requests refused because the server drains (`draining`).
+    pub draining: AtomicU64,
     /// Incoming connections asked to validate their address (QUIC Retry) first.
     pub retried: AtomicU64,
     /// Handshakes that failed or timed out.

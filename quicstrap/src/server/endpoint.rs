@@ -12,6 +12,8 @@ use crate::net::tls;
 use crate::net::transport;
 use crate::protocol::codes;
 use crate::snapshot::{PartitionSource, SnapshotManager};
+
+use super::shared::Common;
 use crate::store::lock::unpoisoned as lock;
 
 use super::shared::Shared;
@@ -40,16 +42,21 @@ impl Server {
     /// ignored.
     pub async fn start_sharing(cfg: ServerConfig, with: &Server) -> Result<Self, ServerError> {
         let source = with.shared.source.clone();
-        let shared = (with.shared.snapshots.clone(), with.shared.budget.clone());
-        Self::start_inner(cfg, source, Some(shared)).await
+        let common = Common {
+            snapshots: with.shared.snapshots.clone(),
+            budget: with.shared.budget.clone(),
+            table: with.shared.table.clone(),
+            store_metrics: with.shared.store_metrics.clone(),
+        };
+        Self::start_inner(cfg, source, Some(common)).await
     }
 
     async fn start_inner(
         cfg: ServerConfig,
         source: Arc<dyn PartitionSource>,
-        shared_with: Option<(SnapshotManager, Arc<BufferBudget>)>,
+        shared_with: Option<Common>,
     ) -> Result<Self, ServerError> {
-        let rustls_cfg = tls::server_config(&cfg.policy.identity, cfg.policy.allow.clone())?;
+        let rustls_cfg = tls::server_config(&cfg.policy.identity, cfg.policy.live.clone())?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_cfg)
             .map_err(|e| ServerError::Tls(tls::TlsError::Verifier(e.to_string())))?;
         let mut qcfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -60,8 +67,8 @@ impl Server {
         let endpoint = transport::endpoint(cfg.listen, &cfg.tuning, Some(qcfg))?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let owns_snapshots = shared_with.is_none();
-        let (snapshots, budget) = match shared_with {
-            Some(s) => s,
+        let common = match shared_with {
+            Some(c) => c,
             None => {
                 let (snap_cfg, src) = (cfg.snapshots.clone(), source.clone());
                 // Waits for the root's lock and wipes leftovers: file system work.
@@ -76,20 +83,27 @@ impl Server {
                     cfg.tuning.connection_window,
                     transport::CONTROL_WINDOW,
                 );
-                (s, budget)
+                Common {
+                    snapshots: s,
+                    budget,
+                    table: Arc::default(),
+                    store_metrics: crate::metrics::StoreMetrics::serving(&cfg.policy.live.stores()),
+                }
             }
         };
         let shared = Arc::new(Shared {
             cfg,
             source,
             owns_snapshots,
-            snapshots,
+            snapshots: common.snapshots,
             stats: Arc::new(ServerStats::default()),
             shutdown,
             tasks: Arc::new(()),
             transfers: Arc::new(()),
             conns: Mutex::default(),
-            budget,
+            budget: common.budget,
+            table: common.table,
+            store_metrics: common.store_metrics,
         });
         let accept_task = tokio::spawn(accept::accept_loop(endpoint.clone(), shared.clone()));
         Ok(Self {
@@ -124,6 +138,31 @@ impl Server {
     /// servers started with [`Server::start_sharing`]), for metrics and tests.
     pub fn send_budget(&self) -> &Arc<BufferBudget> {
         &self.shared.budget
+    }
+
+    /// The transfers running right now on this server and those sharing its snapshots,
+    /// oldest first.
+    pub fn transfers(&self) -> Vec<super::TransferStatus> {
+        self.shared.table.statuses()
+    }
+
+    pub(crate) fn table(&self) -> Arc<super::status::TransferTable> {
+        self.shared.table.clone()
+    }
+
+    /// How many transfers run right now on this server and those sharing its snapshots.
+    pub fn running(&self) -> usize {
+        self.shared.table.len()
+    }
+
+    /// What changes while the server runs: allow list, per-store policy, draining.
+    pub fn live(&self) -> &Arc<super::LivePolicy> {
+        &self.shared.cfg.policy.live
+    }
+
+    /// Transfers per store, for metrics.
+    pub fn store_metrics(&self) -> &Arc<crate::metrics::StoreMetrics> {
+        &self.shared.store_metrics
     }
 
     /// Graceful shutdown: stop accepting, end every transfer with a typed `SHUTTING_DOWN`

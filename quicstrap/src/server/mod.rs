@@ -12,10 +12,14 @@
 mod accept;
 mod config;
 mod endpoint;
+mod live;
 mod push;
 mod request;
 mod shared;
+mod status;
 
 pub use config::{ServePolicy, ServerConfig, ServerError, ServerStats};
 pub use endpoint::Server;
+pub use live::LivePolicy;
 pub use request::MAX_REQUEST_FRAME;
+pub use status::TransferStatus;

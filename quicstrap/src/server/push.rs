@@ -18,6 +18,16 @@ use super::shared::Shared;
 use super::ServerStats;
 use crate::protocol::transfer::ServerEnd;
 
+/// What a transfer's sends wait for and how its streams end if cut off.
+pub(super) struct Pace {
+    /// The process's write limit.
+    pub(super) process: Arc<RateLimiter>,
+    /// The store's own write limit, if it has one.
+    pub(super) store: Option<Arc<RateLimiter>>,
+    /// Set when the allow list dropped the client: cut-off streams say `REVOKED`.
+    pub(super) revoked: watch::Receiver<bool>,
+}
+
 /// Sends the files of `plan` (each from its offset) on their own streams, at most
 /// `files_in_flight` at once, and returns once the client has acknowledged every byte of
 /// every one.
@@ -28,6 +38,7 @@ pub(super) async fn push_files(
     plan: Vec<FileStart>,
     shared: &Shared,
     sent: Arc<AtomicU64>,
+    pace: Pace,
 ) -> Result<(), ServerEnd> {
     let slots = Arc::new(Semaphore::new(shared.files_in_flight()));
     let mut tasks = tokio::task::JoinSet::new();
@@ -50,9 +61,10 @@ pub(super) async fn push_files(
         let conn = conn.clone();
         let snap = snap.clone();
         let stats = shared.stats.clone();
-        let limiter = shared.cfg.policy.write_limiter.clone();
+        let limiters = (pace.process.clone(), pace.store.clone());
         let sent = sent.clone();
         let shutdown = shared.shutdown.clone();
+        let revoked = pace.revoked.clone();
         tasks.spawn(async move {
             let stream = conn
                 .open_uni()
@@ -61,6 +73,7 @@ pub(super) async fn push_files(
             let mut guard = ResetOnDrop {
                 stream: Some(stream),
                 shutdown,
+                revoked,
             };
             let stream = guard.stream();
             write_frame(
@@ -74,7 +87,7 @@ pub(super) async fn push_files(
             .await
             .map_err(|e| ServerEnd::StreamLost(e.to_string()))?;
             let pieces = snap.read_file(index as usize, offset, algo);
-            send_file(stream, pieces, (offset, size), &stats, &limiter, &sent).await?;
+            send_file(stream, pieces, (offset, size), &stats, &limiters, &sent).await?;
             stream
                 .finish()
                 .map_err(|e| ServerEnd::StreamLost(e.to_string()))?;
@@ -104,10 +117,12 @@ pub(super) async fn push_files(
 /// A file stream that is reset, not finished, when dropped before the client acknowledged its
 /// last byte: quinn finishes dropped streams, and a cut-off file must look cut off to the
 /// client, never like a short but complete one. The reset says `SHUTTING_DOWN` when the
-/// server is stopping (the client then moves on at once, typed), `ABORTED` otherwise.
+/// server is stopping (the client then moves on at once, typed), `REVOKED` when the client was
+/// taken off the allow list, `ABORTED` otherwise.
 struct ResetOnDrop {
     stream: Option<quinn::SendStream>,
     shutdown: watch::Receiver<bool>,
+    revoked: watch::Receiver<bool>,
 }
 
 impl ResetOnDrop {
@@ -124,7 +139,9 @@ impl ResetOnDrop {
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
         if let Some(s) = self.stream.as_mut() {
-            let code = if *self.shutdown.borrow() {
+            let code = if *self.revoked.borrow() {
+                codes::REVOKED
+            } else if *self.shutdown.borrow() {
                 codes::SHUTTING_DOWN
             } else {
                 codes::ABORTED
@@ -141,7 +158,7 @@ async fn send_file(
     mut pieces: tokio::sync::mpsc::Receiver<std::io::Result<Piece>>,
     (offset, size): (u64, u64),
     stats: &ServerStats,
-    limiter: &RateLimiter,
+    (limiter, store): &(Arc<RateLimiter>, Option<Arc<RateLimiter>>),
     sent_total: &AtomicU64,
 ) -> Result<(), ServerEnd> {
     let mut sent = offset;
@@ -166,6 +183,9 @@ async fn send_file(
         };
         let n = chunk.len() as u64;
         limiter.acquire(n).await;
+        if let Some(store) = store {
+            store.acquire(n).await;
+        }
         stream
             .write_chunk(chunk)
             .await

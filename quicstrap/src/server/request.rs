@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,8 +21,10 @@ use crate::snapshot::{AcquireError, ClientKey, SnapshotLease};
 use crate::store::lock::unpoisoned as lock;
 use crate::store::partition::PartitionId;
 
-use super::push::push_files;
+use super::accept::Client;
+use super::push::{push_files, Pace};
 use super::shared::Shared;
+use super::status::Listed;
 use crate::snapshot::HELD_PER_FILE;
 
 /// Largest request frame a server reads: a request is a few dozen bytes, a resume lists the
@@ -108,7 +110,7 @@ pub(super) async fn serve_control(
     recv: quinn::RecvStream,
     shared: Arc<Shared>,
     ids: Arc<Mutex<HashSet<u64>>>,
-    client: Arc<ClientKey>,
+    who: Client,
 ) {
     let mut control = Control {
         machine: ServerTransfer::new(limits(&shared), Instant::now()),
@@ -142,6 +144,31 @@ pub(super) async fn serve_control(
         control.next_action(&shared).await;
         return;
     }
+    let live = &shared.cfg.policy.live;
+    let refusal = if *who.revoked.borrow() {
+        Some((
+            RejectReason::NotAllowed,
+            "this client is no longer allowed".to_owned(),
+        ))
+    } else if live.draining() {
+        shared.stats.draining.fetch_add(1, Ordering::Relaxed);
+        Some((
+            RejectReason::Draining,
+            "draining: no new transfers".to_owned(),
+        ))
+    } else if !live.store(&req.store).serve {
+        shared.stats.disabled.fetch_add(1, Ordering::Relaxed);
+        let msg = format!("store {} is not served here", req.store);
+        Some((RejectReason::Disabled, msg))
+    } else {
+        None
+    };
+    if let Some((reason, msg)) = refusal {
+        shared.store_metrics.record(&req.store, "refused", 0, None);
+        control.machine.handle_refused(reason, msg);
+        control.next_action(&shared).await;
+        return;
+    }
     if !lock(&ids).insert(req.transfer_id) {
         let msg = format!("transfer id {} already in use", req.transfer_id);
         control
@@ -164,7 +191,7 @@ pub(super) async fn serve_control(
         transfer = req.transfer_id
     );
     tracing::Instrument::instrument(
-        serve_partition(&conn, &mut control, &req, &id, &shared, &client),
+        serve_partition(&conn, &mut control, &req, &id, &shared, &who),
         span,
     )
     .await;
@@ -178,8 +205,10 @@ async fn serve_partition(
     req: &Request,
     id: &PartitionId,
     shared: &Shared,
-    client: &ClientKey,
+    who: &Client,
 ) {
+    let client: &ClientKey = &who.key;
+    let started = Instant::now();
     let stats = &shared.stats;
     let leased = match &req.resume {
         Some(r) => {
@@ -207,13 +236,25 @@ async fn serve_partition(
             }
             control.machine.handle_refused(reason, format!("{id}: {e}"));
             control.next_action(shared).await;
+            shared.store_metrics.record(&id.store, "refused", 0, None);
             return;
         }
     };
     control.machine.handle_leased(Instant::now());
-    match run_transfer(conn, control, req, &lease, shared).await {
-        Outcome::Rejected => {}
+    let listed = shared
+        .table
+        .list(id, conn, who.name.clone(), req.resume.is_some());
+    let outcome = run_transfer(conn, control, req, &lease, shared, &listed, who).await;
+    let (sent, took) = (listed.sent.load(Ordering::Relaxed), Some(started.elapsed()));
+    drop(listed);
+    match outcome {
+        Outcome::Rejected => {
+            shared.store_metrics.record(&id.store, "refused", 0, None);
+        }
         Outcome::Done => {
+            shared
+                .store_metrics
+                .record(&id.store, "completed", sent, took);
             stats.completed.fetch_add(1, Ordering::Relaxed);
             let stats = conn.stats();
             let path = stats.path;
@@ -233,6 +274,7 @@ async fn serve_partition(
             );
         }
         Outcome::Failed(e) => {
+            shared.store_metrics.record(&id.store, "failed", sent, took);
             stats.failed.fetch_add(1, Ordering::Relaxed);
             // An interrupted client may come back for the rest; one that gave up will not.
             if e.resumable() {
@@ -245,6 +287,7 @@ async fn serve_partition(
             tracing::info!(error = %e, resumable = e.resumable(), "transfer ended early");
             let code = match e {
                 ServerEnd::ShuttingDown => codes::SHUTTING_DOWN,
+                ServerEnd::Revoked => codes::REVOKED,
                 _ => codes::ABORTED,
             };
             let _ = control.send.reset(code.into());
@@ -262,6 +305,8 @@ async fn run_transfer(
     req: &Request,
     lease: &SnapshotLease,
     shared: &Shared,
+    listed: &Listed<'_>,
+    who: &Client,
 ) -> Outcome {
     let snap = lease.snapshot();
     // The digest cache is read on first use: a file read and a `stat` per file, off the
@@ -274,7 +319,8 @@ async fn run_transfer(
     // From `Accept` on this transfer sends: its connection's send window follows its path
     // within the process's budget, and its file reads are reserved from that budget up front.
     let mut _budget = None;
-    let sent = Arc::new(AtomicU64::new(0));
+    let sent = listed.sent.clone();
+    let mut revoked = who.revoked.clone();
     let progress = || (sent.load(Ordering::Relaxed), conn.stats().frame_tx.stream);
     let mut last = progress();
     let mut tick = tokio::time::interval(heartbeat_interval(shared.cfg.policy.idle_timeout));
@@ -288,8 +334,22 @@ async fn run_transfer(
                 }
                 let reads = shared.files_in_flight() as u64 * HELD_PER_FILE;
                 _budget = Some(shared.budget.lease(conn, reads));
+                let total: u64 = plan
+                    .iter()
+                    .filter_map(|f| {
+                        snap.files
+                            .get(f.index as usize)
+                            .map(|m| m.size.saturating_sub(f.offset))
+                    })
+                    .sum();
+                listed.total.store(total, Ordering::Relaxed);
+                let pace = Pace {
+                    process: shared.cfg.policy.write_limiter.clone(),
+                    store: shared.cfg.policy.live.store_limiter(&req.store),
+                    revoked: who.revoked.clone(),
+                };
                 let transfer = (req.transfer_id, req.checksum);
-                let push = push_files(conn, transfer, snap, plan, shared, sent.clone());
+                let push = push_files(conn, transfer, snap, plan, shared, sent.clone(), pace);
                 pushing = Some(Box::pin(push));
                 continue;
             }
@@ -327,6 +387,10 @@ async fn run_transfer(
                 Ok(None) => control.machine.handle_control_end(),
                 Err(e) => return Outcome::Failed(ServerEnd::StreamLost(e.to_string())),
             },
+            // The allow list dropped this client: no more bytes, nor a resume.
+            _ = revoked.wait_for(|r| *r) => {
+                return Outcome::Failed(ServerEnd::Revoked);
+            }
             // Dropping `pushing` resets every file stream with SHUTTING_DOWN (`ResetOnDrop`).
             _ = shutdown.wait_for(|down| *down), if pushing.is_some() => {
                 return Outcome::Failed(ServerEnd::ShuttingDown);

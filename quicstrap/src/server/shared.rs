@@ -4,8 +4,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use super::status::TransferTable;
 use super::{ServerConfig, ServerStats};
 use crate::control::budget::BufferBudget;
+use crate::metrics::StoreMetrics;
 use crate::snapshot::{PartitionSource, SnapshotManager};
 
 /// What every task of a running server shares: its configuration, its snapshots, its
@@ -26,6 +28,20 @@ pub(crate) struct Shared {
     pub(super) conns: Mutex<std::collections::HashMap<usize, quinn::Connection>>,
     /// Send windows and read buffers of every transfer, bounded together.
     pub(super) budget: Arc<BufferBudget>,
+    /// Transfers running, for the operator's view (shared by every listener of a node).
+    pub(super) table: Arc<TransferTable>,
+    /// Transfers per store (shared by every listener of a node).
+    pub(super) store_metrics: Arc<StoreMetrics>,
+}
+
+/// What the listeners of one node share beyond the partitions: snapshots, the send budget,
+/// the table of running transfers and the per-store metrics.
+#[derive(Clone)]
+pub(crate) struct Common {
+    pub(super) snapshots: SnapshotManager,
+    pub(super) budget: Arc<BufferBudget>,
+    pub(super) table: Arc<TransferTable>,
+    pub(super) store_metrics: Arc<StoreMetrics>,
 }
 
 impl Shared {
