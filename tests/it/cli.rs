@@ -45,6 +45,10 @@ fn seed_serve_and_fetch_with_a_json_report() {
     let server = ServeProcess::start(src.path(), &[]);
     let out = output_ok(&mut fetch_cmd(dst.path(), &[server.addr.to_string()]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The documented envelope (docs/report.md): a success says so too.
+    assert_eq!(report["schema"], 1);
+    assert_eq!(report["kind"], "fetch");
+    assert_eq!(report["ok"], true);
     assert_eq!(report["peer"], server.addr.to_string());
     assert_eq!(report["attempts"][0]["outcome"], "ok");
     assert!(report["bytes"].as_u64().unwrap() > 1_000_000);
@@ -111,4 +115,37 @@ fn the_demo_runs_on_embedded_defaults() {
         assert!(o == "busy" || o == "format_mismatch", "{o}");
     }
     assert_eq!(s["catch_up"]["records"], 10_000);
+}
+
+#[test]
+fn config_check_accepts_the_example_and_points_at_a_bad_line() {
+    let _turn = turn_blocking(Needs::Nothing);
+    let example = testkit::workspace_root().join("examples/fleet.toml");
+    let out = output_ok(Command::new(bin()).args(["config", "check"]).arg(&example));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(": ok (") && said.contains("stores orders, profiles, sessions"), "{said}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let cases = [
+        ("[serve]\nallow = \"*\"\n\nmax-user = 3\n", "bad.toml:4: [serve] max-user: unknown key"),
+        ("[fetch]\n\n\nmin-rate = \"fast\"\n", "bad.toml:4: [fetch] min-rate:"),
+        ("[serve]\nallow = \"*\"\n[stores.x]\nserve = \"no\"\n", "bad.toml:3: [stores.x]"),
+        ("[serve\n", "bad.toml:1:"),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(bin()).args(["config", "check"]).arg(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{text:?}: {err}");
+        // The same file refuses to start a command, with the same line.
+        let out = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(expected));
+    }
 }

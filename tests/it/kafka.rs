@@ -816,8 +816,12 @@ fn with_kafka_down_a_peer_still_bootstraps_and_the_json_reports_both_steps() {
         )
     });
     assert_eq!(v["ok"], false);
+    assert_eq!((&v["schema"], &v["kind"]), (&1.into(), &"bootstrap".into()), "{v:#}");
     assert_eq!(v["error_kind"], "log_unavailable", "{v:#}");
     assert_eq!(v["path"]["path"], "peer_transfer", "{v:#}");
+    // Attempts are listed once, at the top, not again under the transfer.
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 1, "{v:#}");
+    assert!(v["transfer"].get("attempts").is_none(), "{v:#}");
     assert_eq!(v["transfer"]["meta"]["offset"], 1_999, "{v:#}");
     assert!(v["high_watermark"].is_null(), "{v:#}");
     assert_eq!(v["catch_up"]["from_offset"], 1_999, "{v:#}");
@@ -1046,4 +1050,54 @@ async fn a_serving_node_refuses_a_partition_whose_following_stopped_and_serves_t
         Some(1.0),
         "the bad record waits"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_only_rebuild_needs_no_certificates_and_a_store_turned_off_uses_the_log() {
+    let _turn = turn(Needs::Broker).await;
+    let (id, b, _, model) = topic_with("nocert", 1, 3_000).await;
+    // No --cert/--key/--ca, no peer: the change log alone.
+    let root = tempfile::tempdir().unwrap();
+    let out = output_ok(
+        std::process::Command::new(bin())
+            .args(["fetch", "--store", &id.store, "--version", "1", "--partition", "0"])
+            .arg("--data-dir")
+            .arg(root.path())
+            .args(["--kafka", &b, "--json"]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&v["schema"], &v["kind"], &v["ok"]), (&1.into(), &"bootstrap".into(), &true.into()), "{v:#}");
+    assert_eq!(v["path"]["path"], "kafka_lag_below_threshold", "{v:#}");
+    assert_eq!(content(&id.dir(root.path())), model);
+    // Asking a peer still needs them, and says so.
+    let out = std::process::Command::new(bin())
+        .args(["fetch", "--store", &id.store, "--version", "1", "--partition", "0"])
+        .arg("--data-dir")
+        .arg(root.path())
+        .args(["--peer", "127.0.0.1:9", "--kafka", &b])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --cert, --key and --ca"), "{err}");
+
+    // With transfer turned off for the store by the config file, a listed peer is not asked
+    // (it does not even exist here) and the log builds the partition.
+    let conf = tempfile::tempdir().unwrap();
+    let path = conf.path().join("q.toml");
+    std::fs::write(
+        &path,
+        format!("[fetch]\nkafka = \"{b}\"\n\n[stores.{}]\nfetch = false\n", id.store),
+    )
+    .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let out = output_ok(
+        fetch_command(other.path(), &id.store, 1, 0)
+            .args(["--peer", "127.0.0.1:9", "--json", "--config"])
+            .arg(&path),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 0, "{v:#}");
+    assert_eq!(content(&id.dir(other.path())), model);
 }
