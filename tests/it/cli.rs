@@ -123,19 +123,35 @@ fn config_check_accepts_the_example_and_points_at_a_bad_line() {
     let example = testkit::workspace_root().join("examples/fleet.toml");
     let out = output_ok(Command::new(bin()).args(["config", "check"]).arg(&example));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains(": ok (") && said.contains("stores orders, profiles, sessions"), "{said}");
+    assert!(
+        said.contains(": ok (") && said.contains("stores orders, profiles, sessions"),
+        "{said}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     let cases = [
-        ("[serve]\nallow = \"*\"\n\nmax-user = 3\n", "bad.toml:4: [serve] max-user: unknown key"),
-        ("[fetch]\n\n\nmin-rate = \"fast\"\n", "bad.toml:4: [fetch] min-rate:"),
-        ("[serve]\nallow = \"*\"\n[stores.x]\nserve = \"no\"\n", "bad.toml:3: [stores.x]"),
+        (
+            "[serve]\nallow = \"*\"\n\nmax-user = 3\n",
+            "bad.toml:4: [serve] max-user: unknown key",
+        ),
+        (
+            "[fetch]\n\n\nmin-rate = \"fast\"\n",
+            "bad.toml:4: [fetch] min-rate:",
+        ),
+        (
+            "[serve]\nallow = \"*\"\n[stores.x]\nserve = \"no\"\n",
+            "bad.toml:3: [stores.x]",
+        ),
         ("[serve\n", "bad.toml:1:"),
     ];
     for (text, expected) in cases {
         std::fs::write(&bad, text).unwrap();
-        let out = Command::new(bin()).args(["config", "check"]).arg(&bad).output().unwrap();
+        let out = Command::new(bin())
+            .args(["config", "check"])
+            .arg(&bad)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{text:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{text:?}: {err}");

@@ -816,7 +816,11 @@ fn with_kafka_down_a_peer_still_bootstraps_and_the_json_reports_both_steps() {
         )
     });
     assert_eq!(v["ok"], false);
-    assert_eq!((&v["schema"], &v["kind"]), (&1.into(), &"bootstrap".into()), "{v:#}");
+    assert_eq!(
+        (&v["schema"], &v["kind"]),
+        (&1.into(), &"bootstrap".into()),
+        "{v:#}"
+    );
     assert_eq!(v["error_kind"], "log_unavailable", "{v:#}");
     assert_eq!(v["path"]["path"], "peer_transfer", "{v:#}");
     // Attempts are listed once, at the top, not again under the transfer.
@@ -1060,18 +1064,38 @@ async fn a_kafka_only_rebuild_needs_no_certificates_and_a_store_turned_off_uses_
     let root = tempfile::tempdir().unwrap();
     let out = output_ok(
         std::process::Command::new(bin())
-            .args(["fetch", "--store", &id.store, "--version", "1", "--partition", "0"])
+            .args([
+                "fetch",
+                "--store",
+                &id.store,
+                "--version",
+                "1",
+                "--partition",
+                "0",
+            ])
             .arg("--data-dir")
             .arg(root.path())
             .args(["--kafka", &b, "--json"]),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((&v["schema"], &v["kind"], &v["ok"]), (&1.into(), &"bootstrap".into(), &true.into()), "{v:#}");
+    assert_eq!(
+        (&v["schema"], &v["kind"], &v["ok"]),
+        (&1.into(), &"bootstrap".into(), &true.into()),
+        "{v:#}"
+    );
     assert_eq!(v["path"]["path"], "kafka_lag_below_threshold", "{v:#}");
     assert_eq!(content(&id.dir(root.path())), model);
     // Asking a peer still needs them, and says so.
     let out = std::process::Command::new(bin())
-        .args(["fetch", "--store", &id.store, "--version", "1", "--partition", "0"])
+        .args([
+            "fetch",
+            "--store",
+            &id.store,
+            "--version",
+            "1",
+            "--partition",
+            "0",
+        ])
         .arg("--data-dir")
         .arg(root.path())
         .args(["--peer", "127.0.0.1:9", "--kafka", &b])
@@ -1087,7 +1111,10 @@ async fn a_kafka_only_rebuild_needs_no_certificates_and_a_store_turned_off_uses_
     let path = conf.path().join("q.toml");
     std::fs::write(
         &path,
-        format!("[fetch]\nkafka = \"{b}\"\n\n[stores.{}]\nfetch = false\n", id.store),
+        format!(
+            "[fetch]\nkafka = \"{b}\"\n\n[stores.{}]\nfetch = false\n",
+            id.store
+        ),
     )
     .unwrap();
     let other = tempfile::tempdir().unwrap();

@@ -168,6 +168,17 @@ async fn manifest(
     if let Err((reason, msg)) = check_partition(&id.store, format, state.cfg.policy.table_format) {
         return refuse(reason, msg);
     }
+    // The node's live policy, as the QUIC listeners apply it: drain, stores turned off.
+    let live = &state.cfg.policy.live;
+    if live.draining() {
+        return refuse(RejectReason::Draining, "draining: no new transfers".into());
+    }
+    if !live.store(&id.store).serve {
+        return refuse(
+            RejectReason::Disabled,
+            format!("store {} is not served here", id.store),
+        );
+    }
     let lease = match state
         .snapshots
         .acquire_as(Some(client), id, Instant::now())
