@@ -188,7 +188,6 @@ async fn fetch(a: FetchArgs, stores: &StoreTable) -> Result<(), Failure> {
     let fsync = a
         .adaptive_throttle
         .then(quicstrap::control::throttle::fsync_latency);
-    let mut cfg = cfg;
     cfg.policy.fsync_latency = fsync.clone();
     let fetcher = Arc::new(Fetcher::new(cfg).map_err(usage)?);
     let throttler = fsync.map(|fsync| {

@@ -279,7 +279,7 @@ fn status_shows_a_running_transfer_and_drain_finishes_it_and_refuses_new_ones() 
     let (_serve, admin) = serve_from_file(conf.path(), &serve_section(src.path(), &extra));
     let addr = status_peer(&_serve);
     let dst = tempfile::tempdir().unwrap();
-    let running = spawn_fetch_json(dst.path(), &id, &[addr.clone()]);
+    let running = spawn_fetch_json(dst.path(), &id, std::slice::from_ref(&addr));
     wait_running(&admin);
 
     let out = output_ok(Command::new(bin()).args(["status", "--admin", &admin]));
@@ -297,7 +297,7 @@ fn status_shows_a_running_transfer_and_drain_finishes_it_and_refuses_new_ones() 
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("draining: 1 transfers"));
     // A new request is refused, typed; the running one goes on.
     let (code, v) = finish(
-        spawn_fetch_json(dst.path(), &small, &[addr.clone()]),
+        spawn_fetch_json(dst.path(), &small, std::slice::from_ref(&addr)),
         Duration::from_secs(60),
     );
     assert_eq!(code, 1, "{v:#}");

@@ -100,10 +100,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     // Who this connection's requests are from, for the per-client share: fixed at the
     // handshake, so a client that moves to another address stays the same client.
     let chain = peer_chain(&conn);
-    let client = Arc::new(ClientKey::from_chain(
-        chain.as_deref().map(Vec::as_slice),
-        remote.ip(),
-    ));
+    let client = Arc::new(ClientKey::from_chain(chain.as_deref(), remote.ip()));
     let cert = chain.and_then(|c| c.first().cloned());
     let name = cert
         .as_ref()
@@ -126,7 +123,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                 return;
             }
             Ok(()) = allow_changed.changed() => {
-                if cert.as_ref().is_none_or(|c| policy.permits(c)) {
+                if cert.as_ref().map_or(true, |c| policy.permits(c)) {
                     continue;
                 }
                 revoke(&conn, &shared, &live, &revoked, &name).await;
@@ -195,9 +192,10 @@ async fn revoke(
 pub(crate) const IDLE_REASON: &[u8] = b"idle";
 
 /// The certificate chain `conn`'s client presented (end-entity first).
-fn peer_chain(conn: &quinn::Connection) -> Option<Box<Vec<CertificateDer<'static>>>> {
+fn peer_chain(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'static>>> {
     conn.peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|chain| *chain)
 }
 
 /// One control stream being served, counted in its connection's `live` until dropped.
