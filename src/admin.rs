@@ -33,14 +33,12 @@ pub enum ConfigCmd {
     },
 }
 
-/// `quicstrap config check FILE`.
-pub fn config(a: ConfigArgs) -> Result<(), CliError> {
+/// `quicstrap config check FILE` of the command line `command`.
+pub fn config(a: ConfigArgs, command: &clap::Command) -> Result<(), CliError> {
     match a.cmd {
         ConfigCmd::Check { file } => {
-            println!(
-                "{}",
-                crate::config::check(&file).map_err(CliError::Unusable)?
-            );
+            let said = crate::config::check(&file, command).map_err(CliError::Unusable)?;
+            println!("{said}");
             Ok(())
         }
     }
@@ -157,7 +155,10 @@ async fn call(addr: SocketAddr, method: &str, path: &str) -> Result<serde_json::
         let mut tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(unreachable)?;
-        let req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        let admin = quicstrap::jobs::admin::ADMIN_HEADER;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{admin}: 1\r\nconnection: close\r\n\r\n"
+        );
         tcp.write_all(req.as_bytes()).await.map_err(unreachable)?;
         let mut raw = Vec::new();
         tcp.read_to_end(&mut raw).await.map_err(unreachable)?;

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{ArgAction, CommandFactory, Parser};
+use clap::{ArgAction, Command};
 use toml::de::{DeTable, DeValue};
 
 use quicstrap::control::stores::{StorePolicy, StoreTable};
@@ -52,6 +52,8 @@ pub struct Entry {
 pub struct ConfigFile {
     /// Where it was read from.
     pub path: PathBuf,
+    /// The command line it configures (`quicstrap`, its subcommands and their flags).
+    pub command: Command,
     /// The keys of each command's section.
     pub sections: BTreeMap<String, Vec<Entry>>,
     /// The per-store policy of `[stores.NAME]`.
@@ -59,15 +61,15 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// Reads and parses `path`; the error names the file and line.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    /// Reads and parses `path`, a file for `command`; the error names the file and line.
+    pub fn load(path: &Path, command: &Command) -> Result<Self, String> {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-        Self::parse(path, &text)
+        Self::parse(path, &text, command)
     }
 
-    /// Parses `text`, read from `path`.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, String> {
+    /// Parses `text`, read from `path`, a file for `command`.
+    pub fn parse(path: &Path, text: &str, command: &Command) -> Result<Self, String> {
         let at = |offset: usize| format!("{}:{}", path.display(), line_of(text, offset));
         let root = DeTable::parse(text).map_err(|e| {
             let line = e
@@ -116,6 +118,7 @@ impl ConfigFile {
         }
         let file = Self {
             path: path.to_owned(),
+            command: command.clone(),
             sections,
             stores,
         };
@@ -128,12 +131,15 @@ impl ConfigFile {
     /// The flags `[section]` stands for, less the ones in `given` (long names the command
     /// line sets itself, which win). A key no flag of the command has is the error.
     pub fn args(&self, section: &str, given: &BTreeSet<String>) -> Result<Vec<String>, String> {
-        let cmd = crate::Cli::command();
-        let sub = cmd
+        let Some(entries) = self.sections.get(section).filter(|e| !e.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let sub = self
+            .command
             .find_subcommand(section)
             .ok_or_else(|| format!("no command {section}"))?;
         let mut out = Vec::new();
-        for e in self.sections.get(section).into_iter().flatten() {
+        for e in entries {
             let where_ = format!("{}:{}: [{section}] {}", self.path.display(), e.line, e.key);
             let arg = sub
                 .get_arguments()
@@ -174,7 +180,7 @@ impl ConfigFile {
                     .into_iter()
                     .map(String::from)
                     .chain(args);
-                if let Err(err) = crate::Cli::try_parse_from(argv) {
+                if let Err(err) = self.command.clone().try_get_matches_from(argv) {
                     use clap::error::ErrorKind::*;
                     if !matches!(
                         err.kind(),
@@ -190,6 +196,32 @@ impl ConfigFile {
                             e.key
                         ));
                     }
+                }
+            }
+            // Then the section whole, for rules between keys (conflicts such as
+            // `no-shuffle` with `peer-order`). Flags the command line may add are not
+            // asked for, so a `requires` of a key on one the file does not set passes here.
+            let args = self.args(section, &BTreeSet::new())?;
+            if args.is_empty() {
+                continue;
+            }
+            let argv = ["quicstrap", section]
+                .into_iter()
+                .map(String::from)
+                .chain(args);
+            if let Err(err) = self.command.clone().try_get_matches_from(argv) {
+                use clap::error::ErrorKind::*;
+                if !matches!(
+                    err.kind(),
+                    MissingRequiredArgument | DisplayHelpOnMissingArgumentOrSubcommand
+                ) {
+                    let msg = err.to_string();
+                    let first = msg.lines().next().unwrap_or_default();
+                    return Err(format!(
+                        "{}: [{section}]: {}",
+                        self.path.display(),
+                        first.trim_start_matches("error: ")
+                    ));
                 }
             }
         }
@@ -244,6 +276,21 @@ fn parse_stores(text: &str, path: &Path, table: &DeTable<'_>) -> Result<StoreTab
             .lines()
             .nth(line - 1)
             .is_some_and(|l| l.trim_start().starts_with('['));
+        if let DeValue::Table(keys) = value.get_ref() {
+            // A store's settings are values; a table under it (`[stores.x.y]`) is not one.
+            if let Some((k, _)) = keys
+                .iter()
+                .find(|(_, v)| matches!(v.get_ref(), DeValue::Table(_)))
+            {
+                return Err(format!(
+                    "{}:{}: [stores.{}] {}: a store's settings are values, not sections",
+                    path.display(),
+                    line_of(text, k.span().start),
+                    name.get_ref(),
+                    k.get_ref()
+                ));
+            }
+        }
         let policy = match value.get_ref() {
             // `[stores.NAME]`: the keys between its header and the next one.
             DeValue::Table(_) if header => section_policy(text, name.get_ref(), line),
@@ -306,7 +353,10 @@ fn config_path(tokens: &[OsString]) -> Option<PathBuf> {
 
 /// A command line with its `--config` file's section spliced in ahead of the command line's
 /// own flags: what clap then parses. Unchanged when there is no `--config`.
-pub fn expand(argv: Vec<OsString>) -> Result<(Vec<OsString>, Option<ConfigFile>), String> {
+pub fn expand(
+    argv: Vec<OsString>,
+    command: &Command,
+) -> Result<(Vec<OsString>, Option<ConfigFile>), String> {
     let Some(sub) = argv.get(1).and_then(|s| s.to_str()).map(str::to_owned) else {
         return Ok((argv, None));
     };
@@ -317,7 +367,7 @@ pub fn expand(argv: Vec<OsString>) -> Result<(Vec<OsString>, Option<ConfigFile>)
     let Some(path) = config_path(tokens) else {
         return Ok((argv, None));
     };
-    let file = ConfigFile::load(&path)?;
+    let file = ConfigFile::load(&path, command)?;
     file.check_values()?;
     let args = file.args(&sub, &given_flags(tokens))?;
     let mut out = argv[..2].to_vec();
@@ -346,8 +396,8 @@ pub fn changed_keys(old: &ConfigFile, new: &ConfigFile, section: &str) -> Vec<St
 
 /// `quicstrap config check FILE`: the file parses, every key is a flag of its command and
 /// every value passes its flag's parser; prints what it configures.
-pub fn check(path: &Path) -> Result<String, String> {
-    let file = ConfigFile::load(path)?;
+pub fn check(path: &Path, command: &Command) -> Result<String, String> {
+    let file = ConfigFile::load(path, command)?;
     file.check_values()?;
     let mut parts: Vec<String> = file
         .sections
@@ -365,8 +415,33 @@ pub fn check(path: &Path) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// A command line shaped like quicstrap's, with the kinds of flags it has (a value, a
+    /// parsed number, a switch, a repeatable one, two that conflict); the real one is
+    /// checked end to end in the integration tests (`cli::config_check_...`).
+    fn command() -> Command {
+        use clap::{value_parser, Arg};
+        let value = |n: &'static str| Arg::new(n).long(n);
+        let switch = |n: &'static str| Arg::new(n).long(n).action(ArgAction::SetTrue);
+        Command::new("quicstrap")
+            .subcommand(
+                Command::new("serve")
+                    .arg(value("data-dir").required(true))
+                    .arg(value("allow"))
+                    .arg(value("write-limit").value_parser(value_parser!(u64)))
+                    .arg(switch("adaptive-throttle"))
+                    .arg(value("also-listen").action(ArgAction::Append))
+                    .arg(value("config")),
+            )
+            .subcommand(
+                Command::new("fetch")
+                    .arg(value("min-rate").value_parser(value_parser!(u64)))
+                    .arg(value("peer-order"))
+                    .arg(switch("no-shuffle").conflicts_with("peer-order")),
+            )
+    }
+
     fn parse(text: &str) -> Result<ConfigFile, String> {
-        ConfigFile::parse(Path::new("q.toml"), text)
+        ConfigFile::parse(Path::new("q.toml"), text, &command())
     }
 
     #[test]
@@ -412,6 +487,20 @@ mod tests {
         assert!(e.starts_with("q.toml:3: unknown section [srve]"), "{e}");
         let e = parse("[serve]\nallow = \n").unwrap_err();
         assert!(e.starts_with("config q.toml:2:"), "{e}");
+        let e =
+            parse("[stores.orders]\nserve = false\n[stores.orders.x]\nserve = 1\n").unwrap_err();
+        assert!(
+            e.contains("q.toml:3: [stores.orders] x: a store's settings are values"),
+            "{e}"
+        );
+        let e = parse("[fetch]\nno-shuffle = true\npeer-order = \"listed\"\n")
+            .unwrap()
+            .check_values()
+            .unwrap_err();
+        assert!(
+            e.starts_with("q.toml: [fetch]:") && e.contains("cannot be used with"),
+            "{e}"
+        );
         let e = parse("[stores.orders]\nserve = false\n\nserv = true\n").unwrap_err();
         assert!(
             e.contains("q.toml:1: [stores.orders]") && e.contains("line 4"),

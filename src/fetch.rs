@@ -143,6 +143,12 @@ async fn fetch(a: FetchArgs, stores: &StoreTable) -> Result<(), Failure> {
     let ask_peers = store.fetch && (!a.peer.peers.is_empty() || a.peer.discover.is_some());
     if !ask_peers && !a.transfer.tls.given() {
         if let Some(brokers) = &a.kafka {
+            if a.metrics_listen.is_some() || a.adaptive_throttle {
+                return Err(usage(
+                    "--metrics-listen and --adaptive-throttle watch transfers from peers: a \
+                     rebuild from the change log alone has none",
+                ));
+            }
             // A rebuild from the change log alone: no peer to authenticate to.
             let progress = Arc::new(Progress::default());
             let _stop = AbortOnDrop(tokio::spawn({
@@ -192,7 +198,9 @@ async fn fetch(a: FetchArgs, stores: &StoreTable) -> Result<(), Failure> {
     let fetcher = Arc::new(Fetcher::new(cfg).map_err(usage)?);
     let throttler = fsync.map(|fsync| {
         let fsync = fsync as Arc<dyn Signal>;
-        Throttler::adaptive(read_limiter, a.transfer.read_limit, vec![fsync])
+        // Around the rate in force, the store's own limit included.
+        let base = read_limiter.rate();
+        Throttler::adaptive(read_limiter, base, vec![fsync])
     });
     let ingest_stats = Arc::new(IngestStats::default());
     let per_store = metrics::StoreMetrics::fetching(stores);

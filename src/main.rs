@@ -21,24 +21,24 @@ mod stop;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use error::CliError;
 
-/// The command line; `--config FILE` is spliced in by [`config::expand`] before parsing.
+// The command line; `--config FILE` is spliced in by `config::expand` before parsing.
 #[derive(Parser)]
 #[command(
     name = "quicstrap",
     version,
     about = "Bootstrap RocksDB partitions from peers over QUIC"
 )]
-pub(crate) struct Cli {
+struct Cli {
     #[command(subcommand)]
-    pub(crate) cmd: Cmd,
+    cmd: Cmd,
 }
 
 #[derive(Subcommand)]
-pub(crate) enum Cmd {
+enum Cmd {
     /// Serve the partitions under a data directory to allowed peers.
     Serve(serve::ServeArgs),
     /// Fetch one partition from the first peer that can serve it.
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let original: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let (argv, file) = match config::expand(original.clone()) {
+    let (argv, file) = match config::expand(original.clone(), &Cli::command()) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("quicstrap: {e}");
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                     )
                     .await
                 }
-                Cmd::Config(a) => admin::config(a),
+                Cmd::Config(a) => admin::config(a, &Cli::command()),
                 Cmd::Status(a) => admin::status(a).await,
                 Cmd::Admin(a) => admin::admin(a).await,
                 Cmd::Fetch(a) => fetch::run(a, stores).await,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::Args;
 
 use quicstrap::control::stores::StoreTable;
 use quicstrap::ingest::follow::FollowConfig;
@@ -162,23 +162,22 @@ impl Reloadable {
     /// Re-reads the file and applies its live part through `control`; names what changed
     /// and what would need a restart (logged at WARN).
     fn reload(&self, control: &NodeControl) -> Result<Reloaded, String> {
-        let path = lock(&self.file).path.clone();
-        let new = ConfigFile::load(&path)?;
+        // Held throughout: two reloads (a SIGHUP and an admin call) apply one after the
+        // other, never an older file after a newer one.
+        let mut old = lock(&self.file);
+        let path = old.path.clone();
+        let new = ConfigFile::load(&path, &old.command)?;
         new.check_values()?;
         let given = crate::config::given_flags(&self.tokens);
         let mut argv: Vec<OsString> = vec!["quicstrap".into(), "serve".into()];
         argv.extend(new.args("serve", &given)?.into_iter().map(OsString::from));
         argv.extend(self.tokens.iter().cloned());
-        let cli = crate::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let crate::Cmd::Serve(a) = cli.cmd else {
-            return Err("not a serve command line".into());
-        };
+        let a = parse_serve(&old.command, argv)?;
         let applied = control.apply(LiveSettings {
             allow: AllowList::parse(&a.allow),
             stores: new.stores.clone(),
             write_limit: a.write_limit,
         });
-        let mut old = lock(&self.file);
         let mut need_restart = Vec::new();
         for key in crate::config::changed_keys(&old, &new, "serve") {
             if given.contains(&key) {
@@ -198,8 +197,26 @@ impl Reloadable {
     }
 }
 
+/// The `serve` options of a whole command line (`quicstrap serve ...`) of `command`.
+fn parse_serve(command: &clap::Command, argv: Vec<OsString>) -> Result<ServeArgs, String> {
+    use clap::FromArgMatches;
+    let matches = command
+        .clone()
+        .try_get_matches_from(argv)
+        .map_err(|e| e.to_string())?;
+    let serve = matches
+        .subcommand_matches("serve")
+        .ok_or("not a serve command line")?;
+    ServeArgs::from_arg_matches(serve).map_err(|e| e.to_string())
+}
+
 /// Serves until told to stop; every failure to start is exit 2.
 pub async fn run(a: ServeArgs, reloadable: Option<Reloadable>) -> Result<(), CliError> {
+    // First of all: a SIGHUP while the node starts (config management reloading every
+    // node) must not kill it, which is the signal's default action.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::unusable)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(CliError::unusable)?;
     let identity = a.tls.identity("serve").map_err(CliError::Unusable)?;
     if let Some(addr) = a.admin_listen {
         if !addr.ip().is_loopback() && !a.admin_remote {
@@ -276,18 +293,15 @@ pub async fn run(a: ServeArgs, reloadable: Option<Reloadable>) -> Result<(), Cli
         println!("admin on http://{bound}/status");
     }
     let control = node.control();
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(CliError::unusable)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(CliError::unusable)?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => match &reload {
+            _ = hup.recv() => match &reloadable {
                 // The file is read off the runtime's threads: it is disk work.
                 Some(r) => {
                     let (r, c) = (r.clone(), control.clone());
-                    match tokio::task::spawn_blocking(move || r(&c)).await {
+                    match tokio::task::spawn_blocking(move || r.reload(&c)).await {
                         Ok(Ok(done)) => eprintln!(
                             "quicstrap: reloaded: applied {:?}; need a restart {:?}",
                             done.applied, done.need_restart
@@ -389,10 +403,11 @@ mod tests {
     }
 
     fn parse(argv: Vec<OsString>) -> (ServeArgs, StoreTable) {
-        let (argv, file) = crate::config::expand(argv).unwrap();
-        let crate::Cmd::Serve(a) = crate::Cli::try_parse_from(argv).unwrap().cmd else {
-            panic!("not serve")
-        };
+        use clap::Args;
+        let command = clap::Command::new("quicstrap")
+            .subcommand(ServeArgs::augment_args(clap::Command::new("serve")));
+        let (argv, file) = crate::config::expand(argv, &command).unwrap();
+        let a = parse_serve(&command, argv).unwrap();
         (a, file.map(|f| f.stores).unwrap_or_default())
     }
 

@@ -12,15 +12,12 @@ use testkit::DEV_ALLOW;
 
 use crate::common::*;
 
-/// A `serve` configured only by `toml` (written to `dir/node.toml`) plus its listen address
-/// and identity; returns it and its admin address.
-fn serve_from_file(dir: &Path, toml: &str) -> (ServeProcess, String) {
-    let path = dir.join("node.toml");
-    std::fs::write(&path, toml).unwrap();
+/// `quicstrap serve` configured by the file at `path`, plus its listen address and identity.
+fn serve_with_config(path: &Path) -> ServeProcess {
     let c = testkit::certs();
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
+        .arg(path)
         .arg("--cert")
         .arg(c.join("server.crt"))
         .arg("--key")
@@ -28,9 +25,22 @@ fn serve_from_file(dir: &Path, toml: &str) -> (ServeProcess, String) {
         .arg("--ca")
         .arg(c.join("ca.crt"))
         .stderr(Stdio::inherit());
-    let mut serve = ServeProcess::spawn(cmd);
+    ServeProcess::spawn(cmd)
+}
+
+/// The admin address a serve process announces next.
+fn admin_of(serve: &mut ServeProcess) -> String {
     let admin = serve.next_line("admin on http://");
-    let admin = admin.trim_end_matches("/status").to_owned();
+    admin.trim_end_matches("/status").to_owned()
+}
+
+/// A `serve` configured only by `toml` (written to `dir/node.toml`); returns it and its
+/// admin address.
+fn serve_from_file(dir: &Path, toml: &str) -> (ServeProcess, String) {
+    let path = dir.join("node.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut serve = serve_with_config(&path);
+    let admin = admin_of(&mut serve);
     serve.drain_stdout();
     (serve, admin)
 }
@@ -69,17 +79,17 @@ fn spawn_fetch_json(dst: &Path, id: &PartitionId, peers: &[String]) -> Child {
         .unwrap()
 }
 
-/// Waits for `child` (up to `limit`) and returns its exit code and JSON report.
-fn finish(child: Child, limit: Duration) -> (i32, serde_json::Value) {
-    let pid = child.id() as i32;
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        // SAFETY: signalling our own child; harmless if it already exited and was reaped
-        // (the pid is not reused within the test's lifetime in practice).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    });
+/// Waits for `child` (killed after `limit`) and returns its exit code and JSON report.
+fn finish(mut child: Child, limit: Duration) -> (i32, serde_json::Value) {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = child.wait_with_output().unwrap();
-    drop(killer);
     let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "no JSON report ({e}): {} / {}",
@@ -198,21 +208,9 @@ fn a_disabled_store_is_refused_with_a_reason_and_the_fetcher_moves_on() {
     );
     let path = conf.path().join("node.toml");
     std::fs::write(&path, &off).unwrap();
-    let c = testkit::certs();
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .arg("--cert")
-        .arg(c.join("server.crt"))
-        .arg("--key")
-        .arg(c.join("server.key"))
-        .arg("--ca")
-        .arg(c.join("ca.crt"))
-        .stderr(Stdio::inherit());
-    let mut a = ServeProcess::spawn(cmd);
+    let mut a = serve_with_config(&path);
     let metrics = a.next_line("metrics on ");
-    let admin = a.next_line("admin on http://");
-    let admin = admin.trim_end_matches("/status").to_owned();
+    let admin = admin_of(&mut a);
     a.drain_stdout();
     let other = copy_of(src.path(), &id);
     let b = ServeProcess::start(other.path(), &[]);
@@ -274,8 +272,8 @@ fn status_shows_a_running_transfer_and_drain_finishes_it_and_refuses_new_ones() 
     let small = id_of(&id, 153);
     seed(src.path(), &small, 1_000, 100, 500);
     let conf = tempfile::tempdir().unwrap();
-    // ≈ 12 MB at 3 MB/s: about four seconds to look at it and drain.
-    let extra = format!("allow = \"{DEV_ALLOW}\"\nwrite-limit = 3000000");
+    // ≈ 12 MB at 1.5 MB/s: about eight seconds to look at it and drain.
+    let extra = format!("allow = \"{DEV_ALLOW}\"\nwrite-limit = 1500000");
     let (_serve, admin) = serve_from_file(conf.path(), &serve_section(src.path(), &extra));
     let addr = status_peer(&_serve);
     let dst = tempfile::tempdir().unwrap();
@@ -292,6 +290,28 @@ fn status_shows_a_running_transfer_and_drain_finishes_it_and_refuses_new_ones() 
     assert!(row.contains("client.quicstrap.test"), "{row}");
     assert!(row.contains("B / ") && row.contains("B/s"), "{row}");
     assert!(table.starts_with("node: serving · 1 transfers"), "{table}");
+
+    // What a web page could send (no admin header; an Origin) is refused and changes nothing.
+    let code = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .args(extra)
+            .arg(format!("http://{admin}/drain"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(code(&[]), "403");
+    assert_eq!(
+        code(&[
+            "-H",
+            "x-quicstrap-admin: 1",
+            "-H",
+            "Origin: http://evil.example"
+        ]),
+        "403"
+    );
+    assert_eq!(status(&admin)["draining"], false);
 
     let out = output_ok(Command::new(bin()).args(["admin", "--admin", &admin, "drain"]));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("draining: 1 transfers"));

@@ -100,14 +100,20 @@ pub(super) async fn accept_loop(
                 }
             };
             // Who this connection's requests are from, for the per-client share.
-            let client = Arc::new(ClientKey::from_chain(
-                tls.get_ref().1.peer_certificates(),
-                remote.ip(),
-            ));
+            let certs = tls.get_ref().1.peer_certificates();
+            let client = Arc::new(ClientKey::from_chain(certs, remote.ip()));
+            // Checked against the allow list at every request: a reload applies to
+            // connections already open, from their next request (each file is one).
+            let cert = Arc::new(
+                certs
+                    .and_then(|c| c.first())
+                    .map(|c| c.clone().into_owned()),
+            );
             let service = {
                 let (state, wire) = (state.clone(), wire.clone());
                 hyper::service::service_fn(move |req| {
-                    handle(req, state.clone(), wire.clone(), client.clone())
+                    let who = (client.clone(), cert.clone());
+                    handle(req, state.clone(), wire.clone(), who)
                 })
             };
             let mut http = hyper::server::conn::http1::Builder::new();

@@ -16,6 +16,7 @@ use quicstrap::protocol::{names, RejectReason};
 use quicstrap::snapshot::{AcquireError, ClientKey, Piece, SnapshotLease};
 use quicstrap::store::checksum::ChecksumAlgo;
 use quicstrap::store::partition::PartitionId;
+use rustls_pki_types::CertificateDer;
 
 use crate::http::{query_pairs, Manifest, ManifestFile, DIGEST_TRAILER, REJECT_HEADER};
 use quicstrap::store::lock::unpoisoned as lock;
@@ -96,9 +97,18 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
     wire: Arc<Wire>,
-    client: Arc<ClientKey>,
+    (client, cert): (Arc<ClientKey>, Arc<Option<CertificateDer<'static>>>),
 ) -> Result<Response<Body>, Infallible> {
-    let (what, resp) = answer(&req, &state, wire, &client).await;
+    let allowed = cert
+        .as_ref()
+        .as_ref()
+        .map_or(true, |c| state.cfg.policy.live.permits(c));
+    let (what, resp) = if allowed {
+        answer(&req, &state, wire, &client).await
+    } else {
+        let msg = "this client is no longer allowed".to_owned();
+        (None, refuse(RejectReason::NotAllowed, msg))
+    };
     // Counted once, here, from what the request asked and whether it was refused.
     let stats = &state.stats;
     if resp.headers().contains_key(REJECT_HEADER) {

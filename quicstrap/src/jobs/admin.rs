@@ -6,7 +6,11 @@
 //! from the configuration file cannot disagree on how they apply.
 //!
 //! The admin endpoint (`--admin-listen`) has no authentication of its own: it binds to
-//! loopback unless told otherwise, like Cassandra's JMX port behind `nodetool`.
+//! loopback unless told otherwise, like Cassandra's JMX port behind `nodetool`. So that a web
+//! page in a browser on the same host cannot drive it (cross-site requests, DNS rebinding), it
+//! answers only requests whose `Host` is an address or `localhost`, that carry no `Origin`,
+//! and — for every change — the header [`ADMIN_HEADER`], which a browser does not send
+//! cross-site without a preflight this endpoint never grants.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +24,9 @@ use crate::metrics::{Answer, Call, Handler};
 use crate::net::tls::AllowList;
 use crate::server::{LivePolicy, TransferStatus};
 use crate::snapshot::SnapshotManager;
+
+/// The header every changing call (`POST`) must carry, with any value.
+pub const ADMIN_HEADER: &str = "x-quicstrap-admin";
 
 /// The version of the JSON documents quicstrap prints and serves (`fetch`, `recover`,
 /// `status`): a program reading them checks `schema` and `kind` first (docs/report.md).
@@ -200,6 +207,32 @@ impl NodeControl {
             let v = serde_json::json!({"schema": REPORT_SCHEMA, "kind": "error", "ok": false, "error": msg});
             (status, "application/json", v.to_string().into_bytes())
         };
+        let local_host = call.header("host").is_some_and(|h| {
+            let name = h.rsplit_once(':').map_or(h, |(n, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) {
+                    n
+                } else {
+                    h
+                }
+            });
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+        });
+        if !local_host || call.header("origin").is_some() {
+            return fail(
+                "403 Forbidden",
+                "not from a browser page: no Origin, Host an address".into(),
+            );
+        }
+        if call.method == "POST" && call.header(ADMIN_HEADER).is_none() {
+            return fail(
+                "403 Forbidden",
+                format!("a change needs the {ADMIN_HEADER} header"),
+            );
+        }
         match (call.method, call.path) {
             ("GET", "/status") => json("200 OK", &self.status()),
             ("POST", "/drain") => {
@@ -220,7 +253,13 @@ impl NodeControl {
                                 )
                             }
                         },
-                        Some(("store", s)) if !s.is_empty() => store = Some(s.to_owned()),
+                        // A store name as partitions are named, so no label of odd text
+                        // reaches the status and the logs.
+                        Some(("store", s))
+                            if crate::store::partition::PartitionId::new(s, 1, 0).is_ok() =>
+                        {
+                            store = Some(s.to_owned())
+                        }
                         _ => return fail("400 Bad Request", format!("unknown parameter {pair:?}")),
                     }
                 }
@@ -244,7 +283,13 @@ impl NodeControl {
                     "this node has no configuration file to reload".into(),
                 ),
                 Some(r) => match r(self) {
-                    Ok(done) => json("200 OK", &done),
+                    Ok(done) => {
+                        let v = serde_json::json!({
+                            "schema": REPORT_SCHEMA, "kind": "reload", "ok": true,
+                            "applied": done.applied, "need_restart": done.need_restart,
+                        });
+                        json("200 OK", &v)
+                    }
                     Err(e) => fail("400 Bad Request", e),
                 },
             },

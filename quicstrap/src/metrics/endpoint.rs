@@ -29,6 +29,18 @@ pub struct Call<'a> {
     pub path: &'a str,
     /// What follows `?`, or empty.
     pub query: &'a str,
+    /// The header lines after the request line.
+    pub headers: &'a str,
+}
+
+impl Call<'_> {
+    /// The value of header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
 }
 
 /// An answer: status line (`200 OK`), content type, body.
@@ -114,8 +126,8 @@ async fn one_call(mut tcp: tokio::net::TcpStream, handler: &Handler) -> std::io:
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
+    let text = String::from_utf8_lossy(&head);
+    let (line, headers) = text.split_once("\r\n").unwrap_or((&text, ""));
     let mut words = line.split(' ');
     let (method, target) = (
         words.next().unwrap_or_default(),
@@ -126,6 +138,7 @@ async fn one_call(mut tcp: tokio::net::TcpStream, handler: &Handler) -> std::io:
         method,
         path,
         query,
+        headers,
     });
     answer(&mut tcp, status, content_type, &body).await
 }

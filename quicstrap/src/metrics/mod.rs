@@ -22,10 +22,11 @@ mod stores;
 mod tests;
 mod transfers;
 
+pub use crate::control::store_counts::Histogram;
 pub use endpoint::{
     serve, serve_calls, Answer, Call, Handler, METRICS_CONNECTION_TIMEOUT, METRICS_MAX_CONNECTIONS,
 };
 pub use node::{register_ingest, register_process};
-pub use registry::{Histogram, Kind, Registry};
+pub use registry::{Kind, Registry};
 pub use stores::{StoreMetrics, DURATION_BUCKETS, FETCH_OUTCOMES, SERVE_OUTCOMES};
 pub use transfers::{counter, register_client, register_outcomes, register_server, Pick};

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use crate::control::store_counts::Histogram;
 use crate::store::lock::unpoisoned as lock;
 
 type Reading = Box<dyn Fn() -> f64 + Send + Sync>;
@@ -19,50 +20,6 @@ pub enum Kind {
     Gauge,
     /// Observations counted into cumulative buckets ([`Registry::register_histogram`]).
     Histogram,
-}
-
-/// Observations counted into fixed buckets, Prometheus-style: cheap to record from any
-/// thread, read at scrape time.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: Vec<f64>,
-    /// One per bound, not cumulative; the last counts what exceeds every bound.
-    counts: Vec<std::sync::atomic::AtomicU64>,
-    /// Sum of observations, in millionths.
-    sum_micros: std::sync::atomic::AtomicU64,
-}
-
-impl Histogram {
-    /// A histogram with these upper bounds (ascending).
-    pub fn new(bounds: &[f64]) -> Arc<Self> {
-        Arc::new(Self {
-            bounds: bounds.to_vec(),
-            counts: (0..=bounds.len()).map(|_| Default::default()).collect(),
-            sum_micros: Default::default(),
-        })
-    }
-
-    /// Counts one observation.
-    pub fn observe(&self, v: f64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add((v.max(0.0) * 1e6) as u64, Relaxed);
-    }
-
-    /// Observations at or below `bounds[i]` (every one for `i == bounds.len()`).
-    fn cumulative(&self, i: usize) -> f64 {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.counts[..=i]
-            .iter()
-            .map(|c| c.load(Relaxed))
-            .sum::<u64>() as f64
-    }
 }
 
 struct Metric {

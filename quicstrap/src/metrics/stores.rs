@@ -1,108 +1,16 @@
-//! Metrics per store: which store pays for what. Transfers by outcome (serving) or by the
-//! path a bootstrap took (fetching), bytes, and how long transfers take — labelled with the
-//! store, its cardinality bounded by [`StoreTable::label`] (configured stores by name, the
-//! rest as `other`), so no client can grow the series by asking for names.
+//! The per-store series: [`StoreMetrics`] (counted in `crate::control::store_counts`)
+//! registered as `quicstrap_store_*`, labelled with the store (configured stores by name,
+//! the rest as `other`).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::registry::Histogram;
 use super::{Kind, Registry};
-use crate::control::stores::{StoreTable, OTHER_STORE};
-
-/// Upper bounds of the transfer-duration histogram, seconds: a small partition on a fast link
-/// to a 10 GB one over a slow cross-datacenter path.
-pub const DURATION_BUCKETS: [f64; 10] = [
-    0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
-];
-
-/// Outcomes of serving a transfer.
-pub const SERVE_OUTCOMES: [&str; 3] = ["completed", "failed", "refused"];
-
-/// Paths a bootstrap takes ([`crate::jobs::bootstrap::BootstrapPath::label`]), and `failed`.
-pub const FETCH_OUTCOMES: [&str; 8] = [
-    "peer_transfer",
-    "local_resume",
-    "kafka_lag_below_threshold",
-    "kafka_no_peers",
-    "kafka_all_peers_failed",
-    "peer_transfer_after_gap",
-    "kafka_from_earliest",
-    "failed",
-];
-
-/// One store's counters.
-#[derive(Debug)]
-struct One {
-    outcomes: HashMap<&'static str, AtomicU64>,
-    bytes: AtomicU64,
-    duration: Arc<Histogram>,
-}
-
-/// The per-store metrics of one role (serving or fetching), for the stores of a table fixed
-/// when created: a store configured later counts as `other` until the process restarts.
-#[derive(Debug)]
-pub struct StoreMetrics {
-    role: &'static str,
-    table: StoreTable,
-    stores: HashMap<String, One>,
-}
+pub use crate::control::store_counts::{
+    StoreMetrics, DURATION_BUCKETS, FETCH_OUTCOMES, SERVE_OUTCOMES,
+};
 
 impl StoreMetrics {
-    /// Serving-side metrics for the stores of `table`.
-    pub fn serving(table: &StoreTable) -> Arc<Self> {
-        Self::new("serve", &SERVE_OUTCOMES, table)
-    }
-
-    /// Fetching-side metrics for the stores of `table`.
-    pub fn fetching(table: &StoreTable) -> Arc<Self> {
-        Self::new("fetch", &FETCH_OUTCOMES, table)
-    }
-
-    fn new(role: &'static str, outcomes: &[&'static str], table: &StoreTable) -> Arc<Self> {
-        let stores = table
-            .labels()
-            .into_iter()
-            .map(|label| {
-                let one = One {
-                    outcomes: outcomes.iter().map(|o| (*o, AtomicU64::new(0))).collect(),
-                    bytes: AtomicU64::new(0),
-                    duration: Histogram::new(&DURATION_BUCKETS),
-                };
-                (label, one)
-            })
-            .collect();
-        Arc::new(Self {
-            role,
-            table: table.clone(),
-            stores,
-        })
-    }
-
-    fn one(&self, store: &str) -> &One {
-        let label = self.table.label(store);
-        self.stores
-            .get(label)
-            .or_else(|| self.stores.get(OTHER_STORE))
-            .expect("`other` is always present")
-    }
-
-    /// Counts a transfer of `store` that ended with `outcome` (one of the role's outcomes;
-    /// another is not counted), having moved `bytes`, over `took` (`None`: no duration, as
-    /// for a refusal).
-    pub fn record(&self, store: &str, outcome: &str, bytes: u64, took: Option<Duration>) {
-        let one = self.one(store);
-        if let Some(c) = one.outcomes.get(outcome) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        one.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(t) = took {
-            one.duration.observe(t.as_secs_f64());
-        }
-    }
-
     /// Registers every series: `quicstrap_store_transfers_total{store,role,outcome}`,
     /// `quicstrap_store_bytes_total{store,role}` and the histogram
     /// `quicstrap_store_transfer_duration_seconds{store,role}`.
@@ -150,7 +58,8 @@ impl StoreMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::stores::StorePolicy;
+    use crate::control::stores::{StorePolicy, StoreTable};
+    use std::time::Duration;
 
     #[test]
     fn unconfigured_stores_count_as_other_and_series_stay_bounded() {

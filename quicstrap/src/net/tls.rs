@@ -192,8 +192,22 @@ pub fn first_dns_name(cert: &CertificateDer<'_>) -> Option<String> {
 #[derive(Debug)]
 struct AllowListVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    /// Read at every handshake: a reload applies to the next one.
-    allow: Arc<crate::server::LivePolicy>,
+    /// Asked at every handshake: a reload applies to the next one.
+    allow: Arc<dyn Allow>,
+}
+
+/// Who may fetch, asked at every handshake: an [`AllowList`] fixed for good, or a list that
+/// changes while the server runs (the server's live policy).
+pub trait Allow: std::fmt::Debug + Send + Sync {
+    /// Whether the end-entity certificate `cert` (its chain already checked) names an
+    /// allowed client now.
+    fn permits(&self, cert: &CertificateDer<'_>) -> bool;
+}
+
+impl Allow for AllowList {
+    fn permits(&self, cert: &CertificateDer<'_>) -> bool {
+        AllowList::permits(self, cert)
+    }
 }
 
 impl ClientCertVerifier for AllowListVerifier {
@@ -249,7 +263,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// against the CA and the allow list (as it is at each handshake), ALPN `quicstrap/1`.
 pub fn server_config(
     id: &Identity,
-    allow: Arc<crate::server::LivePolicy>,
+    allow: Arc<dyn Allow>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(id.roots()?), provider())
         .build()

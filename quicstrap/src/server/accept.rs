@@ -15,7 +15,7 @@ use crate::protocol::codes;
 use crate::snapshot::ClientKey;
 use crate::store::lock::unpoisoned as lock;
 
-use super::shared::Shared;
+use super::shared::{Client, Shared};
 
 /// Accepts connections until the endpoint closes or the server shuts down.
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
@@ -111,6 +111,9 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let live = Arc::new(watch::Sender::new(0usize));
     let policy = shared.cfg.policy.live.clone();
     let mut allow_changed = policy.changed();
+    // A reload between the handshake (which read the list) and this subscription would
+    // otherwise go unseen: check once at the start.
+    allow_changed.mark_changed();
     let revoked = watch::Sender::new(false);
     loop {
         let accepted = tokio::select! {
@@ -145,6 +148,7 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         let who = Client {
             key: client.clone(),
             name: name.clone(),
+            cert: cert.clone(),
             revoked: revoked.subscribe(),
         };
         // Counted here, before the next turn of the loop starts its idle clock.
@@ -155,14 +159,6 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             super::request::serve_control(conn, send, recv, shared, ids, who).await;
         });
     }
-}
-
-/// Who sent a request: the key of its per-client share, the name an operator sees, and
-/// whether the allow list dropped it since.
-pub(super) struct Client {
-    pub(super) key: Arc<ClientKey>,
-    pub(super) name: String,
-    pub(super) revoked: watch::Receiver<bool>,
 }
 
 /// Ends every transfer of a client taken off the allow list and closes its connection.

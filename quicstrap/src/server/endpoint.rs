@@ -87,7 +87,9 @@ impl Server {
                     snapshots: s,
                     budget,
                     table: Arc::default(),
-                    store_metrics: crate::metrics::StoreMetrics::serving(&cfg.policy.live.stores()),
+                    store_metrics: crate::control::store_counts::StoreMetrics::serving(
+                        &cfg.policy.live.stores(),
+                    ),
                 }
             }
         };
@@ -161,7 +163,7 @@ impl Server {
     }
 
     /// Transfers per store, for metrics.
-    pub fn store_metrics(&self) -> &Arc<crate::metrics::StoreMetrics> {
+    pub fn store_metrics(&self) -> &Arc<crate::control::store_counts::StoreMetrics> {
         &self.shared.store_metrics
     }
 

@@ -4,8 +4,8 @@
 //! reaches all of them; the process-wide write limit is its [`RateLimiter`]'s own knob.
 //!
 //! A client taken off the allow list must not keep copying data over a connection it opened
-//! while allowed: a change wakes each server's watcher ([`LivePolicy::changed`]), which closes
-//! such connections with `REVOKED`, and every request checks the list again.
+//! while allowed: a change wakes each connection's watcher ([`LivePolicy::changed`]), which
+//! ends its transfers and closes it with `REVOKED`, and every request checks the list again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,7 +84,8 @@ impl LivePolicy {
     }
 
     /// Replaces the per-store settings: a store turned off is refused from its next request,
-    /// a store's new write limit holds for its running transfers too.
+    /// a store's new write limit holds for its running transfers too (they look their
+    /// store's limiter up for every chunk).
     pub fn set_stores(&self, stores: StoreTable) {
         let mut limiters = lock(&self.limiters);
         for (name, limiter) in limiters.iter() {
@@ -120,6 +121,12 @@ impl LivePolicy {
     /// Whether [`Self::drain`] was called.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+impl crate::net::tls::Allow for LivePolicy {
+    fn permits(&self, cert: &CertificateDer<'_>) -> bool {
+        LivePolicy::permits(self, cert)
     }
 }
 

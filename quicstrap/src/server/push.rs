@@ -22,8 +22,11 @@ use crate::protocol::transfer::ServerEnd;
 pub(super) struct Pace {
     /// The process's write limit.
     pub(super) process: Arc<RateLimiter>,
-    /// The store's own write limit, if it has one.
-    pub(super) store: Option<Arc<RateLimiter>>,
+    /// Where the store's own write limit is looked up, per chunk: a limit set while the
+    /// transfer runs (a reload, `admin limit --store`) holds for it at once.
+    pub(super) live: Arc<super::LivePolicy>,
+    /// The store sent.
+    pub(super) store: String,
     /// Set when the allow list dropped the client: cut-off streams say `REVOKED`.
     pub(super) revoked: watch::Receiver<bool>,
 }
@@ -61,7 +64,10 @@ pub(super) async fn push_files(
         let conn = conn.clone();
         let snap = snap.clone();
         let stats = shared.stats.clone();
-        let limiters = (pace.process.clone(), pace.store.clone());
+        let limiters = (
+            pace.process.clone(),
+            (pace.live.clone(), pace.store.clone()),
+        );
         let sent = sent.clone();
         let shutdown = shared.shutdown.clone();
         let revoked = pace.revoked.clone();
@@ -158,7 +164,7 @@ async fn send_file(
     mut pieces: tokio::sync::mpsc::Receiver<std::io::Result<Piece>>,
     (offset, size): (u64, u64),
     stats: &ServerStats,
-    (limiter, store): &(Arc<RateLimiter>, Option<Arc<RateLimiter>>),
+    (limiter, (live, store)): &(Arc<RateLimiter>, (Arc<super::LivePolicy>, String)),
     sent_total: &AtomicU64,
 ) -> Result<(), ServerEnd> {
     let mut sent = offset;
@@ -183,8 +189,8 @@ async fn send_file(
         };
         let n = chunk.len() as u64;
         limiter.acquire(n).await;
-        if let Some(store) = store {
-            store.acquire(n).await;
+        if let Some(own) = live.store_limiter(store) {
+            own.acquire(n).await;
         }
         stream
             .write_chunk(chunk)

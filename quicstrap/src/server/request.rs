@@ -21,9 +21,8 @@ use crate::snapshot::{AcquireError, ClientKey, SnapshotLease};
 use crate::store::lock::unpoisoned as lock;
 use crate::store::partition::PartitionId;
 
-use super::accept::Client;
 use super::push::{push_files, Pace};
-use super::shared::Shared;
+use super::shared::{Client, Shared};
 use super::status::Listed;
 use crate::snapshot::HELD_PER_FILE;
 
@@ -145,7 +144,8 @@ pub(super) async fn serve_control(
         return;
     }
     let live = &shared.cfg.policy.live;
-    let refusal = if *who.revoked.borrow() {
+    let allowed = who.cert.as_ref().map_or(true, |c| live.permits(c));
+    let refusal = if *who.revoked.borrow() || !allowed {
         Some((
             RejectReason::NotAllowed,
             "this client is no longer allowed".to_owned(),
@@ -345,7 +345,8 @@ async fn run_transfer(
                 listed.total.store(total, Ordering::Relaxed);
                 let pace = Pace {
                     process: shared.cfg.policy.write_limiter.clone(),
-                    store: shared.cfg.policy.live.store_limiter(&req.store),
+                    live: shared.cfg.policy.live.clone(),
+                    store: req.store.clone(),
                     revoked: who.revoked.clone(),
                 };
                 let transfer = (req.transfer_id, req.checksum);
@@ -388,7 +389,9 @@ async fn run_transfer(
                 Err(e) => return Outcome::Failed(ServerEnd::StreamLost(e.to_string())),
             },
             // The allow list dropped this client: no more bytes, nor a resume.
-            _ = revoked.wait_for(|r| *r) => {
+            // Only a revocation: the sender is dropped too when the connection simply ends,
+            // and a lost connection is for a resume, not the end of the client's rights.
+            Ok(_) = revoked.wait_for(|r| *r) => {
                 return Outcome::Failed(ServerEnd::Revoked);
             }
             // Dropping `pushing` resets every file stream with SHUTTING_DOWN (`ResetOnDrop`).

@@ -2,13 +2,15 @@
 
 use std::sync::{Arc, Mutex};
 
+use rustls_pki_types::CertificateDer;
+
 use tokio::sync::watch;
 
 use super::status::TransferTable;
 use super::{ServerConfig, ServerStats};
 use crate::control::budget::BufferBudget;
-use crate::metrics::StoreMetrics;
-use crate::snapshot::{PartitionSource, SnapshotManager};
+use crate::control::store_counts::StoreMetrics;
+use crate::snapshot::{ClientKey, PartitionSource, SnapshotManager};
 
 /// What every task of a running server shares: its configuration, its snapshots, its
 /// counters, the shutdown signal and the counts shutdown waits on.
@@ -52,4 +54,15 @@ impl Shared {
             .files_in_flight
             .clamp(1, crate::protocol::transfer::MAX_FILES_IN_FLIGHT)
     }
+}
+
+/// Who sent a request: the key of its per-client share, the name an operator sees, and
+/// whether the allow list dropped it since.
+pub(crate) struct Client {
+    pub(super) key: Arc<ClientKey>,
+    pub(super) name: String,
+    /// The end-entity certificate it presented, checked against the allow list at every
+    /// request.
+    pub(super) cert: Option<CertificateDer<'static>>,
+    pub(super) revoked: watch::Receiver<bool>,
 }

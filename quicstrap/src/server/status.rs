@@ -31,9 +31,10 @@ pub struct TransferStatus {
     pub bytes_sent: u64,
     /// Payload bytes this transfer sends in all (0 until the manifest is out).
     pub bytes_total: u64,
-    /// Seconds since the request.
+    /// Seconds since the snapshot was leased for it (digests of files not yet known are
+    /// computed after that, while it is listed).
     pub elapsed_secs: f64,
-    /// Mean rate since the first byte could leave, bytes/s.
+    /// Mean rate since it was listed, bytes/s.
     pub rate_bytes_per_sec: f64,
     /// Seconds still to go at that rate (`None`: no rate yet).
     pub eta_secs: Option<f64>,
