@@ -156,7 +156,7 @@ mod tests {
         assert_eq!(held.rate(), 50, "the limiter a transfer holds moved");
         live.set_stores(StoreTable::default());
         assert_eq!(held.rate(), 0, "a store no longer limited is unlimited");
-        let mut g = live.changed();
+        let g = live.changed();
         live.set_allow(AllowList::Names(vec!["a".into()]));
         assert!(g.has_changed().unwrap());
         assert!(!live.draining());
