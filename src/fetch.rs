@@ -19,6 +19,7 @@ use quicstrap_baseline::{HttpFetchConfig, HttpFetcher};
 use crate::args::{CatchUpArgs, PeerArgs, StoreArgs, TransferArgs};
 use crate::error::CliError;
 use crate::report::{print_fetch_failed, print_report, Bar};
+use crate::stop::AbortOnDrop;
 
 // The options of `quicstrap fetch`.
 #[derive(Args)]
@@ -255,15 +256,6 @@ async fn fetch(a: FetchArgs, stores: &StoreTable) -> Result<(), Failure> {
     bar.finish().await;
     fetcher.close().await;
     report_fetch(&a, result)
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// `fetch --http`: the same fetch over the HTTPS baseline.

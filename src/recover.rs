@@ -18,6 +18,7 @@ use quicstrap::store::partition::PartitionId;
 
 use crate::args::{CatchUpArgs, PeerArgs, StoreArgs, TransferArgs};
 use crate::error::CliError;
+use crate::stop::AbortOnDrop;
 
 // The options of `quicstrap recover`.
 #[derive(Args)]
@@ -46,6 +47,10 @@ pub struct RecoverArgs {
     /// Print one JSON report per partition on stdout, a line each, as it ends.
     #[arg(long)]
     pub json: bool,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` while recovering (bytes, attempts,
+    /// and per store the path each partition took).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Configuration file (TOML): its [recover] section holds any of these flags (flags
     /// given here win), [stores.NAME] the store's policy (fetch from peers or not, read
     /// limit, lag threshold, checksum).
@@ -124,7 +129,23 @@ pub async fn run(a: RecoverArgs, stores: StoreTable) -> Result<(), CliError> {
     );
     a.transfer.apply_store(&mut fetch, &store);
     fetch.max_partitions = a.max_receiving.max(1);
-    let fetcher = Fetcher::new(fetch).map_err(CliError::unusable)?;
+    let fetcher = Arc::new(Fetcher::new(fetch).map_err(CliError::unusable)?);
+    let per_store = quicstrap::metrics::StoreMetrics::fetching(&stores);
+    let _metrics = match a.metrics_listen {
+        Some(addr) => {
+            use quicstrap::metrics;
+            let registry = metrics::Registry::new();
+            metrics::register_client(&registry, &fetcher, None);
+            per_store.register(&registry);
+            metrics::register_process(&registry);
+            let (bound, task) = metrics::serve(addr, registry)
+                .await
+                .map_err(|e| CliError::Unusable(format!("metrics listener {addr}: {e}")))?;
+            eprintln!("quicstrap: metrics on http://{bound}/metrics");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let kafka = a.catch_up.kafka_opts.config(&a.kafka);
     let mut bootstrap = a.catch_up.bootstrap_config(a.transfer.format);
     if let Some(lag) = store.lag_threshold {
@@ -157,6 +178,12 @@ pub async fn run(a: RecoverArgs, stores: StoreTable) -> Result<(), CliError> {
         &cfg,
         &progress,
         |one| {
+            let (path, bytes) = match &one.outcome {
+                Ok(r) => (r.path.label(), r.transfer.as_ref().map_or(0, |t| t.bytes)),
+                Err(_) => ("failed", 0),
+            };
+            let took = Duration::from_secs_f64(one.seconds.max(0.0));
+            per_store.record(&a.store.name, path, bytes, Some(took));
             // A reader that went away (`| head`) ends the report, not the recovery.
             if json && !stdout_gone {
                 use std::io::Write;

@@ -27,3 +27,13 @@ pub async fn suspend_on_signal(what: &'static str, suspend: impl FnOnce()) {
     eprintln!("quicstrap: exiting at once; what is on disk is kept for a rerun");
     std::process::exit(i32::from(SUSPENDED));
 }
+
+/// Aborts a background task (a metrics listener, a signal watcher) when dropped, so it ends
+/// with the command that started it.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -182,14 +182,13 @@ fn sighup_lowers_a_live_write_limit_and_revokes_a_client_mid_transfer() {
     );
     // Nothing half-written is left as the partition.
     assert!(!id.dir(dst.path()).exists());
-    // Its next connection is refused at the handshake (TLS 1.3 checks the client's
-    // certificate after the client sent its last handshake message, so the client sees it as
-    // a connection closed by the peer, with the certificate as the reason).
+    // Its next connection is refused at the handshake, for its certificate.
     let (code, v) = finish(
         spawn_fetch_json(dst.path(), &id, &[serve.addr.to_string()]),
         Duration::from_secs(30),
     );
     assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["attempts"][0]["outcome"], "connect_failed", "{v:#}");
     let error = v["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("invalid peer certificate"), "{v:#}");
     assert_eq!(status(&admin)["transfers"].as_array().unwrap().len(), 0);

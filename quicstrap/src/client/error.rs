@@ -174,6 +174,15 @@ impl AttemptError {
             {
                 Self::Revoked
             }
+            // A TLS alert (QUIC's crypto error codes, 0x100–0x1ff): the peer refused the
+            // handshake. TLS 1.3 checks a client's certificate after the client has sent its
+            // last handshake message, so a refusal by the allow list arrives as a close of a
+            // connection the client already counted as up: it is still a refused connect.
+            quinn::ConnectionError::ConnectionClosed(c)
+                if (0x100..0x200).contains(&u64::from(c.error_code)) =>
+            {
+                Self::Connect(format!("handshake refused by the peer: {c}"))
+            }
             other => Self::PeerGone(other.to_string()),
         }
     }
