@@ -171,61 +171,48 @@ impl ConfigFile {
     /// command line) are not asked for.
     pub fn check_values(&self) -> Result<(), String> {
         for section in SECTIONS {
-            let entries = self.sections.get(section).into_iter().flatten();
-            for e in entries {
+            for e in self.sections.get(section).into_iter().flatten() {
                 let mut only = self.clone();
                 only.sections = BTreeMap::from([(section.to_owned(), vec![e.clone()])]);
-                let args = only.args(section, &BTreeSet::new())?;
-                let argv = ["quicstrap", section]
-                    .into_iter()
-                    .map(String::from)
-                    .chain(args);
-                if let Err(err) = self.command.clone().try_get_matches_from(argv) {
-                    use clap::error::ErrorKind::*;
-                    if !matches!(
-                        err.kind(),
-                        MissingRequiredArgument | DisplayHelpOnMissingArgumentOrSubcommand
-                    ) {
-                        let msg = err.to_string();
-                        let first = msg.lines().next().unwrap_or_default();
-                        let first = first.trim_start_matches("error: ");
-                        return Err(format!(
-                            "{}:{}: [{section}] {}: {first}",
-                            self.path.display(),
-                            e.line,
-                            e.key
-                        ));
-                    }
+                if let Some(err) = only.refused(section)? {
+                    let (path, line, key) = (self.path.display(), e.line, &e.key);
+                    return Err(format!("{path}:{line}: [{section}] {key}: {err}"));
                 }
             }
             // Then the section whole, for rules between keys (conflicts such as
             // `no-shuffle` with `peer-order`). Flags the command line may add are not
             // asked for, so a `requires` of a key on one the file does not set passes here.
-            let args = self.args(section, &BTreeSet::new())?;
-            if args.is_empty() {
-                continue;
-            }
-            let argv = ["quicstrap", section]
-                .into_iter()
-                .map(String::from)
-                .chain(args);
-            if let Err(err) = self.command.clone().try_get_matches_from(argv) {
-                use clap::error::ErrorKind::*;
-                if !matches!(
-                    err.kind(),
-                    MissingRequiredArgument | DisplayHelpOnMissingArgumentOrSubcommand
-                ) {
-                    let msg = err.to_string();
-                    let first = msg.lines().next().unwrap_or_default();
-                    return Err(format!(
-                        "{}: [{section}]: {}",
-                        self.path.display(),
-                        first.trim_start_matches("error: ")
-                    ));
-                }
+            if let Some(err) = self.refused(section)? {
+                return Err(format!("{}: [{section}]: {err}", self.path.display()));
             }
         }
         Ok(())
+    }
+
+    /// What the command's parser says of `[section]`'s flags alone, if it refuses them for
+    /// anything but a required flag they do not set.
+    fn refused(&self, section: &str) -> Result<Option<String>, String> {
+        use clap::error::ErrorKind::*;
+        let args = self.args(section, &BTreeSet::new())?;
+        if args.is_empty() {
+            return Ok(None);
+        }
+        let argv = ["quicstrap", section]
+            .into_iter()
+            .map(String::from)
+            .chain(args);
+        let Err(err) = self.command.clone().try_get_matches_from(argv) else {
+            return Ok(None);
+        };
+        if matches!(
+            err.kind(),
+            MissingRequiredArgument | DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            return Ok(None);
+        }
+        let msg = err.to_string();
+        let first = msg.lines().next().unwrap_or_default();
+        Ok(Some(first.trim_start_matches("error: ").to_owned()))
     }
 }
 

@@ -1062,21 +1062,15 @@ async fn a_kafka_only_rebuild_needs_no_certificates_and_a_store_turned_off_uses_
     let (id, b, _, model) = topic_with("nocert", 1, 3_000).await;
     // No --cert/--key/--ca, no peer: the change log alone.
     let root = tempfile::tempdir().unwrap();
-    let out = output_ok(
-        std::process::Command::new(bin())
-            .args([
-                "fetch",
-                "--store",
-                &id.store,
-                "--version",
-                "1",
-                "--partition",
-                "0",
-            ])
-            .arg("--data-dir")
-            .arg(root.path())
-            .args(["--kafka", &b, "--json"]),
-    );
+    // `fetch` of partition 0 into `root`, without --cert/--key/--ca.
+    let no_certs = |root: &std::path::Path| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["fetch", "--store", &id.store, "--version", "1"])
+            .args(["--partition", "0", "--data-dir"])
+            .arg(root);
+        cmd
+    };
+    let out = output_ok(no_certs(root.path()).args(["--kafka", &b, "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (&v["schema"], &v["kind"], &v["ok"]),
@@ -1086,18 +1080,7 @@ async fn a_kafka_only_rebuild_needs_no_certificates_and_a_store_turned_off_uses_
     assert_eq!(v["path"]["path"], "kafka_lag_below_threshold", "{v:#}");
     assert_eq!(content(&id.dir(root.path())), model);
     // Asking a peer still needs them, and says so.
-    let out = std::process::Command::new(bin())
-        .args([
-            "fetch",
-            "--store",
-            &id.store,
-            "--version",
-            "1",
-            "--partition",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(root.path())
+    let out = no_certs(root.path())
         .args(["--peer", "127.0.0.1:9", "--kafka", &b])
         .output()
         .unwrap();
