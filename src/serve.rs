@@ -388,18 +388,22 @@ mod tests {
     use super::*;
     use std::ffi::OsString;
 
-    /// `Debug` of a node config without the clock readings of its rate limiters' buckets,
-    /// which differ between any two configs built at different instants.
+    /// `Debug` of a node config without its clock readings (the rate limiters' buckets, the
+    /// ingest counters' creation time), which differ between any two configs built at
+    /// different instants.
     fn shape(cfg: &NodeConfig) -> String {
-        let text = format!("{cfg:?}");
-        let mut out = String::new();
-        let mut rest = text.as_str();
-        while let Some(i) = rest.find("Instant {") {
-            out.push_str(&rest[..i]);
-            let end = rest[i..].find('}').map_or(rest.len(), |e| i + e + 1);
-            rest = &rest[end..];
+        let mut text = format!("{cfg:?}");
+        for (start, end) in [("Instant {", "}"), ("last_progress_ms: ", ",")] {
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find(start) {
+                out.push_str(&rest[..i]);
+                let stop = rest[i..].find(end).map_or(rest.len(), |e| i + e + 1);
+                rest = &rest[stop..];
+            }
+            text = out + rest;
         }
-        out + rest
+        text
     }
 
     fn parse(argv: Vec<OsString>) -> (ServeArgs, StoreTable) {
