@@ -171,7 +171,7 @@ impl NodeControl {
     /// off is refused from its next request.
     pub fn apply(&self, new: LiveSettings) -> Vec<String> {
         let mut changed = Vec::new();
-        if format!("{:?}", self.live.allow()) != format!("{:?}", new.allow) {
+        if self.live.allow() != new.allow {
             self.live.set_allow(new.allow);
             changed.push("allow".to_owned());
         }
@@ -202,7 +202,6 @@ impl NodeControl {
     }
 
     fn answer(&self, call: Call<'_>, reload: Option<&Reload>) -> Answer {
-        let json = |status, v: &dyn erased::Json| (status, "application/json", v.bytes());
         let fail = |status, msg: String| {
             let v = serde_json::json!({"schema": REPORT_SCHEMA, "kind": "error", "ok": false, "error": msg});
             (status, "application/json", v.to_string().into_bytes())
@@ -234,10 +233,10 @@ impl NodeControl {
             );
         }
         match (call.method, call.path) {
-            ("GET", "/status") => json("200 OK", &self.status()),
+            ("GET", "/status") => json_answer("200 OK", &self.status()),
             ("POST", "/drain") => {
                 self.drain();
-                json("200 OK", &self.status())
+                json_answer("200 OK", &self.status())
             }
             ("POST", "/limit") => {
                 let mut rate = None;
@@ -275,7 +274,7 @@ impl NodeControl {
                     store = store.as_deref().unwrap_or("*"),
                     "write limit set by the admin endpoint"
                 );
-                json("200 OK", &self.status())
+                json_answer("200 OK", &self.status())
             }
             ("POST", "/reload") => match reload {
                 None => fail(
@@ -288,7 +287,7 @@ impl NodeControl {
                             "schema": REPORT_SCHEMA, "kind": "reload", "ok": true,
                             "applied": done.applied, "need_restart": done.need_restart,
                         });
-                        json("200 OK", &v)
+                        json_answer("200 OK", &v)
                     }
                     Err(e) => fail("400 Bad Request", e),
                 },
@@ -302,15 +301,8 @@ impl NodeControl {
     }
 }
 
-mod erased {
-    /// A value the endpoint writes as JSON.
-    pub(super) trait Json {
-        fn bytes(&self) -> Vec<u8>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn bytes(&self) -> Vec<u8> {
-            serde_json::to_vec_pretty(self).unwrap_or_default()
-        }
-    }
+/// A JSON answer of the admin endpoint.
+fn json_answer<T: Serialize>(status: &'static str, v: &T) -> Answer {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    (status, "application/json", body)
 }

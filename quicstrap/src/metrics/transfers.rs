@@ -77,14 +77,19 @@ pub fn register_server(r: &Registry, server: &Server, throttler: Option<&Throttl
         ("connection_refused", |s| &s.refused),
         ("connection_refused_per_host", |s| &s.refused_per_host),
         ("connection_idle_closed", |s| &s.idle_closed),
+        ("disabled", |s| &s.disabled),
+        ("draining", |s| &s.draining),
+        ("connection_revoked", |s| &s.revoked),
     ];
     register_outcomes(
         r,
         "quicstrap_server_transfers_total",
         "Requests served, by outcome (busy is also counted in rejected, busy_per_client in \
          busy, resumed in accepted); connections refused before authentication \
-         (connection_refused_per_host also counted in connection_refused) and connections \
-         closed for carrying no transfer (connection_idle_closed).",
+         (connection_refused_per_host also counted in connection_refused), connections \
+         closed for carrying no transfer (connection_idle_closed) or because the allow list \
+         dropped their client (connection_revoked); disabled (a store not served here) and \
+         draining refusals are also counted in rejected.",
         &[],
         &stats,
         outcomes,

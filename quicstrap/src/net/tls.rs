@@ -136,7 +136,7 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// Which client identities may fetch.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AllowList {
     /// Any client whose certificate chains to the CA.
     AnyAuthenticated,
