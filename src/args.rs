@@ -186,6 +186,10 @@ pub struct TransferArgs {
     /// Read-rate limit for this process, bytes/s (0 = unlimited).
     #[arg(long, default_value_t = quicstrap::control::pacing::DEFAULT_RATE)]
     pub read_limit: u64,
+    /// Write received files through the page cache, not straight to the disk (O_DIRECT is
+    /// used by default where the filesystem takes it).
+    #[arg(long)]
+    pub buffered_writes: bool,
     /// Most bytes received data may occupy before it is read, all transfers together:
     /// each connection's receive window follows its path within this.
     #[arg(long, default_value_t = quicstrap::control::budget::DEFAULT_CAP)]
@@ -210,6 +214,7 @@ impl TransferArgs {
         cfg.max_resumes = self.max_resumes;
         cfg.resume_window = Duration::from_secs(self.resume_window_secs);
         policy.read_limiter = quicstrap::control::pacing::RateLimiter::new(self.read_limit);
+        policy.direct_io = !self.buffered_writes;
         policy.zone = self.zone.clone();
         policy.remote_read_limiter =
             quicstrap::control::pacing::RateLimiter::new(self.remote_read_limit);

@@ -50,6 +50,11 @@ pub struct FetchPolicy {
     /// the disk falls behind ([`crate::control::throttle::fsync_latency`]); `None`: nobody
     /// listens.
     pub fsync_latency: Option<Arc<LatencySignal>>,
+    /// Write received files straight to the disk (`O_DIRECT`) where the filesystem takes it
+    /// (on by default; [`crate::client::sink`] says why). A disk slower than the link then
+    /// holds reads back write by write, through flow control, rather than at each file's
+    /// fsync.
+    pub direct_io: bool,
 }
 
 impl FetchPolicy {
@@ -67,6 +72,7 @@ impl FetchPolicy {
             zone: None,
             remote_read_limiter: RateLimiter::unlimited(),
             fsync_latency: None,
+            direct_io: true,
         }
     }
 

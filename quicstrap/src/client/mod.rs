@@ -20,6 +20,7 @@ mod pool;
 pub mod receive;
 mod report;
 pub mod resume;
+pub mod sink;
 pub mod space;
 mod transfer;
 pub mod workdir;

@@ -5,7 +5,6 @@
 //! the digest is compared at end of stream with the manifest's or, when the manifest had none,
 //! the trailer's. The file is fsynced before it counts as received.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,12 +19,16 @@ use crate::protocol::{codes, FileEntry, FileTrailer, FrameDecoder, MAX_TRAILER};
 use crate::store::checksum::{ChecksumAlgo, Hasher};
 
 use super::error::AttemptError;
+use super::sink::{AlignedBuf, Sink};
 use super::FetchPolicy;
 
-const BUF: usize = 256 * 1024;
-/// Receive buffers one transfer holds outside quinn: one per file in flight, at most
-/// [`MAX_FILES_IN_FLIGHT`] (streams a server opens beyond it wait unread).
-pub(crate) const RESERVED: u64 = (MAX_FILES_IN_FLIGHT * BUF) as u64;
+/// Bytes of one receive buffer. Two per file in flight (one filling, one on its way to the
+/// disk) hold what one 256 KiB buffer held before direct writes.
+const BUF: usize = 128 * 1024;
+/// Receive buffers one transfer holds outside quinn: two per file in flight (one filling, one
+/// being written to the disk), at most [`MAX_FILES_IN_FLIGHT`] files (streams a server opens
+/// beyond it wait unread).
+pub(crate) const RESERVED: u64 = (MAX_FILES_IN_FLIGHT * 2 * BUF) as u64;
 
 /// Files one attempt has open for receiving. The attempt's cleanup waits for this to drop to
 /// zero before deleting or committing its temp dir, so no handle outlives its directory; only
@@ -42,10 +45,10 @@ impl OpenFiles {
 
 /// A file counted in its attempt's [`OpenFiles`] for as long as it is open, wherever it is
 /// dropped (an aborted task, a blocking fsync).
-struct TrackedFile(std::fs::File, OpenFiles);
+struct TrackedFile(Sink, OpenFiles);
 
 impl TrackedFile {
-    fn new(file: std::fs::File, open: OpenFiles) -> Self {
+    fn new(file: Sink, open: OpenFiles) -> Self {
         open.0.fetch_add(1, Ordering::SeqCst);
         Self(file, open)
     }
@@ -176,6 +179,8 @@ pub struct Landing {
     pub fsync_latency: Option<Arc<LatencySignal>>,
     /// The attempt's open files.
     pub open: OpenFiles,
+    /// Whether new files are written around the page cache ([`FetchPolicy::direct_io`]).
+    pub direct: bool,
 }
 
 impl Landing {
@@ -195,6 +200,7 @@ impl Landing {
                 .then(|| policy.remote_read_limiter.clone()),
             fsync_latency: policy.fsync_latency.clone(),
             open,
+            direct: policy.direct_io,
         }
     }
 }
@@ -215,27 +221,26 @@ pub async fn receive_file(
         zone_limiter,
         fsync_latency,
         open,
+        direct,
     } = landing;
-    let (mut file, mut hasher) = if offset == 0 {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(AttemptError::local)?;
+    let (file, mut hasher) = if offset == 0 {
+        let file = Sink::create(&path, direct).map_err(AttemptError::local)?;
         (TrackedFile::new(file, open), Hasher::new(algo))
     } else {
         // Counted while the prefix is read back too: the attempt's cleanup waits for it.
         let at = path.clone();
         tokio::task::spawn_blocking(move || {
             let (file, hasher) = open_at(&at, offset, algo)?;
+            let file = Sink::buffered(file, &at, offset);
             Ok::<_, std::io::Error>((TrackedFile::new(file, open), hasher))
         })
         .await
         .map_err(|e| AttemptError::LocalIo(e.to_string()))?
         .map_err(AttemptError::local)?
     };
-    let mut buf = vec![0u8; BUF];
+    // Aligned, so whole buffers can go straight to the disk.
+    let mut buf = AlignedBuf::new(BUF);
+    let mut disk = Disk::Idle(file, None);
     let mut total = offset;
     // No more than the file's bytes are read as file bytes: its trailer follows them.
     while total < entry.size {
@@ -259,9 +264,7 @@ pub async fn receive_file(
         }
         if filled > 0 {
             hasher.update(&buf[..filled]);
-            file.0
-                .write_all(&buf[..filled])
-                .map_err(AttemptError::local)?;
+            disk = disk.write(&mut buf, filled).await?;
             total += filled as u64;
             // Pay for these bytes before reading more: with reads paused, QUIC flow control
             // holds the sender back instead of buffers filling up here.
@@ -299,6 +302,7 @@ pub async fn receive_file(
     if hasher.finish() != want {
         return Err(AttemptError::ChecksumMismatch { file: entry.name });
     }
+    let file = disk.settle().await?;
     tokio::task::spawn_blocking(move || match fsync_latency {
         Some(signal) => signal.time(|| file.0.sync_all()),
         None => file.0.sync_all(),
@@ -307,4 +311,50 @@ pub async fn receive_file(
     .map_err(|e| AttemptError::LocalIo(e.to_string()))?
     .map_err(AttemptError::local)?;
     Ok(total - offset)
+}
+
+/// A received file's writes. Through the page cache a write is a copy, done in place; a
+/// direct write waits for the device, so it goes to the blocking pool while the next buffer
+/// fills, and hands the file and its buffer back when done (two buffers per file at most).
+enum Disk {
+    /// No write out: the file, and the spare buffer once there is one.
+    Idle(TrackedFile, Option<AlignedBuf>),
+    /// A direct write on the blocking pool.
+    Writing(tokio::task::JoinHandle<(TrackedFile, AlignedBuf, std::io::Result<()>)>),
+}
+
+impl Disk {
+    /// Writes the first `len` bytes of `buf`; a direct write takes `buf` along and leaves the
+    /// spare in its place. A failure of the write before surfaces here.
+    async fn write(self, buf: &mut AlignedBuf, len: usize) -> Result<Self, AttemptError> {
+        let (mut file, spare) = self.take().await?;
+        if !file.0.is_direct() {
+            file.0.write(&buf[..len]).map_err(AttemptError::local)?;
+            return Ok(Disk::Idle(file, spare));
+        }
+        let full = std::mem::replace(buf, spare.unwrap_or_else(|| AlignedBuf::new(BUF)));
+        Ok(Disk::Writing(tokio::task::spawn_blocking(move || {
+            let written = file.0.write(&full[..len]);
+            (file, full, written)
+        })))
+    }
+
+    /// The file once every write is done.
+    async fn settle(self) -> Result<TrackedFile, AttemptError> {
+        Ok(self.take().await?.0)
+    }
+
+    /// Waits for the write out, if any, and takes the file and the spare buffer.
+    async fn take(self) -> Result<(TrackedFile, Option<AlignedBuf>), AttemptError> {
+        match self {
+            Disk::Idle(file, spare) => Ok((file, spare)),
+            Disk::Writing(out) => {
+                let (file, buf, written) = out
+                    .await
+                    .map_err(|e| AttemptError::LocalIo(e.to_string()))?;
+                written.map_err(AttemptError::local)?;
+                Ok((file, Some(buf)))
+            }
+        }
+    }
 }
