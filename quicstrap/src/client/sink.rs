@@ -149,9 +149,7 @@ impl Sink {
 
 /// Whether a direct write of `bytes` at `offset` meets the alignment rules.
 fn aligned(bytes: &[u8], offset: u64) -> bool {
-    (bytes.as_ptr() as usize) % ALIGN == 0
-        && bytes.len() % ALIGN == 0
-        && offset % ALIGN as u64 == 0
+    (bytes.as_ptr() as usize) % ALIGN == 0 && bytes.len() % ALIGN == 0 && offset % ALIGN as u64 == 0
 }
 
 /// Creates `path` with `O_DIRECT`; `None` when the filesystem refuses the flag.
