@@ -136,30 +136,16 @@ async fn main() {
     server_cfg.policy.write_limiter = RateLimiter::new(0);
     let server = Server::start(server_cfg, source).await.expect("server");
     let peer = Peer::new(server.local_addr().expect("addr"));
-    // Node B: the first request of A's snapshot, so A digests each file as it sends it.
-    let cold = via_peer(
-        &fetcher,
-        &peer,
-        &work.path().join("b"),
-        &id,
-        &brokers,
-        &topic,
-        &cfg,
-    )
-    .await;
-    // Node C, the same partition again: A now knows every digest (kept across snapshots), so
-    // only the receiving side digests. What a partition served before costs.
-    let warm = via_peer(
-        &fetcher,
-        &peer,
-        &work.path().join("c"),
-        &id,
-        &brokers,
-        &topic,
-        &cfg,
-    )
-    .await;
-    for run in [&cold, &warm] {
+    // Node B: the first request of A's snapshot, so A digests each file as it sends it. Node
+    // C, the same partition again: A now knows every digest (kept across snapshots), so only
+    // the receiving side digests; what a partition served before costs.
+    let mut runs = Vec::new();
+    for node in ["b", "c"] {
+        let root = work.path().join(node);
+        runs.push(via_peer(&fetcher, &peer, &root, &id, &brokers, &topic, &cfg).await);
+    }
+    let (cold, warm) = (&runs[0], &runs[1]);
+    for run in &runs {
         assert_eq!(run.path, BootstrapPath::PeerTransfer);
         assert_eq!(run.catch_up.to_offset, Some(records + tail - 1));
     }
@@ -181,8 +167,8 @@ async fn main() {
     println!(
         "bootstrap of {records} records x {value} B (+{tail} after the snapshot), {checksum}: \
          kafka replay {kafka_secs:.1} s | server digesting: {} | server's digests known: {}",
-        row(&cold),
-        row(&warm)
+        row(cold),
+        row(warm)
     );
 }
 

@@ -72,22 +72,16 @@ impl Sink {
     /// Creates (or empties) `path`, for direct writes when `direct` is asked for and the
     /// filesystem takes it.
     pub fn create(path: &Path, direct: bool) -> std::io::Result<Self> {
-        if direct {
-            if let Some(file) = open_direct(path)? {
-                return Ok(Self {
-                    file,
-                    path: path.to_path_buf(),
-                    at: 0,
-                    direct: true,
-                });
-            }
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        Ok(Self::buffered(file, path, 0))
+        let opened = if direct { open_direct(path)? } else { None };
+        let direct = opened.is_some();
+        let file = match opened {
+            Some(file) => file,
+            None => create_options().open(path)?,
+        };
+        Ok(Self {
+            direct,
+            ..Self::buffered(file, path, 0)
+        })
     }
 
     /// A file already open for buffered writes, positioned at byte `at` (a resume).
@@ -152,17 +146,18 @@ fn aligned(bytes: &[u8], offset: u64) -> bool {
     (bytes.as_ptr() as usize) % ALIGN == 0 && bytes.len() % ALIGN == 0 && offset % ALIGN as u64 == 0
 }
 
+/// How a received file is created: for writing, emptied if a kept dir still holds one.
+fn create_options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    o
+}
+
 /// Creates `path` with `O_DIRECT`; `None` when the filesystem refuses the flag.
 #[cfg(target_os = "linux")]
 fn open_direct(path: &Path) -> std::io::Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
-    match OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+    match create_options().custom_flags(libc::O_DIRECT).open(path) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
         Err(e) => Err(e),
