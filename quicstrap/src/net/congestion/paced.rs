@@ -18,6 +18,11 @@
 //!   rate; the RTT the window is sized for is at least [`RTT_FLOOR`] (quinn's pacing and timer
 //!   granularity), or on loopback the window would be a few packets.
 //!
+//! A connection's first data packets leave unpaced, as a train of [`TRAIN_PACKETS`]: the
+//! spacing the bottleneck gives their acknowledgements measures its rate a round in (packet
+//! train dispersion), and startup starts from that BDP ([`JUMP_GAIN`]) instead of climbing to
+//! it from the initial window for ten rounds through quinn's pacer.
+//!
 //! Random loss does not change the model: a delivery rate measured through 3 % loss is still
 //! the path's rate. A round losing more than [`LOSS_THRESHOLD`] is congestion that the model's
 //! own window did not prevent (a path shared with flows that fill queues), and so is a round
@@ -66,6 +71,9 @@ pub const RTT_FLOOR: Duration = Duration::from_millis(2);
 const INITIAL_PACKETS: u64 = 200;
 /// The initial window, bytes.
 const INITIAL_WINDOW: u64 = INITIAL_PACKETS * 1200;
+/// [`INITIAL_WINDOW`], for the tests.
+#[cfg(test)]
+pub const INITIAL_WINDOW_BYTES: u64 = INITIAL_WINDOW;
 /// The fewest packets a window holds.
 const MIN_PACKETS: u64 = 4;
 /// Startup's window is at most this many BDPs of the rate measured so far.
@@ -76,6 +84,27 @@ const STARTUP_FLAT_ROUNDS: u32 = 3;
 const STARTUP_RTT_RISE: f64 = 0.25;
 /// ...and by at least this much (timer and scheduling noise on short paths).
 const STARTUP_RTT_RISE_MIN: Duration = Duration::from_millis(4);
+/// The first packets of a connection's data leave back to back as a train of this many, and
+/// the spacing the bottleneck gives their acknowledgements measures its rate (packet-train
+/// dispersion) one round in, where startup's delivery rates need ten rounds to climb there.
+pub const TRAIN_PACKETS: u64 = 64;
+/// Sends further apart than this start a new train: the handshake's packets, then the data a
+/// round later, are two.
+const TRAIN_GAP: Duration = Duration::from_millis(1);
+/// Startup starts from this share of the BDP the train measured: one BDP, what the path holds
+/// without a queue; the delivery rates of the next rounds take it from there. A train leaves
+/// no faster than the sender has data, so on a server reading files it reads low (40-75 % of
+/// a 500 Mbit/s link, BENCHMARKS.md), not high.
+pub const JUMP_GAIN: f64 = 1.0;
+/// Acknowledgements of the train must come in at least this many bunches: fewer say more of
+/// how the receiver read its packets (all at once, after a pause) than of the path's spacing.
+const TRAIN_ACK_BUNCHES: u32 = 4;
+/// The most that jump starts from, whatever the train measured (a 10 Gbit/s, 50 ms path's
+/// BDP/2 is 31 MB).
+const JUMP_MAX: u64 = 64 * INITIAL_WINDOW;
+/// A window quinn does not pace (its pacer skips windows above `u32::MAX` bytes): what the
+/// train leaves under.
+const UNPACED: u64 = u32::MAX as u64 + 1;
 /// Loss is judged over at least this many packets.
 pub const LOSS_PACKETS: u64 = 64;
 /// RTT samples of a round startup's queue check needs.
@@ -113,6 +142,90 @@ impl ControllerFactory for PacedConfig {
     }
 }
 
+/// The initial train: when it left, and when its acknowledgements came back.
+#[derive(Clone, Debug, Default)]
+struct Train {
+    first_sent: Option<Instant>,
+    last_sent: Option<Instant>,
+    bytes: u64,
+    /// The whole train left; it is measured from here on.
+    left: bool,
+    first_ack: Option<Instant>,
+    first_ack_bytes: u64,
+    last_ack: Option<Instant>,
+    acked: u64,
+    /// Distinct times acknowledgements of the train came in.
+    bunches: u32,
+    /// A packet sent after the train was acknowledged: the train's are in or lost.
+    passed: bool,
+}
+
+impl Train {
+    /// A batch of `bytes` left at `now`.
+    fn sent(&mut self, now: Instant, bytes: u64, mtu: u64) {
+        if self
+            .last_sent
+            .map_or(true, |l| now.saturating_duration_since(l) > TRAIN_GAP)
+        {
+            self.first_sent = Some(now);
+            self.bytes = 0;
+        }
+        self.last_sent = Some(now);
+        self.bytes += bytes;
+        self.left = self.bytes >= TRAIN_PACKETS * mtu;
+    }
+
+    /// A packet sent at `sent` of `bytes` was acknowledged at `now`.
+    fn acked(&mut self, now: Instant, sent: Instant, bytes: u64) {
+        let (Some(first), Some(last)) = (self.first_sent, self.last_sent) else {
+            return;
+        };
+        if sent > last {
+            self.passed = true;
+        } else if sent >= first {
+            let first_ack = *self.first_ack.get_or_insert(now);
+            if now == first_ack {
+                self.first_ack_bytes += bytes;
+            }
+            if self.last_ack != Some(now) {
+                self.bunches += 1;
+            }
+            self.last_ack = Some(now);
+            self.acked += bytes;
+        }
+    }
+
+    /// Whether every packet of the train is acknowledged or behind one that is.
+    fn measured(&self) -> bool {
+        self.left && (self.passed || self.acked >= self.bytes)
+    }
+
+    /// The bottleneck's rate, bytes per second, from the spacing of the acknowledgements: the
+    /// bytes acknowledged after the first acknowledgement over the time since it, and never
+    /// faster than the train left (as a delivery-rate sample). None when half the train is
+    /// missing or it came back in fewer than [`TRAIN_ACK_BUNCHES`] bunches.
+    fn rate(&self) -> Option<f64> {
+        let (first_sent, last_sent) = (self.first_sent?, self.last_sent?);
+        let (first_ack, last_ack) = (self.first_ack?, self.last_ack?);
+        let bytes = self.acked.saturating_sub(self.first_ack_bytes);
+        if bytes < self.bytes / 2 || self.bunches < TRAIN_ACK_BUNCHES {
+            return None;
+        }
+        let span = last_ack
+            .saturating_duration_since(first_ack)
+            .max(last_sent.saturating_duration_since(first_sent));
+        (!span.is_zero()).then(|| bytes as f64 / span.as_secs_f64())
+    }
+
+    /// From `from` to `to`, zero when either is missing.
+    fn span(&self, from: Option<Instant>, to: Option<Instant>) -> Duration {
+        match (from, to) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
 /// The controller's state.
 #[derive(Clone, Debug)]
 pub struct Paced {
@@ -138,6 +251,12 @@ pub struct Paced {
     inflight_hi: Option<u64>,
     queue_standing: bool,
     window: u64,
+    /// The initial train, until it is measured (or never formed).
+    train: Option<Train>,
+    /// Bytes sent so far, while the train is forming.
+    sent_total: u64,
+    /// The window startup starts from, from the train's rate.
+    jump: u64,
 }
 
 impl Paced {
@@ -167,6 +286,9 @@ impl Paced {
             inflight_hi: None,
             queue_standing: false,
             window: INITIAL_WINDOW,
+            train: Some(Train::default()),
+            sent_total: 0,
+            jump: 0,
         }
     }
 
@@ -183,6 +305,11 @@ impl Paced {
     /// The path's minimum RTT the model holds.
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
+    }
+
+    /// The window startup jumped to from the initial train's rate (0: none).
+    pub fn jump(&self) -> u64 {
+        self.jump
     }
 
     /// The bound set by congested rounds, if any.
@@ -220,6 +347,18 @@ impl Paced {
         self.update_extra_acked(now, round);
         if round_ended {
             self.end_round(in_flight);
+            tracing::trace!(
+                round,
+                mode = ?self.mode,
+                bw = self.bw.get(),
+                min_rtt_us = self.min_rtt.map(|r| r.as_micros() as u64),
+                srtt_us = self.srtt.as_micros() as u64,
+                extra_acked = self.extra_acked.get(),
+                inflight_hi = self.inflight_hi,
+                in_flight,
+                window = self.window,
+                "round"
+            );
             if round % 16 == 0 {
                 tracing::debug!(
                     round,
@@ -333,6 +472,15 @@ impl Paced {
         if self.mode == Mode::Startup
             && (self.flat_rounds >= STARTUP_FLAT_ROUNDS || self.startup_queue_seen())
         {
+            tracing::debug!(
+                round,
+                flat_rounds = self.flat_rounds,
+                queue_seen = self.startup_queue_seen(),
+                bw = self.bw.get(),
+                window = self.window,
+                in_flight,
+                "startup ends"
+            );
             // Straight to cruising: a window of one BDP drains the startup queue by itself,
             // since nothing is sent until the flight falls under it.
             self.mode = Mode::Cruise {
@@ -398,14 +546,15 @@ impl Paced {
     /// What the model alone asks for in the current mode, before the loss bound.
     fn model_window(&self) -> u64 {
         let gain = match self.mode {
-            Mode::Startup if self.bw.get() == 0 => return self.window,
-            // Slow start, within twice the path's BDP as measured so far: the most a
-            // one-BDP queue holds without loss.
+            // BBR's startup, by rate: twice the BDP measured so far may fly (the most a
+            // one-BDP queue holds without loss; bunched acknowledgements get no allowance
+            // here, or the flight overflows that queue as startup ends), released by quinn's
+            // pacer at 2.5 times the measured rate. Slow start's ack clock (a byte more per
+            // byte acknowledged) grew only 1.5-1.65 times per round through that pacer; by
+            // rate it is 1.6-1.9 times (the measured rate lags the sending), and the initial
+            // train's jump skips most of the climb.
             Mode::Startup => {
-                return self
-                    .window
-                    .min(self.bdp(STARTUP_GAIN) + self.extra_acked.get())
-                    .max(INITIAL_WINDOW);
+                return self.bdp(STARTUP_GAIN).max(self.jump).max(INITIAL_WINDOW);
             }
             Mode::Cruise { phase, .. } => CYCLE[phase],
             Mode::ProbeRtt { .. } => return self.probe_rtt_window(),
@@ -433,6 +582,20 @@ impl Paced {
     /// A batch of packets left at `now`.
     pub fn sent(&mut self, now: Instant, bytes: u64) {
         self.sampler.on_sent(now, bytes);
+        if let Some(train) = self.train.as_mut().filter(|t| !t.left) {
+            train.sent(now, bytes, self.mtu);
+            self.sent_total += bytes;
+            if !train.left && self.sent_total >= INITIAL_WINDOW {
+                // The data trickled out (a sender short of data): nothing to measure, and the
+                // rest is paced as always.
+                self.train = None;
+            }
+        }
+    }
+
+    /// Whether the train is still leaving: quinn is not to pace it.
+    fn train_leaving(&self) -> bool {
+        self.train.as_ref().is_some_and(|t| !t.left)
     }
 
     /// A packet sent at `sent` of `bytes` was acknowledged at `now`; `srtt` the smoothed RTT
@@ -459,15 +622,31 @@ impl Paced {
         }
         self.batch_acked += bytes;
         self.loss_acked += bytes;
-        if self.mode == Mode::Startup {
-            // Slow start: one more byte may fly for each one delivered.
-            self.window += bytes;
+        if let Some(train) = self.train.as_mut().filter(|t| t.left) {
+            train.acked(now, sent, bytes);
         }
     }
 
     /// A batch of acknowledgements ended with `in_flight` bytes still in flight.
     pub fn end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool) {
         self.sampler.set_in_flight(in_flight);
+        if let Some(train) = self.train.take_if(|t| t.measured()) {
+            let rate = train.rate();
+            if let (Some(rate), Mode::Startup) = (rate, self.mode) {
+                let rtt = self.min_rtt.unwrap_or(self.srtt).max(RTT_FLOOR);
+                self.jump = ((rate * rtt.as_secs_f64() * JUMP_GAIN) as u64).min(JUMP_MAX);
+            }
+            tracing::debug!(
+                rate = rate.map(|r| r as u64),
+                jump = self.jump,
+                bytes = train.bytes,
+                acked = train.acked,
+                bunches = train.bunches,
+                sent_us = train.span(train.first_sent, train.last_sent).as_micros() as u64,
+                acked_us = train.span(train.first_ack, train.last_ack).as_micros() as u64,
+                "initial train measured"
+            );
+        }
         // quinn declares a packet lost within about an RTT of a later one's acknowledgement,
         // or at its probe timeout: after four RTTs its send is history.
         if let Some(horizon) = now.checked_sub(4 * self.srtt.max(self.min_rtt.unwrap_or_default()))
@@ -534,7 +713,11 @@ impl Controller for Paced {
     }
 
     fn window(&self) -> u64 {
-        self.window
+        if self.train_leaving() {
+            UNPACED
+        } else {
+            self.window
+        }
     }
 
     fn metrics(&self) -> ControllerMetrics {

@@ -1,7 +1,8 @@
 //! A packet-level simulation of a bottleneck path, for the controller's tests: senders that
 //! obey the window and the pacer exactly as quinn 0.11 does (no more than the window in flight;
 //! a token bucket refilled at 1.25 windows per smoothed RTT, bursts of 2 ms of it, 10 to 256
-//! packets), a drop-tail queue draining at the link's rate, the propagation delay, random
+//! packets, none for a window above `u32::MAX`; the RTT measured by a handshake before the
+//! first packet), a drop-tail queue draining at the link's rate, the propagation delay, random
 //! loss, and RFC 9002's loss detection (three packets or 9/8 of an RTT). Seconds of a transfer
 //! run in milliseconds, so the tests can check rates, losses and fairness that only the link
 //! benchmark could see before.
@@ -135,8 +136,9 @@ pub fn run(
             in_flight: 0,
             unacked: BTreeMap::new(),
             largest_acked: None,
-            srtt: None,
-            latest_rtt: Duration::ZERO,
+            // The handshake measured the path before the first byte of data.
+            srtt: Some(path.rtt),
+            latest_rtt: path.rtt,
             tokens: 0,
             capacity: 0,
             last_window: 0,
@@ -341,6 +343,10 @@ impl Sender {
             self.last_window = window;
         }
         if self.tokens >= MTU {
+            return None;
+        }
+        if window > u64::from(u32::MAX) {
+            // quinn does not pace such a window.
             return None;
         }
         let elapsed = now.saturating_sub(self.prev);
