@@ -93,14 +93,14 @@ pub const TRAIN_PACKETS: u64 = 64;
 const TRAIN_GAP: Duration = Duration::from_millis(1);
 /// Startup starts from this share of the BDP the train measured: one BDP, what the path holds
 /// without a queue; the delivery rates of the next rounds take it from there. A train leaves
-/// no faster than the sender has data, so on a server reading files it reads low (40-75 % of
+/// no faster than the sender has data, so on a server reading files it reads low (40-65 % of
 /// a 500 Mbit/s link, BENCHMARKS.md), not high.
 pub const JUMP_GAIN: f64 = 1.0;
 /// Acknowledgements of the train must come in at least this many bunches: fewer say more of
 /// how the receiver read its packets (all at once, after a pause) than of the path's spacing.
 const TRAIN_ACK_BUNCHES: u32 = 4;
-/// The most that jump starts from, whatever the train measured (a 10 Gbit/s, 50 ms path's
-/// BDP/2 is 31 MB).
+/// The most startup jumps to, whatever the train measured: 15.4 MB, above the BDP of a
+/// 500 Mbit/s, 150 ms path (9.4 MB); faster or longer paths climb the rest by rate.
 const JUMP_MAX: u64 = 64 * INITIAL_WINDOW;
 /// A window quinn does not pace (its pacer skips windows above `u32::MAX` bytes): what the
 /// train leaves under.
