@@ -347,31 +347,29 @@ impl Paced {
         self.update_extra_acked(now, round);
         if round_ended {
             self.end_round(in_flight);
-            tracing::trace!(
-                round,
-                mode = ?self.mode,
-                bw = self.bw.get(),
-                min_rtt_us = self.min_rtt.map(|r| r.as_micros() as u64),
-                srtt_us = self.srtt.as_micros() as u64,
-                extra_acked = self.extra_acked.get(),
-                inflight_hi = self.inflight_hi,
-                in_flight,
-                window = self.window,
-                "round"
-            );
+            // Every round at trace level, every sixteenth at debug: one event, so a trace
+            // shows each round once.
+            macro_rules! model {
+                ($level:expr) => {
+                    tracing::event!(
+                        $level,
+                        round,
+                        mode = ?self.mode,
+                        bw = self.bw.get(),
+                        min_rtt_us = self.min_rtt.map(|r| r.as_micros() as u64),
+                        srtt_us = self.srtt.as_micros() as u64,
+                        extra_acked = self.extra_acked.get(),
+                        inflight_hi = self.inflight_hi,
+                        in_flight,
+                        window = self.window,
+                        "congestion model"
+                    )
+                };
+            }
             if round % 16 == 0 {
-                tracing::debug!(
-                    round,
-                    mode = ?self.mode,
-                    bw = self.bw.get(),
-                    min_rtt_us = self.min_rtt.map(|r| r.as_micros() as u64),
-                    srtt_us = self.srtt.as_micros() as u64,
-                    extra_acked = self.extra_acked.get(),
-                    inflight_hi = self.inflight_hi,
-                    in_flight,
-                    window = self.window,
-                    "congestion model"
-                );
+                model!(tracing::Level::DEBUG);
+            } else {
+                model!(tracing::Level::TRACE);
             }
         }
         self.update_mode(now, in_flight, round);
