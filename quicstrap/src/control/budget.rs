@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use quinn::VarInt;
 
+use crate::net::congestion::paced;
 use crate::store::lock::unpoisoned as lock;
 
 /// How often windows are resized to their paths.
@@ -218,10 +219,10 @@ impl BufferBudget {
 
 /// The send window a path warrants: a few congestion windows (the default controller's is
 /// about one bandwidth-delay product, quinn's bbr's about two), before the floor and ceiling.
-/// A window above `u32::MAX` is the default controller's initial train, which quinn does not
-/// pace and which holds at most the initial window in flight: it warrants only the floor.
+/// The default controller's initial train ([`paced::UNPACED`], a window quinn does not pace,
+/// with at most the initial window in flight) warrants only the floor.
 pub fn send_need(cwnd: u64) -> u64 {
-    if cwnd > u64::from(u32::MAX) {
+    if cwnd >= paced::UNPACED {
         return 0;
     }
     cwnd.saturating_mul(PATHS_WORTH)
@@ -330,9 +331,9 @@ mod tests {
     fn needs_follow_the_path() {
         // bbr's cwnd on 200 Mbit/s x 150 ms is ~7.5 MB: four of them.
         assert_eq!(send_need(7_500_000), 30_000_000);
-        assert_eq!(send_need(u64::from(u32::MAX)), 4 * u64::from(u32::MAX));
+        assert_eq!(send_need(paced::UNPACED - 1), 4 * (paced::UNPACED - 1));
         // The paced controller's unpaced initial train.
-        assert_eq!(send_need(u64::from(u32::MAX) + 1), 0);
+        assert_eq!(send_need(paced::UNPACED), 0);
         // 25 MB/s over 150 ms: a BDP of 3.75 MB, four of them.
         let need = receive_need(25e6, Duration::from_millis(150), 0);
         assert!((14_900_000..=15_000_000).contains(&need), "{need}");

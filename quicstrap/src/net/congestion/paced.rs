@@ -70,10 +70,7 @@ pub const RTT_FLOOR: Duration = Duration::from_millis(2);
 /// The initial window, in packets of quinn's minimum size (as quinn's BBR).
 const INITIAL_PACKETS: u64 = 200;
 /// The initial window, bytes.
-const INITIAL_WINDOW: u64 = INITIAL_PACKETS * 1200;
-/// [`INITIAL_WINDOW`], for the tests.
-#[cfg(test)]
-pub const INITIAL_WINDOW_BYTES: u64 = INITIAL_WINDOW;
+pub(super) const INITIAL_WINDOW: u64 = INITIAL_PACKETS * 1200;
 /// The fewest packets a window holds.
 const MIN_PACKETS: u64 = 4;
 /// Startup's window is at most this many BDPs of the rate measured so far.
@@ -103,8 +100,8 @@ const TRAIN_ACK_BUNCHES: u32 = 4;
 /// 500 Mbit/s, 150 ms path (9.4 MB); faster or longer paths climb the rest by rate.
 const JUMP_MAX: u64 = 64 * INITIAL_WINDOW;
 /// A window quinn does not pace (its pacer skips windows above `u32::MAX` bytes): what the
-/// train leaves under.
-const UNPACED: u64 = u32::MAX as u64 + 1;
+/// train leaves under. Whoever reads the window (the send-buffer budget) knows it by this.
+pub const UNPACED: u64 = u32::MAX as u64 + 1;
 /// Loss is judged over at least this many packets.
 pub const LOSS_PACKETS: u64 = 64;
 /// RTT samples of a round startup's queue check needs.
@@ -205,24 +202,30 @@ impl Train {
     /// faster than the train left (as a delivery-rate sample). None when half the train is
     /// missing or it came back in fewer than [`TRAIN_ACK_BUNCHES`] bunches.
     fn rate(&self) -> Option<f64> {
-        let (first_sent, last_sent) = (self.first_sent?, self.last_sent?);
-        let (first_ack, last_ack) = (self.first_ack?, self.last_ack?);
         let bytes = self.acked.saturating_sub(self.first_ack_bytes);
         if bytes < self.bytes / 2 || self.bunches < TRAIN_ACK_BUNCHES {
             return None;
         }
-        let span = last_ack
-            .saturating_duration_since(first_ack)
-            .max(last_sent.saturating_duration_since(first_sent));
+        let span = self.acked_span().max(self.sent_span());
         (!span.is_zero()).then(|| bytes as f64 / span.as_secs_f64())
     }
 
-    /// From `from` to `to`, zero when either is missing.
-    fn span(&self, from: Option<Instant>, to: Option<Instant>) -> Duration {
-        match (from, to) {
-            (Some(a), Some(b)) => b.saturating_duration_since(a),
-            _ => Duration::ZERO,
-        }
+    /// From the first packet's send to the last one's.
+    fn sent_span(&self) -> Duration {
+        span(self.first_sent, self.last_sent)
+    }
+
+    /// From the first acknowledgement to the last one.
+    fn acked_span(&self) -> Duration {
+        span(self.first_ack, self.last_ack)
+    }
+}
+
+/// From `from` to `to`, zero when either is missing.
+fn span(from: Option<Instant>, to: Option<Instant>) -> Duration {
+    match (from, to) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a),
+        _ => Duration::ZERO,
     }
 }
 
@@ -640,8 +643,8 @@ impl Paced {
                 bytes = train.bytes,
                 acked = train.acked,
                 bunches = train.bunches,
-                sent_us = train.span(train.first_sent, train.last_sent).as_micros() as u64,
-                acked_us = train.span(train.first_ack, train.last_ack).as_micros() as u64,
+                sent_us = train.sent_span().as_micros() as u64,
+                acked_us = train.acked_span().as_micros() as u64,
                 "initial train measured"
             );
         }

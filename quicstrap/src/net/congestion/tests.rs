@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use quinn::congestion::Controller;
 
 use super::paced::{
-    Mode, Paced, JUMP_GAIN, LOSS_BACKOFF, MIN_RTT_LIFETIME, PROBE_RTT_TIME, TRAIN_PACKETS,
+    Mode, Paced, INITIAL_WINDOW, JUMP_GAIN, LOSS_BACKOFF, MIN_RTT_LIFETIME, PROBE_RTT_TIME,
+    TRAIN_PACKETS, UNPACED,
 };
 use super::sim::{self, Path};
 
@@ -38,6 +39,15 @@ impl Driver {
             cc: Paced::new(now, MTU as u16),
             now,
         }
+    }
+
+    /// A handshake on a path of `rtt`: one packet out and back.
+    fn handshake(&mut self, rtt: Duration) {
+        let t0 = self.now;
+        self.cc.sent(t0, 1200);
+        self.cc.on_ack_rtt(t0 + rtt, t0, 1200, false, rtt);
+        self.cc.end_acks(t0 + rtt, 0, false);
+        self.now += rtt;
     }
 
     /// One round of `packets` at RTT `rtt`, of which every `lose_every`-th is lost (0: none).
@@ -264,7 +274,7 @@ fn acknowledgements_in_bunches_still_fill_the_path() {
 #[test]
 fn startup_fills_long_fat_paths_in_a_few_rounds() {
     // Twelve round trips from the first byte: the initial train measures the path in the
-    // first, startup starts from half its BDP in the second. Slow start through quinn's pacer
+    // first, startup starts from its BDP in the second. Slow start through quinn's pacer
     // delivered 49-60 % of these rounds' capacity; the rate-based startup without the train
     // 52-63 %.
     for (mbit, rtt_ms) in [(500.0, 150), (500.0, 50), (200.0, 150)] {
@@ -292,24 +302,14 @@ fn startup_fills_long_fat_paths_in_a_few_rounds() {
 /// spread over `spread` (zero: all in one bunch); returns the controller after them.
 fn train(rtt: Duration, spread: Duration) -> Paced {
     let mut d = Driver::new();
-    let t0 = d.now;
-    // The handshake: one packet out and back, a round trip to the request.
-    d.cc.sent(t0, 1200);
-    d.cc.on_ack_rtt(t0 + rtt, t0, 1200, false, rtt);
-    d.cc.end_acks(t0 + rtt, 0, false);
-    assert_eq!(
-        Controller::window(&d.cc),
-        u32::MAX as u64 + 1,
-        "the train is not paced"
-    );
-    let start = t0 + rtt + rtt / 2;
+    d.handshake(rtt);
+    assert_eq!(Controller::window(&d.cc), UNPACED, "the train is not paced");
+    // Half a round trip to the request.
+    let start = d.now + rtt / 2;
     for _ in 0..TRAIN_PACKETS / 8 {
         d.cc.sent(start, 8 * MTU);
     }
-    assert_eq!(
-        Controller::window(&d.cc),
-        super::paced::INITIAL_WINDOW_BYTES
-    );
+    assert_eq!(Controller::window(&d.cc), INITIAL_WINDOW);
     let step = spread / TRAIN_PACKETS as u32;
     for i in 0..TRAIN_PACKETS {
         let at = start + rtt + step * i as u32;
@@ -342,11 +342,9 @@ fn a_train_acknowledged_in_a_few_bunches_measures_nothing() {
     // nothing of the path.
     for bunches in [1, 3] {
         let mut d = Driver::new();
-        let (t0, rtt) = (d.now, Duration::from_millis(150));
-        d.cc.sent(t0, 1200);
-        d.cc.on_ack_rtt(t0 + rtt, t0, 1200, false, rtt);
-        d.cc.end_acks(t0 + rtt, 0, false);
-        let start = t0 + 2 * rtt;
+        let rtt = Duration::from_millis(150);
+        d.handshake(rtt);
+        let start = d.now + rtt;
         d.cc.sent(start, TRAIN_PACKETS * MTU);
         let per = TRAIN_PACKETS / bunches;
         for b in 0..bunches {
@@ -357,7 +355,7 @@ fn a_train_acknowledged_in_a_few_bunches_measures_nothing() {
             d.cc.end_acks(at, (TRAIN_PACKETS - per * (b + 1)) * MTU, false);
         }
         assert_eq!(d.cc.jump(), 0, "{bunches} bunches");
-        assert!(Controller::window(&d.cc) <= 2 * super::paced::INITIAL_WINDOW_BYTES);
+        assert!(Controller::window(&d.cc) <= 2 * INITIAL_WINDOW);
     }
 }
 
@@ -368,13 +366,10 @@ fn a_sender_short_of_data_sends_no_train_and_stays_paced() {
     let mut d = Driver::new();
     let mut t = d.now;
     let mut sent = 0;
-    while sent < super::paced::INITIAL_WINDOW_BYTES {
+    while sent < INITIAL_WINDOW {
         d.cc.sent(t, MTU);
         sent += MTU;
         t += Duration::from_millis(2);
     }
-    assert_eq!(
-        Controller::window(&d.cc),
-        super::paced::INITIAL_WINDOW_BYTES
-    );
+    assert_eq!(Controller::window(&d.cc), INITIAL_WINDOW);
 }
